@@ -1,0 +1,283 @@
+//! Coordination between instances: locks with fencing tokens, one-time state, the app-wide
+//! rate limiter, the event bus and instance heartbeats.
+//!
+//! [`Coordinator`] is the one interface; it is backed by Redis when `REDIS_URL` is set
+//! ([`redis::RedisCoordinator`], shared by every instance and by the Node app during a
+//! migration) and in-process otherwise ([`memory::InProcessCoordinator`], single-instance
+//! mode). Both behave the same way as far as a caller can tell; the tests run both.
+//!
+//! Locks are node-redlock compatible on the wire: key = the resource name as given, value =
+//! 16 random bytes as 32 lowercase hex characters, set with `NX PX ttl`; release and extend
+//! compare the value first. A lock is an efficiency device: a holder paused past its TTL may
+//! still act, so work it protects also carries the lock's fencing token (`fence:{resource}`,
+//! incremented on every acquisition) and the store refuses a token older than the last one
+//! it accepted.
+
+pub mod gcra;
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use gcra::{RateDecision, RateLimit};
+
+use crate::events::BusEvent;
+
+/// Sorted set of instance heartbeats (`/health` counts live instances from it).
+pub const INSTANCES_KEY: &str = "avatar:instances";
+/// An instance counts as live for this long after its last heartbeat.
+pub const HEARTBEAT_WINDOW: Duration = Duration::from_secs(60);
+/// How long the bus remembers an eventId, so a re-publish (a retry, a restart, a second
+/// poller) is not appended twice.
+pub const EVENT_DEDUPE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Key of the fencing counter for a lock resource.
+pub fn fence_key(resource: &str) -> String {
+    format!("fence:{resource}")
+}
+
+/// Key of the dedupe marker for an eventId.
+pub fn event_dedupe_key(event_id: &str) -> String {
+    format!("avatar:events:dedupe:{event_id}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinationError {
+    #[error("redis at {server} did not answer: {source}")]
+    Redis {
+        server: String,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    #[error("redis at {server} timed out after {timeout:?}")]
+    Timeout { server: String, timeout: Duration },
+    #[error("redis at {server} gave an unexpected answer: {detail}")]
+    UnexpectedReply { server: String, detail: String },
+    #[error("could not reach a quorum of lock servers ({reached} of {needed} needed answered)")]
+    NoQuorum { reached: usize, needed: usize },
+}
+
+/// A held lock. Dropping it does not release it: call [`Coordinator::release`] (a lock that is
+/// not released simply expires after its TTL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// The key, exactly as node-redlock names it.
+    pub resource: String,
+    /// 32 lowercase hex characters, unique to this acquisition.
+    pub value: String,
+    /// Strictly increasing across successive holders of the same resource.
+    pub fence: u64,
+    /// Conservative end of validity: TTL minus the time acquisition took minus clock drift.
+    pub valid_until: Instant,
+}
+
+impl Lock {
+    pub fn remaining(&self) -> Duration {
+        self.valid_until.saturating_duration_since(Instant::now())
+    }
+}
+
+/// node-redlock's drift allowance: 1 % of the TTL plus 2 ms.
+pub fn clock_drift(ttl: Duration) -> Duration {
+    Duration::from_millis((ttl.as_millis() as f64 * 0.01).round() as u64 + 2)
+}
+
+/// Whether the bus appended an event or had already seen its eventId.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    Appended,
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Distributed,
+    SingleInstance,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Distributed => "distributed",
+            Self::SingleInstance => "single-instance",
+        }
+    }
+}
+
+/// The coordination interface (see the module docs).
+#[derive(Clone)]
+pub enum Coordinator {
+    Redis(redis::RedisCoordinator),
+    InProcess(memory::InProcessCoordinator),
+}
+
+impl Coordinator {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::Redis(_) => Mode::Distributed,
+            Self::InProcess(_) => Mode::SingleInstance,
+        }
+    }
+
+    /// One attempt to take `resource`; `None` when someone else holds it.
+    pub async fn try_lock(
+        &self,
+        resource: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lock>, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.try_lock(resource, ttl).await,
+            Self::InProcess(c) => Ok(c.try_lock(resource, ttl)),
+        }
+    }
+
+    /// Retries [`Self::try_lock`] with jittered pauses until it succeeds or `wait` has passed.
+    pub async fn lock_within(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Lock>, CoordinationError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(lock) = self.try_lock(resource, ttl).await? {
+                return Ok(Some(lock));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // 2–12 ms: short enough for a writer lease handed over between batches, jittered
+            // so that waiting instances do not retry in lockstep.
+            let pause = Duration::from_micros(2_000 + u64::from(random_u16()) % 10_000);
+            tokio::time::sleep(pause.min(deadline - now)).await;
+        }
+    }
+
+    /// Sets the lock's TTL to `ttl` from now if it is still ours; `Some` with the new validity.
+    pub async fn extend(
+        &self,
+        lock: &Lock,
+        ttl: Duration,
+    ) -> Result<Option<Lock>, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.extend(lock, ttl).await,
+            Self::InProcess(c) => Ok(c.extend(lock, ttl)),
+        }
+    }
+
+    /// Deletes the lock if it is still ours; `false` when it had expired or was taken over.
+    pub async fn release(&self, lock: &Lock) -> Result<bool, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.release(lock).await,
+            Self::InProcess(c) => Ok(c.release(lock)),
+        }
+    }
+
+    /// Raises the fencing counter of `resource` to at least `at_least` (after the store has
+    /// seen a higher token than the counter, e.g. when Redis lost its data).
+    pub async fn raise_fence(
+        &self,
+        resource: &str,
+        at_least: u64,
+    ) -> Result<(), CoordinationError> {
+        match self {
+            Self::Redis(c) => c.raise_fence(resource, at_least).await,
+            Self::InProcess(c) => {
+                c.raise_fence(resource, at_least);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores one-time state under `key` for `ttl`; `false` if the key already exists.
+    pub async fn put_once(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.put_once(key, value, ttl).await,
+            Self::InProcess(c) => Ok(c.put_once(key, value, ttl)),
+        }
+    }
+
+    /// Takes one-time state atomically: the first caller gets the value, every later one `None`.
+    pub async fn take_once(&self, key: &str) -> Result<Option<String>, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.take_once(key).await,
+            Self::InProcess(c) => Ok(c.take_once(key)),
+        }
+    }
+
+    /// Asks the shared limiter `key` for one request under `limit`.
+    pub async fn rate_limit(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+    ) -> Result<RateDecision, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.rate_limit(key, limit).await,
+            Self::InProcess(c) => Ok(c.rate_limit(key, limit)),
+        }
+    }
+
+    /// Appends the event to the stream and publishes its envelope, unless its eventId has been
+    /// seen before (then nothing happens): safe to call again after any failure.
+    pub async fn publish(&self, event: &BusEvent) -> Result<Published, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.publish(event).await,
+            Self::InProcess(c) => Ok(c.publish(event)),
+        }
+    }
+
+    /// Records that `instance_id` is alive; returns the number of live instances.
+    pub async fn heartbeat(&self, instance_id: &str) -> Result<u64, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.heartbeat(instance_id).await,
+            Self::InProcess(_) => Ok(1),
+        }
+    }
+
+    /// Round trip to the coordination backend (PING); zero in-process.
+    pub async fn ping(&self) -> Result<Duration, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.ping().await,
+            Self::InProcess(_) => Ok(Duration::ZERO),
+        }
+    }
+}
+
+fn random_u16() -> u16 {
+    let bytes = crate::secret::random_bytes(2);
+    u16::from_le_bytes([bytes[0], bytes[1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_matches_node_redlock() {
+        assert_eq!(
+            clock_drift(Duration::from_millis(4500)),
+            Duration::from_millis(47)
+        );
+        assert_eq!(
+            clock_drift(Duration::from_millis(100)),
+            Duration::from_millis(3)
+        );
+    }
+
+    #[test]
+    fn key_names_follow_the_contract() {
+        assert_eq!(
+            fence_key("locks:donationalerts:42"),
+            "fence:locks:donationalerts:42"
+        );
+        assert_eq!(event_dedupe_key("da:1:2"), "avatar:events:dedupe:da:1:2");
+    }
+}

@@ -1,0 +1,30 @@
+//! Avatar Twitch OAuth: the whole application. Every Lambda function in `functions/` and the
+//! local server `avatar-local` are thin mains over this crate, so they cannot drift apart.
+//!
+//! A tour:
+//!
+//! - [`config`]: every environment variable of the contract, typed and validated at start;
+//!   a bad value names its variable and the process exits non-zero.
+//! - [`secret`]: a wrapper that prints `[redacted]`, for tokens, keys and Redis passwords.
+//! - [`store`]: SQLite. One writer thread owns the only write connection and commits queued
+//!   writes in batches (group commit); callers return only once their batch is durable.
+//!   Across instances the writer holds the fenced Redis lease `locks:sqlite:writer`. WAL on
+//!   local disk, `delete` journal on EFS (WAL needs shared memory, which NFS cannot give).
+//! - [`coordination`]: locks (node-redlock wire format, with fencing tokens), one-time
+//!   state, the app-wide GCRA rate limiter, the event bus and heartbeats; Redis when
+//!   `REDIS_URL` is set, in-process otherwise (single-instance mode).
+//! - [`events`]: the donation event as it crosses processes (stream entry, broadcast).
+//! - [`health`]: the `/health` report; every figure in it is measured.
+//! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas.
+//! - [`app`]: the state built once per process (per cold start).
+//! - [`telemetry`]: logging setup.
+
+pub mod app;
+pub mod config;
+pub mod coordination;
+pub mod events;
+pub mod health;
+pub mod http;
+pub mod secret;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,192 @@
+//! The durable store: SQLite, written only through the queue-serialized writer
+//! ([`writer`]), read through a small pool of read-only connections.
+//!
+//! On local disk the journal is WAL; on EFS (AWS) it must be `delete`: WAL needs shared
+//! memory between processes, which a network filesystem cannot give.
+
+pub mod schema;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+pub use writer::{WRITER_LEASE, WriterStats, now_ms};
+
+use crate::config::{JournalMode, SqliteConfig};
+use crate::coordination::Coordinator;
+use writer::{Lease, WriterHandle, WriterOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not open the database at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the database refused journal_mode={wanted} (it is {got})")]
+    JournalMode { wanted: &'static str, got: String },
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: u32,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The caller's own write failed; it was rolled back alone and nothing of it was written.
+    #[error("the write was refused by the database: {0}")]
+    Write(#[source] rusqlite::Error),
+    /// The whole batch was rolled back (e.g. the disk is full); nothing of it was written.
+    #[error("the write could not be committed: {0}")]
+    Commit(#[source] Arc<rusqlite::Error>),
+    #[error("the database stayed locked by another writer; the write was not applied")]
+    Busy,
+    #[error("the writer lease locks:sqlite:writer could not be taken: {0}")]
+    Lease(String),
+    #[error("the writer has stopped")]
+    WriterStopped,
+    #[error("the write panicked and was rolled back: {0}")]
+    Panicked(String),
+    #[error("could not start the writer thread: {0}")]
+    Thread(String),
+    #[error("the read failed: {0}")]
+    Read(#[source] rusqlite::Error),
+    #[error("the read was interrupted: {0}")]
+    ReadInterrupted(String),
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: WriterHandle,
+    readers: Arc<ReadPool>,
+    journal_mode: JournalMode,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database, starts the writer and the read
+    /// pool. With a Redis coordinator, writes take the fenced lease `locks:sqlite:writer`.
+    pub async fn open(
+        config: &SqliteConfig,
+        coordinator: &Coordinator,
+    ) -> Result<Self, StoreError> {
+        let lease = match coordinator {
+            Coordinator::Redis(_) => Lease::Fenced {
+                coordinator: coordinator.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            },
+            Coordinator::InProcess(_) => Lease::Unshared,
+        };
+        let (writer, journal_mode) = writer::start(WriterOptions {
+            path: config.path.clone(),
+            journal_mode: config.journal_mode,
+            lease,
+        })
+        .await?;
+        let readers = ReadPool::open(&config.path, config.read_connections)?;
+        Ok(Self {
+            writer,
+            readers: Arc::new(readers),
+            journal_mode,
+            path: config.path.clone(),
+        })
+    }
+
+    /// Queues `write` for the next group commit and returns once it is durably committed.
+    /// `write` runs inside the batch's transaction, in its own savepoint: returning an error
+    /// rolls back just this write. It must not COMMIT or BEGIN.
+    pub async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.writer.write(write).await
+    }
+
+    /// Runs `read` on a pooled read-only connection, off the async runtime.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.readers.clone().read(read).await
+    }
+
+    pub fn writer_stats(&self) -> &WriterStats {
+        self.writer.stats()
+    }
+
+    pub fn journal_mode(&self) -> JournalMode {
+        self.journal_mode
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// `DB_CONCURRENCY` read-only connections; a semaphore hands them out.
+struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    fn open(path: &std::path::Path, size: usize) -> Result<Self, StoreError> {
+        let mut idle = Vec::with_capacity(size);
+        for _ in 0..size.max(1) {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|c| writer::configure(&c).map(|_| c))
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+            idle.push(conn);
+        }
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(idle.len())),
+            idle: Mutex::new(idle),
+        })
+    }
+
+    async fn read<T, F>(self: Arc<Self>, read: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::ReadInterrupted(e.to_string()))?;
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .ok_or_else(|| StoreError::ReadInterrupted("no idle connection".into()))?;
+            let result =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&conn))) {
+                    Ok(result) => result.map_err(StoreError::Read),
+                    Err(_) => Err(StoreError::ReadInterrupted("the read panicked".into())),
+                };
+            pool.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::ReadInterrupted(e.to_string()))?
+    }
+}
