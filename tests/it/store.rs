@@ -1,0 +1,380 @@
+//! The queue-serialized writer: group commit, failure isolation, crash safety, and two
+//! processes sharing one database file through the Redis writer lease.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use avatar_tests::{
+    ChildProcess, RedisServer, insert_test_donation, redis_coordinator, wait_until,
+};
+use shared::config::{JournalMode, SqliteConfig};
+use shared::coordination::Coordinator;
+use shared::coordination::memory::InProcessCoordinator;
+use shared::store::{Store, StoreError, WRITER_LEASE};
+
+async fn open_store(dir: &std::path::Path, journal_mode: JournalMode) -> Store {
+    let config = SqliteConfig {
+        path: dir.join("data.sqlite"),
+        journal_mode,
+        read_connections: 2,
+    };
+    Store::open(
+        &config,
+        &Coordinator::InProcess(InProcessCoordinator::new()),
+    )
+    .await
+    .expect("store opens")
+}
+
+fn count_rows(path: &std::path::Path, streamer: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT count(*) FROM donations WHERE streamer_twitch_id = ?1",
+        [streamer],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn integrity(path: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Occupies the writer thread until the returned sender is dropped or sent to, so that the
+/// writes queued meanwhile are committed together in the next batch.
+async fn hold_the_writer(
+    store: &Store,
+) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let store = store.clone();
+    let holder = tokio::spawn(async move {
+        store
+            .write(move |_| {
+                let _ = started_tx.send(());
+                let _ = wait.recv();
+                Ok(())
+            })
+            .await
+            .unwrap();
+    });
+    started_rx.await.unwrap();
+    (release, holder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_tasks_of_a_thousand_writes_each_all_land_exactly_once() {
+    for mode in [JournalMode::Wal, JournalMode::Delete] {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path(), mode).await;
+
+        // Act
+        let mut tasks = Vec::new();
+        for task in 0..8i64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..1000i64 {
+                    let id = task * 1000 + i;
+                    store
+                        .write(move |conn| insert_test_donation(conn, "s", id))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+
+        // Assert
+        let ids: Vec<i64> = store
+            .read(|conn| {
+                let mut stmt =
+                    conn.prepare("SELECT da_donation_id FROM donations ORDER BY da_donation_id")?;
+                stmt.query_map([], |r| r.get(0))?.collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids, (0..8000).collect::<Vec<_>>(), "{mode:?}");
+        let stats = store.writer_stats();
+        assert_eq!(stats.writes.load(Ordering::Relaxed), 8000);
+        assert_eq!(stats.queue_depth.load(Ordering::Relaxed), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constraint_error_fails_only_its_own_write_in_a_shared_batch() {
+    // Arrange: one row exists; the writer is held while 50 writes queue up behind it.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), JournalMode::Wal).await;
+    store
+        .write(|conn| insert_test_donation(conn, "s", 25))
+        .await
+        .unwrap();
+    let commits_before = store.writer_stats().commits.load(Ordering::Relaxed);
+    let (release, holder) = hold_the_writer(&store).await;
+    let mut writes = Vec::new();
+    for id in 0..50i64 {
+        let store = store.clone();
+        writes.push(tokio::spawn(async move {
+            store
+                .write(move |conn| insert_test_donation(conn, "s", id))
+                .await
+        }));
+    }
+    wait_until("50 writes queued", Duration::from_secs(10), || async {
+        store.writer_stats().queue_depth.load(Ordering::Relaxed) == 50
+    })
+    .await;
+
+    // Act
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    let mut results = Vec::new();
+    for write in writes {
+        results.push(write.await.unwrap());
+    }
+
+    // Assert: id 25 collided and failed alone; the 49 others were committed in one batch.
+    for (id, result) in results.iter().enumerate() {
+        if id == 25 {
+            let error = result.as_ref().unwrap_err();
+            assert!(matches!(error, StoreError::Write(_)), "{error}");
+            assert!(error.to_string().contains("UNIQUE"), "{error}");
+        } else {
+            assert!(result.is_ok(), "write {id}: {result:?}");
+        }
+    }
+    assert_eq!(count_rows(&dir.path().join("data.sqlite"), "s"), 50);
+    assert_eq!(
+        store.writer_stats().commits.load(Ordering::Relaxed),
+        commits_before + 2,
+        "the held write and then one batch of 50"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_affected_writes_and_the_writer_recovers() {
+    // Arrange: cap the database at its current size (SQLITE_FULL, as a full disk).
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), JournalMode::Delete).await;
+    store
+        .write(|conn| {
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+        })
+        .await
+        .unwrap();
+
+    // Act: a large row needs new pages; a panicking write fails too.
+    let big = "x".repeat(200_000);
+    let full = store
+        .write(move |conn| {
+            conn.execute(
+                "INSERT INTO event_outbox (event_id, streamer_twitch_id, kind, payload, created_at)
+                 VALUES ('big', 's', 'donation', ?1, 0)",
+                [&big],
+            )
+            .map(|_| ())
+        })
+        .await;
+    let panicked = store
+        .write(|_| -> rusqlite::Result<()> { panic!("a bug in one write") })
+        .await;
+
+    // Assert: both failed with an error, nothing of them was written, and the writer goes on.
+    let full = full.unwrap_err();
+    assert!(full.to_string().contains("full"), "{full}");
+    assert!(matches!(panicked, Err(StoreError::Panicked(ref m)) if m.contains("a bug")));
+    store
+        .write(|conn| conn.query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(())))
+        .await
+        .unwrap();
+    store
+        .write(|conn| insert_test_donation(conn, "s", 1))
+        .await
+        .unwrap();
+    let outbox: i64 = store
+        .read(|conn| conn.query_row("SELECT count(*) FROM event_outbox", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0);
+    assert_eq!(integrity(&dir.path().join("data.sqlite")), "ok");
+}
+
+/// Acknowledged ids from a writer child's stdout.
+fn acknowledged(lines: &[String]) -> Vec<i64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ok "))
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+fn writer_child(db: &std::path::Path, journal: &str, streamer: &str, start: i64) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_coord-child"));
+    command
+        .arg("write")
+        .args(["--db", db.to_str().unwrap()])
+        .args(["--journal", journal, "--streamer", streamer])
+        .args(["--start", &start.to_string(), "--count", "1000000"]);
+    command
+}
+
+fn random_below(n: u64) -> u64 {
+    let bytes = shared::secret::random_bytes(8);
+    u64::from_le_bytes(bytes.try_into().unwrap()) % n
+}
+
+#[test]
+fn a_writer_killed_at_random_moments_keeps_every_acknowledged_write() {
+    for journal in ["wal", "delete"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data.sqlite");
+        let mut acked = Vec::new();
+        for round in 0..12i64 {
+            // Arrange: a child writing as fast as it can, 8 writes in flight.
+            let child =
+                ChildProcess::spawn(&mut writer_child(&db, journal, "s", round * 10_000_000));
+            // Act: SIGKILL after a random number of acknowledgements (at least one).
+            let kill_after = 1 + random_below(400) as usize;
+            let mut lines = Vec::new();
+            while lines
+                .iter()
+                .filter(|l: &&String| l.starts_with("ok "))
+                .count()
+                < kill_after
+            {
+                let line = child
+                    .next_line(Duration::from_secs(30))
+                    .expect("the writer child keeps acknowledging");
+                assert!(
+                    !line.starts_with("err") && !line.starts_with("open-failed"),
+                    "{line}"
+                );
+                lines.push(line);
+            }
+            avatar_tests::signal(child.child.id(), libc::SIGKILL);
+            lines.extend(child.remaining_lines(Duration::from_secs(10)));
+            acked.extend(acknowledged(&lines));
+            drop(child);
+
+            // Assert: the file is sound and holds every acknowledged write.
+            assert_eq!(integrity(&db), "ok", "{journal} round {round}");
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let present: HashSet<i64> = conn
+                .prepare("SELECT da_donation_id FROM donations")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let missing: Vec<_> = acked.iter().filter(|id| !present.contains(id)).collect();
+            assert!(
+                missing.is_empty(),
+                "{journal} round {round}: lost {missing:?}"
+            );
+        }
+        assert!(acked.len() >= 12, "every round acknowledged something");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_database_through_the_writer_lease() {
+    // Arrange
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let spawn = |streamer: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_coord-child"));
+        command
+            .arg("write")
+            .args(["--db", db.to_str().unwrap(), "--redis", &redis.url()])
+            .args(["--journal", "delete", "--streamer", streamer])
+            .args(["--count", "1500", "--concurrency", "8"]);
+        ChildProcess::spawn(&mut command)
+    };
+
+    // Act
+    let mut first = spawn("a");
+    let mut second = spawn("b");
+    let first_lines = first.remaining_lines(Duration::from_secs(120));
+    let second_lines = second.remaining_lines(Duration::from_secs(120));
+
+    // Assert: every write acknowledged, none failed (no SQLITE_BUSY reached a caller).
+    for lines in [&first_lines, &second_lines] {
+        let failures: Vec<_> = lines.iter().filter(|l| !l.starts_with("ok ")).collect();
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(acknowledged(lines).len(), 1500);
+    }
+    assert_eq!(first.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(second.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(count_rows(&db, "a"), 1500);
+    assert_eq!(count_rows(&db, "b"), 1500);
+    assert_eq!(integrity(&db), "ok");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let stored_fence: i64 = conn
+        .query_row(
+            "SELECT token FROM fencing WHERE resource = ?1",
+            [WRITER_LEASE],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut redis_conn = redis.connection().await;
+    let counter: i64 = redis::cmd("GET")
+        .arg(format!("fence:{WRITER_LEASE}"))
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert!(
+        stored_fence >= 2 && stored_fence <= counter,
+        "{stored_fence} vs {counter}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_fencing_token_is_refused_and_the_writer_recovers_with_a_newer_one() {
+    // Arrange: the database has accepted token 1000, as if Redis had since lost its counter.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig {
+        path: dir.path().join("data.sqlite"),
+        journal_mode: JournalMode::Delete,
+        read_connections: 1,
+    };
+    let coordinator = redis_coordinator(&[redis.url()]);
+    let store = Store::open(&config, &coordinator).await.unwrap();
+    store
+        .write(|conn| {
+            conn.execute(
+                "UPDATE fencing SET token = 1000 WHERE resource = ?1",
+                [WRITER_LEASE],
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+
+    // Act
+    let result = store.write(|conn| insert_test_donation(conn, "s", 1)).await;
+
+    // Assert: the writer refused its stale token, raised the counter and wrote with a newer one.
+    result.unwrap();
+    let stored: i64 = store
+        .read(|conn| {
+            conn.query_row(
+                "SELECT token FROM fencing WHERE resource = ?1",
+                [WRITER_LEASE],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert!(stored > 1000, "{stored}");
+    assert_eq!(count_rows(&config.path, "s"), 1);
+}
