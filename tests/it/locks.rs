@@ -1,0 +1,173 @@
+//! Locks against real Redis: exclusion across processes, TTL expiry, holder-only extend and
+//! release, Redlock quorum with servers down, and fencing tokens.
+
+use std::process::Command;
+use std::time::Duration;
+
+use avatar_tests::{ChildProcess, RedisServer, redis_coordinator, wait_until};
+use shared::coordination::{CoordinationError, Lock};
+
+async fn get(redis: &RedisServer, key: &str) -> Option<String> {
+    let mut conn = redis.connection().await;
+    redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap()
+}
+
+async fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    let mut conn = redis.connection().await;
+    redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap()
+}
+
+#[test]
+fn processes_exclude_each_other_and_fencing_tokens_rise_with_every_holder() {
+    // Arrange
+    let redis = RedisServer::start();
+    let children: Vec<ChildProcess> = (0..4)
+        .map(|_| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_coord-child"));
+            command
+                .arg("lock")
+                .args(["--redis", &redis.url()])
+                .args(["--resource", "locks:test:mutex", "--rounds", "50"]);
+            ChildProcess::spawn(&mut command)
+        })
+        .collect();
+
+    // Act
+    let mut holds: Vec<(i64, u64)> = Vec::new();
+    for child in &children {
+        for line in child.remaining_lines(Duration::from_secs(120)) {
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert_eq!(parts[0], "held", "{line}");
+            holds.push((parts[2].parse().unwrap(), parts[1].parse().unwrap()));
+        }
+    }
+
+    // Assert: every read-modify-write saw the previous one (no lost update), and ordering
+    // the holds by the counter they saw orders their fencing tokens strictly.
+    holds.sort();
+    let seen: Vec<i64> = holds.iter().map(|(before, _)| *before).collect();
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+    for pair in holds.windows(2) {
+        assert!(pair[1].1 > pair[0].1, "fence went {} -> {}", pair[0].1, pair[1].1);
+    }
+}
+
+#[tokio::test]
+async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() {
+    // Arrange
+    let redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+
+    // Act
+    let first = coordinator
+        .try_lock("locks:donationalerts:42", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .expect("free lock is granted");
+
+    // Assert: key = resource as given, value = 32 lowercase hex, PX ttl, fence counted.
+    assert_eq!(get(&redis, "locks:donationalerts:42").await.as_deref(), Some(first.value.as_str()));
+    assert!(first.value.len() == 32 && first.value.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    let ttl = pttl(&redis, "locks:donationalerts:42").await;
+    assert!((1..=300).contains(&ttl), "PTTL {ttl}");
+    assert_eq!(get(&redis, "fence:locks:donationalerts:42").await.as_deref(), Some("1"));
+    assert!(first.remaining() <= Duration::from_millis(300 - 5));
+
+    let refused = coordinator
+        .try_lock("locks:donationalerts:42", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(refused.is_none());
+
+    wait_until("the lock to expire", Duration::from_secs(5), || async {
+        get(&redis, "locks:donationalerts:42").await.is_none()
+    })
+    .await;
+    let second = coordinator
+        .try_lock("locks:donationalerts:42", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("expired lock is free again");
+    assert!(second.fence > first.fence);
+}
+
+#[tokio::test]
+async fn only_the_holder_can_extend_or_release() {
+    // Arrange
+    let redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    let held = coordinator
+        .try_lock("locks:test:owner", Duration::from_millis(1000))
+        .await
+        .unwrap()
+        .unwrap();
+    let impostor = Lock {
+        value: "0123456789abcdef0123456789abcdef".into(),
+        ..held.clone()
+    };
+
+    // Act + Assert: the impostor can do nothing.
+    assert!(!coordinator.release(&impostor).await.unwrap());
+    assert!(coordinator.extend(&impostor, Duration::from_secs(60)).await.unwrap().is_none());
+    assert_eq!(get(&redis, "locks:test:owner").await, Some(held.value.clone()));
+    assert!(pttl(&redis, "locks:test:owner").await <= 1000);
+
+    // The holder extends (TTL set anew from now) and releases.
+    let extended = coordinator
+        .extend(&held, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("holder extends");
+    assert!(pttl(&redis, "locks:test:owner").await > 50_000);
+    assert!(extended.remaining() > Duration::from_secs(50));
+    assert!(coordinator.release(&extended).await.unwrap());
+    assert_eq!(get(&redis, "locks:test:owner").await, None);
+    assert!(!coordinator.release(&extended).await.unwrap(), "released twice");
+}
+
+#[tokio::test]
+async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two_down() {
+    // Arrange
+    let mut servers = [RedisServer::start(), RedisServer::start(), RedisServer::start()];
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let coordinator = redis_coordinator(&urls);
+    servers[0].kill();
+
+    // Act: one of three down.
+    let lock = coordinator
+        .try_lock("locks:test:quorum", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("two of three is a quorum");
+
+    // Assert
+    for server in &servers[1..] {
+        assert_eq!(get(server, "locks:test:quorum").await, Some(lock.value.clone()));
+    }
+    let second = coordinator
+        .try_lock("locks:test:quorum", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(second.is_none(), "held on a quorum: nobody else gets it");
+    assert!(coordinator.release(&lock).await.unwrap());
+    let next = coordinator
+        .try_lock("locks:test:quorum", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(next.fence > lock.fence, "fence spread over the quorum keeps rising");
+    assert!(coordinator.release(&next).await.unwrap());
+
+    // Act: two of three down.
+    servers[1].kill();
+    let refused = coordinator
+        .try_lock("locks:test:quorum", Duration::from_secs(5))
+        .await;
+
+    // Assert: a clean error, and no stray key left on the survivor.
+    assert!(
+        matches!(refused, Err(CoordinationError::NoQuorum { reached: 1, needed: 2 })),
+        "{refused:?}"
+    );
+    assert_eq!(get(&servers[2], "locks:test:quorum").await, None);
+}
