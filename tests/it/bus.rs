@@ -122,9 +122,18 @@ async fn the_broadcast_envelope_matches_the_node_apps_format() {
     pubsub.subscribe(BROADCAST_CHANNEL).await.unwrap();
 
     // Act
-    coordinator.publish(&sample_donation_event(5)).await.unwrap();
-    coordinator.publish(&sample_donation_event(5)).await.unwrap();
-    coordinator.publish(&sample_donation_event(6)).await.unwrap();
+    coordinator
+        .publish(&sample_donation_event(5))
+        .await
+        .unwrap();
+    coordinator
+        .publish(&sample_donation_event(5))
+        .await
+        .unwrap();
+    coordinator
+        .publish(&sample_donation_event(6))
+        .await
+        .unwrap();
 
     // Assert: two messages (the duplicate was not broadcast), in the envelope format.
     use futures_util::StreamExt as _;

@@ -22,7 +22,9 @@ fn run_processes(redis: &RedisServer, key: &str, burst: u32) -> Vec<u64> {
     let mut grants = Vec::new();
     for child in &children {
         for line in child.remaining_lines(Duration::from_secs(60)) {
-            let micros = line.strip_prefix("grant ").unwrap_or_else(|| panic!("{line}"));
+            let micros = line
+                .strip_prefix("grant ")
+                .unwrap_or_else(|| panic!("{line}"));
             grants.push(micros.parse().unwrap());
         }
     }
@@ -33,7 +35,10 @@ fn run_processes(redis: &RedisServer, key: &str, burst: u32) -> Vec<u64> {
 fn assert_never_more_than_sixty_per_window(grants: &[u64]) {
     for (i, window) in grants.windows(61).enumerate() {
         let span = window[60] - window[0];
-        assert!(span >= 1_200_000, "61 grants within {span} µs starting at grant {i}");
+        assert!(
+            span >= 1_200_000,
+            "61 grants within {span} µs starting at grant {i}"
+        );
     }
 }
 

@@ -9,12 +9,20 @@ use shared::coordination::{CoordinationError, Lock};
 
 async fn get(redis: &RedisServer, key: &str) -> Option<String> {
     let mut conn = redis.connection().await;
-    redis::cmd("GET").arg(key).query_async(&mut conn).await.unwrap()
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }
 
 async fn pttl(redis: &RedisServer, key: &str) -> i64 {
     let mut conn = redis.connection().await;
-    redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap()
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }
 
 #[test]
@@ -24,10 +32,12 @@ fn processes_exclude_each_other_and_fencing_tokens_rise_with_every_holder() {
     let children: Vec<ChildProcess> = (0..4)
         .map(|_| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_coord-child"));
-            command
-                .arg("lock")
-                .args(["--redis", &redis.url()])
-                .args(["--resource", "locks:test:mutex", "--rounds", "50"]);
+            command.arg("lock").args(["--redis", &redis.url()]).args([
+                "--resource",
+                "locks:test:mutex",
+                "--rounds",
+                "50",
+            ]);
             ChildProcess::spawn(&mut command)
         })
         .collect();
@@ -48,7 +58,12 @@ fn processes_exclude_each_other_and_fencing_tokens_rise_with_every_holder() {
     let seen: Vec<i64> = holds.iter().map(|(before, _)| *before).collect();
     assert_eq!(seen, (0..200).collect::<Vec<_>>());
     for pair in holds.windows(2) {
-        assert!(pair[1].1 > pair[0].1, "fence went {} -> {}", pair[0].1, pair[1].1);
+        assert!(
+            pair[1].1 > pair[0].1,
+            "fence went {} -> {}",
+            pair[0].1,
+            pair[1].1
+        );
     }
 }
 
@@ -66,11 +81,25 @@ async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() 
         .expect("free lock is granted");
 
     // Assert: key = resource as given, value = 32 lowercase hex, PX ttl, fence counted.
-    assert_eq!(get(&redis, "locks:donationalerts:42").await.as_deref(), Some(first.value.as_str()));
-    assert!(first.value.len() == 32 && first.value.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    assert_eq!(
+        get(&redis, "locks:donationalerts:42").await.as_deref(),
+        Some(first.value.as_str())
+    );
+    assert!(
+        first.value.len() == 32
+            && first
+                .value
+                .chars()
+                .all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+    );
     let ttl = pttl(&redis, "locks:donationalerts:42").await;
     assert!((1..=300).contains(&ttl), "PTTL {ttl}");
-    assert_eq!(get(&redis, "fence:locks:donationalerts:42").await.as_deref(), Some("1"));
+    assert_eq!(
+        get(&redis, "fence:locks:donationalerts:42")
+            .await
+            .as_deref(),
+        Some("1")
+    );
     assert!(first.remaining() <= Duration::from_millis(300 - 5));
 
     let refused = coordinator
@@ -108,8 +137,17 @@ async fn only_the_holder_can_extend_or_release() {
 
     // Act + Assert: the impostor can do nothing.
     assert!(!coordinator.release(&impostor).await.unwrap());
-    assert!(coordinator.extend(&impostor, Duration::from_secs(60)).await.unwrap().is_none());
-    assert_eq!(get(&redis, "locks:test:owner").await, Some(held.value.clone()));
+    assert!(
+        coordinator
+            .extend(&impostor, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        get(&redis, "locks:test:owner").await,
+        Some(held.value.clone())
+    );
     assert!(pttl(&redis, "locks:test:owner").await <= 1000);
 
     // The holder extends (TTL set anew from now) and releases.
@@ -122,13 +160,20 @@ async fn only_the_holder_can_extend_or_release() {
     assert!(extended.remaining() > Duration::from_secs(50));
     assert!(coordinator.release(&extended).await.unwrap());
     assert_eq!(get(&redis, "locks:test:owner").await, None);
-    assert!(!coordinator.release(&extended).await.unwrap(), "released twice");
+    assert!(
+        !coordinator.release(&extended).await.unwrap(),
+        "released twice"
+    );
 }
 
 #[tokio::test]
 async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two_down() {
     // Arrange
-    let mut servers = [RedisServer::start(), RedisServer::start(), RedisServer::start()];
+    let mut servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let coordinator = redis_coordinator(&urls);
     servers[0].kill();
@@ -142,7 +187,10 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
 
     // Assert
     for server in &servers[1..] {
-        assert_eq!(get(server, "locks:test:quorum").await, Some(lock.value.clone()));
+        assert_eq!(
+            get(server, "locks:test:quorum").await,
+            Some(lock.value.clone())
+        );
     }
     let second = coordinator
         .try_lock("locks:test:quorum", Duration::from_secs(5))
@@ -155,7 +203,10 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
         .await
         .unwrap()
         .unwrap();
-    assert!(next.fence > lock.fence, "fence spread over the quorum keeps rising");
+    assert!(
+        next.fence > lock.fence,
+        "fence spread over the quorum keeps rising"
+    );
     assert!(coordinator.release(&next).await.unwrap());
 
     // Act: two of three down.
@@ -166,7 +217,13 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
 
     // Assert: a clean error, and no stray key left on the survivor.
     assert!(
-        matches!(refused, Err(CoordinationError::NoQuorum { reached: 1, needed: 2 })),
+        matches!(
+            refused,
+            Err(CoordinationError::NoQuorum {
+                reached: 1,
+                needed: 2
+            })
+        ),
         "{refused:?}"
     );
     assert_eq!(get(&servers[2], "locks:test:quorum").await, None);

@@ -1,6 +1,9 @@
 //! One integration test binary (each module is a surface of the system).
 
 mod bus;
+mod health;
+mod interop;
 mod limiter;
 mod locks;
+mod routes;
 mod store;
