@@ -359,13 +359,13 @@ pub fn insert_test_donation(
     streamer: &str,
     id: i64,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO donations (streamer_twitch_id, da_donation_id, donor_name, message,
                                 amount, currency, created_at, received_at)
          VALUES (?1, ?2, 'donor', 'thanks for the stream', '100.50', 'RUB',
                  '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z')",
-        rusqlite::params![streamer, id],
-    )?;
+    )?
+    .execute(rusqlite::params![streamer, id])?;
     Ok(())
 }
 

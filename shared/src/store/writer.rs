@@ -302,9 +302,16 @@ impl Writer {
     fn serve(&mut self, mut receiver: mpsc::Receiver<Job>) {
         while let Some(first) = receiver.blocking_recv() {
             let mut batch = vec![first];
+            // Take what is queued; when the queue runs dry, give the callers just answered one
+            // chance to queue their next write (a yield, microseconds) before committing.
+            let mut yielded = false;
             while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
                     Ok(job) => batch.push(job),
+                    Err(_) if !yielded => {
+                        yielded = true;
+                        std::thread::yield_now();
+                    }
                     Err(_) => break,
                 }
             }
@@ -347,21 +354,27 @@ impl Writer {
     }
 
     fn run_in_savepoint(&mut self, job: Job) -> Reply {
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT write") {
+        // Cached statements: parsing these twice per write would cost more than the write.
+        if let Err(e) = self.execute_cached("SAVEPOINT write") {
             job.fail(BatchFailure::Commit(Arc::new(e)));
             return Box::new(|_| {});
         }
         let (succeeded, reply) = job.run(&self.conn);
         let end = if succeeded {
-            "RELEASE write"
+            self.execute_cached("RELEASE write")
         } else {
-            "ROLLBACK TO write; RELEASE write"
+            self.execute_cached("ROLLBACK TO write")
+                .and_then(|_| self.execute_cached("RELEASE write"))
         };
-        if let Err(e) = self.conn.execute_batch(end) {
+        if let Err(e) = end {
             let failure = BatchFailure::Commit(Arc::new(e));
             return Box::new(move |_| reply(Err(failure)));
         }
         reply
+    }
+
+    fn execute_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
     }
 
     /// `BEGIN IMMEDIATE`, retried while another connection holds the write lock.
