@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), StartupError> {
-    let mut config = Config::from_env()?;
+    let mut config = Config::load().await?;
     if let Some(port) = cli.port {
         config.port = port;
     }

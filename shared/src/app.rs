@@ -65,7 +65,7 @@ impl App {
     /// Reads the configuration from the environment, starts logging and builds the app:
     /// what every `main` does first.
     pub async fn from_env() -> Result<Self, StartupError> {
-        let config = Config::from_env()?;
+        let config = Config::load().await?;
         crate::telemetry::init(&config);
         Self::build(config).await
     }

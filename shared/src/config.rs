@@ -222,10 +222,22 @@ pub fn local_key_file_for(sqlite_path: &Path) -> PathBuf {
 }
 
 impl Config {
-    /// Reads `.env` (when present; real environment variables win) and then the environment.
-    pub fn from_env() -> Result<Self, ConfigErrors> {
+    /// Reads `.env` (when present; real environment variables win), the environment, and
+    /// with `SECRETS_ARN` set the Secrets Manager secret (credentials and region from the
+    /// usual AWS sources). What every process does once at start.
+    pub async fn load() -> Result<Self, ConfigErrors> {
         let _ = dotenvy::dotenv();
-        let vars: HashMap<String, String> = std::env::vars().collect();
+        let mut vars: HashMap<String, String> = std::env::vars().collect();
+        if let Some(arn) = vars
+            .get("SECRETS_ARN")
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+        {
+            let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            crate::secrets::merge_into(&mut vars, &arn, &aws)
+                .await
+                .map_err(|e| ConfigErrors(vec![e]))?;
+        }
         Self::from_vars(&vars)
     }
 

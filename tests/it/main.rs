@@ -6,4 +6,5 @@ mod interop;
 mod limiter;
 mod locks;
 mod routes;
+mod secrets;
 mod store;

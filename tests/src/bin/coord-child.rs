@@ -191,20 +191,18 @@ async fn lock(redis: Vec<String>, resource: String, rounds: u32) -> bool {
         .expect("connect");
     let counter_key = format!("{resource}:counter");
     for _ in 0..rounds {
-        let lock = loop {
-            match coordinator
-                .lock_within(&resource, Duration::from_secs(5), Duration::from_secs(30))
-                .await
-            {
-                Ok(Some(lock)) => break lock,
-                Ok(None) => {
-                    say("timeout".into());
-                    return true;
-                }
-                Err(e) => {
-                    say(format!("error {e}"));
-                    return true;
-                }
+        let lock = match coordinator
+            .lock_within(&resource, Duration::from_secs(5), Duration::from_secs(30))
+            .await
+        {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                say("timeout".into());
+                return true;
+            }
+            Err(e) => {
+                say(format!("error {e}"));
+                return true;
             }
         };
         let before: i64 = redis::cmd("GET")

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every test. On a fresh Debian machine with the Rust toolchain it first installs what
+# is missing (redis-server, Node.js, the Node packages of the interop test, the moto
+# server standing in for AWS Secrets Manager). The tests start
+# their own private redis-server processes on free loopback ports (never 6379) and stop them
+# when they finish, also when a test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The SECRETS_ARN tests talk to a local Secrets Manager (moto).
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || as_root apt-get install -y -qq python3-pip >/dev/null
+  python3 -m pip install --quiet 'moto[server]' || python3 -m pip install --quiet --break-system-packages 'moto[server]'
+fi
+
+# The interop test drives the npm redlock package; versions are pinned by the lock file.
+if [ ! -d tests/node/node_modules/redlock ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"

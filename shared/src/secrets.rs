@@ -1,0 +1,99 @@
+//! `SECRETS_ARN`: secret settings kept in AWS Secrets Manager rather than in the function's
+//! environment. The secret is a JSON object whose keys are variable names (any of
+//! [`SECRET_VARIABLES`]); it is read once per process (per cold start), before the
+//! configuration is parsed. A variable set in the environment wins over the secret.
+
+use std::collections::HashMap;
+
+use crate::config::ConfigError;
+
+/// The variables a secret may carry.
+pub const SECRET_VARIABLES: &[&str] = &[
+    "TWITCH_CLIENT_ID",
+    "TWITCH_CLIENT_SECRET",
+    "DA_CLIENT_ID",
+    "DA_CLIENT_SECRET",
+    "TOKEN_ENCRYPTION_KEY",
+    "TOKEN_ENCRYPTION_OLD_KEYS",
+    "SESSION_SECRET",
+    "INTERNAL_API_TOKEN",
+    "REDIS_URL",
+    "REDIS_LOCK_URLS",
+];
+
+fn problem(text: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable: "SECRETS_ARN",
+        problem: text.into(),
+    }
+}
+
+/// Reads the secret `arn` and adds its values to `vars` where the environment has none.
+pub async fn merge_into(
+    vars: &mut HashMap<String, String>,
+    arn: &str,
+    aws: &aws_config::SdkConfig,
+) -> Result<(), ConfigError> {
+    let client = aws_sdk_secretsmanager::Client::new(aws);
+    let output = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| {
+            problem(format!(
+                "the secret could not be read: {}",
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+            ))
+        })?;
+    let text = output
+        .secret_string()
+        .ok_or_else(|| problem("the secret has no string value (a JSON object is expected)"))?;
+    for (name, value) in parse(text)? {
+        vars.entry(name).or_insert(value);
+    }
+    Ok(())
+}
+
+/// The secret's JSON object as variables. Values never appear in an error.
+pub fn parse(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|_| problem("the secret is not a JSON object of variable names to strings"))?;
+    let mut vars = Vec::with_capacity(object.len());
+    for (name, value) in object {
+        if !SECRET_VARIABLES.contains(&name.as_str()) {
+            return Err(problem(format!(
+                "the secret has the key {name:?}, which is not one of {}",
+                SECRET_VARIABLES.join(", ")
+            )));
+        }
+        let serde_json::Value::String(value) = value else {
+            return Err(problem(format!("the secret's {name} must be a string")));
+        };
+        vars.push((name, value));
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_object_becomes_variables() {
+        let vars = parse(r#"{"TWITCH_CLIENT_SECRET":"s1","SESSION_SECRET":"s2"}"#).unwrap();
+        assert_eq!(vars.len(), 2);
+        assert!(vars.contains(&("TWITCH_CLIENT_SECRET".into(), "s1".into())));
+    }
+
+    #[test]
+    fn unknown_keys_and_non_strings_are_refused_without_echoing_values() {
+        let unknown = parse(r#"{"PORT":"hunter2"}"#).unwrap_err();
+        assert_eq!(unknown.variable, "SECRETS_ARN");
+        assert!(unknown.problem.contains("PORT") && !unknown.problem.contains("hunter2"));
+        let number = parse(r#"{"SESSION_SECRET":12345}"#).unwrap_err();
+        assert!(!number.problem.contains("12345"));
+        let garbage = parse("hunter2").unwrap_err();
+        assert!(!garbage.problem.contains("hunter2"));
+    }
+}
