@@ -58,3 +58,58 @@ fn a_key_is_never_echoed_in_the_error() {
     assert!(!output.status.success());
     assert!(!stderr.contains("c2VjcmV0LWJ1dC1zaG9ydA"), "{stderr}");
 }
+
+#[test]
+fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    // Arrange: a fresh directory, no .env, no variables beyond PATH.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_avatar-local"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir.path())
+        .args(["--port", "0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+
+    // Act: wait for the address it logs, then ask for /health over plain HTTP.
+    let mut address = None;
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        let mut line = String::new();
+        if log.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            address = Some(rest.trim().to_owned());
+            break;
+        }
+        lines.push(line);
+    }
+    let address = address.unwrap_or_else(|| panic!("no listening line in {lines:?}"));
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+
+    // Assert
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains(r#""mode":"single-instance""#),
+        "{response}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("single-instance mode")),
+        "{lines:?}"
+    );
+    assert!(dir.path().join("data.sqlite").exists());
+    assert!(dir.path().join("data.sqlite.keys").exists());
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

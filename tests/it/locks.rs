@@ -228,3 +228,65 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
     );
     assert_eq!(get(&servers[2], "locks:test:quorum").await, None);
 }
+
+#[tokio::test]
+async fn one_time_state_is_taken_once_across_many_callers_and_expires() {
+    // Arrange
+    let redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    assert!(
+        coordinator
+            .put_once("oauth:state:abc", "browser-1", Duration::from_secs(300))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !coordinator
+            .put_once("oauth:state:abc", "browser-2", Duration::from_secs(300))
+            .await
+            .unwrap(),
+        "an existing state is never overwritten"
+    );
+    assert!((299_000..=300_000).contains(&pttl(&redis, "oauth:state:abc").await));
+
+    // Act: twenty concurrent callers race to take it.
+    let takes =
+        futures_util::future::join_all((0..20).map(|_| coordinator.take_once("oauth:state:abc")))
+            .await;
+
+    // Assert: exactly one got the value.
+    let winners: Vec<_> = takes.into_iter().filter_map(|t| t.unwrap()).collect();
+    assert_eq!(winners, vec!["browser-1".to_owned()]);
+
+    coordinator
+        .put_once("oauth:state:short", "v", Duration::from_millis(50))
+        .await
+        .unwrap();
+    wait_until("the state to expire", Duration::from_secs(5), || async {
+        get(&redis, "oauth:state:short").await.is_none()
+    })
+    .await;
+    assert_eq!(
+        coordinator.take_once("oauth:state:short").await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn the_first_command_after_a_redis_restart_succeeds_through_the_retry() {
+    // Arrange: a connection in use, then Redis restarted underneath it (as after a
+    // Lambda freeze, the connection is dead when the next command goes out).
+    let mut redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    coordinator.ping().await.unwrap();
+    redis.restart();
+
+    // Act: an idempotent command (publish is deduplicated) is retried once.
+    let published = coordinator
+        .publish(&avatar_tests::sample_donation_event(1))
+        .await;
+
+    // Assert
+    assert!(published.is_ok(), "{published:?}");
+    assert_eq!(coordinator.heartbeat("me").await.unwrap(), 1);
+}

@@ -378,3 +378,71 @@ async fn a_stale_fencing_token_is_refused_and_the_writer_recovers_with_a_newer_o
     assert!(stored > 1000, "{stored}");
     assert_eq!(count_rows(&config.path, "s"), 1);
 }
+
+#[test]
+fn a_writer_paused_past_its_lease_loses_nothing_and_corrupts_nothing() {
+    // Arrange: two writer processes on one database through the lease.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let spawn = |streamer: &str| {
+        let mut command = writer_child(&db, "delete", streamer, 0);
+        command.args(["--redis", &redis.url(), "--concurrency", "4"]);
+        ChildProcess::spawn(&mut command)
+    };
+    let paused = spawn("paused");
+    let steady = spawn("steady");
+    let mut paused_lines = Vec::new();
+    while acknowledged(&paused_lines).len() < 50 {
+        paused_lines.push(
+            paused
+                .next_line(Duration::from_secs(30))
+                .expect("paused writes"),
+        );
+    }
+
+    // Act: SIGSTOP one writer for longer than the lease TTL (5 s), wherever it is, and
+    // let the other keep writing; then resume it and stop both.
+    avatar_tests::signal(paused.child.id(), libc::SIGSTOP);
+    let mut steady_lines = Vec::new();
+    let pause_ends = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < pause_ends {
+        if let Some(line) = steady.next_line(Duration::from_millis(100)) {
+            steady_lines.push(line);
+        }
+    }
+    avatar_tests::signal(paused.child.id(), libc::SIGCONT);
+    let resumed_at = acknowledged(&paused_lines).len();
+    while acknowledged(&paused_lines).len() < resumed_at + 50 {
+        paused_lines.push(
+            paused
+                .next_line(Duration::from_secs(30))
+                .expect("resumed writes"),
+        );
+    }
+    avatar_tests::signal(paused.child.id(), libc::SIGKILL);
+    avatar_tests::signal(steady.child.id(), libc::SIGKILL);
+    paused_lines.extend(paused.remaining_lines(Duration::from_secs(10)));
+    steady_lines.extend(steady.remaining_lines(Duration::from_secs(10)));
+
+    // Assert: no write failed, every acknowledged write is there, the file is sound.
+    for lines in [&paused_lines, &steady_lines] {
+        let failures: Vec<_> = lines.iter().filter(|l| !l.starts_with("ok ")).collect();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    assert!(!acknowledged(&steady_lines).is_empty());
+    assert_eq!(integrity(&db), "ok");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    for (streamer, lines) in [("paused", &paused_lines), ("steady", &steady_lines)] {
+        for id in acknowledged(lines) {
+            let found: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM donations WHERE streamer_twitch_id = ?1 AND da_donation_id = ?2",
+                    rusqlite::params![streamer, id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(found, 1, "{streamer} {id}");
+        }
+    }
+}
