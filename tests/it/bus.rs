@@ -9,17 +9,22 @@ use avatar_tests::{ChildProcess, RedisServer, redis_coordinator, sample_donation
 use shared::coordination::Published;
 use shared::events::{BROADCAST_CHANNEL, EVENT_STREAM};
 
-async fn stream_event_ids(redis: &RedisServer) -> Vec<String> {
+/// Every entry of the event stream: (entry id, fields).
+async fn stream_entries(redis: &RedisServer) -> Vec<(String, Vec<(String, String)>)> {
     let mut conn = redis.connection().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+    let reply: redis::Value = redis::cmd("XRANGE")
         .arg(EVENT_STREAM)
         .arg("-")
         .arg("+")
-        .query_async::<redis::Value>(&mut conn)
+        .query_async(&mut conn)
         .await
-        .map(parse_xrange)
         .unwrap();
-    entries
+    redis::FromRedisValue::from_redis_value(reply).unwrap()
+}
+
+async fn stream_event_ids(redis: &RedisServer) -> Vec<String> {
+    stream_entries(redis)
+        .await
         .into_iter()
         .map(|(_, fields)| {
             fields
@@ -29,10 +34,6 @@ async fn stream_event_ids(redis: &RedisServer) -> Vec<String> {
                 .unwrap()
         })
         .collect()
-}
-
-fn parse_xrange(value: redis::Value) -> Vec<(String, Vec<(String, String)>)> {
-    redis::FromRedisValue::from_redis_value(value).unwrap()
 }
 
 #[tokio::test]
@@ -49,16 +50,7 @@ async fn the_same_event_published_twice_is_in_the_stream_once_with_the_contract_
     // Assert
     assert_eq!(first, Published::Appended);
     assert_eq!(second, Published::Duplicate);
-    let mut conn = redis.connection().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = parse_xrange(
-        redis::cmd("XRANGE")
-            .arg(EVENT_STREAM)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .unwrap(),
-    );
+    let entries = stream_entries(&redis).await;
     assert_eq!(entries.len(), 1);
     let fields: HashMap<String, String> = entries[0].1.iter().cloned().collect();
     assert_eq!(fields["eventId"], "da:7:30530030");

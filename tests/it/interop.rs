@@ -40,15 +40,6 @@ fn is_redlock_value(value: &str) -> bool {
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-async fn get(redis: &RedisServer, key: &str) -> Option<String> {
-    let mut conn = redis.connection().await;
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_lock_held_by_node_redlock_blocks_this_project_until_node_releases_it() {
     // Arrange: Node takes the poll lock of streamer 42.
@@ -61,7 +52,7 @@ async fn a_lock_held_by_node_redlock_blocks_this_project_until_node_releases_it(
 
     // Assert: the key is the resource name, the value Node's 32 hex characters.
     assert!(is_redlock_value(&node_value), "{node_value}");
-    assert_eq!(get(&redis, RESOURCE).await, Some(node_value.clone()));
+    assert_eq!(redis.get(RESOURCE).await, Some(node_value.clone()));
 
     // Act + Assert: this project cannot take it.
     let refused = coordinator
@@ -70,7 +61,7 @@ async fn a_lock_held_by_node_redlock_blocks_this_project_until_node_releases_it(
         .unwrap();
     assert!(refused.is_none());
     assert_eq!(
-        get(&redis, RESOURCE).await,
+        redis.get(RESOURCE).await,
         Some(node_value),
         "Node's lock untouched"
     );
@@ -84,7 +75,7 @@ async fn a_lock_held_by_node_redlock_blocks_this_project_until_node_releases_it(
         .unwrap()
         .expect("free after Node released it");
     assert!(is_redlock_value(&ours.value));
-    assert_eq!(get(&redis, RESOURCE).await, Some(ours.value.clone()));
+    assert_eq!(redis.get(RESOURCE).await, Some(ours.value.clone()));
     assert!(coordinator.release(&ours).await.unwrap());
 }
 
@@ -102,7 +93,7 @@ async fn a_lock_held_by_this_project_blocks_node_redlock_until_released() {
     // Act + Assert: Node's attempt fails and leaves our lock alone.
     let attempt = json_line(&node_cli(&redis, "try", 4500));
     assert_eq!(attempt["acquired"], false, "{attempt}");
-    assert_eq!(get(&redis, RESOURCE).await, Some(ours.value.clone()));
+    assert_eq!(redis.get(RESOURCE).await, Some(ours.value.clone()));
 
     // Node releasing with its own value (it does so after a failed attempt) did not delete
     // ours; once we release, Node gets the lock.

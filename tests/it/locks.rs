@@ -7,24 +7,6 @@ use std::time::Duration;
 use avatar_tests::{ChildProcess, RedisServer, redis_coordinator, wait_until};
 use shared::coordination::{CoordinationError, Lock};
 
-async fn get(redis: &RedisServer, key: &str) -> Option<String> {
-    let mut conn = redis.connection().await;
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
-
-async fn pttl(redis: &RedisServer, key: &str) -> i64 {
-    let mut conn = redis.connection().await;
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
-
 #[test]
 fn processes_exclude_each_other_and_fencing_tokens_rise_with_every_holder() {
     // Arrange
@@ -82,7 +64,7 @@ async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() 
 
     // Assert: key = resource as given, value = 32 lowercase hex, PX ttl, fence counted.
     assert_eq!(
-        get(&redis, "locks:donationalerts:42").await.as_deref(),
+        redis.get("locks:donationalerts:42").await.as_deref(),
         Some(first.value.as_str())
     );
     assert!(
@@ -92,12 +74,10 @@ async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() 
                 .chars()
                 .all(|c| matches!(c, '0'..='9' | 'a'..='f'))
     );
-    let ttl = pttl(&redis, "locks:donationalerts:42").await;
+    let ttl = redis.pttl("locks:donationalerts:42").await;
     assert!((1..=300).contains(&ttl), "PTTL {ttl}");
     assert_eq!(
-        get(&redis, "fence:locks:donationalerts:42")
-            .await
-            .as_deref(),
+        redis.get("fence:locks:donationalerts:42").await.as_deref(),
         Some("1")
     );
     assert!(first.remaining() <= Duration::from_millis(300 - 5));
@@ -109,7 +89,7 @@ async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() 
     assert!(refused.is_none());
 
     wait_until("the lock to expire", Duration::from_secs(5), || async {
-        get(&redis, "locks:donationalerts:42").await.is_none()
+        redis.get("locks:donationalerts:42").await.is_none()
     })
     .await;
     let second = coordinator
@@ -145,10 +125,10 @@ async fn only_the_holder_can_extend_or_release() {
             .is_none()
     );
     assert_eq!(
-        get(&redis, "locks:test:owner").await,
+        redis.get("locks:test:owner").await,
         Some(held.value.clone())
     );
-    assert!(pttl(&redis, "locks:test:owner").await <= 1000);
+    assert!(redis.pttl("locks:test:owner").await <= 1000);
 
     // The holder extends (TTL set anew from now) and releases.
     let extended = coordinator
@@ -156,10 +136,10 @@ async fn only_the_holder_can_extend_or_release() {
         .await
         .unwrap()
         .expect("holder extends");
-    assert!(pttl(&redis, "locks:test:owner").await > 50_000);
+    assert!(redis.pttl("locks:test:owner").await > 50_000);
     assert!(extended.remaining() > Duration::from_secs(50));
     assert!(coordinator.release(&extended).await.unwrap());
-    assert_eq!(get(&redis, "locks:test:owner").await, None);
+    assert_eq!(redis.get("locks:test:owner").await, None);
     assert!(
         !coordinator.release(&extended).await.unwrap(),
         "released twice"
@@ -188,7 +168,7 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
     // Assert
     for server in &servers[1..] {
         assert_eq!(
-            get(server, "locks:test:quorum").await,
+            server.get("locks:test:quorum").await,
             Some(lock.value.clone())
         );
     }
@@ -226,7 +206,7 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
         ),
         "{refused:?}"
     );
-    assert_eq!(get(&servers[2], "locks:test:quorum").await, None);
+    assert_eq!(servers[2].get("locks:test:quorum").await, None);
 }
 
 #[tokio::test]
@@ -247,7 +227,7 @@ async fn one_time_state_is_taken_once_across_many_callers_and_expires() {
             .unwrap(),
         "an existing state is never overwritten"
     );
-    assert!((299_000..=300_000).contains(&pttl(&redis, "oauth:state:abc").await));
+    assert!((299_000..=300_000).contains(&redis.pttl("oauth:state:abc").await));
 
     // Act: twenty concurrent callers race to take it.
     let takes =
@@ -263,7 +243,7 @@ async fn one_time_state_is_taken_once_across_many_callers_and_expires() {
         .await
         .unwrap();
     wait_until("the state to expire", Duration::from_secs(5), || async {
-        get(&redis, "oauth:state:short").await.is_none()
+        redis.get("oauth:state:short").await.is_none()
     })
     .await;
     assert_eq!(

@@ -144,7 +144,27 @@ impl RedisServer {
             .id()
     }
 
-    /// A synchronous-looking async connection for assertions.
+    /// `GET key`, for assertions on what is stored.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut conn = self.connection().await;
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("GET")
+    }
+
+    /// `PTTL key` in milliseconds (-2 when the key does not exist).
+    pub async fn pttl(&self, key: &str) -> i64 {
+        let mut conn = self.connection().await;
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL")
+    }
+
+    /// A new async connection for assertions.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .expect("redis url")
