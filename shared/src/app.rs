@@ -8,6 +8,8 @@ use crate::config::{Config, ConfigErrors};
 use crate::coordination::memory::InProcessCoordinator;
 use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
+use crate::crypto::{Signer, TokenCipher};
+use crate::oauth::twitch::TwitchClient;
 use crate::secret::random_hex;
 use crate::store::{Store, StoreError};
 
@@ -35,6 +37,12 @@ pub struct App {
     /// Identifies this process in heartbeats (`avatar:instances`).
     pub instance_id: Arc<str>,
     pub redis_checks: Arc<RedisCheckLog>,
+    /// Seals tokens at rest.
+    pub cipher: Arc<TokenCipher>,
+    /// Signs cookies and CSRF tokens.
+    pub signer: Arc<Signer>,
+    /// `None` until TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET are set.
+    pub twitch: Option<Arc<TwitchClient>>,
 }
 
 /// The last Redis health check, for `/health`.
@@ -106,7 +114,15 @@ impl App {
             journal_mode = store.journal_mode().as_str(),
             "store ready"
         );
+        let http = crate::oauth::http_client(config.provider_timeout);
+        let twitch = TwitchClient::new(&config.twitch, http).map(Arc::new);
+        if twitch.is_none() {
+            tracing::warn!("TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET unset: Twitch login is off");
+        }
         Ok(Self {
+            cipher: Arc::new(TokenCipher::new(&config.keys)),
+            signer: Arc::new(Signer::new(&config.keys)),
+            twitch,
             config: Arc::new(config),
             coordinator,
             store,

@@ -37,6 +37,8 @@ pub struct Config {
     pub keys: KeyConfig,
     pub secrets_arn: Option<String>,
     pub internal_api_token: Option<Secret<String>>,
+    /// Longest a call to Twitch or DonationAlerts may take (`PROVIDER_TIMEOUT_MS`).
+    pub provider_timeout: Duration,
     pub log_filter: String,
 }
 
@@ -226,6 +228,11 @@ impl Config {
     /// with `SECRETS_ARN` set the Secrets Manager secret (credentials and region from the
     /// usual AWS sources). What every process does once at start.
     pub async fn load() -> Result<Self, ConfigErrors> {
+        Self::from_vars(&Self::load_vars().await?)
+    }
+
+    /// The variables [`Config::load`] reads, before parsing (`avatar-local` adjusts a few).
+    pub async fn load_vars() -> Result<HashMap<String, String>, ConfigErrors> {
         let _ = dotenvy::dotenv();
         let mut vars: HashMap<String, String> = std::env::vars().collect();
         if let Some(arn) = vars
@@ -238,7 +245,7 @@ impl Config {
                 .await
                 .map_err(|e| ConfigErrors(vec![e]))?;
         }
-        Self::from_vars(&vars)
+        Ok(vars)
     }
 
     /// Builds the configuration from a map of variables; tests call this directly.
@@ -402,6 +409,8 @@ impl Reader<'_> {
             lock_ttl: Duration::from_millis(self.number("DA_POLL_LOCK_TTL_MS", 4500, 100, 600_000)),
             rate_limit_per_minute: self.number("DA_RATE_LIMIT_PER_MIN", 60, 1, 100_000) as u32,
         };
+        let provider_timeout =
+            Duration::from_millis(self.number("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000));
         let keys = self.keys(deployment, &sqlite.path);
         let log_filter = self.string("RUST_LOG").unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
@@ -420,6 +429,7 @@ impl Reader<'_> {
             keys: keys?,
             secrets_arn: self.string("SECRETS_ARN"),
             internal_api_token: self.secret("INTERNAL_API_TOKEN"),
+            provider_timeout,
             log_filter,
         })
     }

@@ -15,18 +15,29 @@
 //!   state, the app-wide GCRA rate limiter, the event bus and heartbeats; Redis when
 //!   `REDIS_URL` is set, in-process otherwise (single-instance mode).
 //! - [`events`]: the donation event as it crosses processes (stream entry, broadcast).
+//! - [`crypto`]: AES-256-GCM sealing of tokens at rest (with key rotation) and HMAC signing
+//!   of cookies and CSRF tokens.
+//! - [`oauth`]: the provider clients (Twitch), pointed at configurable base URLs.
+//! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
+//!   revocable server-side, CSRF checks, strict CSP, one place mapping errors to pages.
 //! - [`health`]: the `/health` report; every figure in it is measured.
 //! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas.
 //! - [`app`]: the state built once per process (per cold start).
+//! - `lambda` (feature `lambda`): the entry point every HTTP function's `main` calls.
 //! - [`telemetry`]: logging setup.
 
 pub mod app;
 pub mod config;
 pub mod coordination;
+pub mod crypto;
 pub mod events;
 pub mod health;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
+pub mod oauth;
 pub mod secret;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod web;

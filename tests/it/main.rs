@@ -5,6 +5,7 @@ mod health;
 mod interop;
 mod limiter;
 mod locks;
+mod login;
 mod routes;
 mod secrets;
 mod store;

@@ -1,12 +1,16 @@
-//! The deployed API and the local server list the same paths: every route of the shared
-//! route table is an HttpApi event in template.yaml, and nothing else is.
+//! The deployed API and the local server list the same routes: every route of the shared
+//! route table is an HttpApi event of the function that serves it in template.yaml, and
+//! nothing else is; each function's router answers its routes; the Lambda handlers answer
+//! real API Gateway v2 events.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use shared::http::{Function, ROUTES, function_router};
 use tower::ServiceExt as _;
 
-fn template_routes() -> BTreeSet<(String, String)> {
+/// (method, path, binary) of every HttpApi event in template.yaml.
+fn template_routes() -> BTreeSet<(String, String, String)> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
     let text = std::fs::read_to_string(&path).expect("template.yaml");
     let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("template.yaml is YAML");
@@ -15,12 +19,17 @@ fn template_routes() -> BTreeSet<(String, String)> {
         let Some(events) = resource["Properties"]["Events"].as_mapping() else {
             continue;
         };
+        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
         for (_, event) in events {
             if event["Type"].as_str() == Some("HttpApi") {
                 let properties = &event["Properties"];
                 routes.insert((
                     properties["Method"].as_str().unwrap().to_uppercase(),
                     properties["Path"].as_str().unwrap().to_owned(),
+                    binary.clone(),
                 ));
             }
         }
@@ -29,37 +38,111 @@ fn template_routes() -> BTreeSet<(String, String)> {
 }
 
 #[test]
-fn template_http_events_match_the_route_table() {
-    let local: BTreeSet<(String, String)> = shared::http::ROUTES
+fn template_http_events_match_the_route_table_function_by_function() {
+    let local: BTreeSet<(String, String, String)> = ROUTES
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|(m, p, f)| (m.to_string(), p.to_string(), f.binary().to_owned()))
         .collect();
     assert_eq!(template_routes(), local);
 }
 
 #[tokio::test]
-async fn the_health_lambda_answers_an_api_gateway_v2_event() {
-    // Arrange: a real HTTP API (payload 2.0) event, as API Gateway sends it.
+async fn each_function_router_serves_exactly_its_routes() {
     let app = avatar_tests::TestApp::spawn(&[]).await;
-    let request =
-        lambda_http::request::from_str(include_str!("../events/apigw-v2-get-health.json"))
-            .expect("fixture parses as a Lambda HTTP request");
-
-    // Act: the same router the Lambda hands to lambda_http::run.
-    let response = shared::http::router(app.app.clone())
-        .oneshot(request)
-        .await
-        .unwrap();
-
-    // Assert
-    assert_eq!(response.status(), 200);
-    let body = axum_body_json(response).await;
-    assert_eq!(body["scalability"]["mode"], "single-instance");
+    for (method, path, function) in ROUTES {
+        for other in [
+            Function::Health,
+            Function::AuthStart,
+            Function::AuthCallback,
+            Function::Pages,
+        ] {
+            let request = axum::http::Request::builder()
+                .method(*method)
+                .uri(*path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = function_router(other, app.app.clone())
+                .oneshot(request)
+                .await
+                .unwrap();
+            let served = response.status() != 404 && response.status() != 405;
+            assert_eq!(served, other == *function, "{method} {path} on {other:?}");
+        }
+    }
 }
 
-async fn axum_body_json(response: axum::response::Response) -> serde_json::Value {
+async fn lambda_event(function: Function, fixture: &str) -> axum::response::Response {
+    let app = avatar_tests::TestApp::spawn(&[]).await;
+    let request =
+        lambda_http::request::from_str(fixture).expect("fixture parses as a Lambda HTTP request");
+    function_router(function, app.app.clone())
+        .oneshot(request)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_health_lambda_answers_an_api_gateway_v2_event() {
+    let response = lambda_event(
+        Function::Health,
+        include_str!("../events/apigw-v2-get-health.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["scalability"]["mode"], "single-instance");
+}
+
+#[tokio::test]
+async fn the_auth_start_lambda_redirects_an_api_gateway_v2_event_to_twitch() {
+    let response = lambda_event(
+        Function::AuthStart,
+        include_str!("../events/apigw-v2-get-auth-twitch.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 302);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(
+        location.contains("/oauth2/authorize?client_id="),
+        "{location}"
+    );
+    assert!(
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("HttpOnly")
+    );
+}
+
+#[tokio::test]
+async fn the_auth_callback_lambda_refuses_an_api_gateway_v2_event_without_state() {
+    let response = lambda_event(
+        Function::AuthCallback,
+        include_str!("../events/apigw-v2-get-callback-no-state.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn the_pages_lambda_renders_the_landing_page_for_an_api_gateway_v2_event() {
+    let response = lambda_event(
+        Function::Pages,
+        include_str!("../events/apigw-v2-get-landing.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("Вход"));
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig, FakeUser};
 use shared::app::App;
 use shared::config::Config;
 use tempfile::TempDir;
@@ -218,30 +219,64 @@ fn tracing_subscriber_init() -> Result<(), ()> {
     Ok(())
 }
 
-/// The app served in-process on a free port, with its own temporary database.
+/// The app served in-process on a free port, with its own temporary database, and a fake
+/// Twitch it logs in with.
 pub struct TestApp {
     pub address: String,
     pub app: App,
     pub dir: TempDir,
     pub http: reqwest::Client,
+    pub twitch: FakeTwitch,
+    pub twitch_address: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    twitch_task: tokio::task::JoinHandle<()>,
 }
 
 impl TestApp {
     /// Spawns the app with the base configuration plus `extra` variables.
     pub async fn spawn(extra: &[(&str, &str)]) -> Self {
+        Self::spawn_in(
+            tempfile::tempdir().expect("temp dir"),
+            extra,
+            FakeUser::demo(),
+        )
+        .await
+    }
+
+    /// Spawns the app on an existing directory (a restart over the same database) with a
+    /// fake Twitch whose user is `user`.
+    pub async fn spawn_in(dir: TempDir, extra: &[(&str, &str)], user: FakeUser) -> Self {
         init_test_logging();
-        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind port 0");
+        let address = format!("http://{}", listener.local_addr().expect("local addr"));
         let mut vars = base_vars(dir.path());
+        vars.insert("PUBLIC_BASE_URL".into(), address.clone());
+        vars.insert("PROVIDER_TIMEOUT_MS".into(), "1500".into());
+        let twitch = FakeTwitch::new(FakeTwitchConfig {
+            user,
+            ..FakeTwitchConfig::demo(&format!("{address}/auth/twitch/callback"))
+        });
+        let (twitch_address, twitch_task) = twitch.spawn(0).await.expect("fake twitch");
+        vars.insert(
+            "TWITCH_CLIENT_ID".into(),
+            "demo0client0id0000000000000000".into(),
+        );
+        vars.insert("TWITCH_CLIENT_SECRET".into(), "demo-client-secret".into());
+        vars.insert(
+            "TWITCH_AUTH_BASE_URL".into(),
+            FakeTwitch::auth_base_url(twitch_address),
+        );
+        vars.insert(
+            "TWITCH_API_BASE_URL".into(),
+            FakeTwitch::api_base_url(twitch_address),
+        );
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
         let config = Config::from_vars(&vars).expect("test configuration is valid");
         let app = App::build(config).await.expect("app builds");
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind port 0");
-        let address = format!("http://{}", listener.local_addr().expect("local addr"));
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = app.clone();
         tokio::spawn(async move {
@@ -258,8 +293,21 @@ impl TestApp {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("http client"),
+            twitch,
+            twitch_address,
             shutdown: Some(shutdown),
+            twitch_task,
         }
+    }
+
+    /// Stops the app (keeping its directory for a restart).
+    pub fn stop(mut self) -> TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.twitch_task.abort();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -276,6 +324,27 @@ impl TestApp {
         let status = response.status().as_u16();
         (status, response.json().await.expect("health is JSON"))
     }
+
+    /// A new browser (its own cookie jar) for this app.
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.address)
+    }
+
+    /// Writes committed so far (to prove a refused request wrote nothing).
+    pub fn writes(&self) -> u64 {
+        self.app
+            .store
+            .writer_stats()
+            .writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Rows in `table`, read straight from the database file.
+    pub fn rows(&self, table: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.dir.path().join("data.sqlite")).expect("open");
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    }
 }
 
 impl Drop for TestApp {
@@ -283,7 +352,139 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+        self.twitch_task.abort();
     }
+}
+
+/// A browser without JavaScript: a cookie jar, redirects followed by hand so each hop can
+/// be checked.
+pub struct Browser {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+/// One step of a login, for tests that stop or tamper half-way.
+pub struct AuthorizePage {
+    /// The Twitch authorize URL the app redirected to.
+    pub url: reqwest::Url,
+    /// Its query parameters (what the consent form posts back).
+    pub params: HashMap<String, String>,
+}
+
+impl Browser {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .cookie_store(true)
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> reqwest::Response {
+        let url = if url.starts_with('/') {
+            format!("{}{url}", self.base)
+        } else {
+            url.to_owned()
+        };
+        self.client.get(url).send().await.expect("request")
+    }
+
+    /// GET /auth/twitch and then the authorize page it redirects to.
+    pub async fn start_login(&self) -> AuthorizePage {
+        let start = self.get("/auth/twitch").await;
+        assert_eq!(start.status(), 302, "GET /auth/twitch");
+        let location = location(&start);
+        let page = self.get(&location).await;
+        assert_eq!(page.status(), 200, "the authorize page");
+        let url = reqwest::Url::parse(&location).expect("authorize URL");
+        let params = url.query_pairs().into_owned().collect();
+        AuthorizePage { url, params }
+    }
+
+    /// Clicks Authorize or Cancel on the consent page; returns the callback URL Twitch
+    /// redirects to.
+    pub async fn decide(&self, page: &AuthorizePage, decision: &str) -> String {
+        let mut form = page.params.clone();
+        form.insert("decision".into(), decision.into());
+        let mut post_url = page.url.clone();
+        post_url.set_query(None);
+        let response = self
+            .client
+            .post(post_url)
+            .form(&form)
+            .send()
+            .await
+            .expect("consent");
+        assert_eq!(response.status(), 302, "the consent form redirects");
+        location(&response)
+    }
+
+    /// The whole login: start, authorize, callback. Returns the callback's response.
+    pub async fn log_in(&self) -> reqwest::Response {
+        let page = self.start_login().await;
+        let callback = self.decide(&page, "authorize").await;
+        self.get(&callback).await
+    }
+
+    /// POSTs a form to `path` with the CSRF token read from the dashboard.
+    pub async fn post_from_dashboard(&self, path: &str) -> reqwest::Response {
+        let dashboard = self.get("/success").await.text().await.expect("dashboard");
+        let csrf = dashboard
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a CSRF field on the dashboard")
+            .to_owned();
+        self.client
+            .post(format!("{}{path}", self.base))
+            .form(&[("csrf", csrf)])
+            .send()
+            .await
+            .expect("post")
+    }
+
+    /// `/auth/status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        self.get("/auth/status")
+            .await
+            .json()
+            .await
+            .expect("status JSON")
+    }
+}
+
+/// The status code of a GET sent over a plain socket (for requests an HTTP client refuses
+/// to build, like a 100 KB URL).
+pub async fn raw_get_status(base: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    // The server may answer and close before reading everything; that is fine.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+        .await
+        .expect("an answer within 10 s")
+        .expect("a status line");
+    String::from_utf8_lossy(&head[9..12])
+        .parse()
+        .expect("a status code")
+}
+
+/// The Location header of a redirect.
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("a Location header")
+        .to_owned()
 }
 
 /// Path of a binary built from this workspace (`avatar-local`), next to the test binary.

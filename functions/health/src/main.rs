@@ -1,7 +1,6 @@
-//! Lambda `health`: GET /health behind the HTTP API.
+//! Lambda `health`: GET /health.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let app = shared::app::App::from_env().await?;
-    lambda_http::run(shared::http::router(app)).await
+    shared::lambda::run_http_function(shared::http::Function::Health).await
 }

@@ -4,6 +4,7 @@
 //! On local disk the journal is WAL; on EFS (AWS) it must be `delete`: WAL needs shared
 //! memory between processes, which a network filesystem cannot give.
 
+pub mod accounts;
 pub mod schema;
 pub mod writer;
 

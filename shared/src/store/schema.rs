@@ -73,6 +73,18 @@ pub const MIGRATIONS: &[&str] = &[
         token              INTEGER NOT NULL
     );
     ",
+    // 2: browser sessions, revocable server-side. Only a hash of the session id is stored,
+    // so the database alone opens no session.
+    r"
+    CREATE TABLE sessions (
+        id_hash            BLOB PRIMARY KEY,
+        twitch_user_id     TEXT NOT NULL REFERENCES users(twitch_user_id) ON DELETE CASCADE,
+        created_at         INTEGER NOT NULL,
+        expires_at         INTEGER NOT NULL,
+        revoked_at         INTEGER
+    );
+    CREATE INDEX sessions_by_user ON sessions (twitch_user_id);
+    ",
 ];
 
 #[cfg(test)]
@@ -92,6 +104,6 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 6);
+        assert_eq!(tables, 7);
     }
 }

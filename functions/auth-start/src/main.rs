@@ -1,0 +1,6 @@
+//! Lambda `auth-start`: GET /auth/twitch: 302 to the provider.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::lambda::run_http_function(shared::http::Function::AuthStart).await
+}

@@ -1,0 +1,108 @@
+//! Provider clients (Twitch; DonationAlerts joins with its capability) and what they share:
+//! the HTTP client, token sets, and one error type for everything a provider can do wrong.
+
+pub mod twitch;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::secret::Secret;
+
+/// Tokens as a provider hands them out. Never printed: the strings are `Secret`s.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    pub access_token: Secret<String>,
+    pub refresh_token: Option<Secret<String>>,
+    pub expires_in: Option<Duration>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider answered and said no (bad code, invalid token, …).
+    #[error("the provider refused the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// Could not reach the provider, it timed out, or it failed (5xx).
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered something this client does not understand.
+    #[error("the provider's answer was malformed: {0}")]
+    Malformed(String),
+}
+
+impl ProviderError {
+    fn from_transport(error: reqwest::Error) -> Self {
+        Self::Unavailable(error_chain(&error))
+    }
+
+    /// The provider says the token is not (or no longer) valid.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, Self::Rejected { status: 401, .. })
+    }
+}
+
+/// An error and its causes on one line. reqwest errors carry no query strings or bodies
+/// here: tokens travel in headers and form bodies, never in URLs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The error body Twitch uses (`{"status":…,"message":…}`), also tolerated from others.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ProviderErrorBody {
+    pub status: Option<u16>,
+    pub message: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The message of an error response, for logs (bodies of error responses hold no tokens).
+pub(crate) async fn error_message(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<ProviderErrorBody>(&text) {
+        Ok(body) => body.message.or(body.error).unwrap_or_default(),
+        Err(_) => text.chars().take(200).collect(),
+    }
+}
+
+/// A 2xx JSON body as `T`; anything else as the matching error.
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ProviderError> {
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(ProviderError::Unavailable(format!("answered {status}")));
+    }
+    if !status.is_success() {
+        return Err(ProviderError::Rejected {
+            status: status.as_u16(),
+            message: error_message(response).await,
+        });
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(ProviderError::from_transport)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ProviderError::Malformed(format!("unexpected JSON: {e}")))
+}
+
+/// The HTTP client for provider calls: bounded time, no redirects (a provider endpoint
+/// never needs one, and following them could leak a token to another host).
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(3)))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("avatar-twitch-oauth/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the TLS backend initialises")
+}

@@ -1,0 +1,364 @@
+//! The Twitch client: authorize URL, code exchange and refresh (the `oauth2` crate, client
+//! secret in the form body), `/validate`, Helix `GET /users`, and `/revoke`.
+//! Base URLs come from configuration, so tests and the demo point it at a local fake.
+
+use std::time::Duration;
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
+use oauth2::{
+    AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken, TokenResponse,
+    TokenUrl,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use url::Url;
+
+use super::{ProviderError, TokenSet, read_json};
+use crate::config::TwitchConfig;
+use crate::secret::Secret;
+
+/// Twitch's token response. Twitch sends `scope` as a JSON array where RFC 6749 has a
+/// space-separated string; both are accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TwitchTokenResponse {
+    access_token: AccessToken,
+    token_type: BasicTokenType,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<RefreshToken>,
+    #[serde(default, deserialize_with = "scopes_from_array_or_string")]
+    scope: Option<Vec<Scope>>,
+}
+
+fn scopes_from_array_or_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Scope>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scopes {
+        List(Vec<String>),
+        Spaced(String),
+    }
+    Ok(match Option::<Scopes>::deserialize(deserializer)? {
+        None => None,
+        Some(Scopes::List(list)) => Some(list.into_iter().map(Scope::new).collect()),
+        Some(Scopes::Spaced(text)) => Some(
+            text.split_whitespace()
+                .map(|s| Scope::new(s.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+impl TokenResponse for TwitchTokenResponse {
+    type TokenType = BasicTokenType;
+
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+    fn token_type(&self) -> &BasicTokenType {
+        &self.token_type
+    }
+    fn expires_in(&self) -> Option<Duration> {
+        self.expires_in.map(Duration::from_secs)
+    }
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        self.scope.as_ref()
+    }
+}
+
+impl From<TwitchTokenResponse> for TokenSet {
+    fn from(response: TwitchTokenResponse) -> Self {
+        TokenSet {
+            access_token: Secret::new(response.access_token.secret().to_owned()),
+            refresh_token: response
+                .refresh_token
+                .map(|r| Secret::new(r.secret().to_owned())),
+            expires_in: response.expires_in.map(Duration::from_secs),
+            scopes: response
+                .scope
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    TwitchTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// What `/validate` says about a token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Validation {
+    pub client_id: String,
+    pub login: Option<String>,
+    pub user_id: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub scopes: Vec<String>,
+    pub expires_in: u64,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// The Helix user record this project keeps.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HelixUser {
+    pub id: String,
+    pub login: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub profile_image_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HelixUsers {
+    data: Vec<HelixUser>,
+}
+
+pub struct TwitchClient {
+    http: reqwest::Client,
+    oauth: OAuthClient,
+    client_id: String,
+    redirect_uri: Url,
+    scopes: Vec<String>,
+    auth_base: String,
+    api_base: String,
+}
+
+impl TwitchClient {
+    /// `None` when `TWITCH_CLIENT_ID`/`TWITCH_CLIENT_SECRET` are unset (login is then refused
+    /// with a page saying so).
+    pub fn new(config: &TwitchConfig, http: reqwest::Client) -> Option<Self> {
+        let client_id = config.client_id.clone()?;
+        let secret = config.client_secret.as_ref()?;
+        let auth_base = config
+            .auth_base_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
+        let token_url = TokenUrl::new(format!("{auth_base}/token")).ok()?;
+        let oauth = oauth2::Client::new(ClientId::new(client_id.clone()))
+            .set_client_secret(ClientSecret::new(secret.expose().clone()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(token_url)
+            .set_redirect_uri(RedirectUrl::from_url(config.redirect_uri.clone()));
+        Some(Self {
+            http,
+            oauth,
+            client_id,
+            redirect_uri: config.redirect_uri.clone(),
+            scopes: config.scopes.clone(),
+            auth_base,
+            api_base: config
+                .api_base_url
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned(),
+        })
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Where the browser goes to approve the login.
+    pub fn authorize_url(&self, state: &str, force_verify: bool) -> Url {
+        let mut url = Url::parse(&format!("{}/authorize", self.auth_base))
+            .expect("the auth base URL was validated at start");
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("client_id", &self.client_id)
+                .append_pair("redirect_uri", self.redirect_uri.as_str())
+                .append_pair("response_type", "code")
+                .append_pair("scope", &self.scopes.join(" "))
+                .append_pair("state", state);
+            if force_verify {
+                query.append_pair("force_verify", "true");
+            }
+        }
+        url
+    }
+
+    pub async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
+        self.oauth
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .request_async(&self.http)
+            .await
+            .map(TokenSet::from)
+            .map_err(token_error)
+    }
+
+    /// Trades a refresh token for new tokens; Twitch rotates the refresh token, so the
+    /// returned one must be stored.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
+        let refresh_token = RefreshToken::new(refresh_token.to_owned());
+        self.oauth
+            .exchange_refresh_token(&refresh_token)
+            .request_async(&self.http)
+            .await
+            .map(TokenSet::from)
+            .map_err(token_error)
+    }
+
+    /// `GET /validate`: whose token this is, its scopes and remaining lifetime.
+    pub async fn validate(&self, access_token: &str) -> Result<Validation, ProviderError> {
+        let response = self
+            .http
+            .get(format!("{}/validate", self.auth_base))
+            .header("Authorization", format!("OAuth {access_token}"))
+            .send()
+            .await
+            .map_err(ProviderError::from_transport)?;
+        read_json(response).await
+    }
+
+    /// Helix `GET /users` for the token's own user.
+    pub async fn user(&self, access_token: &str) -> Result<HelixUser, ProviderError> {
+        let response = self
+            .http
+            .get(format!("{}/users", self.api_base))
+            .bearer_auth(access_token)
+            .header("Client-Id", &self.client_id)
+            .send()
+            .await
+            .map_err(ProviderError::from_transport)?;
+        let users: HelixUsers = read_json(response).await?;
+        users
+            .data
+            .into_iter()
+            .next()
+            .ok_or_else(|| ProviderError::Malformed("Helix returned no user for the token".into()))
+    }
+
+    /// `POST /revoke`: the token stops working at Twitch.
+    pub async fn revoke(&self, access_token: &str) -> Result<(), ProviderError> {
+        let response = self
+            .http
+            .post(format!("{}/revoke", self.auth_base))
+            .form(&[
+                ("client_id", self.client_id.as_str()),
+                ("token", access_token),
+            ])
+            .send()
+            .await
+            .map_err(ProviderError::from_transport)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(ProviderError::Rejected {
+            status: status.as_u16(),
+            message: super::error_message(response).await,
+        })
+    }
+}
+
+fn token_error<RE: std::error::Error + 'static>(
+    error: RequestTokenError<RE, BasicErrorResponse>,
+) -> ProviderError {
+    match error {
+        RequestTokenError::ServerResponse(response) => ProviderError::Rejected {
+            status: 400,
+            message: response.error().to_string(),
+        },
+        RequestTokenError::Request(e) => {
+            // Transport failures (refused, reset, timed out) keep their cause chain.
+            ProviderError::Unavailable(crate::oauth::error_chain(&e))
+        }
+        RequestTokenError::Parse(e, body) => {
+            // Twitch's own error shape ({"status":400,"message":…}) is not RFC 6749's.
+            match serde_json::from_slice::<super::ProviderErrorBody>(&body) {
+                Ok(twitch) if twitch.status.is_some_and(|s| (400..500).contains(&s)) => {
+                    ProviderError::Rejected {
+                        status: twitch.status.unwrap_or(400),
+                        message: twitch.message.unwrap_or_default(),
+                    }
+                }
+                Ok(twitch) if twitch.status.is_some() => ProviderError::Unavailable(format!(
+                    "token endpoint answered {}",
+                    twitch.status.unwrap_or(500)
+                )),
+                _ => ProviderError::Malformed(format!("token response did not parse: {e}")),
+            }
+        }
+        RequestTokenError::Other(text) => ProviderError::Malformed(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_is_accepted_as_an_array_or_a_string() {
+        let array: TwitchTokenResponse = serde_json::from_str(
+            r#"{"access_token":"a","expires_in":14124,"refresh_token":"r","scope":["chat:read","chat:edit"],"token_type":"bearer"}"#,
+        )
+        .unwrap();
+        let string: TwitchTokenResponse = serde_json::from_str(
+            r#"{"access_token":"a","refresh_token":"r","scope":"chat:read chat:edit","token_type":"bearer"}"#,
+        )
+        .unwrap();
+        let missing: TwitchTokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","token_type":"bearer"}"#).unwrap();
+        assert_eq!(TokenSet::from(array).scopes, vec!["chat:read", "chat:edit"]);
+        assert_eq!(
+            TokenSet::from(string).scopes,
+            vec!["chat:read", "chat:edit"]
+        );
+        assert!(TokenSet::from(missing).scopes.is_empty());
+    }
+
+    #[test]
+    fn the_authorize_url_carries_every_parameter() {
+        let config = TwitchConfig {
+            client_id: Some("cid".into()),
+            client_secret: Some(Secret::new("sec".into())),
+            scopes: vec!["chat:read".into(), "user:read:chat".into()],
+            redirect_uri: Url::parse("http://localhost:3000/auth/twitch/callback").unwrap(),
+            auth_base_url: Url::parse("https://id.twitch.tv/oauth2").unwrap(),
+            api_base_url: Url::parse("https://api.twitch.tv/helix").unwrap(),
+        };
+        let client = TwitchClient::new(&config, reqwest::Client::new()).unwrap();
+        let url = client.authorize_url("st", true);
+        assert_eq!(url.path(), "/oauth2/authorize");
+        let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(query["client_id"], "cid");
+        assert_eq!(
+            query["redirect_uri"],
+            "http://localhost:3000/auth/twitch/callback"
+        );
+        assert_eq!(query["response_type"], "code");
+        assert_eq!(query["scope"], "chat:read user:read:chat");
+        assert_eq!(query["state"], "st");
+        assert_eq!(query["force_verify"], "true");
+        assert!(!url.as_str().contains("sec"));
+        assert!(
+            !client
+                .authorize_url("st", false)
+                .as_str()
+                .contains("force_verify")
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! `GET /auth/twitch` (auth-start) and `GET /auth/twitch/callback` (auth-callback).
+//!
+//! The OAuth state is 256 random bits, stored once as `oauth:state:{state}` for 300 s (in
+//! Redis, or in-process in single-instance mode) and bound to the browser that started the
+//! flow by a signed cookie. The callback checks the cookie, then takes the state atomically
+//! (a replay finds nothing), and only then talks to Twitch. Nothing is written unless every
+//! step succeeded.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::session::{LOGGED_OUT_COOKIE, NewSession, SESSION_DAYS};
+use super::{PageError, cookie, security_headers, set_cookie, texts};
+use crate::app::App;
+use crate::crypto::random_token;
+use crate::oauth::ProviderError;
+use crate::store::accounts::{TwitchLogin, token_context};
+use crate::store::now_ms;
+
+/// How long a started login stays valid.
+pub const STATE_TTL: Duration = Duration::from_secs(300);
+/// Longest callback query accepted (real ones are a few hundred bytes).
+const MAX_QUERY_LEN: usize = 4096;
+const TWITCH_STATE_COOKIE: &str = "avatar_oauth_twitch";
+const TWITCH_CALLBACK_PATH: &str = "/auth/twitch/callback";
+
+pub fn state_key(state: &str) -> String {
+    format!("oauth:state:{state}")
+}
+
+/// What is stored under the state while the browser is at the provider.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PendingLogin {
+    provider: String,
+    created_at: i64,
+}
+
+/// `GET /auth/twitch`: 302 to Twitch's authorize page.
+pub async fn start_twitch(State(app): State<App>, headers: HeaderMap) -> Response {
+    match begin_twitch_login(&app, &headers).await {
+        Ok(response) => response,
+        Err(e) => e.into_page(&app, texts::negotiate(&headers), "/"),
+    }
+}
+
+async fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, PageError> {
+    let twitch = app.twitch.as_ref().ok_or(PageError::NotConfigured)?;
+    let state = random_token(32);
+    let pending = serde_json::to_string(&PendingLogin {
+        provider: "twitch".into(),
+        created_at: now_ms(),
+    })
+    .map_err(|e| PageError::Unavailable(e.to_string()))?;
+    let stored = app
+        .coordinator
+        .put_once(&state_key(&state), &pending, STATE_TTL)
+        .await
+        .map_err(|e| PageError::Unavailable(e.to_string()))?;
+    if !stored {
+        // 256 random bits do not collide; if they ever seem to, refuse rather than reuse.
+        return Err(PageError::Unavailable("state collision".into()));
+    }
+    let force_verify = cookie(headers, LOGGED_OUT_COOKIE).is_some();
+    let location = twitch.authorize_url(&state, force_verify);
+    let binding = set_cookie(
+        app,
+        TWITCH_STATE_COOKIE,
+        &app.signer.sign("oauth-state:twitch", &state),
+        TWITCH_CALLBACK_PATH,
+        STATE_TTL.as_secs() as i64,
+    );
+    Ok((
+        StatusCode::FOUND,
+        security_headers(app),
+        [
+            (header::LOCATION, location.as_str().to_owned()),
+            (
+                header::SET_COOKIE,
+                binding.to_str().unwrap_or_default().to_owned(),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+/// The callback's query, parsed strictly: UTF-8 only, no repeated parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub scope: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+impl CallbackQuery {
+    pub fn parse(raw: Option<&str>) -> Result<Self, PageError> {
+        let mut query = Self::default();
+        let Some(raw) = raw else {
+            return Ok(query);
+        };
+        if raw.len() > MAX_QUERY_LEN {
+            return Err(PageError::TooLong);
+        }
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match decode(key)?.as_str() {
+                "code" => &mut query.code,
+                "state" => &mut query.state,
+                "scope" => &mut query.scope,
+                "error" => &mut query.error,
+                "error_description" => &mut query.error_description,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(PageError::BadRequest("a parameter is repeated"));
+            }
+            *slot = Some(decode(value)?);
+        }
+        Ok(query)
+    }
+}
+
+fn decode(component: &str) -> Result<String, PageError> {
+    let spaced = component.replace('+', " ");
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
+    String::from_utf8(bytes).map_err(|_| PageError::BadRequest("the query is not UTF-8"))
+}
+
+/// Where the time of a callback went: the bench subtracts the provider's share.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallbackTimings {
+    pub total: Duration,
+    pub provider: Duration,
+}
+
+/// `GET /auth/twitch/callback`.
+pub async fn twitch_callback(
+    State(app): State<App>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    complete_twitch_login(&app, raw.as_deref(), &headers)
+        .await
+        .0
+}
+
+/// The callback, also returning its timings (used by the benchmark).
+pub async fn complete_twitch_login(
+    app: &App,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+) -> (Response, CallbackTimings) {
+    let started = Instant::now();
+    let mut provider = Duration::ZERO;
+    let outcome = finish_twitch_login(app, raw_query, headers, &mut provider).await;
+    // Whatever happened, this state is spent: drop the browser's binding cookie.
+    let clear_binding = set_cookie(app, TWITCH_STATE_COOKIE, "", TWITCH_CALLBACK_PATH, 0);
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(e) => e.into_page(app, texts::negotiate(headers), "/auth/twitch"),
+    };
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, clear_binding);
+    let timings = CallbackTimings {
+        total: started.elapsed(),
+        provider,
+    };
+    tracing::debug!(
+        server_us = (timings.total.saturating_sub(timings.provider)).as_micros() as u64,
+        provider_us = timings.provider.as_micros() as u64,
+        "twitch callback"
+    );
+    (response, timings)
+}
+
+/// Times one provider call into `spent`.
+async fn timed<T>(spent: &mut Duration, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let result = call.await;
+    *spent += started.elapsed();
+    result
+}
+
+async fn finish_twitch_login(
+    app: &App,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    provider: &mut Duration,
+) -> Result<Response, PageError> {
+    let query = CallbackQuery::parse(raw_query)?;
+    let state = query.state.as_deref().ok_or(PageError::MissingState)?;
+    if state.len() > 128 {
+        return Err(PageError::UnknownState);
+    }
+    // Bound to this browser: the signed cookie set at the start must name this state.
+    let bound = cookie(headers, TWITCH_STATE_COOKIE)
+        .and_then(|c| app.signer.verify("oauth-state:twitch", c))
+        .ok_or(PageError::ForeignBrowser)?;
+    if !constant_time_eq(bound.as_bytes(), state.as_bytes()) {
+        return Err(PageError::ForeignBrowser);
+    }
+    let pending = app
+        .coordinator
+        .take_once(&state_key(state))
+        .await
+        .map_err(|e| PageError::Unavailable(e.to_string()))?
+        .ok_or(PageError::UnknownState)?;
+    match serde_json::from_str::<PendingLogin>(&pending) {
+        Ok(p) if p.provider == "twitch" => {}
+        _ => return Err(PageError::UnknownState),
+    }
+    if let Some(error) = query.error {
+        return Err(PageError::ProviderDenied { error });
+    }
+    let code = query.code.as_deref().ok_or(PageError::MissingCode)?;
+    let twitch = app.twitch.as_ref().ok_or(PageError::NotConfigured)?;
+
+    let tokens = timed(provider, twitch.exchange_code(code))
+        .await
+        .map_err(|e| match e {
+            ProviderError::Rejected { .. } => PageError::CodeRejected(e.to_string()),
+            other => PageError::ProviderFailed(other.to_string()),
+        })?;
+    let access = tokens.access_token.expose().as_str();
+    let validation = timed(provider, twitch.validate(access))
+        .await
+        .map_err(|e| PageError::ProviderFailed(e.to_string()))?;
+    if validation.client_id != twitch.client_id() {
+        return Err(PageError::ProviderInconsistent(
+            "the token belongs to another application".into(),
+        ));
+    }
+    let user_id = validation
+        .user_id
+        .clone()
+        .ok_or_else(|| PageError::ProviderInconsistent("the token has no user".into()))?;
+    let user = timed(provider, twitch.user(access))
+        .await
+        .map_err(|e| PageError::ProviderFailed(e.to_string()))?;
+    if user.id != user_id {
+        return Err(PageError::ProviderInconsistent(
+            "Helix and /validate name different users".into(),
+        ));
+    }
+
+    let session = NewSession::generate();
+    let now = now_ms();
+    let expires_in = if validation.expires_in > 0 {
+        Some(validation.expires_in)
+    } else {
+        tokens.expires_in.map(|d| d.as_secs())
+    };
+    let login = TwitchLogin {
+        access_token_sealed: app
+            .cipher
+            .seal(access, &token_context(&user.id, "twitch", "access")),
+        refresh_token_sealed: tokens.refresh_token.as_ref().map(|r| {
+            app.cipher
+                .seal(r.expose(), &token_context(&user.id, "twitch", "refresh"))
+        }),
+        // /validate is authoritative for what the token may do.
+        scopes: if validation.scopes.is_empty() {
+            tokens.scopes.clone()
+        } else {
+            validation.scopes.clone()
+        },
+        expires_at: expires_in.map(|s| now + s as i64 * 1000),
+        twitch_user_id: user.id,
+        login: user.login,
+        display_name: user.display_name,
+        profile_image_url: user.profile_image_url.filter(|u| is_image_url(u)),
+        session_id_hash: session.id_hash.clone(),
+        session_expires_at: now + SESSION_DAYS * 24 * 3600 * 1000,
+    };
+    let twitch_user_id = login.twitch_user_id.clone();
+    app.store
+        .record_twitch_login(login)
+        .await
+        .map_err(|e| PageError::Unavailable(e.to_string()))?;
+    tracing::info!(twitch_user_id, "twitch login completed");
+
+    let cookies = [
+        session.cookie(app),
+        set_cookie(app, LOGGED_OUT_COOKIE, "", "/auth/twitch", 0),
+    ];
+    let mut response = (
+        StatusCode::FOUND,
+        security_headers(app),
+        [(header::LOCATION, "/success")],
+    )
+        .into_response();
+    for value in cookies {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+/// Only http(s) image URLs reach a page's `<img src>`.
+fn is_image_url(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http"))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callback_query_is_parsed_strictly() {
+        let q =
+            CallbackQuery::parse(Some("code=abc&scope=chat%3Aread+chat%3Aedit&state=xyz")).unwrap();
+        assert_eq!(q.code.as_deref(), Some("abc"));
+        assert_eq!(q.scope.as_deref(), Some("chat:read chat:edit"));
+        assert_eq!(q.state.as_deref(), Some("xyz"));
+        assert!(matches!(
+            CallbackQuery::parse(Some("state=a&state=b")),
+            Err(PageError::BadRequest(_))
+        ));
+        assert!(matches!(
+            CallbackQuery::parse(Some("state=%FF%FE")),
+            Err(PageError::BadRequest(_))
+        ));
+        assert!(matches!(
+            CallbackQuery::parse(Some(&"a".repeat(5000))),
+            Err(PageError::TooLong)
+        ));
+        assert_eq!(
+            CallbackQuery::parse(Some("unknown=1&&=&x")).unwrap(),
+            CallbackQuery::default()
+        );
+        let denied = CallbackQuery::parse(Some(
+            "error=access_denied&error_description=The+user+denied",
+        ))
+        .unwrap();
+        assert_eq!(denied.error.as_deref(), Some("access_denied"));
+    }
+}

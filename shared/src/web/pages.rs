@@ -1,0 +1,250 @@
+//! The pages function: the landing page, the dashboard, `/auth/status`, logout, Twitch
+//! disconnect, and the stylesheet.
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::session::{self, CurrentSession, LOGGED_OUT_COOKIE};
+use super::{PageError, Texts, html, security_headers, set_cookie, texts};
+use crate::app::App;
+use crate::store::accounts::{SessionUser, token_context};
+
+pub const STYLESHEET: &str = include_str!("../../static/style.css");
+
+#[derive(Template)]
+#[template(path = "landing.html")]
+struct Landing<'a> {
+    t: &'a Texts,
+    user: Option<&'a SessionUser>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct Dashboard<'a> {
+    t: &'a Texts,
+    user: &'a SessionUser,
+    donationalerts_status: &'a str,
+    csrf: String,
+}
+
+/// `GET /`.
+pub async fn landing(State(app): State<App>, headers: HeaderMap) -> Response {
+    let t = texts::negotiate(&headers);
+    match session::current(&app, &headers).await {
+        Ok(current) => html(
+            &app,
+            StatusCode::OK,
+            &Landing {
+                t,
+                user: current.as_ref().map(|s| &s.user),
+            },
+        ),
+        Err(e) => e.into_page(&app, t, "/"),
+    }
+}
+
+/// `GET /success`: the dashboard; without a session, back to the landing page.
+pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
+    let t = texts::negotiate(&headers);
+    let current = match session::current(&app, &headers).await {
+        Ok(Some(current)) => current,
+        Ok(None) => return see_other(&app, "/"),
+        Err(e) => return e.into_page(&app, t, "/"),
+    };
+    let donationalerts_status = match current.user.donationalerts_status.as_deref() {
+        Some("active") => t.donationalerts_connected,
+        Some("need_reauth") => t.donationalerts_need_reauth,
+        _ => t.donationalerts_not_connected,
+    };
+    html(
+        &app,
+        StatusCode::OK,
+        &Dashboard {
+            t,
+            user: &current.user,
+            donationalerts_status,
+            csrf: current.csrf_token(&app),
+        },
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthStatus<'a> {
+    authenticated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<StatusUser<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusUser<'a> {
+    twitch_user_id: &'a str,
+    login: &'a str,
+    display_name: &'a str,
+    profile_image_url: Option<&'a str>,
+    scopes: &'a [String],
+    twitch_status: Option<&'a str>,
+}
+
+/// `GET /auth/status`: `{"authenticated":bool,"user":{…}?}`.
+pub async fn auth_status(State(app): State<App>, headers: HeaderMap) -> Response {
+    let current = match session::current(&app, &headers).await {
+        Ok(current) => current,
+        Err(e) => {
+            tracing::warn!(error = %e, "session lookup failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"error": "temporarily unavailable"})),
+            )
+                .into_response();
+        }
+    };
+    let body = AuthStatus {
+        authenticated: current.is_some(),
+        user: current.as_ref().map(|s| StatusUser {
+            twitch_user_id: &s.user.twitch_user_id,
+            login: &s.user.login,
+            display_name: &s.user.display_name,
+            profile_image_url: s.user.profile_image_url.as_deref(),
+            scopes: &s.user.scopes,
+            twitch_status: s.user.twitch_status.as_deref(),
+        }),
+    };
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// The `csrf` field of a urlencoded form body.
+fn csrf_field(body: &Bytes) -> Option<String> {
+    url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Session and same-site checks every POST route starts with.
+async fn post_guard(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Option<CurrentSession>, PageError> {
+    let current = session::current(app, headers).await?;
+    session::check_same_site(app, headers, current.as_ref(), csrf_field(body).as_deref())?;
+    Ok(current)
+}
+
+/// `POST /auth/logout`: ends this session server-side.
+pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let t = texts::negotiate(&headers);
+    let result = async {
+        if let Some(current) = post_guard(&app, &headers, &body).await? {
+            app.store
+                .revoke_session(crate::crypto::sha256(&current.id))
+                .await
+                .map_err(|e| PageError::Unavailable(e.to_string()))?;
+            tracing::info!(twitch_user_id = current.user.twitch_user_id, "logged out");
+        }
+        Ok::<_, PageError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => signed_out(&app),
+        Err(e) => e.into_page(&app, t, "/"),
+    }
+}
+
+/// `POST /auth/twitch/disconnect`: revokes the token at Twitch, deletes the stored tokens
+/// and ends every session of the user.
+pub async fn disconnect_twitch(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let t = texts::negotiate(&headers);
+    let result = async {
+        let Some(current) = post_guard(&app, &headers, &body).await? else {
+            return Ok(());
+        };
+        let user_id = current.user.twitch_user_id.clone();
+        revoke_at_twitch(&app, &user_id).await;
+        app.store
+            .forget_twitch_connection(user_id.clone())
+            .await
+            .map_err(|e| PageError::Unavailable(e.to_string()))?;
+        tracing::info!(twitch_user_id = user_id, "twitch disconnected");
+        Ok::<_, PageError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => signed_out(&app),
+        Err(e) => e.into_page(&app, t, "/"),
+    }
+}
+
+/// Best effort: the user wants to disconnect even if Twitch cannot be reached; the token is
+/// deleted here either way and expires there within hours.
+async fn revoke_at_twitch(app: &App, user_id: &str) {
+    let Some(twitch) = app.twitch.as_ref() else {
+        return;
+    };
+    let stored = match app.store.twitch_tokens(user_id.to_owned()).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the tokens to revoke");
+            return;
+        }
+    };
+    let access = match app.cipher.open(
+        &stored.access_token_sealed,
+        &token_context(user_id, "twitch", "access"),
+    ) {
+        Ok(access) => access,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not open the stored token to revoke it");
+            return;
+        }
+    };
+    if let Err(e) = twitch.revoke(access.expose()).await {
+        tracing::warn!(error = %e, "Twitch did not revoke the token; deleted here anyway");
+    }
+}
+
+/// 303 to the landing page with the session cookie removed and the next login forced
+/// through Twitch's consent screen.
+fn signed_out(app: &App) -> Response {
+    let mut response = see_other(app, "/");
+    let headers = response.headers_mut();
+    headers.append(header::SET_COOKIE, session::clear_cookie(app));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(app, LOGGED_OUT_COOKIE, "1", "/auth/twitch", 30 * 24 * 3600),
+    );
+    response
+}
+
+fn see_other(app: &App, location: &'static str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        security_headers(app),
+        [(header::LOCATION, location)],
+    )
+        .into_response()
+}
+
+/// `GET /static/style.css`.
+pub async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        STYLESHEET,
+    )
+        .into_response()
+}

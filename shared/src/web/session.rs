@@ -1,0 +1,118 @@
+//! Browser sessions: a random 256-bit id in a signed, HttpOnly cookie; the database keeps
+//! only its SHA-256 and can revoke it (logout, disconnect), after which a copied cookie
+//! opens nothing. POST routes also require a CSRF token derived from the session and refuse
+//! requests whose Origin is another site.
+
+use axum::http::HeaderMap;
+use axum::http::header;
+
+use super::{PageError, cookie, is_https, set_cookie};
+use crate::app::App;
+use crate::crypto::{random_token, sha256};
+use crate::store::accounts::SessionUser;
+
+/// Sessions last 30 days unless ended earlier.
+pub const SESSION_DAYS: i64 = 30;
+/// Set at logout so the next login asks Twitch to show its consent screen again
+/// (`force_verify=true`): on a shared computer the next person must not slip in silently.
+pub const LOGGED_OUT_COOKIE: &str = "avatar_logged_out";
+
+/// `__Host-` on https (the browser then refuses it without Secure, Path=/ and no Domain).
+pub fn cookie_name(app: &App) -> &'static str {
+    if is_https(app) {
+        "__Host-avatar_session"
+    } else {
+        "avatar_session"
+    }
+}
+
+/// A new session: its id (for the cookie) and the hash the database keeps.
+pub struct NewSession {
+    pub id: String,
+    pub id_hash: Vec<u8>,
+}
+
+impl NewSession {
+    pub fn generate() -> Self {
+        let id = random_token(32);
+        let id_hash = sha256(&id);
+        Self { id, id_hash }
+    }
+
+    pub fn cookie(&self, app: &App) -> axum::http::HeaderValue {
+        set_cookie(
+            app,
+            cookie_name(app),
+            &app.signer.sign("session", &self.id),
+            "/",
+            SESSION_DAYS * 24 * 3600,
+        )
+    }
+}
+
+/// A session found on a request.
+pub struct CurrentSession {
+    pub id: String,
+    pub user: SessionUser,
+}
+
+impl CurrentSession {
+    /// The CSRF token of this session, for the forms of its pages.
+    pub fn csrf_token(&self, app: &App) -> String {
+        app.signer.tag("csrf", &self.id)
+    }
+}
+
+/// The live session of this request, if its cookie is genuine and not revoked.
+pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<CurrentSession>, PageError> {
+    let Some(signed) = cookie(headers, cookie_name(app)) else {
+        return Ok(None);
+    };
+    // A forged or tampered cookie fails here, before any database work.
+    let Some(id) = app.signer.verify("session", signed) else {
+        return Ok(None);
+    };
+    let user = app
+        .store
+        .session_user(sha256(id))
+        .await
+        .map_err(|e| PageError::Unavailable(e.to_string()))?;
+    Ok(user.map(|user| CurrentSession {
+        id: id.to_owned(),
+        user,
+    }))
+}
+
+/// `Set-Cookie` that deletes the session cookie.
+pub fn clear_cookie(app: &App) -> axum::http::HeaderValue {
+    set_cookie(app, cookie_name(app), "", "/", 0)
+}
+
+/// Refuses a state-changing request from another site: an Origin (or, lacking it, a
+/// `Sec-Fetch-Site`) that is not ours, or a missing or wrong CSRF token.
+pub fn check_same_site(
+    app: &App,
+    headers: &HeaderMap,
+    session: Option<&CurrentSession>,
+    csrf: Option<&str>,
+) -> Result<(), PageError> {
+    let ours = app.config.public_base_url.origin().ascii_serialization();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if origin.to_str().ok() != Some(ours.as_str()) {
+            return Err(PageError::CrossSite);
+        }
+    } else if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site")
+    {
+        return Err(PageError::CrossSite);
+    }
+    if let Some(session) = session {
+        let valid = csrf.is_some_and(|token| app.signer.verify_tag("csrf", &session.id, token));
+        if !valid {
+            return Err(PageError::CrossSite);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Page texts: Russian by default, English when the browser prefers it.
+
+use axum::http::HeaderMap;
+
+pub struct Texts {
+    pub lang: &'static str,
+    pub app_name: &'static str,
+    pub landing_title: &'static str,
+    pub landing_text: &'static str,
+    pub login_button: &'static str,
+    pub signed_in_as: &'static str,
+    pub open_dashboard: &'static str,
+    pub twitch_heading: &'static str,
+    pub twitch_connected: &'static str,
+    pub twitch_need_reauth: &'static str,
+    pub scopes_label: &'static str,
+    pub donationalerts_connected: &'static str,
+    pub donationalerts_need_reauth: &'static str,
+    pub donationalerts_not_connected: &'static str,
+    pub logout_button: &'static str,
+    pub disconnect_button: &'static str,
+    pub error_code: &'static str,
+    pub try_again: &'static str,
+    pub back_home: &'static str,
+}
+
+pub const RU: Texts = Texts {
+    lang: "ru",
+    app_name: "Avatar",
+    landing_title: "Аватар для стрима",
+    landing_text: "Войдите через Twitch, чтобы подключить чат-бота и оповещения о донатах.",
+    login_button: "Вход",
+    signed_in_as: "Вы вошли как",
+    open_dashboard: "Открыть панель",
+    twitch_heading: "Twitch",
+    twitch_connected: "Подключён: бот может читать чат от вашего имени.",
+    twitch_need_reauth: "Нужно войти заново: Twitch больше не принимает сохранённый токен.",
+    scopes_label: "Разрешения",
+    donationalerts_connected: "Подключено",
+    donationalerts_need_reauth: "Нужно подключить заново",
+    donationalerts_not_connected: "Не подключено",
+    logout_button: "Выйти",
+    disconnect_button: "Отключить Twitch",
+    error_code: "Код ошибки",
+    try_again: "Попробовать снова",
+    back_home: "На главную",
+};
+
+pub const EN: Texts = Texts {
+    lang: "en",
+    app_name: "Avatar",
+    landing_title: "Your stream avatar",
+    landing_text: "Log in with Twitch to connect the chat bot and donation alerts.",
+    login_button: "Log in",
+    signed_in_as: "You are logged in as",
+    open_dashboard: "Open the dashboard",
+    twitch_heading: "Twitch",
+    twitch_connected: "Connected: the bot can read chat on your behalf.",
+    twitch_need_reauth: "Please log in again: Twitch no longer accepts the stored token.",
+    scopes_label: "Permissions",
+    donationalerts_connected: "Connected",
+    donationalerts_need_reauth: "Needs to be connected again",
+    donationalerts_not_connected: "Not connected",
+    logout_button: "Log out",
+    disconnect_button: "Disconnect Twitch",
+    error_code: "Error code",
+    try_again: "Try again",
+    back_home: "Home",
+};
+
+/// English when the most preferred language of `Accept-Language` that we speak is English;
+/// Russian otherwise (the default audience).
+pub fn negotiate(headers: &HeaderMap) -> &'static Texts {
+    let Some(header) = headers
+        .get(axum::http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return &RU;
+    };
+    let mut best: Option<(f32, &'static Texts)> = None;
+    for part in header.split(',').take(20) {
+        let mut pieces = part.split(';');
+        let tag = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = pieces
+            .find_map(|p| p.trim().strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let texts = match tag.split('-').next() {
+            Some("en") => &EN,
+            Some("ru") => &RU,
+            _ => continue,
+        };
+        if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
+            best = Some((quality, texts));
+        }
+    }
+    best.map_or(&RU, |(_, texts)| texts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lang(header: &str) -> &'static str {
+        let mut headers = HeaderMap::new();
+        headers.insert(axum::http::header::ACCEPT_LANGUAGE, header.parse().unwrap());
+        negotiate(&headers).lang
+    }
+
+    #[test]
+    fn russian_unless_english_is_preferred() {
+        assert_eq!(negotiate(&HeaderMap::new()).lang, "ru");
+        assert_eq!(lang("en-US,en;q=0.9"), "en");
+        assert_eq!(lang("ru-RU,ru;q=0.9,en;q=0.8"), "ru");
+        assert_eq!(lang("de-DE,en;q=0.5"), "en");
+        assert_eq!(lang("en;q=0.3,ru;q=0.7"), "ru");
+        assert_eq!(lang("fr,de"), "ru");
+        assert_eq!(lang("en;q=0"), "ru");
+    }
+}

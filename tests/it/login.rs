@@ -1,0 +1,555 @@
+//! The Twitch login end to end over real HTTP against the fake Twitch: the happy path in
+//! both coordination modes, every refusal (a 4xx page and nothing written), sessions,
+//! disconnect, key rotation.
+
+use std::time::Duration;
+
+use avatar_tests::{Browser, RedisServer, TestApp, location, wait_until};
+use fake_providers::twitch::{FakeUser, TokenFailure};
+use shared::store::accounts::token_context;
+
+fn assert_error_page(status: reqwest::StatusCode, body: &str, expected: u16) {
+    assert_eq!(status.as_u16(), expected, "{body}");
+    assert!(
+        body.contains("<html"),
+        "an error page, not bare text: {body}"
+    );
+    assert!(
+        body.contains("href=\"/auth/twitch\"") || body.contains("href=\"/\""),
+        "a way back: {body}"
+    );
+}
+
+/// A login that completes: the dashboard greets the user and everything is stored sealed.
+async fn login_works(app: &TestApp) {
+    // Arrange
+    let browser = app.browser();
+    let landing = browser.get("/").await.text().await.unwrap();
+    assert!(landing.contains("href=\"/auth/twitch\""), "{landing}");
+    assert!(landing.contains("Вход"));
+
+    // Act
+    let callback = browser.log_in().await;
+
+    // Assert
+    assert_eq!(callback.status(), 302);
+    assert_eq!(location(&callback), "/success");
+    let dashboard = browser.get("/success").await;
+    assert_eq!(dashboard.status(), 200);
+    let html = dashboard.text().await.unwrap();
+    assert!(html.contains("Demo Streamer"), "{html}");
+    assert!(html.contains("chat:read"));
+    assert!(
+        html.contains("Не подключено"),
+        "DonationAlerts placeholder: {html}"
+    );
+    let status = browser.status().await;
+    assert_eq!(status["authenticated"], true);
+    assert_eq!(status["user"]["twitchUserId"], "141981764");
+    assert_eq!(status["user"]["displayName"], "Demo Streamer");
+    assert_eq!(app.rows("users"), 1);
+    assert_eq!(app.rows("provider_tokens"), 1);
+    let stored = app
+        .app
+        .store
+        .twitch_tokens("141981764".into())
+        .await
+        .unwrap()
+        .unwrap();
+    let access = app
+        .app
+        .cipher
+        .open(
+            &stored.access_token_sealed,
+            &token_context("141981764", "twitch", "access"),
+        )
+        .unwrap();
+    assert!(app.twitch.issued_tokens().contains(access.expose()));
+    assert_eq!(stored.status, "active");
+    assert!(stored.expires_at.unwrap() > shared::store::now_ms());
+}
+
+#[tokio::test]
+async fn a_streamer_logs_in_in_single_instance_mode() {
+    let app = TestApp::spawn(&[]).await;
+    login_works(&app).await;
+}
+
+#[tokio::test]
+async fn a_streamer_logs_in_in_redis_mode_with_the_state_in_redis() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
+
+    // The state lives in Redis for 300 s while the browser is at Twitch.
+    let browser = app.browser();
+    let page = browser.start_login().await;
+    let key = format!("oauth:state:{}", page.params["state"]);
+    assert_eq!(page.params["state"].len(), 43, "256 bits, URL-safe base64");
+    let ttl = redis.pttl(&key).await;
+    assert!((295_000..=300_000).contains(&ttl), "PTTL {ttl}");
+    let callback = browser.decide(&page, "authorize").await;
+    assert_eq!(browser.get(&callback).await.status(), 302);
+    assert_eq!(redis.get(&key).await, None, "the state was consumed");
+
+    login_works(&app).await;
+}
+
+#[tokio::test]
+async fn english_is_served_when_the_browser_prefers_it() {
+    let app = TestApp::spawn(&[]).await;
+    let page = app
+        .http
+        .get(format!("{}/", app.address))
+        .header("Accept-Language", "en-US,en;q=0.9")
+        .send()
+        .await
+        .unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("Log in") && html.contains("lang=\"en\""),
+        "{html}"
+    );
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+}
+
+#[tokio::test]
+async fn refused_callbacks_show_a_4xx_page_and_write_nothing() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
+    let writes_before = app.writes();
+
+    // Missing state.
+    let browser = app.browser();
+    let response = browser.get("/auth/twitch/callback?code=abc").await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+
+    // Unknown state (a genuine-looking binding cookie for a state that was never issued).
+    let forged = Browser::new(&app.address);
+    let state = "never-issued-state";
+    let cookie = app.app.signer.sign("oauth-state:twitch", state);
+    let response = forged
+        .client
+        .get(format!(
+            "{}/auth/twitch/callback?code=abc&state={state}",
+            app.address
+        ))
+        .header("Cookie", format!("avatar_oauth_twitch={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+
+    // Expired state: Redis lets it lapse before the browser returns.
+    let browser = app.browser();
+    let page = browser.start_login().await;
+    let key = format!("oauth:state:{}", page.params["state"]);
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_until("the state to expire", Duration::from_secs(5), || async {
+        redis.get(&key).await.is_none()
+    })
+    .await;
+    let callback = browser.decide(&page, "authorize").await;
+    let response = browser.get(&callback).await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+
+    // Started in another browser: no cookie at all, then another flow's cookie.
+    let first = app.browser();
+    let page = first.start_login().await;
+    let callback = first.decide(&page, "authorize").await;
+    let stranger = app.browser();
+    let response = stranger.get(&callback).await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    let other = app.browser();
+    other.start_login().await;
+    let response = other.get(&callback).await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+
+    // The user clicks Cancel at Twitch.
+    let browser = app.browser();
+    let page = browser.start_login().await;
+    let callback = browser.decide(&page, "cancel").await;
+    assert!(callback.contains("error=access_denied"));
+    let response = browser.get(&callback).await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 403);
+
+    // A code Twitch rejects.
+    let browser = app.browser();
+    let page = browser.start_login().await;
+    let callback = browser.decide(&page, "authorize").await;
+    let tampered = callback.replace("code=", "code=x");
+    let response = browser.get(&tampered).await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+
+    // The token endpoint fails: 500, garbage, too slow.
+    for failure in [
+        TokenFailure::ServerError,
+        TokenFailure::MalformedJson,
+        TokenFailure::Slow(Duration::from_secs(5)),
+    ] {
+        app.twitch.set_token_failure(failure);
+        let browser = app.browser();
+        let page = browser.start_login().await;
+        let callback = browser.decide(&page, "authorize").await;
+        let response = browser.get(&callback).await;
+        let status = response.status();
+        assert_error_page(status, &response.text().await.unwrap(), 424);
+    }
+    app.twitch.set_token_failure(TokenFailure::None);
+
+    // The authorize redirect tampered with: another state, another redirect_uri.
+    let browser = app.browser();
+    let mut page = browser.start_login().await;
+    page.params
+        .insert("state".into(), "attacker-chosen-state".into());
+    let callback = browser.decide(&page, "authorize").await;
+    let response = browser.get(&callback).await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    let mut evil = page.url.clone();
+    evil.query_pairs_mut()
+        .clear()
+        .append_pair("client_id", &page.params["client_id"])
+        .append_pair("redirect_uri", "https://evil.example/steal")
+        .append_pair("response_type", "code")
+        .append_pair("scope", "chat:read")
+        .append_pair("state", &page.params["state"]);
+    let response = browser.get(evil.as_str()).await;
+    assert_eq!(
+        response.status(),
+        400,
+        "Twitch refuses an unregistered redirect"
+    );
+
+    // Hostile query strings: 100 KB, invalid UTF-8, repeated keys.
+    let browser = app.browser();
+    browser.start_login().await;
+    let huge = format!(
+        "/auth/twitch/callback?code={}&state=x",
+        "a".repeat(100 * 1024)
+    );
+    let status = avatar_tests::raw_get_status(&app.address, &huge).await;
+    assert!((400..500).contains(&status), "{status}");
+    let response = browser
+        .get("/auth/twitch/callback?code=%FF%FE&state=%C3%28")
+        .await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    let response = browser
+        .get("/auth/twitch/callback?state=a&state=b&code=c")
+        .await;
+    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+
+    // Assert: nothing of any of it was written.
+    assert_eq!(app.writes(), writes_before);
+    assert_eq!(app.rows("users"), 0);
+    assert_eq!(app.rows("sessions"), 0);
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_refused_and_writes_nothing_more() {
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    let page = browser.start_login().await;
+    let callback = browser.decide(&page, "authorize").await;
+    let binding = app
+        .app
+        .signer
+        .sign("oauth-state:twitch", &page.params["state"]);
+    assert_eq!(browser.get(&callback).await.status(), 302);
+    let writes = app.writes();
+
+    // The same callback URL again, with the binding cookie the browser had.
+    let replay = Browser::new(&app.address)
+        .client
+        .get(&callback)
+        .header("Cookie", format!("avatar_oauth_twitch={binding}"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_error_page(replay.status(), &replay.text().await.unwrap(), 400);
+    assert_eq!(app.writes(), writes);
+    assert_eq!(app.rows("sessions"), 1);
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_a_copied_cookie_no_longer_works() {
+    // Arrange: a logged-in session whose cookie we hold (and could have copied).
+    let app = TestApp::spawn(&[]).await;
+    let cookie = format!("avatar_session={}", session_cookie(&app).await);
+    let with_cookie = |request: reqwest::RequestBuilder| request.header("Cookie", cookie.clone());
+    let dashboard = with_cookie(app.http.get(format!("{}/success", app.address)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = dashboard
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    // Act
+    let response = with_cookie(app.http.post(format!("{}/auth/logout", app.address)))
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+
+    // Assert: the cookie opens nothing any more.
+    assert_eq!(response.status(), 303);
+    let status: serde_json::Value =
+        with_cookie(app.http.get(format!("{}/auth/status", app.address)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        status["authenticated"], false,
+        "a copied cookie is dead after logout"
+    );
+    let dashboard = with_cookie(app.http.get(format!("{}/success", app.address)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        dashboard.status(),
+        303,
+        "the dashboard sends it back to the landing page"
+    );
+}
+
+#[tokio::test]
+async fn after_logout_the_next_login_asks_twitch_for_consent_again() {
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let first = app.twitch.authorize_requests();
+    assert!(!first[0].contains_key("force_verify"));
+
+    assert_eq!(
+        browser.post_from_dashboard("/auth/logout").await.status(),
+        303
+    );
+    assert_eq!(browser.status().await["authenticated"], false);
+    let start = browser.get("/auth/twitch").await;
+
+    assert!(location(&start).contains("force_verify=true"));
+}
+
+/// The value of a session cookie, from a login made by hand (reqwest's jar is opaque).
+async fn session_cookie(app: &TestApp) -> String {
+    let manual = app.http.clone();
+    let start = manual
+        .get(format!("{}/auth/twitch", app.address))
+        .send()
+        .await
+        .unwrap();
+    let binding = set_cookie_value(&start, "avatar_oauth_twitch");
+    let authorize = reqwest::Url::parse(&location(&start)).unwrap();
+    let mut form: std::collections::HashMap<String, String> =
+        authorize.query_pairs().into_owned().collect();
+    form.insert("decision".into(), "authorize".into());
+    let mut post = authorize.clone();
+    post.set_query(None);
+    let consent = manual.post(post).form(&form).send().await.unwrap();
+    let callback = manual
+        .get(location(&consent))
+        .header("Cookie", format!("avatar_oauth_twitch={binding}"))
+        .send()
+        .await
+        .unwrap();
+    set_cookie_value(&callback, "avatar_session")
+}
+
+fn set_cookie_value(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .expect("the cookie is set")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn forged_and_tampered_session_cookies_are_refused() {
+    let app = TestApp::spawn(&[]).await;
+    let genuine = session_cookie(&app).await;
+    let mut tampered = genuine.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let (id, _) = genuine.split_once('.').unwrap();
+    for cookie in [
+        "garbage".to_owned(),
+        format!("{id}.AAAA"),
+        tampered,
+        format!("{}.{}", "x".repeat(43), genuine.split_once('.').unwrap().1),
+    ] {
+        let status = app
+            .http
+            .get(format!("{}/auth/status", app.address))
+            .header("Cookie", format!("avatar_session={cookie}"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        assert_eq!(status["authenticated"], false, "{cookie}");
+    }
+    let ok = app
+        .http
+        .get(format!("{}/auth/status", app.address))
+        .header("Cookie", format!("avatar_session={genuine}"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(ok["authenticated"], true);
+}
+
+#[tokio::test]
+async fn a_cross_site_post_to_logout_is_refused() {
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+
+    // Another site's page posting to logout: its Origin gives it away, and it has no token.
+    let from_evil = browser
+        .client
+        .post(format!("{}/auth/logout", app.address))
+        .header("Origin", "https://evil.example")
+        .form(&[("csrf", "guess")])
+        .send()
+        .await
+        .unwrap();
+    let without_token = browser
+        .client
+        .post(format!("{}/auth/logout", app.address))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(from_evil.status(), 403);
+    assert_eq!(without_token.status(), 403);
+    assert_eq!(
+        browser.status().await["authenticated"],
+        true,
+        "still logged in"
+    );
+}
+
+#[tokio::test]
+async fn disconnect_revokes_at_twitch_deletes_tokens_and_ends_sessions() {
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let other_device = app.browser();
+    other_device.log_in().await;
+    let issued = app.twitch.issued_tokens();
+
+    let response = browser.post_from_dashboard("/auth/twitch/disconnect").await;
+
+    assert_eq!(response.status(), 303);
+    let revoked = app.twitch.revoked_tokens();
+    assert_eq!(revoked.len(), 1);
+    assert!(issued.contains(&revoked[0]));
+    assert_eq!(app.rows("provider_tokens"), 0);
+    assert_eq!(browser.status().await["authenticated"], false);
+    assert_eq!(other_device.status().await["authenticated"], false);
+}
+
+#[tokio::test]
+async fn a_display_name_with_markup_is_shown_escaped() {
+    let user = FakeUser {
+        display_name: "<script>alert(1)</script>&\"".into(),
+        ..FakeUser::demo()
+    };
+    let app = TestApp::spawn_in(tempfile::tempdir().unwrap(), &[], user).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let html = browser.get("/success").await.text().await.unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(
+        html.contains("&#60;script&#62;alert(1)&#60;/script&#62;&#38;&#34;"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_sealed_under_a_retired_key_stay_readable_and_are_resealed_on_the_next_login() {
+    // Arrange: log in under key A.
+    let key_a = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+    let key_b = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+    let first = TestApp::spawn(&[("TOKEN_ENCRYPTION_KEY", key_a)]).await;
+    first.browser().log_in().await;
+    let issued_under_a = first.twitch.issued_tokens();
+    let dir = first.stop();
+
+    // Act: restart with key B current and A retired.
+    let rotated = TestApp::spawn_in(
+        dir,
+        &[
+            ("TOKEN_ENCRYPTION_KEY", key_b),
+            ("TOKEN_ENCRYPTION_OLD_KEYS", key_a),
+        ],
+        FakeUser::demo(),
+    )
+    .await;
+    let context = token_context("141981764", "twitch", "access");
+    let stored = rotated
+        .app
+        .store
+        .twitch_tokens("141981764".into())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Assert: still readable, though not under the current key...
+    assert!(!rotated.app.cipher.is_current(&stored.access_token_sealed));
+    let opened = rotated
+        .app
+        .cipher
+        .open(&stored.access_token_sealed, &context)
+        .unwrap();
+    assert!(issued_under_a.contains(opened.expose()));
+
+    // ...and the next update seals under B.
+    rotated.browser().log_in().await;
+    let stored = rotated
+        .app
+        .store
+        .twitch_tokens("141981764".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rotated.app.cipher.is_current(&stored.access_token_sealed));
+    assert!(
+        rotated
+            .app
+            .cipher
+            .open(&stored.access_token_sealed, &context)
+            .is_ok()
+    );
+}
