@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Runs every benchmark (release build) and prints a Markdown table for BENCHMARKS.md.
 # Needs redis-server (scripts/test.sh installs it); starts its own on a free loopback port.
+# Installs wrk (apt) for the HTTP load benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --release --locked -p avatar-bench
+command -v wrk >/dev/null 2>&1 || {
+  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+}
+cargo build --release --locked -p avatar-local -p avatar-bench
+target/release/avatar-bench "$@"

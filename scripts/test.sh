@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test. On a fresh Debian machine with the Rust toolchain it first installs what
 # is missing (redis-server, Node.js, the Node packages of the interop test, the moto
-# server standing in for AWS Secrets Manager). The tests start
+# server standing in for AWS Secrets Manager, Chromium and ChromeDriver for the browser
+# test). The tests start
 # their own private redis-server processes on free loopback ports (never 6379) and stop them
 # when they finish, also when a test fails.
 set -euo pipefail
@@ -13,6 +14,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq

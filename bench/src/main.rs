@@ -4,6 +4,10 @@
 //!    `synchronous=FULL`, in WAL and in rollback-journal (`delete`) mode.
 //! 2. Lock acquire+release vs two PINGs against a private loopback redis-server, through the
 //!    same connection type: the lock should cost no extra round trips.
+//! 3. Server-side time of `GET /auth/twitch` and of the callback (the provider round trips to
+//!    the local fake Twitch measured and subtracted), single-instance and with Redis.
+//! 4. Throughput of `GET /auth/twitch` on a release `avatar-local --demo` under `wrk` with 64
+//!    connections (skipped with a note when wrk is not installed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +31,32 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
+    // `avatar-bench [writer] [locks] [login] [http]`: the named groups; all without arguments.
+    let groups: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
+    let mut rows = Vec::new();
+    if wanted("writer") {
+        rows.extend(writer_rows().await);
+    }
+    if wanted("locks") {
+        rows.extend(lock_round_trips().await);
+    }
+    if wanted("login") {
+        rows.extend(login_server_time().await);
+    }
+    if wanted("http") {
+        rows.extend(auth_start_throughput().await);
+    }
+
+    println!("| benchmark | result | detail |");
+    println!("|---|---|---|");
+    for row in rows {
+        println!("| {} | {} | {} |", row.name, row.figure, row.detail);
+    }
+}
+
+/// One transaction per write against group commit at several concurrencies.
+async fn writer_rows() -> Vec<Row> {
     let mut rows = Vec::new();
     for mode in [JournalMode::Wal, JournalMode::Delete] {
         let single = transaction_per_write(mode);
@@ -50,13 +80,7 @@ async fn main() {
             });
         }
     }
-    rows.extend(lock_round_trips().await);
-
-    println!("| benchmark | result | detail |");
-    println!("|---|---|---|");
-    for row in rows {
-        println!("| {} | {} | {} |", row.name, row.figure, row.detail);
-    }
+    rows
 }
 
 /// Returns the time to write ROWS rows through the writer and the number of commits it made.
@@ -182,4 +206,167 @@ async fn lock_round_trips() -> Vec<Row> {
             detail: "ratio of medians; target: within 1.5x".into(),
         },
     ]
+}
+
+const AUTH_START_ROUNDS: usize = 2_000;
+const CALLBACK_ROUNDS: usize = 300;
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// p50/p99 of the server's own time for auth-start and the callback.
+async fn login_server_time() -> Vec<Row> {
+    use tower::ServiceExt as _;
+    let redis = RedisServer::start();
+    let mut rows = Vec::new();
+    for (mode, extra) in [
+        ("single-instance", vec![]),
+        ("Redis", vec![("REDIS_URL", redis.url())]),
+    ] {
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let app = avatar_tests::TestApp::spawn(&extra).await;
+        let router = shared::http::router(app.app.clone());
+
+        let mut starts = Vec::with_capacity(AUTH_START_ROUNDS);
+        for round in 0..100 + AUTH_START_ROUNDS {
+            let request = axum::http::Request::get("/auth/twitch")
+                .body(axum::body::Body::empty())
+                .expect("request");
+            let started = Instant::now();
+            let response = router.clone().oneshot(request).await.expect("response");
+            let elapsed = started.elapsed();
+            assert_eq!(response.status(), 302);
+            if round >= 100 {
+                starts.push(elapsed);
+            }
+        }
+        starts.sort();
+        rows.push(Row {
+            name: format!("auth-start server time ({mode})"),
+            figure: format!("p99 {}", micros(percentile(&starts, 0.99))),
+            detail: format!(
+                "p50 {}, {AUTH_START_ROUNDS} requests in-process (target: p99 under 1 ms)",
+                micros(percentile(&starts, 0.5))
+            ),
+        });
+
+        let mut callbacks = Vec::with_capacity(CALLBACK_ROUNDS);
+        let mut provider = Vec::with_capacity(CALLBACK_ROUNDS);
+        for _ in 0..CALLBACK_ROUNDS {
+            let browser = app.browser();
+            let page = browser.start_login().await;
+            let callback = browser.decide(&page, "authorize").await;
+            let query = callback.split_once('?').map(|(_, q)| q.to_owned());
+            let binding = app
+                .app
+                .signer
+                .sign("oauth-state:twitch", &page.params["state"]);
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(
+                "cookie",
+                format!("avatar_oauth_twitch={binding}")
+                    .parse()
+                    .expect("cookie"),
+            );
+            let (response, timings) =
+                shared::web::auth::complete_twitch_login(&app.app, query.as_deref(), &headers)
+                    .await;
+            assert_eq!(response.status(), 302);
+            callbacks.push(timings.total.saturating_sub(timings.provider));
+            provider.push(timings.provider);
+        }
+        callbacks.sort();
+        provider.sort();
+        rows.push(Row {
+            name: format!("callback server time ({mode})"),
+            figure: format!("p99 {}", micros(percentile(&callbacks, 0.99))),
+            detail: format!(
+                "p50 {}; provider round trips (3, to the local fake) p50 {} excluded; {CALLBACK_ROUNDS} logins (target: p99 under 3 ms)",
+                micros(percentile(&callbacks, 0.5)),
+                micros(percentile(&provider, 0.5))
+            ),
+        });
+    }
+    rows
+}
+
+/// `wrk -t2 -c64 -d10s` against a release avatar-local --demo.
+async fn auth_start_throughput() -> Vec<Row> {
+    let wrk_missing = std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err();
+    if wrk_missing {
+        return vec![Row {
+            name: "GET /auth/twitch throughput".into(),
+            figure: "skipped".into(),
+            detail: "wrk is not installed (scripts/bench.sh installs it)".into(),
+        }];
+    }
+    let redis = RedisServer::start();
+    let mut rows = Vec::new();
+    for (mode, redis_url) in [("single-instance", None), ("Redis", Some(redis.url()))] {
+        let binary = std::env::current_exe()
+            .expect("current exe")
+            .with_file_name("avatar-local");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = avatar_tests::free_port();
+        let mut command = std::process::Command::new(&binary);
+        command
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .args(["--demo", "--port", &port.to_string(), "--demo-ports"])
+            .arg(format!(
+                "{},{}",
+                avatar_tests::free_port(),
+                avatar_tests::free_port()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(url) = &redis_url {
+            command.env("REDIS_URL", url);
+        }
+        let mut server = command
+            .spawn()
+            .expect("release avatar-local (scripts/bench.sh builds it)");
+        let url = format!("http://127.0.0.1:{port}/auth/twitch");
+        let ready = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < ready, "avatar-local did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let output = std::process::Command::new("wrk")
+            .args(["-t2", "-c64", "-d10s", "--latency", &url])
+            .output()
+            .expect("wrk runs");
+        let _ = server.kill();
+        let _ = server.wait();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let rate = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_owned();
+        let p99 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("99%"))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_owned();
+        let non_2xx = text
+            .lines()
+            .find(|l| l.contains("Non-2xx"))
+            .map(|l| format!(" ({})", l.trim()))
+            .unwrap_or_default();
+        rows.push(Row {
+            name: format!("GET /auth/twitch throughput, avatar-local ({mode})"),
+            figure: format!("{rate} req/s"),
+            detail: format!("wrk -t2 -c64 -d10s, latency p99 {p99}, every answer a 302{non_2xx}"),
+        });
+    }
+    rows
 }

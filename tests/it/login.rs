@@ -296,12 +296,7 @@ async fn logout_ends_the_session_and_a_copied_cookie_no_longer_works() {
         .text()
         .await
         .unwrap();
-    let csrf = dashboard
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = avatar_tests::csrf_field(&dashboard);
 
     // Act
     let response = with_cookie(app.http.post(format!("{}/auth/logout", app.address)))
@@ -458,6 +453,19 @@ async fn a_cross_site_post_to_logout_is_refused() {
         true,
         "still logged in"
     );
+
+    // Our own page posting, with our Origin and the token, is accepted.
+    let dashboard = browser.get("/success").await.text().await.unwrap();
+    let ours = browser
+        .client
+        .post(format!("{}/auth/logout", app.address))
+        .header("Origin", app.address.clone())
+        .form(&[("csrf", avatar_tests::csrf_field(&dashboard))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ours.status(), 303);
+    assert_eq!(browser.status().await["authenticated"], false);
 }
 
 #[tokio::test]
@@ -551,5 +559,196 @@ async fn tokens_sealed_under_a_retired_key_stay_readable_and_are_resealed_on_the
             .cipher
             .open(&stored.access_token_sealed, &context)
             .is_ok()
+    );
+}
+
+/// avatar-local started as a user would, logging at TRACE into a buffer we can search.
+struct LocalServer {
+    process: avatar_tests::ChildProcess,
+    base: String,
+    log: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl LocalServer {
+    async fn start(args: &[&str], vars: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command =
+            std::process::Command::new(avatar_tests::workspace_binary("avatar-local"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "trace")
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let process = avatar_tests::ChildProcess::adopt(child, stderr);
+        let mut log = Vec::new();
+        let address = loop {
+            let line = process
+                .next_line(Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("avatar-local did not start: {log:?}"));
+            let found = line
+                .split("listening on http://")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
+            log.push(line);
+            if let Some(address) = found {
+                break address;
+            }
+        };
+        let port = address.rsplit(':').next().unwrap().to_owned();
+        Self {
+            process,
+            base: format!("http://localhost:{port}"),
+            log,
+            dir,
+        }
+    }
+
+    /// Stops the server (SIGTERM) and returns everything it logged.
+    fn stop(mut self) -> (Vec<String>, tempfile::TempDir) {
+        avatar_tests::signal(self.process.child.id(), libc::SIGTERM);
+        self.log
+            .extend(self.process.remaining_lines(Duration::from_secs(20)));
+        let log = std::mem::take(&mut self.log);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (log, dir)
+    }
+}
+
+#[tokio::test]
+async fn the_full_login_against_avatar_local_leaks_no_token_into_the_database_logs_or_pages() {
+    // Arrange: the fake Twitch here (so its issued tokens are known), avatar-local as a
+    // separate process logging everything.
+    let port = avatar_tests::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let twitch = fake_providers::twitch::FakeTwitch::new(
+        fake_providers::twitch::FakeTwitchConfig::demo(&format!("{base}/auth/twitch/callback")),
+    );
+    let (twitch_address, _twitch_task) = twitch.spawn(0).await.unwrap();
+    let server = LocalServer::start(
+        &["--port", &port.to_string()],
+        &[
+            ("PUBLIC_BASE_URL", base.clone()),
+            ("TWITCH_CLIENT_ID", "demo0client0id0000000000000000".into()),
+            ("TWITCH_CLIENT_SECRET", "demo-client-secret".into()),
+            (
+                "TWITCH_AUTH_BASE_URL",
+                fake_providers::twitch::FakeTwitch::auth_base_url(twitch_address),
+            ),
+            (
+                "TWITCH_API_BASE_URL",
+                fake_providers::twitch::FakeTwitch::api_base_url(twitch_address),
+            ),
+        ],
+    )
+    .await;
+    let browser = Browser::new(&base);
+
+    // Act: every page a user sees along the way.
+    let mut pages = vec![browser.get("/").await.text().await.unwrap()];
+    let page = browser.start_login().await;
+    let callback = browser.decide(&page, "authorize").await;
+    let finished = browser.get(&callback).await;
+    assert_eq!(location(&finished), "/success");
+    pages.push(finished.text().await.unwrap());
+    pages.push(browser.get("/success").await.text().await.unwrap());
+    pages.push(browser.get("/auth/status").await.text().await.unwrap());
+    pages.push(browser.get("/health").await.text().await.unwrap());
+    let (log, dir) = server.stop();
+
+    // Assert: the login happened...
+    assert!(pages[2].contains("Demo Streamer"));
+    let conn = rusqlite::Connection::open(dir.path().join("data.sqlite")).unwrap();
+    let sealed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM provider_tokens WHERE length(access_token_enc) > 30",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sealed, 1);
+    drop(conn);
+    // ...and not one token string is anywhere.
+    let tokens = twitch.issued_tokens();
+    assert_eq!(tokens.len(), 2, "one access and one refresh token");
+    let mut database = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("data.sqlite") {
+            database.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let log = log.join("\n");
+    assert!(log.len() > 1000, "TRACE logging captured: {log}");
+    for token in &tokens {
+        let needle = token.as_bytes();
+        assert!(
+            !database.windows(needle.len()).any(|w| w == needle),
+            "a token is in the database file"
+        );
+        assert!(!log.contains(token.as_str()), "a token is in the logs");
+        for page in &pages {
+            assert!(!page.contains(token.as_str()), "a token is in a page");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_demo_mode_logs_in_with_no_configuration_and_no_network() {
+    let twitch_port = avatar_tests::free_port().to_string();
+    let da_port = avatar_tests::free_port().to_string();
+    let server = LocalServer::start(
+        &[
+            "--demo",
+            "--port",
+            "0",
+            "--demo-ports",
+            &format!("{twitch_port},{da_port}"),
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        server
+            .log
+            .iter()
+            .any(|l| l.contains(&format!("fake Twitch at http://127.0.0.1:{twitch_port}"))),
+        "the startup log names the fake: {:?}",
+        server.log
+    );
+    let browser = Browser::new(&server.base);
+
+    let callback = browser.log_in().await;
+
+    assert_eq!(location(&callback), "/success");
+    let dashboard = browser.get("/success").await.text().await.unwrap();
+    assert!(dashboard.contains("Demo Streamer"), "{dashboard}");
+    assert!(dashboard.contains(&format!("http://127.0.0.1:{twitch_port}/avatar.svg")));
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_login_started_on_another_loopback_name_is_sent_to_the_configured_host_first() {
+    // The app is configured as 127.0.0.1:PORT; a browser arrives as localhost:PORT.
+    let app = TestApp::spawn(&[]).await;
+    let port = app.address.rsplit(':').next().unwrap();
+    let response = app
+        .http
+        .get(format!("{}/auth/twitch", app.address))
+        .header("Host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    assert_eq!(location(&response), format!("{}/auth/twitch", app.address));
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "no state was started"
     );
 }

@@ -1,6 +1,8 @@
 //! One integration test binary (each module is a surface of the system).
 
+mod browser;
 mod bus;
+mod callback_fuzz;
 mod health;
 mod interop;
 mod limiter;

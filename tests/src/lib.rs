@@ -432,12 +432,7 @@ impl Browser {
     /// POSTs a form to `path` with the CSRF token read from the dashboard.
     pub async fn post_from_dashboard(&self, path: &str) -> reqwest::Response {
         let dashboard = self.get("/success").await.text().await.expect("dashboard");
-        let csrf = dashboard
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("a CSRF field on the dashboard")
-            .to_owned();
+        let csrf = csrf_field(&dashboard);
         self.client
             .post(format!("{}{path}", self.base))
             .form(&[("csrf", csrf)])
@@ -475,6 +470,15 @@ pub async fn raw_get_status(base: &str, path: &str) -> u16 {
     String::from_utf8_lossy(&head[9..12])
         .parse()
         .expect("a status code")
+}
+
+/// The value of the hidden `csrf` field of a page's forms.
+pub fn csrf_field(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field on the page")
+        .to_owned()
 }
 
 /// The Location header of a redirect.

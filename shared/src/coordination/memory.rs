@@ -27,6 +27,8 @@ struct State {
     fences: HashMap<String, u64>,
     once: HashMap<String, (String, Instant)>,
     limiters: HashMap<String, u64>,
+    /// Puts since expired one-time states were last swept.
+    puts_since_sweep: usize,
     stream: VecDeque<BusEvent>,
     seen_events: HashSet<String>,
 }
@@ -113,8 +115,17 @@ impl InProcessCoordinator {
     pub fn put_once(&self, key: &str, value: &str, ttl: Duration) -> bool {
         let now = Instant::now();
         let mut state = self.state();
-        state.once.retain(|_, (_, expires)| *expires > now);
-        if state.once.contains_key(key) {
+        // Sweep expired states now and then (not on every put: that would be O(n) each).
+        state.puts_since_sweep += 1;
+        if state.puts_since_sweep >= 1024 {
+            state.puts_since_sweep = 0;
+            state.once.retain(|_, (_, expires)| *expires > now);
+        }
+        if state
+            .once
+            .get(key)
+            .is_some_and(|(_, expires)| *expires > now)
+        {
             return false;
         }
         state

@@ -50,6 +50,9 @@ pub async fn start_twitch(State(app): State<App>, headers: HeaderMap) -> Respons
 }
 
 async fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, PageError> {
+    if let Some(canonical) = canonical_local_start(app, headers) {
+        return Ok((StatusCode::FOUND, [(header::LOCATION, canonical)]).into_response());
+    }
     let twitch = app.twitch.as_ref().ok_or(PageError::NotConfigured)?;
     let state = random_token(32);
     let pending = serde_json::to_string(&PendingLogin {
@@ -87,6 +90,27 @@ async fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, 
         ],
     )
         .into_response())
+}
+
+/// Locally, a browser on `127.0.0.1:3000` while PUBLIC_BASE_URL says `localhost:3000` would
+/// get its state cookie for one host and come back from Twitch to the other, and the login
+/// would fail as "started in another browser". Send it to the configured host first. Only
+/// for loopback hosts, so a proxy that rewrites Host can never cause a redirect loop.
+fn canonical_local_start(app: &App, headers: &HeaderMap) -> Option<String> {
+    if app.config.deployment != crate::config::Deployment::Local {
+        return None;
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let public = &app.config.public_base_url;
+    let public_host = match public.port() {
+        Some(port) => format!("{}:{port}", public.host_str()?),
+        None => public.host_str()?.to_owned(),
+    };
+    let loopback = ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .any(|name| host == *name || host.starts_with(&format!("{name}:")));
+    (loopback && !host.eq_ignore_ascii_case(&public_host))
+        .then(|| format!("{}/auth/twitch", public.as_str().trim_end_matches('/')))
 }
 
 /// The callback's query, parsed strictly: UTF-8 only, no repeated parameters.

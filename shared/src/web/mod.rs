@@ -42,9 +42,11 @@ pub fn security_headers(app: &App) -> [(HeaderName, HeaderValue); 5] {
             HeaderValue::from_static("nosniff"),
         ),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        // Nothing leaves for other sites; same-origin requests keep their Origin (with
+        // `no-referrer` a browser sends `Origin: null` on our own form posts).
         (
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         ),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ]
@@ -102,8 +104,8 @@ pub enum PageError {
     BadRequest(&'static str),
     #[error("the address is too long")]
     TooLong,
-    #[error("the request did not come from this site")]
-    CrossSite,
+    #[error("the request did not come from this site: {0}")]
+    CrossSite(String),
     #[error("Twitch login is not configured (TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET)")]
     NotConfigured,
     #[error("a dependency is unavailable: {0}")]
@@ -119,7 +121,7 @@ impl PageError {
             | Self::MissingCode
             | Self::CodeRejected(_)
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::ProviderDenied { .. } | Self::CrossSite => StatusCode::FORBIDDEN,
+            Self::ProviderDenied { .. } | Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::TooLong => StatusCode::URI_TOO_LONG,
             // The login failed because a request it depended on (to Twitch) failed.
             Self::ProviderFailed(_) | Self::ProviderInconsistent(_) => {
@@ -205,7 +207,7 @@ impl PageError {
                     ("Bad request", "The address is damaged. Please start again.")
                 }
             }
-            Self::CrossSite => {
+            Self::CrossSite(_) => {
                 if ru {
                     (
                         "Запрос отклонён",

@@ -28,6 +28,7 @@ struct Landing<'a> {
 struct Dashboard<'a> {
     t: &'a Texts,
     user: &'a SessionUser,
+    twitch_status: &'a str,
     donationalerts_status: &'a str,
     csrf: String,
 }
@@ -61,12 +62,17 @@ pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
         Some("need_reauth") => t.donationalerts_need_reauth,
         _ => t.donationalerts_not_connected,
     };
+    let twitch_status = match current.user.twitch_status.as_deref() {
+        Some("active") => t.twitch_connected,
+        _ => t.twitch_need_reauth,
+    };
     html(
         &app,
         StatusCode::OK,
         &Dashboard {
             t,
             user: &current.user,
+            twitch_status,
             donationalerts_status,
             csrf: current.csrf_token(&app),
         },

@@ -99,19 +99,21 @@ pub fn check_same_site(
     let ours = app.config.public_base_url.origin().ascii_serialization();
     if let Some(origin) = headers.get(header::ORIGIN) {
         if origin.to_str().ok() != Some(ours.as_str()) {
-            return Err(PageError::CrossSite);
+            return Err(PageError::CrossSite(format!(
+                "Origin {origin:?} is not {ours}"
+            )));
         }
     } else if headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|site| site == "cross-site")
     {
-        return Err(PageError::CrossSite);
+        return Err(PageError::CrossSite("Sec-Fetch-Site: cross-site".into()));
     }
     if let Some(session) = session {
         let valid = csrf.is_some_and(|token| app.signer.verify_tag("csrf", &session.id, token));
         if !valid {
-            return Err(PageError::CrossSite);
+            return Err(PageError::CrossSite("missing or wrong CSRF token".into()));
         }
     }
     Ok(())
