@@ -79,7 +79,7 @@ fn routes(app: App, include: impl Fn(Function) -> bool) -> Router {
             .route("/auth/twitch/disconnect", post(pages::disconnect_twitch))
             .route("/static/style.css", get(pages::stylesheet));
     }
-    router.with_state(app)
+    router.fallback(pages::not_found).with_state(app)
 }
 
 /// Serves `router(app)` on an already-bound listener until `shutdown` resolves, so tests

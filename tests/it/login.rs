@@ -307,14 +307,7 @@ async fn logout_ends_the_session_and_a_copied_cookie_no_longer_works() {
 
     // Assert: the cookie opens nothing any more.
     assert_eq!(response.status(), 303);
-    let status: serde_json::Value =
-        with_cookie(app.http.get(format!("{}/auth/status", app.address)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let status = app.status_with_cookie(&cookie).await;
     assert_eq!(
         status["authenticated"], false,
         "a copied cookie is dead after logout"
@@ -400,27 +393,13 @@ async fn forged_and_tampered_session_cookies_are_refused() {
         format!("{}.{}", "x".repeat(43), genuine.split_once('.').unwrap().1),
     ] {
         let status = app
-            .http
-            .get(format!("{}/auth/status", app.address))
-            .header("Cookie", format!("avatar_session={cookie}"))
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap();
+            .status_with_cookie(&format!("avatar_session={cookie}"))
+            .await;
         assert_eq!(status["authenticated"], false, "{cookie}");
     }
     let ok = app
-        .http
-        .get(format!("{}/auth/status", app.address))
-        .header("Cookie", format!("avatar_session={genuine}"))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+        .status_with_cookie(&format!("avatar_session={genuine}"))
+        .await;
     assert_eq!(ok["authenticated"], true);
 }
 
@@ -750,5 +729,47 @@ async fn a_login_started_on_another_loopback_name_is_sent_to_the_configured_host
     assert!(
         response.headers().get("set-cookie").is_none(),
         "no state was started"
+    );
+}
+
+#[tokio::test]
+async fn on_https_every_cookie_is_secure_and_the_session_cookie_is_host_prefixed() {
+    // The public URL is https (a TLS proxy in front); the test talks to the app directly.
+    let app = TestApp::spawn(&[("PUBLIC_BASE_URL", "https://avatar.example")]).await;
+
+    let start = app.get("/auth/twitch").await;
+    let session = shared::web::session::NewSession::generate().cookie(&app.app);
+
+    let binding = start.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        binding.contains("HttpOnly; SameSite=Lax; Secure"),
+        "{binding}"
+    );
+    let session = session.to_str().unwrap();
+    assert!(session.starts_with("__Host-avatar_session="), "{session}");
+    assert!(
+        session.contains("; Path=/;") && session.ends_with("HttpOnly; SameSite=Lax; Secure"),
+        "{session}"
+    );
+    let authorize = reqwest::Url::parse(&location(&start)).unwrap();
+    assert_eq!(
+        authorize
+            .query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .unwrap()
+            .1,
+        "https://avatar.example/auth/twitch/callback"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_path_gets_a_friendly_404_page() {
+    let app = TestApp::spawn(&[]).await;
+    let response = app.get("/no/such/page").await;
+    assert_eq!(response.status(), 404);
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains("Страница не найдена") && html.contains("href=\"/\""),
+        "{html}"
     );
 }

@@ -325,6 +325,19 @@ impl TestApp {
         (status, response.json().await.expect("health is JSON"))
     }
 
+    /// `/auth/status` as JSON for a request carrying exactly `cookie` (a `Cookie` header).
+    pub async fn status_with_cookie(&self, cookie: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/auth/status", self.address))
+            .header("Cookie", cookie)
+            .send()
+            .await
+            .expect("request reaches the app")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+
     /// A new browser (its own cookie jar) for this app.
     pub fn browser(&self) -> Browser {
         Browser::new(&self.address)

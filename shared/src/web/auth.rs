@@ -95,21 +95,21 @@ async fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, 
 /// Locally, a browser on `127.0.0.1:3000` while PUBLIC_BASE_URL says `localhost:3000` would
 /// get its state cookie for one host and come back from Twitch to the other, and the login
 /// would fail as "started in another browser". Send it to the configured host first. Only
-/// for loopback hosts, so a proxy that rewrites Host can never cause a redirect loop.
+/// when both the request and PUBLIC_BASE_URL name loopback hosts: behind a proxy (a real
+/// public host) this never redirects, so a rewritten Host cannot cause a loop.
 fn canonical_local_start(app: &App, headers: &HeaderMap) -> Option<String> {
-    if app.config.deployment != crate::config::Deployment::Local {
-        return None;
-    }
-    let host = headers.get(header::HOST)?.to_str().ok()?;
     let public = &app.config.public_base_url;
+    let is_loopback = |host: &str| {
+        ["127.0.0.1", "localhost", "[::1]"]
+            .iter()
+            .any(|name| host == *name || host.starts_with(&format!("{name}:")))
+    };
     let public_host = match public.port() {
         Some(port) => format!("{}:{port}", public.host_str()?),
         None => public.host_str()?.to_owned(),
     };
-    let loopback = ["127.0.0.1", "localhost", "[::1]"]
-        .iter()
-        .any(|name| host == *name || host.starts_with(&format!("{name}:")));
-    (loopback && !host.eq_ignore_ascii_case(&public_host))
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    (is_loopback(&public_host) && is_loopback(host) && !host.eq_ignore_ascii_case(&public_host))
         .then(|| format!("{}/auth/twitch", public.as_str().trim_end_matches('/')))
 }
 

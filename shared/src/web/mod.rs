@@ -110,6 +110,8 @@ pub enum PageError {
     NotConfigured,
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
+    #[error("no such page")]
+    NotFound,
 }
 
 impl PageError {
@@ -123,6 +125,7 @@ impl PageError {
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::ProviderDenied { .. } | Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::TooLong => StatusCode::URI_TOO_LONG,
+            Self::NotFound => StatusCode::NOT_FOUND,
             // The login failed because a request it depended on (to Twitch) failed.
             Self::ProviderFailed(_) | Self::ProviderInconsistent(_) => {
                 StatusCode::FAILED_DEPENDENCY
@@ -241,6 +244,13 @@ impl PageError {
                     )
                 } else {
                     ("Temporarily unavailable", "Please try again in a minute.")
+                }
+            }
+            Self::NotFound => {
+                if ru {
+                    ("Страница не найдена", "Такой страницы здесь нет.")
+                } else {
+                    ("Page not found", "There is no such page here.")
                 }
             }
         }

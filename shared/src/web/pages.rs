@@ -254,3 +254,8 @@ pub async fn stylesheet() -> Response {
     )
         .into_response()
 }
+
+/// Any path this server does not know: a page, not an empty body.
+pub async fn not_found(State(app): State<App>, headers: HeaderMap) -> Response {
+    PageError::NotFound.into_page(&app, texts::negotiate(&headers), "/")
+}
