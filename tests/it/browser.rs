@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use avatar_tests::{ChildProcess, free_port, workspace_binary};
+use avatar_tests::{LocalServer, free_port};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 
@@ -93,44 +93,6 @@ impl Drop for ChromeDriver {
     }
 }
 
-/// `avatar-local --demo` in a fresh directory; returns the process (killed on drop) and the
-/// port it serves on.
-fn start_demo_server(dir: &Path) -> (ChildProcess, u16) {
-    let demo_ports = format!("{},{}", free_port(), free_port());
-    let mut child = Command::new(workspace_binary("avatar-local"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .current_dir(dir)
-        .args(["--demo", "--port", "0", "--demo-ports", &demo_ports])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("avatar-local starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let process = ChildProcess::adopt(child, stderr);
-    let end = Instant::now() + STEP;
-    let mut log = Vec::new();
-    loop {
-        let line = process
-            .next_line(end.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|| panic!("avatar-local did not start: {log:#?}"));
-        let port = line
-            .split("listening on http://127.0.0.1:")
-            .nth(1)
-            .map(|rest| {
-                rest.chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-            });
-        if let Some(port) = port {
-            return (process, port.parse().expect("a port in the listening line"));
-        }
-        log.push(line);
-    }
-}
-
 /// A WebDriver session on a headless Chromium with its own empty profile in `profile`.
 async fn open_browser(driver: &ChromeDriver, profile: &Path) -> Client {
     let capabilities = serde_json::json!({
@@ -200,12 +162,17 @@ async fn a_streamer_logs_in_by_clicking_through_a_real_headless_chromium() {
     // group dies before its profile directory is removed.
     require_browser();
     let profile = tempfile::tempdir().expect("browser profile dir");
-    let server_dir = tempfile::tempdir().expect("server dir");
-    let (_server, port) = start_demo_server(server_dir.path());
+    let demo_ports = format!("{},{}", free_port(), free_port());
+    let server = LocalServer::start(
+        &["--demo", "--port", "0", "--demo-ports", &demo_ports],
+        &[],
+        "info",
+    )
+    .await;
     let driver = ChromeDriver::start().await;
     let client = open_browser(&driver, profile.path()).await;
     // The app's public URL (cookies, the OAuth redirect) is on localhost, not 127.0.0.1.
-    let base = format!("http://localhost:{port}");
+    let base = server.base.clone();
 
     // Act: the landing page, then «Вход».
     client

@@ -541,65 +541,6 @@ async fn tokens_sealed_under_a_retired_key_stay_readable_and_are_resealed_on_the
     );
 }
 
-/// avatar-local started as a user would, logging at TRACE into a buffer we can search.
-struct LocalServer {
-    process: avatar_tests::ChildProcess,
-    base: String,
-    log: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
-impl LocalServer {
-    async fn start(args: &[&str], vars: &[(&str, String)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut command =
-            std::process::Command::new(avatar_tests::workspace_binary("avatar-local"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "trace")
-            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-            .current_dir(dir.path())
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let process = avatar_tests::ChildProcess::adopt(child, stderr);
-        let mut log = Vec::new();
-        let address = loop {
-            let line = process
-                .next_line(Duration::from_secs(30))
-                .unwrap_or_else(|| panic!("avatar-local did not start: {log:?}"));
-            let found = line
-                .split("listening on http://")
-                .nth(1)
-                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
-            log.push(line);
-            if let Some(address) = found {
-                break address;
-            }
-        };
-        let port = address.rsplit(':').next().unwrap().to_owned();
-        Self {
-            process,
-            base: format!("http://localhost:{port}"),
-            log,
-            dir,
-        }
-    }
-
-    /// Stops the server (SIGTERM) and returns everything it logged.
-    fn stop(mut self) -> (Vec<String>, tempfile::TempDir) {
-        avatar_tests::signal(self.process.child.id(), libc::SIGTERM);
-        self.log
-            .extend(self.process.remaining_lines(Duration::from_secs(20)));
-        let log = std::mem::take(&mut self.log);
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        (log, dir)
-    }
-}
-
 #[tokio::test]
 async fn the_full_login_against_avatar_local_leaks_no_token_into_the_database_logs_or_pages() {
     // Arrange: the fake Twitch here (so its issued tokens are known), avatar-local as a
@@ -610,7 +551,7 @@ async fn the_full_login_against_avatar_local_leaks_no_token_into_the_database_lo
         fake_providers::twitch::FakeTwitchConfig::demo(&format!("{base}/auth/twitch/callback")),
     );
     let (twitch_address, _twitch_task) = twitch.spawn(0).await.unwrap();
-    let server = LocalServer::start(
+    let server = avatar_tests::LocalServer::start(
         &["--port", &port.to_string()],
         &[
             ("PUBLIC_BASE_URL", base.clone()),
@@ -625,6 +566,7 @@ async fn the_full_login_against_avatar_local_leaks_no_token_into_the_database_lo
                 fake_providers::twitch::FakeTwitch::api_base_url(twitch_address),
             ),
         ],
+        "trace",
     )
     .await;
     let browser = Browser::new(&base);
@@ -682,7 +624,7 @@ async fn the_full_login_against_avatar_local_leaks_no_token_into_the_database_lo
 async fn the_demo_mode_logs_in_with_no_configuration_and_no_network() {
     let twitch_port = avatar_tests::free_port().to_string();
     let da_port = avatar_tests::free_port().to_string();
-    let server = LocalServer::start(
+    let server = avatar_tests::LocalServer::start(
         &[
             "--demo",
             "--port",
@@ -691,6 +633,7 @@ async fn the_demo_mode_logs_in_with_no_configuration_and_no_network() {
             &format!("{twitch_port},{da_port}"),
         ],
         &[],
+        "info",
     )
     .await;
     assert!(

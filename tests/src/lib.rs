@@ -522,6 +522,72 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// `avatar-local` started as a user would, in a fresh directory, with only PATH, `RUST_LOG`
+/// and `vars` in its environment; its log is kept for the test to search. Killed on drop.
+pub struct LocalServer {
+    process: ChildProcess,
+    /// `http://localhost:PORT`, the default public URL (cookies are bound to it).
+    pub base: String,
+    pub port: u16,
+    pub log: Vec<String>,
+    dir: TempDir,
+}
+
+impl LocalServer {
+    pub async fn start(args: &[&str], vars: &[(&str, String)], log_filter: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(workspace_binary("avatar-local"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", log_filter)
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(dir.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("avatar-local starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let process = ChildProcess::adopt(child, stderr);
+        let mut log = Vec::new();
+        let address = loop {
+            let line = process
+                .next_line(Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("avatar-local did not start: {log:?}"));
+            let found = line
+                .split("listening on http://")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
+            log.push(line);
+            if let Some(address) = found {
+                break address;
+            }
+        };
+        let port: u16 = address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the listening line");
+        Self {
+            process,
+            base: format!("http://localhost:{port}"),
+            port,
+            log,
+            dir,
+        }
+    }
+
+    /// Stops the server (SIGTERM) and returns everything it logged.
+    pub fn stop(mut self) -> (Vec<String>, TempDir) {
+        signal(self.process.child.id(), libc::SIGTERM);
+        self.log
+            .extend(self.process.remaining_lines(Duration::from_secs(20)));
+        let log = std::mem::take(&mut self.log);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        (log, dir)
+    }
+}
+
 /// A child process whose stdout is read line by line; killed on drop.
 pub struct ChildProcess {
     pub child: Child,
