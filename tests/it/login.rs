@@ -49,13 +49,7 @@ async fn login_works(app: &TestApp) {
     assert_eq!(status["user"]["displayName"], "Demo Streamer");
     assert_eq!(app.rows("users"), 1);
     assert_eq!(app.rows("provider_tokens"), 1);
-    let stored = app
-        .app
-        .store
-        .twitch_tokens("141981764".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = app.demo_user_tokens().await;
     let access = app
         .app
         .cipher
@@ -505,13 +499,7 @@ async fn tokens_sealed_under_a_retired_key_stay_readable_and_are_resealed_on_the
     )
     .await;
     let context = token_context("141981764", "twitch", "access");
-    let stored = rotated
-        .app
-        .store
-        .twitch_tokens("141981764".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = rotated.demo_user_tokens().await;
 
     // Assert: still readable, though not under the current key...
     assert!(!rotated.app.cipher.is_current(&stored.access_token_sealed));
@@ -524,13 +512,7 @@ async fn tokens_sealed_under_a_retired_key_stay_readable_and_are_resealed_on_the
 
     // ...and the next update seals under B.
     rotated.browser().log_in().await;
-    let stored = rotated
-        .app
-        .store
-        .twitch_tokens("141981764".into())
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = rotated.demo_user_tokens().await;
     assert!(rotated.app.cipher.is_current(&stored.access_token_sealed));
     assert!(
         rotated

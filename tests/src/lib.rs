@@ -338,6 +338,16 @@ impl TestApp {
             .expect("status JSON")
     }
 
+    /// The demo user's stored Twitch tokens (still sealed); panics if there are none.
+    pub async fn demo_user_tokens(&self) -> shared::store::accounts::StoredTokens {
+        self.app
+            .store
+            .twitch_tokens(FakeUser::demo().id)
+            .await
+            .expect("store read")
+            .expect("the demo user has Twitch tokens")
+    }
+
     /// A new browser (its own cookie jar) for this app.
     pub fn browser(&self) -> Browser {
         Browser::new(&self.address)
