@@ -242,6 +242,12 @@ async fn finish_twitch_login(
         _ => return Err(PageError::UnknownState),
     }
     if let Some(error) = query.error {
+        // Logged: keep only what an OAuth error code can contain.
+        let error: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
         return Err(PageError::ProviderDenied { error });
     }
     let code = query.code.as_deref().ok_or(PageError::MissingCode)?;
