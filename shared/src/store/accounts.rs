@@ -9,6 +9,15 @@ pub fn token_context(twitch_user_id: &str, provider: &str, which: &str) -> Strin
     format!("{twitch_user_id}/{provider}/{which}")
 }
 
+/// The `scopes` column (space-separated) as a list.
+fn scopes_from_column(column: Option<String>) -> Vec<String> {
+    column
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A completed Twitch login, ready to be written: profile, sealed tokens, the new session.
 #[derive(Debug, Clone)]
 pub struct TwitchLogin {
@@ -119,17 +128,12 @@ impl Store {
                  WHERE s.id_hash = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2",
                 params![id_hash, now_ms()],
                 |row| {
-                    let scopes: Option<String> = row.get(4)?;
                     Ok(SessionUser {
                         twitch_user_id: row.get(0)?,
                         login: row.get(1)?,
                         display_name: row.get(2)?,
                         profile_image_url: row.get(3)?,
-                        scopes: scopes
-                            .unwrap_or_default()
-                            .split_whitespace()
-                            .map(str::to_owned)
-                            .collect(),
+                        scopes: scopes_from_column(row.get(4)?),
                         twitch_status: row.get(5)?,
                         donationalerts_status: row.get(6)?,
                     })
@@ -162,11 +166,10 @@ impl Store {
                  FROM provider_tokens WHERE twitch_user_id = ?1 AND provider = 'twitch'",
                 [twitch_user_id],
                 |row| {
-                    let scopes: String = row.get(2)?;
                     Ok(StoredTokens {
                         access_token_sealed: row.get(0)?,
                         refresh_token_sealed: row.get(1)?,
-                        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                        scopes: scopes_from_column(row.get(2)?),
                         expires_at: row.get(3)?,
                         status: row.get(4)?,
                     })

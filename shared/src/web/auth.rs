@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::session::{LOGGED_OUT_COOKIE, NewSession, SESSION_DAYS};
-use super::{PageError, cookie, security_headers, set_cookie, texts};
+use super::session::{LOGGED_OUT_COOKIE, NewSession, SESSION_DAYS, logged_out_marker};
+use super::{PageError, cookie, redirect, set_cookie, texts};
 use crate::app::App;
 use crate::crypto::random_token;
 use crate::oauth::ProviderError;
@@ -51,7 +51,7 @@ pub async fn start_twitch(State(app): State<App>, headers: HeaderMap) -> Respons
 
 async fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, PageError> {
     if let Some(canonical) = canonical_local_start(app, headers) {
-        return Ok((StatusCode::FOUND, [(header::LOCATION, canonical)]).into_response());
+        return Ok(redirect(app, StatusCode::FOUND, &canonical, []));
     }
     let twitch = app.twitch.as_ref().ok_or(PageError::NotConfigured)?;
     let state = random_token(32);
@@ -78,18 +78,12 @@ async fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, 
         TWITCH_CALLBACK_PATH,
         STATE_TTL.as_secs() as i64,
     );
-    Ok((
+    Ok(redirect(
+        app,
         StatusCode::FOUND,
-        security_headers(app),
-        [
-            (header::LOCATION, location.as_str().to_owned()),
-            (
-                header::SET_COOKIE,
-                binding.to_str().unwrap_or_default().to_owned(),
-            ),
-        ],
-    )
-        .into_response())
+        location.as_str(),
+        [binding],
+    ))
 }
 
 /// Locally, a browser on `127.0.0.1:3000` while PUBLIC_BASE_URL says `localhost:3000` would
@@ -317,20 +311,8 @@ async fn finish_twitch_login(
         .map_err(|e| PageError::Unavailable(e.to_string()))?;
     tracing::info!(twitch_user_id, "twitch login completed");
 
-    let cookies = [
-        session.cookie(app),
-        set_cookie(app, LOGGED_OUT_COOKIE, "", "/auth/twitch", 0),
-    ];
-    let mut response = (
-        StatusCode::FOUND,
-        security_headers(app),
-        [(header::LOCATION, "/success")],
-    )
-        .into_response();
-    for value in cookies {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    Ok(response)
+    let cookies = [session.cookie(app), logged_out_marker(app, false)];
+    Ok(redirect(app, StatusCode::FOUND, "/success", cookies))
 }
 
 /// Only http(s) image URLs reach a page's `<img src>`.

@@ -52,6 +52,25 @@ pub fn security_headers(app: &App) -> [(HeaderName, HeaderValue); 5] {
     ]
 }
 
+/// A redirect (302 or 303) with the security headers, setting `cookies`.
+pub fn redirect(
+    app: &App,
+    status: StatusCode,
+    location: &str,
+    cookies: impl IntoIterator<Item = HeaderValue>,
+) -> Response {
+    let mut response = (status, security_headers(app)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/")),
+    );
+    for cookie in cookies {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
 /// Renders a template as an HTML response with the security headers.
 pub fn html(app: &App, status: StatusCode, page: &impl Template) -> Response {
     match page.render() {

@@ -9,8 +9,8 @@ use axum::http::header::{self, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::session::{self, CurrentSession, LOGGED_OUT_COOKIE};
-use super::{PageError, Texts, html, security_headers, set_cookie, texts};
+use super::session::{self, CurrentSession};
+use super::{PageError, Texts, html, redirect, texts};
 use crate::app::App;
 use crate::store::accounts::{SessionUser, token_context};
 
@@ -54,7 +54,7 @@ pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
     let t = texts::negotiate(&headers);
     let current = match session::current(&app, &headers).await {
         Ok(Some(current)) => current,
-        Ok(None) => return see_other(&app, "/"),
+        Ok(None) => return redirect(&app, StatusCode::SEE_OTHER, "/", []),
         Err(e) => return e.into_page(&app, t, "/"),
     };
     let donationalerts_status = match current.user.donationalerts_status.as_deref() {
@@ -223,23 +223,11 @@ async fn revoke_at_twitch(app: &App, user_id: &str) {
 /// 303 to the landing page with the session cookie removed and the next login forced
 /// through Twitch's consent screen.
 fn signed_out(app: &App) -> Response {
-    let mut response = see_other(app, "/");
-    let headers = response.headers_mut();
-    headers.append(header::SET_COOKIE, session::clear_cookie(app));
-    headers.append(
-        header::SET_COOKIE,
-        set_cookie(app, LOGGED_OUT_COOKIE, "1", "/auth/twitch", 30 * 24 * 3600),
-    );
-    response
-}
-
-fn see_other(app: &App, location: &'static str) -> Response {
-    (
-        StatusCode::SEE_OTHER,
-        security_headers(app),
-        [(header::LOCATION, location)],
-    )
-        .into_response()
+    let cookies = [
+        session::clear_cookie(app),
+        session::logged_out_marker(app, true),
+    ];
+    redirect(app, StatusCode::SEE_OTHER, "/", cookies)
 }
 
 /// `GET /static/style.css`.

@@ -17,6 +17,22 @@ pub const SESSION_DAYS: i64 = 30;
 /// (`force_verify=true`): on a shared computer the next person must not slip in silently.
 pub const LOGGED_OUT_COOKIE: &str = "avatar_logged_out";
 
+/// Sets (after a logout) or clears (after a login) the logged-out marker. Scoped to the
+/// login routes, the only ones that read it.
+pub fn logged_out_marker(app: &App, logged_out: bool) -> axum::http::HeaderValue {
+    if logged_out {
+        set_cookie(
+            app,
+            LOGGED_OUT_COOKIE,
+            "1",
+            "/auth/twitch",
+            SESSION_DAYS * 24 * 3600,
+        )
+    } else {
+        set_cookie(app, LOGGED_OUT_COOKIE, "", "/auth/twitch", 0)
+    }
+}
+
 /// `__Host-` on https (the browser then refuses it without Secure, Path=/ and no Domain).
 pub fn cookie_name(app: &App) -> &'static str {
     if is_https(app) {
