@@ -261,6 +261,21 @@ impl FakeTwitch {
         format!("http://{addr}/helix")
     }
 
+    /// The configuration variables that point the app at this fake served on `addr`:
+    /// its client id and secret and both base URLs.
+    pub fn app_variables(&self, addr: SocketAddr) -> Vec<(String, String)> {
+        let config = &self.inner.config;
+        [
+            ("TWITCH_CLIENT_ID", config.client_id.clone()),
+            ("TWITCH_CLIENT_SECRET", config.client_secret.clone()),
+            ("TWITCH_AUTH_BASE_URL", Self::auth_base_url(addr)),
+            ("TWITCH_API_BASE_URL", Self::api_base_url(addr)),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+    }
+
     /// Makes every following `POST /oauth2/token` fail this way, until called again with
     /// [`TokenFailure::None`].
     pub fn set_token_failure(&self, failure: TokenFailure) {

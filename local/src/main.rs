@@ -111,28 +111,13 @@ async fn start_demo_providers(
     config: &Config,
     ports: &[u16],
 ) -> Result<(DemoProviders, HashMap<String, String>), StartupError> {
-    let fake_config = FakeTwitchConfig::demo(config.twitch.redirect_uri.as_str());
-    let vars = HashMap::from([
-        ("TWITCH_CLIENT_ID".to_owned(), fake_config.client_id.clone()),
-        (
-            "TWITCH_CLIENT_SECRET".to_owned(),
-            fake_config.client_secret.clone(),
-        ),
-    ]);
+    let twitch = FakeTwitch::new(FakeTwitchConfig::demo(config.twitch.redirect_uri.as_str()));
     let twitch_port = ports.first().copied().unwrap_or(3001);
-    let (address, handle) = FakeTwitch::new(fake_config)
+    let (address, handle) = twitch
         .spawn(twitch_port)
         .await
         .map_err(|e| StartupError::Listen(format!("127.0.0.1:{twitch_port}"), e))?;
-    let mut vars = vars;
-    vars.insert(
-        "TWITCH_AUTH_BASE_URL".into(),
-        FakeTwitch::auth_base_url(address),
-    );
-    vars.insert(
-        "TWITCH_API_BASE_URL".into(),
-        FakeTwitch::api_base_url(address),
-    );
+    let vars = twitch.app_variables(address).into_iter().collect();
     tracing::info!(
         "demo: fake Twitch at http://{address} (authorize page {}/authorize)",
         FakeTwitch::auth_base_url(address)

@@ -533,24 +533,10 @@ async fn the_full_login_against_avatar_local_leaks_no_token_into_the_database_lo
         fake_providers::twitch::FakeTwitchConfig::demo(&format!("{base}/auth/twitch/callback")),
     );
     let (twitch_address, _twitch_task) = twitch.spawn(0).await.unwrap();
-    let server = avatar_tests::LocalServer::start(
-        &["--port", &port.to_string()],
-        &[
-            ("PUBLIC_BASE_URL", base.clone()),
-            ("TWITCH_CLIENT_ID", "demo0client0id0000000000000000".into()),
-            ("TWITCH_CLIENT_SECRET", "demo-client-secret".into()),
-            (
-                "TWITCH_AUTH_BASE_URL",
-                fake_providers::twitch::FakeTwitch::auth_base_url(twitch_address),
-            ),
-            (
-                "TWITCH_API_BASE_URL",
-                fake_providers::twitch::FakeTwitch::api_base_url(twitch_address),
-            ),
-        ],
-        "trace",
-    )
-    .await;
+    let mut vars = twitch.app_variables(twitch_address);
+    vars.push(("PUBLIC_BASE_URL".into(), base.clone()));
+    let server =
+        avatar_tests::LocalServer::start(&["--port", &port.to_string()], &vars, "trace").await;
     let browser = Browser::new(&base);
 
     // Act: every page a user sees along the way.

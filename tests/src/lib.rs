@@ -259,19 +259,7 @@ impl TestApp {
             ..FakeTwitchConfig::demo(&format!("{address}/auth/twitch/callback"))
         });
         let (twitch_address, twitch_task) = twitch.spawn(0).await.expect("fake twitch");
-        vars.insert(
-            "TWITCH_CLIENT_ID".into(),
-            "demo0client0id0000000000000000".into(),
-        );
-        vars.insert("TWITCH_CLIENT_SECRET".into(), "demo-client-secret".into());
-        vars.insert(
-            "TWITCH_AUTH_BASE_URL".into(),
-            FakeTwitch::auth_base_url(twitch_address),
-        );
-        vars.insert(
-            "TWITCH_API_BASE_URL".into(),
-            FakeTwitch::api_base_url(twitch_address),
-        );
+        vars.extend(twitch.app_variables(twitch_address));
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -544,14 +532,14 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    pub async fn start(args: &[&str], vars: &[(&str, String)], log_filter: &str) -> Self {
+    pub async fn start(args: &[&str], vars: &[(String, String)], log_filter: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut command = Command::new(workspace_binary("avatar-local"));
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", log_filter)
-            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(vars.iter().cloned())
             .current_dir(dir.path())
             .args(args)
             .stdout(Stdio::null())
