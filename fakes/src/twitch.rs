@@ -50,6 +50,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::request::{
+    Credential, credential, field, form_fields, pairs_to_map, request_host, split_scopes,
+};
 use crate::{html, random};
 
 /// Lifetime of a new access token unless configured otherwise: Twitch caps user access
@@ -69,11 +72,6 @@ main{max-width:28rem;margin:3rem auto;padding:1.5rem;background:#fff;border-radi
 h1{font-size:1.4rem}code{font-size:.9em}.note{color:#53535f;font-size:.9rem}\
 button{font-size:1rem;padding:.5rem 1.25rem;margin:.5rem .5rem 0 0;border-radius:4px;border:1px solid #bbb;background:#fff;cursor:pointer}\
 #authorize{background:#9146ff;border-color:#9146ff;color:#fff}";
-
-/// Pages are static HTML with inline style only; the form posts to this server, and the
-/// redirects that follow go to the registered URI.
-const PAGE_CSP: &str =
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'";
 
 /// The Twitch account that "logs in" on the fake's consent page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -538,79 +536,6 @@ fn error_response(status: StatusCode, error: Option<&str>, message: &str) -> Res
 }
 
 // ---------------------------------------------------------------------------------------
-// Request input.
-
-/// Query or form pairs; with a repeated name the last value wins.
-fn pairs_to_map(input: &[u8]) -> HashMap<String, String> {
-    url::form_urlencoded::parse(input).into_owned().collect()
-}
-
-/// The fields of a form body. A body of another type yields no fields, so the request
-/// fails on its first required field, as it would at Twitch.
-fn form_fields(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| {
-            mime.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    if !is_form {
-        tracing::warn!("the fake Twitch ignored a body that is not a urlencoded form");
-        return HashMap::new();
-    }
-    pairs_to_map(body)
-}
-
-/// A field's value; an empty value counts as missing.
-fn field<'a>(fields: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    fields
-        .get(name)
-        .map(String::as_str)
-        .filter(|value| !value.is_empty())
-}
-
-/// Twitch's `scope` parameter: space-delimited (a `+` in the URL is a space).
-fn split_scopes(scope: Option<&str>) -> Vec<String> {
-    scope
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-enum Credential<'a> {
-    Missing,
-    Token(&'a str),
-    /// Present but not `<scheme> <token>` with an accepted scheme.
-    Malformed,
-}
-
-/// The token of an `Authorization: <scheme> <token>` header, schemes compared ignoring case.
-fn credential<'a>(headers: &'a HeaderMap, schemes: &[&str]) -> Credential<'a> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Credential::Missing;
-    };
-    let Ok(value) = value.to_str() else {
-        return Credential::Malformed;
-    };
-    let value = value.trim();
-    if value.is_empty() {
-        return Credential::Missing;
-    }
-    match value.split_once(' ') {
-        Some((scheme, token))
-            if !token.trim().is_empty()
-                && schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
-        {
-            Credential::Token(token.trim())
-        }
-        _ => Credential::Malformed,
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Handlers.
 
 async fn authorize_page(State(fake): State<FakeTwitch>, RawQuery(query): RawQuery) -> Response {
@@ -676,7 +601,7 @@ async fn authorize_decision(
                     query.append_pair("state", state);
                 }
             }
-            redirect_found(&target)
+            html::redirect_found(&target)
         }
         Some("cancel") => {
             {
@@ -688,7 +613,7 @@ async fn authorize_decision(
                     query.append_pair("state", state);
                 }
             }
-            redirect_found(&target)
+            html::redirect_found(&target)
         }
         _ => error_page("The decision must be authorize or cancel."),
     }
@@ -884,16 +809,6 @@ fn helix_users_response(fake: &FakeTwitch, headers: &HeaderMap, query: Option<&s
     Json(HelixUsers { data }).into_response()
 }
 
-/// The authority the client used to reach the fake, so that links it hands out work from
-/// where the client stands.
-fn request_host(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .filter(|host| !host.is_empty())
-        .unwrap_or("127.0.0.1")
-}
-
 /// Helix's rate-limit headers with a full bucket; the fake never answers 429.
 fn add_rate_limit_headers(headers: &mut HeaderMap) {
     let reset = SystemTime::now()
@@ -942,14 +857,6 @@ async fn not_found() -> Response {
 // ---------------------------------------------------------------------------------------
 // Pages.
 
-/// A 302 Found, the status Twitch redirects with.
-fn redirect_found(target: &url::Url) -> Response {
-    match HeaderValue::from_str(target.as_str()) {
-        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
-        Err(_) => server_error_page(),
-    }
-}
-
 fn error_page(problem: &str) -> Response {
     let body = format!(
         "<h1>Authorization error</h1>\n<p>{}</p>\n\
@@ -957,11 +864,17 @@ fn error_page(problem: &str) -> Response {
          redirect URL.</p>",
         html::escape(problem)
     );
-    html_page(StatusCode::BAD_REQUEST, "Authorization error", &body)
+    html::page(
+        PAGE_STYLE,
+        StatusCode::BAD_REQUEST,
+        "Authorization error",
+        &body,
+    )
 }
 
 fn server_error_page() -> Response {
-    html_page(
+    html::page(
+        PAGE_STYLE,
         StatusCode::INTERNAL_SERVER_ERROR,
         "Server error",
         "<h1>Server error</h1>\n<p>The fake could not create a code. Try again.</p>",
@@ -1021,7 +934,7 @@ fn consent_page(
         client_id = html::escape(client_id),
         redirect_uri = html::escape(redirect_uri),
     );
-    html_page(StatusCode::OK, "Authorize application", &body)
+    html::page(PAGE_STYLE, StatusCode::OK, "Authorize application", &body)
 }
 
 /// Twitch's wording for the scopes the application is likely to ask for.
@@ -1036,91 +949,4 @@ fn scope_description(scope: &str) -> Option<&'static str> {
         "user:read:email" => "View your email address",
         _ => return None,
     })
-}
-
-/// A complete HTML5 document; `title` must already be safe HTML.
-fn html_page(status: StatusCode, title: &str, body: &str) -> Response {
-    let page = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{title}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n<main>\n\
-         {body}\n</main>\n</body>\n</html>\n"
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        page,
-    )
-        .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(name, value)| (name.clone(), HeaderValue::from_static(value)))
-            .collect()
-    }
-
-    #[test]
-    fn an_authorization_header_yields_its_token_for_an_accepted_scheme() {
-        let map = headers(&[(header::AUTHORIZATION, "oauth  abc ")]);
-        assert!(matches!(
-            credential(&map, &["OAuth", "Bearer"]),
-            Credential::Token("abc")
-        ));
-    }
-
-    #[test]
-    fn an_authorization_header_with_another_scheme_or_no_token_is_malformed() {
-        for value in ["Basic abc", "Bearer", "Bearer  ", "abc"] {
-            let map = headers(&[(header::AUTHORIZATION, value)]);
-            assert!(
-                matches!(credential(&map, &["Bearer"]), Credential::Malformed),
-                "{value}"
-            );
-        }
-    }
-
-    #[test]
-    fn no_or_an_empty_authorization_header_is_missing() {
-        assert!(matches!(
-            credential(&HeaderMap::new(), &["Bearer"]),
-            Credential::Missing
-        ));
-        let map = headers(&[(header::AUTHORIZATION, "")]);
-        assert!(matches!(credential(&map, &["Bearer"]), Credential::Missing));
-    }
-
-    #[test]
-    fn a_body_that_is_not_a_form_has_no_fields() {
-        let json = headers(&[(header::CONTENT_TYPE, "application/json")]);
-        assert!(form_fields(&json, b"client_id=x").is_empty());
-        let form = headers(&[(
-            header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded; charset=utf-8",
-        )]);
-        assert_eq!(
-            form_fields(&form, b"client_id=x&scope=chat%3Aread+chat%3Aedit")
-                .get("scope")
-                .map(String::as_str),
-            Some("chat:read chat:edit")
-        );
-    }
-
-    #[test]
-    fn scopes_split_on_any_whitespace() {
-        assert_eq!(
-            split_scopes(Some(" chat:read  user:bot ")),
-            ["chat:read", "user:bot"]
-        );
-        assert!(split_scopes(None).is_empty());
-    }
 }
