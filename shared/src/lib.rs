@@ -18,6 +18,8 @@
 //! - [`crypto`]: AES-256-GCM sealing of tokens at rest (with key rotation) and HMAC signing
 //!   of cookies and CSRF tokens.
 //! - [`oauth`]: the provider clients (Twitch), pointed at configurable base URLs.
+//! - [`poll`]: the DonationAlerts poller's schedule: live streamers and recent donors polled
+//!   more often, idle ones backing off, failing ones backing off alone, nobody starving.
 //! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
 //!   revocable server-side, CSRF checks, strict CSP, one place mapping errors to pages.
 //! - [`health`]: the `/health` report; every figure in it is measured.
@@ -36,6 +38,7 @@ pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod oauth;
+pub mod poll;
 pub mod secret;
 pub mod secrets;
 pub mod store;

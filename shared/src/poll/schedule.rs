@@ -1,0 +1,508 @@
+//! Which streamer to poll next, under an app-wide request budget.
+//!
+//! A plain round robin visits each of N streamers every N/B seconds (B requests a second):
+//! with 50 streamers and DonationAlerts' 1 request a second, everyone waits about 50 s for a
+//! donation to show. Most of those streamers are offline and nobody is watching their
+//! overlay, so the budget is shared out by weight instead:
+//!
+//! - a streamer live on Twitch weighs [`LIVE_WEIGHT`], one who received a donation within
+//!   [`SchedulePolicy::recent_window`] weighs [`RECENT_WEIGHT`], everyone else 1;
+//! - with the weights summing to W and a budget of B polls a second, a streamer of weight w
+//!   is due every W / (B·w) seconds: the budget is spent exactly, and the live streamers get
+//!   the lion's share;
+//! - no interval is shorter than the base interval (`DA_POLL_INTERVAL_MS`) nor longer than
+//!   [`SchedulePolicy::max_interval`]; beyond what the budget allows, the limiter makes
+//!   everyone wait and the earliest due goes first, so nobody starves;
+//! - a streamer whose polls fail backs off (1 s doubling to 60 s, or longer when the
+//!   provider says Retry-After), without slowing anyone else.
+//!
+//! Everything here is pure arithmetic over a clock passed in, so it is unit-tested with
+//! made-up instants and benchmarked on a virtual clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Weight of a streamer who is live on Twitch now.
+pub const LIVE_WEIGHT: f64 = 6.0;
+/// Weight of a streamer who received a donation recently (and is not live).
+pub const RECENT_WEIGHT: f64 = 3.0;
+/// Weight of everyone else.
+pub const IDLE_WEIGHT: f64 = 1.0;
+
+/// First backoff after a failed poll; it doubles with each further failure.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Longest backoff the doubling reaches.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest Retry-After honoured (a provider asking for more is waited on for this long).
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// How a streamer's polling is currently weighted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Activity {
+    Live,
+    RecentDonations,
+    Idle,
+}
+
+impl Activity {
+    pub fn weight(self) -> f64 {
+        match self {
+            Self::Live => LIVE_WEIGHT,
+            Self::RecentDonations => RECENT_WEIGHT,
+            Self::Idle => IDLE_WEIGHT,
+        }
+    }
+}
+
+/// The knobs of the schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedulePolicy {
+    /// Polls a second the whole application may make (the budget, less headroom for
+    /// follow-up pages and token refreshes).
+    pub polls_per_second: f64,
+    /// No streamer is polled more often than this (`DA_POLL_INTERVAL_MS`).
+    pub min_interval: Duration,
+    /// No streamer waits longer than this between polls while the budget allows.
+    pub max_interval: Duration,
+    /// A donation this recent makes a streamer [`Activity::RecentDonations`].
+    pub recent_window: Duration,
+}
+
+impl SchedulePolicy {
+    /// The policy for a budget of `per_minute` requests, keeping `headroom` (0..1) of it for
+    /// follow-up pages and refreshes.
+    pub fn for_budget(per_minute: u32, headroom: f64, min_interval: Duration) -> Self {
+        Self {
+            polls_per_second: f64::from(per_minute) / 60.0 * (1.0 - headroom.clamp(0.0, 0.9)),
+            min_interval,
+            max_interval: Duration::from_secs(10 * 60),
+            recent_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Poll intervals per activity for the streamers scheduled now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Intervals {
+    pub live: Duration,
+    pub recent: Duration,
+    pub idle: Duration,
+}
+
+impl Intervals {
+    /// Shares the budget out by weight (see the module docs).
+    pub fn for_counts(policy: &SchedulePolicy, live: usize, recent: usize, idle: usize) -> Self {
+        let total_weight =
+            live as f64 * LIVE_WEIGHT + recent as f64 * RECENT_WEIGHT + idle as f64 * IDLE_WEIGHT;
+        let budget = policy.polls_per_second.max(f64::MIN_POSITIVE);
+        let interval = |weight: f64| {
+            let seconds = total_weight / (budget * weight);
+            let wanted = Duration::try_from_secs_f64(seconds).unwrap_or(policy.max_interval);
+            wanted.clamp(
+                policy.min_interval,
+                policy.max_interval.max(policy.min_interval),
+            )
+        };
+        Self {
+            live: interval(LIVE_WEIGHT),
+            recent: interval(RECENT_WEIGHT),
+            idle: interval(IDLE_WEIGHT),
+        }
+    }
+
+    pub fn of(&self, activity: Activity) -> Duration {
+        match activity {
+            Activity::Live => self.live,
+            Activity::RecentDonations => self.recent,
+            Activity::Idle => self.idle,
+        }
+    }
+}
+
+/// Per-streamer exponential backoff after failed polls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// Records a failure; returns how long to leave the streamer alone: 1 s doubling to
+    /// 60 s, or the provider's Retry-After when that is longer (up to [`RETRY_AFTER_MAX`]).
+    pub fn fail(&mut self, retry_after: Option<Duration>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(16);
+        let exponential = BACKOFF_START
+            .saturating_mul(1u32 << doublings)
+            .min(BACKOFF_MAX);
+        exponential.max(retry_after.unwrap_or_default().min(RETRY_AFTER_MAX))
+    }
+
+    pub fn succeed(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// How one poll of a streamer ended, as far as scheduling cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// Polled; `new_donations` were found.
+    Polled { new_donations: usize },
+    /// Another instance (or the Node app) holds the streamer's lock: try again soon.
+    Locked,
+    /// 429, 5xx, a malformed answer or a timeout; back off.
+    Failed { retry_after: Option<Duration> },
+    /// The streamer must reconnect DonationAlerts: no more polling until they do.
+    NeedsReauth,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    due: Instant,
+    last_donation_at: Option<Instant>,
+    backoff: Backoff,
+    backing_off_until: Option<Instant>,
+}
+
+/// The schedule of one poller: when each streamer is next due.
+#[derive(Debug, Clone)]
+pub struct Schedule<K> {
+    policy: SchedulePolicy,
+    entries: HashMap<K, Entry>,
+    live: std::collections::HashSet<K>,
+    /// Recomputed by [`Schedule::refresh_intervals`] (once a tick), not on every poll: it
+    /// looks at every streamer.
+    intervals: Intervals,
+}
+
+impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
+    pub fn new(policy: SchedulePolicy) -> Self {
+        Self {
+            intervals: Intervals::for_counts(&policy, 0, 0, 0),
+            policy,
+            entries: HashMap::new(),
+            live: Default::default(),
+        }
+    }
+
+    pub fn policy(&self) -> &SchedulePolicy {
+        &self.policy
+    }
+
+    pub fn set_policy(&mut self, policy: SchedulePolicy, now: Instant) {
+        self.policy = policy;
+        self.refresh_intervals(now);
+    }
+
+    /// Makes the schedule hold exactly `streamers`: new ones are due at once, gone ones
+    /// are forgotten.
+    pub fn sync(&mut self, streamers: impl IntoIterator<Item = K>, now: Instant) {
+        let wanted: std::collections::HashSet<K> = streamers.into_iter().collect();
+        self.entries.retain(|k, _| wanted.contains(k));
+        for key in wanted {
+            self.entries.entry(key).or_insert(Entry {
+                due: now,
+                last_donation_at: None,
+                backoff: Backoff::default(),
+                backing_off_until: None,
+            });
+        }
+        self.live.retain(|k| self.entries.contains_key(k));
+    }
+
+    /// Who is live on Twitch now; a streamer going live is due at once.
+    pub fn set_live(&mut self, live: impl IntoIterator<Item = K>, now: Instant) {
+        let live: std::collections::HashSet<K> = live
+            .into_iter()
+            .filter(|k| self.entries.contains_key(k))
+            .collect();
+        for key in live.difference(&self.live) {
+            if let Some(entry) = self.entries.get_mut(key)
+                && entry.backing_off_until.is_none_or(|until| until <= now)
+            {
+                entry.due = entry.due.min(now);
+            }
+        }
+        self.live = live;
+    }
+
+    /// Remembers a donation seen at `at` (e.g. loaded from the store at start).
+    pub fn note_donation(&mut self, key: &K, at: Instant) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.last_donation_at = Some(entry.last_donation_at.map_or(at, |t| t.max(at)));
+        }
+    }
+
+    pub fn activity(&self, key: &K, now: Instant) -> Activity {
+        if self.live.contains(key) {
+            return Activity::Live;
+        }
+        match self.entries.get(key).and_then(|e| e.last_donation_at) {
+            Some(at) if now.saturating_duration_since(at) < self.policy.recent_window => {
+                Activity::RecentDonations
+            }
+            _ => Activity::Idle,
+        }
+    }
+
+    /// The intervals polls are rescheduled with, as of the last [`Self::refresh_intervals`].
+    pub fn intervals(&self) -> Intervals {
+        self.intervals
+    }
+
+    /// Recounts the streamers in each activity and shares the budget out again.
+    pub fn refresh_intervals(&mut self, now: Instant) -> Intervals {
+        self.intervals = self.count_intervals(now);
+        self.intervals
+    }
+
+    fn count_intervals(&self, now: Instant) -> Intervals {
+        let (mut live, mut recent, mut idle) = (0, 0, 0);
+        for key in self.entries.keys() {
+            match self.activity(key, now) {
+                Activity::Live => live += 1,
+                Activity::RecentDonations => recent += 1,
+                Activity::Idle => idle += 1,
+            }
+        }
+        Intervals::for_counts(&self.policy, live, recent, idle)
+    }
+
+    /// Up to `max` streamers due at `now`, most overdue first (ties by key, so every
+    /// poller agrees on the order).
+    pub fn due(&self, now: Instant, max: usize) -> Vec<K> {
+        let mut due: Vec<(&K, Instant)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.due <= now)
+            .map(|(k, e)| (k, e.due))
+            .collect();
+        due.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+        due.into_iter().take(max).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// When the next streamer falls due (`None` with nobody scheduled).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries.values().map(|e| e.due).min()
+    }
+
+    /// When `key` is next due.
+    pub fn due_at(&self, key: &K) -> Option<Instant> {
+        self.entries.get(key).map(|e| e.due)
+    }
+
+    /// Streamers backing off now, for /health.
+    pub fn backing_off(&self, now: Instant) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.backing_off_until.is_some_and(|until| until > now))
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Reschedules `key` after a poll that ended at `now`.
+    pub fn record(&mut self, key: &K, outcome: PollOutcome, now: Instant) {
+        if matches!(outcome, PollOutcome::NeedsReauth) {
+            self.entries.remove(key);
+            self.live.remove(key);
+            return;
+        }
+        let Some(mut entry) = self.entries.remove(key) else {
+            return;
+        };
+        match outcome {
+            PollOutcome::Polled { new_donations } => {
+                entry.backoff.succeed();
+                entry.backing_off_until = None;
+                if new_donations > 0 {
+                    entry.last_donation_at = Some(now);
+                }
+            }
+            PollOutcome::Failed { retry_after } => {
+                let wait = entry.backoff.fail(retry_after);
+                entry.backing_off_until = Some(now + wait);
+            }
+            PollOutcome::Locked | PollOutcome::NeedsReauth => {}
+        }
+        self.entries.insert(key.clone(), entry);
+        let next = match outcome {
+            // Someone else is polling it now; look again after one base interval.
+            PollOutcome::Locked => now + self.policy.min_interval,
+            PollOutcome::Failed { .. } => self.entries[key].backing_off_until.unwrap_or(now),
+            _ => now + self.intervals.of(self.activity(key, now)),
+        };
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.due = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> SchedulePolicy {
+        SchedulePolicy {
+            polls_per_second: 1.0,
+            min_interval: Duration::from_secs(5),
+            max_interval: Duration::from_secs(600),
+            recent_window: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn the_budget_is_shared_by_weight_and_spent_exactly() {
+        // 5 live and 45 idle at one poll a second: W = 75.
+        let intervals = Intervals::for_counts(&policy(), 5, 0, 45);
+        assert_eq!(intervals.live, Duration::from_secs_f64(12.5));
+        assert_eq!(intervals.idle, Duration::from_secs(75));
+        let spent = 5.0 / intervals.live.as_secs_f64() + 45.0 / intervals.idle.as_secs_f64();
+        assert!((spent - 1.0).abs() < 1e-9, "{spent}");
+    }
+
+    #[test]
+    fn intervals_stay_between_the_base_interval_and_the_maximum() {
+        let few = Intervals::for_counts(&policy(), 1, 0, 1);
+        assert_eq!(
+            few.live,
+            Duration::from_secs(5),
+            "never faster than the base"
+        );
+        let many = Intervals::for_counts(&policy(), 0, 0, 100_000);
+        assert_eq!(
+            many.idle,
+            Duration::from_secs(600),
+            "never slower than the maximum"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_a_minute_and_honours_retry_after() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| backoff.fail(None).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        backoff.succeed();
+        assert_eq!(backoff.fail(None), Duration::from_secs(1));
+        assert_eq!(
+            backoff.fail(Some(Duration::from_secs(30))),
+            Duration::from_secs(30),
+            "Retry-After longer than the doubling wins"
+        );
+        assert_eq!(
+            backoff.fail(Some(Duration::from_secs(86_400))),
+            RETRY_AFTER_MAX
+        );
+    }
+
+    #[test]
+    fn the_most_overdue_streamer_goes_first_and_ties_break_by_key() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        schedule.sync([3, 1, 2], now);
+        assert_eq!(schedule.due(now, 10), [1, 2, 3]);
+        schedule.record(&1, PollOutcome::Polled { new_donations: 0 }, now);
+        assert_eq!(schedule.due(now, 10), [2, 3]);
+        assert_eq!(schedule.due(now, 1), [2]);
+    }
+
+    #[test]
+    fn a_failing_streamer_backs_off_without_delaying_the_others() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        schedule.sync([1, 2], now);
+        schedule.record(
+            &1,
+            PollOutcome::Failed {
+                retry_after: Some(Duration::from_secs(20)),
+            },
+            now,
+        );
+        assert_eq!(schedule.due(now, 10), [2]);
+        assert_eq!(schedule.backing_off(now), 1);
+        assert_eq!(schedule.due_at(&1), Some(now + Duration::from_secs(20)));
+        let later = now + Duration::from_secs(20);
+        schedule.record(&1, PollOutcome::Polled { new_donations: 0 }, later);
+        assert_eq!(schedule.backing_off(later), 0);
+    }
+
+    #[test]
+    fn live_and_recent_donors_are_polled_more_often_than_idle_streamers() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        schedule.sync(0..50, now);
+        schedule.set_live(0..5, now);
+        schedule.refresh_intervals(now);
+        schedule.record(&10, PollOutcome::Polled { new_donations: 2 }, now);
+        schedule.record(&0, PollOutcome::Polled { new_donations: 0 }, now);
+        schedule.record(&20, PollOutcome::Polled { new_donations: 0 }, now);
+        assert_eq!(schedule.activity(&0, now), Activity::Live);
+        assert_eq!(schedule.activity(&10, now), Activity::RecentDonations);
+        assert_eq!(schedule.activity(&20, now), Activity::Idle);
+        let live = schedule.due_at(&0).unwrap() - now;
+        let recent = schedule.due_at(&10).unwrap() - now;
+        let idle = schedule.due_at(&20).unwrap() - now;
+        assert!(
+            live < recent && recent < idle,
+            "{live:?} {recent:?} {idle:?}"
+        );
+        // A recent donor becomes idle again once the window has passed.
+        let much_later = now + Duration::from_secs(901);
+        assert_eq!(schedule.activity(&10, much_later), Activity::Idle);
+    }
+
+    #[test]
+    fn nobody_starves_when_the_schedule_is_oversubscribed() {
+        // 1,000 streamers at one poll a second: everyone is due long before the budget can
+        // serve them; serving the earliest due first still reaches every streamer.
+        let start = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        schedule.sync(0..1_000, start);
+        schedule.set_live(0..10, start);
+        schedule.refresh_intervals(start);
+        let mut polled = std::collections::HashSet::new();
+        let mut now = start;
+        for _ in 0..1_200 {
+            if let Some(key) = schedule.due(now, 1).pop() {
+                polled.insert(key);
+                schedule.record(&key, PollOutcome::Polled { new_donations: 0 }, now);
+            }
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(polled.len(), 1_000);
+    }
+
+    #[test]
+    fn a_streamer_who_must_reconnect_leaves_the_schedule() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        schedule.sync([1, 2], now);
+        schedule.record(&1, PollOutcome::NeedsReauth, now);
+        assert_eq!(schedule.len(), 1);
+        assert_eq!(schedule.due(now, 10), [2]);
+    }
+
+    #[test]
+    fn going_live_makes_a_streamer_due_at_once() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        schedule.sync([1], now);
+        schedule.record(&1, PollOutcome::Polled { new_donations: 0 }, now);
+        assert!(schedule.due(now, 1).is_empty());
+        let soon = now + Duration::from_secs(1);
+        schedule.set_live([1], soon);
+        assert_eq!(schedule.due(soon, 1), [1]);
+    }
+}
