@@ -18,6 +18,8 @@
 //! - [`crypto`]: AES-256-GCM sealing of tokens at rest (with key rotation) and HMAC signing
 //!   of cookies and CSRF tokens.
 //! - [`oauth`]: the provider clients (Twitch), pointed at configurable base URLs.
+//! - [`outbox`]: the relay that publishes events recorded in SQLite to the bus, exactly once
+//!   per eventId, also after Redis was down.
 //! - [`poll`]: the DonationAlerts poller's schedule: live streamers and recent donors polled
 //!   more often, idle ones backing off, failing ones backing off alone, nobody starving.
 //! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
@@ -38,6 +40,7 @@ pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod oauth;
+pub mod outbox;
 pub mod poll;
 pub mod secret;
 pub mod secrets;

@@ -10,7 +10,7 @@ use shared::coordination::Published;
 use shared::events::{BROADCAST_CHANNEL, EVENT_STREAM};
 
 /// Every entry of the event stream: (entry id, fields).
-async fn stream_entries(redis: &RedisServer) -> Vec<(String, Vec<(String, String)>)> {
+pub(crate) async fn stream_entries(redis: &RedisServer) -> Vec<(String, Vec<(String, String)>)> {
     let mut conn = redis.connection().await;
     let reply: redis::Value = redis::cmd("XRANGE")
         .arg(EVENT_STREAM)

@@ -5,6 +5,8 @@
 //! memory between processes, which a network filesystem cannot give.
 
 pub mod accounts;
+pub mod donationalerts;
+pub mod outbox;
 pub mod schema;
 pub mod writer;
 

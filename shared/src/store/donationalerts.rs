@@ -1,0 +1,342 @@
+//! DonationAlerts: the link of a streamer to their DonationAlerts account (with its sealed
+//! tokens), and the donations, their outbox events and the poll cursor, written together.
+//!
+//! One poll of one streamer ends in one [`Store::record_poll`]: the new donations, an outbox
+//! event for each, and the advanced cursor, in a single write that first checks the poll
+//! lock's fencing token against the one that last moved this streamer's cursor. A poller
+//! paused past its lock's TTL therefore cannot move the cursor back or record anything
+//! after a newer holder did; and since donations and events are keyed by DonationAlerts'
+//! ids, even an accepted repeat adds nothing.
+//!
+//! The outbox is what makes publishing exactly-once: an event is published from its row
+//! (see `outbox`), so one committed while Redis was down goes out when it returns.
+
+use rusqlite::{OptionalExtension as _, params};
+
+use super::{Store, StoreError, now_ms};
+use crate::events::{Donation, DonationPayload};
+
+/// A donation as the poller read it, ready to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDonation {
+    pub da_donation_id: i64,
+    /// `None` for anonymous donors.
+    pub donor_name: Option<String>,
+    pub message: String,
+    pub amount: serde_json::Number,
+    pub currency: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// Everything one poll of one streamer found.
+#[derive(Debug, Clone)]
+pub struct PollResult {
+    pub streamer_twitch_id: String,
+    pub da_user_id: i64,
+    /// The poll lock's fencing token.
+    pub fence: u64,
+    /// Newest first or in any order; repeats and already recorded ones are ignored.
+    pub donations: Vec<NewDonation>,
+    /// The highest donation id the poll saw, recorded or not (the new cursor's floor).
+    pub seen_high_water: Option<i64>,
+    /// RFC 3339 UTC, when the poll read them.
+    pub received_at: String,
+}
+
+/// What [`Store::record_poll`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollRecorded {
+    /// Recorded; the ids of the donations that were new, oldest first.
+    Recorded { new_donation_ids: Vec<i64> },
+    /// A newer lock holder already moved the cursor (its token is `newer`): nothing written.
+    StaleFence { newer: u64 },
+    /// The streamer has no DonationAlerts link (disconnected meanwhile): nothing written.
+    NotLinked,
+}
+
+/// A recorded donation, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedDonation {
+    pub da_donation_id: i64,
+    pub donor_name: Option<String>,
+    pub message: String,
+    pub amount: String,
+    pub currency: String,
+    pub created_at: String,
+}
+
+/// A DonationAlerts connection ready to be written: the link and the sealed tokens.
+#[derive(Debug, Clone)]
+pub struct DonationAlertsConnection {
+    pub streamer_twitch_id: String,
+    pub da_user_id: i64,
+    pub da_name: Option<String>,
+    pub access_token_sealed: Vec<u8>,
+    pub refresh_token_sealed: Option<Vec<u8>>,
+    pub scopes: Vec<String>,
+    /// Unix ms.
+    pub expires_at: Option<i64>,
+    /// The newest donation id at the moment of connecting (0 with none), so that only
+    /// donations made from then on become events; `None` lets the first poll take it.
+    pub initial_cursor: Option<i64>,
+}
+
+/// What [`Store::connect_donationalerts`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connected {
+    Linked,
+    /// The DonationAlerts account is linked to another streamer; nothing was written.
+    LinkedToAnotherStreamer,
+}
+
+/// A streamer the poller visits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollTarget {
+    pub streamer_twitch_id: String,
+    pub da_user_id: i64,
+    /// Unix ms of the newest recorded donation, if any.
+    pub last_donation_at: Option<i64>,
+}
+
+impl Store {
+    /// Writes the link and its sealed tokens in one write. Reconnecting the same account
+    /// keeps the cursor; connecting another account starts from `initial_cursor`.
+    pub async fn connect_donationalerts(
+        &self,
+        connection: DonationAlertsConnection,
+    ) -> Result<Connected, StoreError> {
+        self.write(move |conn| {
+            let holder: Option<String> = conn
+                .query_row(
+                    "SELECT streamer_twitch_id FROM donationalerts_links WHERE da_user_id = ?1",
+                    [connection.da_user_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if holder
+                .as_deref()
+                .is_some_and(|h| h != connection.streamer_twitch_id)
+            {
+                return Ok(Connected::LinkedToAnotherStreamer);
+            }
+            let now = now_ms();
+            conn.execute(
+                "INSERT INTO donationalerts_links (streamer_twitch_id, da_user_id, da_name,
+                        poll_cursor, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT (streamer_twitch_id) DO UPDATE SET
+                    da_name = excluded.da_name,
+                    poll_cursor = CASE WHEN da_user_id = excluded.da_user_id
+                                       THEN poll_cursor ELSE excluded.poll_cursor END,
+                    da_user_id = excluded.da_user_id,
+                    updated_at = excluded.updated_at",
+                params![
+                    connection.streamer_twitch_id,
+                    connection.da_user_id,
+                    connection.da_name,
+                    connection.initial_cursor,
+                    now
+                ],
+            )?;
+            conn.execute(
+                "INSERT INTO provider_tokens (twitch_user_id, provider, access_token_enc,
+                        refresh_token_enc, scopes, expires_at, status, created_at, updated_at)
+                 VALUES (?1, 'donationalerts', ?2, ?3, ?4, ?5, 'active', ?6, ?6)
+                 ON CONFLICT (twitch_user_id, provider) DO UPDATE SET
+                    access_token_enc = excluded.access_token_enc,
+                    refresh_token_enc = excluded.refresh_token_enc,
+                    scopes = excluded.scopes, expires_at = excluded.expires_at,
+                    status = 'active', updated_at = excluded.updated_at",
+                params![
+                    connection.streamer_twitch_id,
+                    connection.access_token_sealed,
+                    connection.refresh_token_sealed,
+                    connection.scopes.join(" "),
+                    connection.expires_at,
+                    now
+                ],
+            )?;
+            Ok(Connected::Linked)
+        })
+        .await
+    }
+
+    /// Forgets a streamer's DonationAlerts tokens and link; their donations stay recorded.
+    /// `true` when there was something to forget.
+    pub async fn disconnect_donationalerts(
+        &self,
+        streamer_twitch_id: String,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let tokens = conn.execute(
+                "DELETE FROM provider_tokens
+                 WHERE twitch_user_id = ?1 AND provider = 'donationalerts'",
+                [&streamer_twitch_id],
+            )?;
+            let links = conn.execute(
+                "DELETE FROM donationalerts_links WHERE streamer_twitch_id = ?1",
+                [&streamer_twitch_id],
+            )?;
+            Ok(tokens + links > 0)
+        })
+        .await
+    }
+
+    /// Every streamer with a link and active DonationAlerts tokens.
+    pub async fn poll_targets(&self) -> Result<Vec<PollTarget>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT l.streamer_twitch_id, l.da_user_id,
+                        (SELECT max(d.received_at) FROM donations d
+                          WHERE d.streamer_twitch_id = l.streamer_twitch_id)
+                 FROM donationalerts_links l
+                 JOIN provider_tokens t ON t.twitch_user_id = l.streamer_twitch_id
+                      AND t.provider = 'donationalerts' AND t.status = 'active'
+                 ORDER BY l.streamer_twitch_id",
+            )?;
+            let rows = statement.query_map([], |r| {
+                let received: Option<String> = r.get(2)?;
+                Ok(PollTarget {
+                    streamer_twitch_id: r.get(0)?,
+                    da_user_id: r.get(1)?,
+                    last_donation_at: received.as_deref().and_then(rfc3339_ms),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Records one poll's donations, their outbox events and the new cursor in one write,
+    /// refused whole when `fence` is older than the last accepted one (see the module docs).
+    pub async fn record_poll(&self, poll: PollResult) -> Result<PollRecorded, StoreError> {
+        self.write(move |conn| {
+            let link: Option<(i64, Option<i64>)> = conn
+                .query_row(
+                    "SELECT cursor_fence, poll_cursor FROM donationalerts_links
+                     WHERE streamer_twitch_id = ?1 AND da_user_id = ?2",
+                    params![poll.streamer_twitch_id, poll.da_user_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((stored_fence, cursor)) = link else {
+                return Ok(PollRecorded::NotLinked);
+            };
+            if (stored_fence as u64) > poll.fence {
+                return Ok(PollRecorded::StaleFence {
+                    newer: stored_fence as u64,
+                });
+            }
+            let mut donations = poll.donations;
+            // At or below the cursor is handled already. A link without a cursor has no
+            // baseline yet: what exists now is history, not news; only the high-water mark
+            // is taken, so the next poll reports what follows.
+            match cursor {
+                Some(cursor) => donations.retain(|d| d.da_donation_id > cursor),
+                None => donations.clear(),
+            }
+            donations.sort_by_key(|d| d.da_donation_id);
+            donations.dedup_by_key(|d| d.da_donation_id);
+            let now = now_ms();
+            let mut new_donation_ids = Vec::new();
+            for donation in &donations {
+                let inserted = conn.execute(
+                    "INSERT INTO donations (streamer_twitch_id, da_donation_id, donor_name,
+                            message, amount, currency, created_at, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (streamer_twitch_id, da_donation_id) DO NOTHING",
+                    params![
+                        poll.streamer_twitch_id,
+                        donation.da_donation_id,
+                        donation.donor_name,
+                        donation.message,
+                        donation.amount.to_string(),
+                        donation.currency,
+                        donation.created_at,
+                        poll.received_at,
+                    ],
+                )?;
+                if inserted == 0 {
+                    continue;
+                }
+                let payload = DonationPayload {
+                    event_id: DonationPayload::event_id_for(
+                        poll.da_user_id,
+                        donation.da_donation_id,
+                    ),
+                    streamer_id: poll.streamer_twitch_id.clone(),
+                    source: "donationalerts".into(),
+                    donation: Donation {
+                        id: donation.da_donation_id,
+                        username: donation.donor_name.clone(),
+                        message: donation.message.clone(),
+                        amount: donation.amount.clone(),
+                        currency: donation.currency.clone(),
+                        created_at: donation.created_at.clone(),
+                    },
+                    received_at: poll.received_at.clone(),
+                };
+                let payload_json = serde_json::to_string(&payload)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                conn.execute(
+                    "INSERT INTO event_outbox (event_id, streamer_twitch_id, kind, payload,
+                            created_at)
+                     VALUES (?1, ?2, 'donation', ?3, ?4)
+                     ON CONFLICT (event_id) DO NOTHING",
+                    params![payload.event_id, poll.streamer_twitch_id, payload_json, now],
+                )?;
+                new_donation_ids.push(donation.da_donation_id);
+            }
+            let high_water = poll
+                .seen_high_water
+                .into_iter()
+                .chain(donations.last().map(|d| d.da_donation_id))
+                .chain(cursor)
+                .max()
+                .or(Some(0));
+            conn.execute(
+                "UPDATE donationalerts_links
+                 SET poll_cursor = ?1, cursor_fence = ?2, updated_at = ?3
+                 WHERE streamer_twitch_id = ?4",
+                params![high_water, poll.fence as i64, now, poll.streamer_twitch_id],
+            )?;
+            Ok(PollRecorded::Recorded { new_donation_ids })
+        })
+        .await
+    }
+
+    /// The newest `limit` donations of a streamer, newest first.
+    pub async fn recent_donations(
+        &self,
+        streamer_twitch_id: String,
+        limit: usize,
+    ) -> Result<Vec<RecordedDonation>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT da_donation_id, donor_name, message, amount, currency, created_at
+                 FROM donations WHERE streamer_twitch_id = ?1
+                 ORDER BY da_donation_id DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![streamer_twitch_id, limit as i64], |r| {
+                Ok(RecordedDonation {
+                    da_donation_id: r.get(0)?,
+                    donor_name: r.get(1)?,
+                    message: r.get(2)?,
+                    amount: r.get(3)?,
+                    currency: r.get(4)?,
+                    created_at: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+/// Unix ms of an RFC 3339 time.
+fn rfc3339_ms(text: &str) -> Option<i64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((at.unix_timestamp_nanos() / 1_000_000) as i64)
+}

@@ -1,0 +1,67 @@
+//! The transactional outbox: events recorded in SQLite with the facts they announce, and
+//! read back here by the relay that publishes them (see `crate::outbox`).
+
+use rusqlite::params;
+
+use super::{Store, StoreError, now_ms};
+use crate::events::{BusEvent, DonationPayload};
+
+/// An event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingEvent {
+    pub event_id: String,
+    pub event: BusEvent,
+}
+
+impl Store {
+    /// Up to `limit` events not yet published, oldest first.
+    pub async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT event_id, payload FROM event_outbox
+                 WHERE published_at IS NULL ORDER BY created_at, event_id LIMIT ?1",
+            )?;
+            let rows = statement.query_map([limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut pending = Vec::new();
+            for row in rows {
+                let (event_id, payload) = row?;
+                // A row that no longer parses is a bug; it stays pending and is logged by the
+                // relay rather than dropped silently.
+                let payload: DonationPayload = serde_json::from_str(&payload).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?;
+                pending.push(PendingEvent {
+                    event_id,
+                    event: BusEvent::donation(&payload),
+                });
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
+    /// Marks events as published (after the bus accepted them, or already had them).
+    pub async fn mark_published(&self, event_ids: Vec<String>) -> Result<(), StoreError> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| {
+            let now = now_ms();
+            let mut statement = conn.prepare_cached(
+                "UPDATE event_outbox SET published_at = ?1
+                 WHERE event_id = ?2 AND published_at IS NULL",
+            )?;
+            for id in &event_ids {
+                statement.execute(params![now, id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

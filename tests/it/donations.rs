@@ -1,0 +1,383 @@
+//! Donations, their outbox events and the poll cursor on a real SQLite file, and the outbox
+//! relay publishing to a private Redis: recorded once, fenced, published once, also after
+//! Redis was down.
+
+use avatar_tests::{RedisServer, redis_coordinator};
+use shared::config::{JournalMode, SqliteConfig};
+use shared::coordination::Coordinator;
+use shared::events::DonationPayload;
+use shared::outbox::{RelayError, relay_pending};
+use shared::store::Store;
+use shared::store::donationalerts::{
+    Connected, DonationAlertsConnection, NewDonation, PollRecorded, PollResult,
+};
+
+use crate::bus::stream_entries;
+
+const STREAMER: &str = "141981764";
+const DA_USER: i64 = 7_130_000;
+
+async fn open_store(dir: &std::path::Path, coordinator: &Coordinator) -> Store {
+    let config = SqliteConfig {
+        path: dir.join("data.sqlite"),
+        journal_mode: JournalMode::Delete,
+        read_connections: 2,
+    };
+    Store::open(&config, coordinator)
+        .await
+        .expect("store opens")
+}
+
+async fn add_user(store: &Store, twitch_user_id: &str) {
+    let id = twitch_user_id.to_owned();
+    store
+        .write(move |conn| {
+            conn.execute(
+                "INSERT INTO users (twitch_user_id, login, display_name, created_at, updated_at)
+                 VALUES (?1, 'login', 'Name', 0, 0)",
+                [&id],
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+}
+
+fn connection(
+    streamer: &str,
+    da_user_id: i64,
+    initial_cursor: Option<i64>,
+) -> DonationAlertsConnection {
+    DonationAlertsConnection {
+        streamer_twitch_id: streamer.into(),
+        da_user_id,
+        da_name: Some("Demo Streamer".into()),
+        access_token_sealed: vec![1, 2, 3],
+        refresh_token_sealed: Some(vec![4, 5, 6]),
+        scopes: vec!["oauth-user-show".into(), "oauth-donation-index".into()],
+        expires_at: None,
+        initial_cursor,
+    }
+}
+
+async fn linked_store(dir: &std::path::Path, coordinator: &Coordinator) -> Store {
+    let store = open_store(dir, coordinator).await;
+    add_user(&store, STREAMER).await;
+    let linked = store
+        .connect_donationalerts(connection(STREAMER, DA_USER, Some(0)))
+        .await
+        .unwrap();
+    assert_eq!(linked, Connected::Linked);
+    store
+}
+
+fn donation(id: i64) -> NewDonation {
+    NewDonation {
+        da_donation_id: id,
+        donor_name: Some(format!("viewer {id}")),
+        message: format!("donation {id}"),
+        amount: serde_json::Number::from(100),
+        currency: "RUB".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn poll(fence: u64, donations: Vec<NewDonation>) -> PollResult {
+    PollResult {
+        streamer_twitch_id: STREAMER.into(),
+        da_user_id: DA_USER,
+        fence,
+        seen_high_water: donations.iter().map(|d| d.da_donation_id).max(),
+        donations,
+        received_at: "2026-01-01T00:00:05Z".into(),
+    }
+}
+
+fn count(store_dir: &std::path::Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(store_dir.join("data.sqlite")).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn cursor(store_dir: &std::path::Path) -> (Option<i64>, i64) {
+    let conn = rusqlite::Connection::open(store_dir.join("data.sqlite")).unwrap();
+    conn.query_row(
+        "SELECT poll_cursor, cursor_fence FROM donationalerts_links",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+fn in_process() -> Coordinator {
+    Coordinator::InProcess(shared::coordination::memory::InProcessCoordinator::new())
+}
+
+#[tokio::test]
+async fn a_poll_records_new_donations_with_one_event_each_and_moves_the_cursor() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let store = linked_store(dir.path(), &in_process()).await;
+
+    // Act: the first poll sees 3, the next one 4 (one new) in another order
+    let first = store
+        .record_poll(poll(1, vec![donation(12), donation(11), donation(10)]))
+        .await
+        .unwrap();
+    let second = store
+        .record_poll(poll(
+            2,
+            vec![donation(13), donation(12), donation(11), donation(13)],
+        ))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        first,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![10, 11, 12]
+        }
+    );
+    assert_eq!(
+        second,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![13]
+        }
+    );
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM donations"), 4);
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM event_outbox"), 4);
+    assert_eq!(cursor(dir.path()), (Some(13), 2));
+    let recent = store.recent_donations(STREAMER.into(), 2).await.unwrap();
+    assert_eq!(
+        recent.iter().map(|d| d.da_donation_id).collect::<Vec<_>>(),
+        [13, 12]
+    );
+}
+
+#[tokio::test]
+async fn a_poll_carrying_an_older_fencing_token_writes_nothing() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let store = linked_store(dir.path(), &in_process()).await;
+    store
+        .record_poll(poll(5, vec![donation(20)]))
+        .await
+        .unwrap();
+
+    // Act: a poller that held the lock before token 5 (paused past its TTL) writes late
+    let stale = store
+        .record_poll(poll(4, vec![donation(21), donation(20)]))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(stale, PollRecorded::StaleFence { newer: 5 });
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM donations"), 1);
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM event_outbox"), 1);
+    assert_eq!(cursor(dir.path()), (Some(20), 5));
+}
+
+#[tokio::test]
+async fn a_link_without_a_cursor_takes_a_baseline_and_reports_only_what_follows() {
+    // Arrange: connected with no baseline (the first poll takes it)
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), &in_process()).await;
+    add_user(&store, STREAMER).await;
+    store
+        .connect_donationalerts(connection(STREAMER, DA_USER, None))
+        .await
+        .unwrap();
+
+    // Act
+    let baseline = store
+        .record_poll(poll(1, vec![donation(2), donation(1)]))
+        .await
+        .unwrap();
+    let next = store
+        .record_poll(poll(2, vec![donation(3), donation(2)]))
+        .await
+        .unwrap();
+
+    // Assert: the history before connecting is not news
+    assert_eq!(
+        baseline,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![]
+        }
+    );
+    assert_eq!(
+        next,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![3]
+        }
+    );
+    assert_eq!(cursor(dir.path()), (Some(3), 2));
+}
+
+#[tokio::test]
+async fn one_donationalerts_account_links_to_one_streamer_and_disconnecting_stops_polling() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let store = linked_store(dir.path(), &in_process()).await;
+    add_user(&store, "999").await;
+    store
+        .record_poll(poll(1, vec![donation(30)]))
+        .await
+        .unwrap();
+
+    // Act
+    let other = store
+        .connect_donationalerts(connection("999", DA_USER, Some(0)))
+        .await
+        .unwrap();
+    let again = store
+        .connect_donationalerts(connection(STREAMER, DA_USER, Some(0)))
+        .await
+        .unwrap();
+    let cursor_after_reconnect = cursor(dir.path()).0;
+    let targets = store.poll_targets().await.unwrap();
+    let forgot = store
+        .disconnect_donationalerts(STREAMER.into())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(other, Connected::LinkedToAnotherStreamer);
+    assert_eq!(again, Connected::Linked);
+    assert_eq!(
+        cursor_after_reconnect,
+        Some(30),
+        "reconnecting keeps the cursor"
+    );
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].streamer_twitch_id, STREAMER);
+    assert!(targets[0].last_donation_at.is_some());
+    assert!(forgot);
+    assert!(store.poll_targets().await.unwrap().is_empty());
+    assert_eq!(
+        count(dir.path(), "SELECT count(*) FROM provider_tokens"),
+        0,
+        "the DonationAlerts tokens are gone"
+    );
+    assert_eq!(
+        count(dir.path(), "SELECT count(*) FROM donations"),
+        1,
+        "recorded donations stay"
+    );
+}
+
+#[tokio::test]
+async fn events_the_bus_could_not_take_are_published_once_when_redis_returns() {
+    // Arrange: recorded, then Redis goes away before the relay runs
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    let store = linked_store(dir.path(), &coordinator).await;
+    store
+        .record_poll(poll(1, vec![donation(40), donation(41)]))
+        .await
+        .unwrap();
+    redis.kill();
+
+    // Act
+    let while_down = relay_pending(&store, &coordinator).await;
+    redis.restart();
+    let first = relay_pending(&store, &coordinator).await.unwrap();
+    let second = relay_pending(&store, &coordinator).await.unwrap();
+
+    // Assert
+    assert!(
+        matches!(while_down, Err(RelayError::Bus(_))),
+        "{while_down:?}"
+    );
+    assert_eq!(first.appended, 2);
+    assert_eq!(second.published(), 0, "nothing left pending");
+    let ids: Vec<String> = stream_entries(&redis)
+        .await
+        .into_iter()
+        .map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "eventId").unwrap().1)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            DonationPayload::event_id_for(DA_USER, 40),
+            DonationPayload::event_id_for(DA_USER, 41)
+        ]
+    );
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM event_outbox WHERE published_at IS NULL"
+        ),
+        0
+    );
+}
+
+#[tokio::test]
+async fn two_relays_over_the_same_rows_append_each_event_once() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    let store = linked_store(dir.path(), &coordinator).await;
+    let donations: Vec<NewDonation> = (100..150).map(donation).collect();
+    store.record_poll(poll(1, donations)).await.unwrap();
+    let other = redis_coordinator(&[redis.url()]);
+
+    // Act
+    let (a, b) = tokio::join!(
+        relay_pending(&store, &coordinator),
+        relay_pending(&store, &other)
+    );
+
+    // Assert
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.appended + b.appended, 50);
+    assert_eq!(stream_entries(&redis).await.len(), 50);
+}
+
+#[tokio::test]
+async fn unusual_donations_reach_the_stream_unchanged() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    let store = linked_store(dir.path(), &coordinator).await;
+    let long = format!("{} 🎉 مرحبا بالعالم", "я".repeat(1_980));
+    let mut anonymous = donation(60);
+    anonymous.donor_name = None;
+    anonymous.message = long.clone();
+    anonymous.amount = serde_json::from_str("12.34").unwrap();
+    anonymous.currency = "KZT".into();
+    let mut tiny = donation(61);
+    tiny.amount = serde_json::from_str("0.01").unwrap();
+    tiny.currency = "BYN".into();
+    store
+        .record_poll(poll(1, vec![anonymous.clone(), tiny.clone()]))
+        .await
+        .unwrap();
+
+    // Act
+    relay_pending(&store, &coordinator).await.unwrap();
+
+    // Assert
+    let entries = stream_entries(&redis).await;
+    let data: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(_, fields)| {
+            let data = &fields.iter().find(|(k, _)| k == "data").unwrap().1;
+            serde_json::from_str(data).unwrap()
+        })
+        .collect();
+    assert_eq!(data[0]["donation"]["username"], serde_json::Value::Null);
+    assert_eq!(data[0]["donation"]["message"], long.as_str());
+    assert_eq!(data[0]["donation"]["amount"].to_string(), "12.34");
+    assert_eq!(data[0]["donation"]["currency"], "KZT");
+    assert_eq!(data[0]["source"], "donationalerts");
+    assert_eq!(data[0]["streamerId"], STREAMER);
+    assert_eq!(data[1]["donation"]["amount"].to_string(), "0.01");
+    assert_eq!(
+        data[1]["eventId"],
+        DonationPayload::event_id_for(DA_USER, 61)
+    );
+}
