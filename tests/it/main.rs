@@ -8,6 +8,7 @@ mod interop;
 mod limiter;
 mod locks;
 mod login;
+mod login_state;
 mod routes;
 mod secrets;
 mod store;
