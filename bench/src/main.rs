@@ -258,10 +258,11 @@ async fn login_server_time() -> Vec<Row> {
             let page = browser.start_login().await;
             let callback = browser.decide(&page, "authorize").await;
             let query = callback.split_once('?').map(|(_, q)| q.to_owned());
-            let binding = app
-                .app
-                .signer
-                .sign("oauth-state:twitch", &page.params["state"]);
+            let binding = shared::web::oauth_state::TWITCH_LOGIN.cookie_value(
+                &app.app,
+                &page.params["state"],
+                shared::store::now_ms() + 300_000,
+            );
             let mut headers = axum::http::HeaderMap::new();
             headers.insert(
                 "cookie",

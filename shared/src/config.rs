@@ -35,6 +35,8 @@ pub struct Config {
     pub sqlite: SqliteConfig,
     pub polling: PollingConfig,
     pub keys: KeyConfig,
+    /// How long a started login stays valid (`OAUTH_STATE_TTL_MS`, at most 300 s).
+    pub oauth_state_ttl: Duration,
     pub secrets_arn: Option<String>,
     pub internal_api_token: Option<Secret<String>>,
     /// Longest a call to Twitch or DonationAlerts may take (`PROVIDER_TIMEOUT_MS`).
@@ -412,6 +414,8 @@ impl Reader<'_> {
         let provider_timeout =
             Duration::from_millis(self.number("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000));
         let keys = self.keys(deployment, &sqlite.path);
+        let oauth_state_ttl =
+            Duration::from_millis(self.number("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000));
         let log_filter = self.string("RUST_LOG").unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             self.fail("RUST_LOG", format!("not a valid tracing filter ({e})"));
@@ -427,6 +431,7 @@ impl Reader<'_> {
             sqlite,
             polling,
             keys: keys?,
+            oauth_state_ttl,
             secrets_arn: self.string("SECRETS_ARN"),
             internal_api_token: self.secret("INTERNAL_API_TOKEN"),
             provider_timeout,

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use avatar_tests::{Browser, RedisServer, TestApp, location, wait_until};
 use fake_providers::twitch::{FakeUser, TokenFailure};
-use shared::store::accounts::token_context;
 
-fn assert_error_page(status: reqwest::StatusCode, body: &str, expected: u16) {
+pub(crate) fn assert_error_page(status: reqwest::StatusCode, body: &str, expected: u16) {
     assert_eq!(status.as_u16(), expected, "{body}");
     assert!(
         body.contains("<html"),
@@ -18,6 +17,23 @@ fn assert_error_page(status: reqwest::StatusCode, body: &str, expected: u16) {
         body.contains("href=\"/auth/twitch\"") || body.contains("href=\"/\""),
         "a way back: {body}"
     );
+}
+
+/// The stable error code an error page shows ("Код ошибки: state_replayed (HTTP 400)").
+pub(crate) fn error_code(body: &str) -> &str {
+    body.split("Код ошибки: ")
+        .nth(1)
+        .or_else(|| body.split("Error code: ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no error code on the page: {body}"))
+}
+
+/// Asserts an error page with `status` that names `code` as the reason.
+pub(crate) async fn assert_refused(response: reqwest::Response, status: u16, code: &str) {
+    let got = response.status();
+    let body = response.text().await.unwrap();
+    assert_error_page(got, &body, status);
+    assert_eq!(error_code(&body), code, "{body}");
 }
 
 /// A login that completes: the dashboard greets the user and everything is stored sealed.
@@ -50,14 +66,7 @@ async fn login_works(app: &TestApp) {
     assert_eq!(app.rows("users"), 1);
     assert_eq!(app.rows("provider_tokens"), 1);
     let stored = app.demo_user_tokens().await;
-    let access = app
-        .app
-        .cipher
-        .open(
-            &stored.access_token_sealed,
-            &token_context("141981764", "twitch", "access"),
-        )
-        .unwrap();
+    let access = stored.open_access(&app.app.cipher).unwrap();
     assert!(app.twitch.issued_tokens().contains(access.expose()));
     assert_eq!(stored.status, "active");
     assert!(stored.expires_at.unwrap() > shared::store::now_ms());
@@ -70,20 +79,21 @@ async fn a_streamer_logs_in_in_single_instance_mode() {
 }
 
 #[tokio::test]
-async fn a_streamer_logs_in_in_redis_mode_with_the_state_in_redis() {
+async fn a_streamer_logs_in_in_redis_mode_and_only_the_callback_marks_the_state_used() {
     let redis = RedisServer::start();
     let app = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
 
-    // The state lives in Redis for 300 s while the browser is at Twitch.
+    // While the browser is at Twitch, the state is only in its cookie.
     let browser = app.browser();
     let page = browser.start_login().await;
     let key = format!("oauth:state:{}", page.params["state"]);
     assert_eq!(page.params["state"].len(), 43, "256 bits, URL-safe base64");
-    let ttl = redis.pttl(&key).await;
-    assert!((295_000..=300_000).contains(&ttl), "PTTL {ttl}");
+    assert_eq!(redis.pttl(&key).await, -2, "nothing stored at the start");
     let callback = browser.decide(&page, "authorize").await;
     assert_eq!(browser.get(&callback).await.status(), 302);
-    assert_eq!(redis.get(&key).await, None, "the state was consumed");
+    assert_eq!(redis.get(&key).await.as_deref(), Some("1"), "marked used");
+    let ttl = redis.pttl(&key).await;
+    assert!((1..=300_000).contains(&ttl), "PTTL {ttl}");
 
     login_works(&app).await;
 }
@@ -114,7 +124,7 @@ async fn english_is_served_when_the_browser_prefers_it() {
 }
 
 #[tokio::test]
-async fn refused_callbacks_show_a_4xx_page_and_write_nothing() {
+async fn refused_callbacks_show_a_4xx_page_naming_the_reason_and_write_nothing() {
     let redis = RedisServer::start();
     let app = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
     let writes_before = app.writes();
@@ -122,86 +132,54 @@ async fn refused_callbacks_show_a_4xx_page_and_write_nothing() {
     // Missing state.
     let browser = app.browser();
     let response = browser.get("/auth/twitch/callback?code=abc").await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    assert_refused(response, 400, "state_missing").await;
 
-    // Unknown state (a genuine-looking binding cookie for a state that was never issued).
-    let forged = Browser::new(&app.address);
-    let state = "never-issued-state";
-    let cookie = app.app.signer.sign("oauth-state:twitch", state);
-    let response = forged
-        .client
-        .get(format!(
-            "{}/auth/twitch/callback?code=abc&state={state}",
-            app.address
-        ))
-        .header("Cookie", format!("avatar_oauth_twitch={cookie}"))
-        .send()
-        .await
-        .unwrap();
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
-
-    // Expired state: Redis lets it lapse before the browser returns.
+    // Unknown or garbage state: the browser holds a genuine cookie for another state.
     let browser = app.browser();
-    let page = browser.start_login().await;
-    let key = format!("oauth:state:{}", page.params["state"]);
-    let mut conn = redis.connection().await;
-    let _: () = redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    wait_until("the state to expire", Duration::from_secs(5), || async {
-        redis.get(&key).await.is_none()
-    })
-    .await;
-    let callback = browser.decide(&page, "authorize").await;
-    let response = browser.get(&callback).await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    browser.start_login().await;
+    let response = browser
+        .get("/auth/twitch/callback?code=abc&state=never-issued-state")
+        .await;
+    assert_refused(response, 400, "state_mismatch").await;
 
     // Started in another browser: no cookie at all, then another flow's cookie.
     let first = app.browser();
     let page = first.start_login().await;
     let callback = first.decide(&page, "authorize").await;
     let stranger = app.browser();
-    let response = stranger.get(&callback).await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    assert_refused(stranger.get(&callback).await, 400, "state_cookie_missing").await;
     let other = app.browser();
     other.start_login().await;
-    let response = other.get(&callback).await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    assert_refused(other.get(&callback).await, 400, "state_mismatch").await;
+
+    // A tampered cookie: its signature, or the expiry it signs, altered.
+    let login = hand_login_until_consent(&app).await;
+    let mut bad_signature = login.binding.clone();
+    let last = bad_signature.pop().unwrap();
+    bad_signature.push(if last == 'A' { 'B' } else { 'A' });
+    let (value, signature) = login.binding.rsplit_once('.').unwrap();
+    let (state, expires) = value.rsplit_once('.').unwrap();
+    let later = expires.parse::<i64>().unwrap() + 3_600_000;
+    let extended = format!("{state}.{later}.{signature}");
+    for cookie in [bad_signature, extended, "garbage".to_owned()] {
+        let response =
+            callback_with_cookies(&app, &login.callback, &[binding_cookie(&cookie)]).await;
+        assert_refused(response, 400, "state_cookie_invalid").await;
+    }
 
     // The user clicks Cancel at Twitch.
     let browser = app.browser();
     let page = browser.start_login().await;
     let callback = browser.decide(&page, "cancel").await;
     assert!(callback.contains("error=access_denied"));
-    let response = browser.get(&callback).await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 403);
+    assert_refused(browser.get(&callback).await, 403, "provider_denied").await;
 
     // A code Twitch rejects.
     let browser = app.browser();
     let page = browser.start_login().await;
     let callback = browser.decide(&page, "authorize").await;
     let tampered = callback.replace("code=", "code=x");
-    let response = browser.get(&tampered).await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
-
-    // The token endpoint fails: 500, garbage, too slow.
-    for failure in [
-        TokenFailure::ServerError,
-        TokenFailure::MalformedJson,
-        TokenFailure::Slow(Duration::from_secs(5)),
-    ] {
-        app.twitch.set_token_failure(failure);
-        let browser = app.browser();
-        let page = browser.start_login().await;
-        let callback = browser.decide(&page, "authorize").await;
-        let response = browser.get(&callback).await;
-        let status = response.status();
-        assert_error_page(status, &response.text().await.unwrap(), 424);
-    }
-    app.twitch.set_token_failure(TokenFailure::None);
+    assert_refused(browser.get(&tampered).await, 400, "code_rejected").await;
 
     // The authorize redirect tampered with: another state, another redirect_uri.
     let browser = app.browser();
@@ -209,8 +187,7 @@ async fn refused_callbacks_show_a_4xx_page_and_write_nothing() {
     page.params
         .insert("state".into(), "attacker-chosen-state".into());
     let callback = browser.decide(&page, "authorize").await;
-    let response = browser.get(&callback).await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    assert_refused(browser.get(&callback).await, 400, "state_mismatch").await;
     let mut evil = page.url.clone();
     evil.query_pairs_mut()
         .clear()
@@ -238,43 +215,109 @@ async fn refused_callbacks_show_a_4xx_page_and_write_nothing() {
     let response = browser
         .get("/auth/twitch/callback?code=%FF%FE&state=%C3%28")
         .await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    assert_refused(response, 400, "bad_request").await;
     let response = browser
         .get("/auth/twitch/callback?state=a&state=b&code=c")
         .await;
-    assert_error_page(response.status(), &response.text().await.unwrap(), 400);
+    assert_refused(response, 400, "bad_request").await;
 
-    // Assert: nothing of any of it was written.
+    // Assert: nothing of any of it was written, and only the two codes that reached
+    // Twitch (cancel never does; the rejected code did) were exchanged.
     assert_eq!(app.writes(), writes_before);
     assert_eq!(app.rows("users"), 0);
     assert_eq!(app.rows("sessions"), 0);
+    assert_eq!(app.twitch.token_requests(), 1, "only the rejected code");
 }
 
 #[tokio::test]
-async fn a_replayed_callback_is_refused_and_writes_nothing_more() {
-    let app = TestApp::spawn(&[]).await;
+async fn a_login_returning_after_the_state_expired_is_refused_as_expired() {
+    // Arrange: states live 1 s; the browser comes back from Twitch later than that.
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url()), ("OAUTH_STATE_TTL_MS", "1000")]).await;
     let browser = app.browser();
+    let started = shared::store::now_ms();
     let page = browser.start_login().await;
     let callback = browser.decide(&page, "authorize").await;
-    let binding = app
-        .app
-        .signer
-        .sign("oauth-state:twitch", &page.params["state"]);
-    assert_eq!(browser.get(&callback).await.status(), 302);
-    let writes = app.writes();
+    wait_until("the state to expire", Duration::from_secs(10), || async {
+        shared::store::now_ms() > started + 1_000
+    })
+    .await;
 
-    // The same callback URL again, with the binding cookie the browser had.
-    let replay = Browser::new(&app.address)
-        .client
-        .get(&callback)
-        .header("Cookie", format!("avatar_oauth_twitch={binding}"))
-        .send()
-        .await
-        .unwrap();
+    // Act
+    let response = browser.get(&callback).await;
 
-    assert_error_page(replay.status(), &replay.text().await.unwrap(), 400);
-    assert_eq!(app.writes(), writes);
-    assert_eq!(app.rows("sessions"), 1);
+    // Assert: refused for its age, before Twitch was asked, nothing stored anywhere.
+    assert_refused(response, 400, "state_expired").await;
+    assert_eq!(app.twitch.token_requests(), 0);
+    let key = format!("oauth:state:{}", page.params["state"]);
+    assert_eq!(redis.get(&key).await, None);
+    assert_eq!(app.rows("sessions"), 0);
+    // A login within the time still works.
+    assert_eq!(location(&browser.log_in().await), "/success");
+}
+
+#[tokio::test]
+async fn twitch_failing_gets_502_and_twitch_not_answering_in_time_gets_504() {
+    // PROVIDER_TIMEOUT_MS is 1.5 s in tests.
+    let app = TestApp::spawn(&[]).await;
+    for (failure, status, code) in [
+        (TokenFailure::ServerError, 502, "provider_failed"),
+        (TokenFailure::MalformedJson, 502, "provider_failed"),
+        (
+            TokenFailure::Slow(Duration::from_secs(5)),
+            504,
+            "provider_timeout",
+        ),
+    ] {
+        app.twitch.set_token_failure(failure);
+        let browser = app.browser();
+        let page = browser.start_login().await;
+        let callback = browser.decide(&page, "authorize").await;
+
+        let response = browser.get(&callback).await;
+
+        assert_refused(response, status, code).await;
+    }
+    assert_eq!(app.rows("users"), 0);
+    assert_eq!(app.rows("sessions"), 0);
+    app.twitch.set_token_failure(TokenFailure::None);
+    assert_eq!(location(&app.browser().log_in().await), "/success");
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_refused_by_the_state_check_before_twitch_is_asked() {
+    for redis in [None, Some(RedisServer::start())] {
+        // Arrange: a completed login whose callback URL and binding cookie were copied.
+        let url = redis.as_ref().map(RedisServer::url);
+        let vars: Vec<(&str, &str)> = url.iter().map(|u| ("REDIS_URL", u.as_str())).collect();
+        let app = TestApp::spawn(&vars).await;
+        let login = hand_login_until_consent(&app).await;
+        let first =
+            callback_with_cookies(&app, &login.callback, &[binding_cookie(&login.binding)]).await;
+        assert_eq!(first.status(), 302);
+        let exchanges = app.twitch.token_requests();
+        let writes = app.writes();
+
+        // Act: the same callback again, with the same cookie.
+        let replay =
+            callback_with_cookies(&app, &login.callback, &[binding_cookie(&login.binding)]).await;
+
+        // Assert: the state check refused it; Twitch never saw the code a second time.
+        assert_refused(replay, 400, "state_replayed").await;
+        assert_eq!(exchanges, 1);
+        assert_eq!(
+            app.twitch.token_requests(),
+            exchanges,
+            "no second code exchange"
+        );
+        assert_eq!(app.writes(), writes);
+        assert_eq!(app.rows("sessions"), 1);
+        if let Some(redis) = &redis {
+            // The used marker lives no longer than the state would have.
+            let ttl = redis.pttl(&format!("oauth:state:{}", login.state)).await;
+            assert!((1..=300_000).contains(&ttl), "PTTL {ttl}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -335,32 +378,61 @@ async fn after_logout_the_next_login_asks_twitch_for_consent_again() {
     assert!(location(&start).contains("force_verify=true"));
 }
 
-/// The value of a session cookie, from a login made by hand (reqwest's jar is opaque).
-async fn session_cookie(app: &TestApp) -> String {
-    let manual = app.http.clone();
-    let start = manual
-        .get(format!("{}/auth/twitch", app.address))
-        .send()
-        .await
-        .unwrap();
+/// A login made by hand up to Twitch's redirect back (reqwest's jar is opaque, and these
+/// tests need the cookies as values).
+pub(crate) struct HandLogin {
+    /// The signed state cookie `GET /auth/twitch` set.
+    pub binding: String,
+    pub state: String,
+    /// The callback URL Twitch redirected to after consent.
+    pub callback: String,
+}
+
+pub(crate) async fn hand_login_until_consent(app: &TestApp) -> HandLogin {
+    let start = app.get("/auth/twitch").await;
     let binding = set_cookie_value(&start, "avatar_oauth_twitch");
     let authorize = reqwest::Url::parse(&location(&start)).unwrap();
     let mut form: std::collections::HashMap<String, String> =
         authorize.query_pairs().into_owned().collect();
+    let state = form["state"].clone();
     form.insert("decision".into(), "authorize".into());
     let mut post = authorize.clone();
     post.set_query(None);
-    let consent = manual.post(post).form(&form).send().await.unwrap();
-    let callback = manual
-        .get(location(&consent))
-        .header("Cookie", format!("avatar_oauth_twitch={binding}"))
+    let consent = app.http.post(post).form(&form).send().await.unwrap();
+    HandLogin {
+        binding,
+        state,
+        callback: location(&consent),
+    }
+}
+
+pub(crate) fn binding_cookie(value: &str) -> String {
+    format!("avatar_oauth_twitch={value}")
+}
+
+/// GET `callback` carrying exactly `cookies`.
+pub(crate) async fn callback_with_cookies(
+    app: &TestApp,
+    callback: &str,
+    cookies: &[String],
+) -> reqwest::Response {
+    app.http
+        .get(callback)
+        .header("Cookie", cookies.join("; "))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The value of a session cookie, from a login made by hand.
+pub(crate) async fn session_cookie(app: &TestApp) -> String {
+    let login = hand_login_until_consent(app).await;
+    let callback =
+        callback_with_cookies(app, &login.callback, &[binding_cookie(&login.binding)]).await;
     set_cookie_value(&callback, "avatar_session")
 }
 
-fn set_cookie_value(response: &reqwest::Response, name: &str) -> String {
+pub(crate) fn set_cookie_value(response: &reqwest::Response, name: &str) -> String {
     response
         .headers()
         .get_all("set-cookie")
@@ -498,29 +570,18 @@ async fn tokens_sealed_under_a_retired_key_stay_readable_and_are_resealed_on_the
         FakeUser::demo(),
     )
     .await;
-    let context = token_context("141981764", "twitch", "access");
     let stored = rotated.demo_user_tokens().await;
 
     // Assert: still readable, though not under the current key...
     assert!(!rotated.app.cipher.is_current(&stored.access_token_sealed));
-    let opened = rotated
-        .app
-        .cipher
-        .open(&stored.access_token_sealed, &context)
-        .unwrap();
+    let opened = stored.open_access(&rotated.app.cipher).unwrap();
     assert!(issued_under_a.contains(opened.expose()));
 
     // ...and the next update seals under B.
     rotated.browser().log_in().await;
     let stored = rotated.demo_user_tokens().await;
     assert!(rotated.app.cipher.is_current(&stored.access_token_sealed));
-    assert!(
-        rotated
-            .app
-            .cipher
-            .open(&stored.access_token_sealed, &context)
-            .is_ok()
-    );
+    assert!(stored.open_access(&rotated.app.cipher).is_ok());
 }
 
 #[tokio::test]

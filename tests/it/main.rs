@@ -9,6 +9,7 @@ mod interop;
 mod limiter;
 mod locks;
 mod login;
+mod login_state;
 mod routes;
 mod secrets;
 mod store;

@@ -19,38 +19,72 @@ pub struct TokenSet {
     pub scopes: Vec<String>,
 }
 
+/// The cause of a provider failure, kept for the log.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything a provider call can end in other than success. Callers tell apart a refusal
+/// (the provider answered no), a timeout and any other failure; causes are kept.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The provider answered and said no (bad code, invalid token, …).
     #[error("the provider refused the request ({status}): {message}")]
     Rejected { status: u16, message: String },
-    /// Could not reach the provider, it timed out, or it failed (5xx).
-    #[error("the provider is unavailable: {0}")]
-    Unavailable(String),
+    /// No answer within PROVIDER_TIMEOUT_MS.
+    #[error("the provider did not answer in time")]
+    Timeout(#[source] Cause),
+    /// The connection failed (refused, reset, DNS).
+    #[error("the provider could not be reached")]
+    Unreachable(#[source] Cause),
+    /// The provider answered with a server error (5xx).
+    #[error("the provider failed with HTTP {status}")]
+    ServerError { status: u16 },
     /// The provider answered something this client does not understand.
-    #[error("the provider's answer was malformed: {0}")]
-    Malformed(String),
+    #[error("the provider's answer was malformed: {what}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 impl ProviderError {
-    fn from_transport(error: reqwest::Error) -> Self {
-        Self::Unavailable(error_chain(&error))
+    /// A request that got no usable answer: a timeout or a transport failure.
+    pub(crate) fn from_transport(error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Self::Timeout(Box::new(error))
+        } else if error.is_decode() || error.is_body() {
+            Self::Malformed {
+                what: "the body could not be read",
+                source: Some(Box::new(error)),
+            }
+        } else {
+            Self::Unreachable(Box::new(error))
+        }
     }
 
     /// The provider says the token is not (or no longer) valid.
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, Self::Rejected { status: 401, .. })
     }
+
+    /// The provider did not answer within the configured time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
 }
 
-/// An error and its causes on one line. reqwest errors carry no query strings or bodies
-/// here: tokens travel in headers and form bodies, never in URLs.
+/// An error and its causes on one line, for the one log line of a failed request. A cause
+/// whose text its parent already ends with is not repeated. reqwest errors carry no query
+/// strings or bodies here: tokens travel in headers and form bodies, never in URLs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -79,7 +113,9 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
 ) -> Result<T, ProviderError> {
     let status = response.status();
     if status.is_server_error() {
-        return Err(ProviderError::Unavailable(format!("answered {status}")));
+        return Err(ProviderError::ServerError {
+            status: status.as_u16(),
+        });
     }
     if !status.is_success() {
         return Err(ProviderError::Rejected {
@@ -91,8 +127,10 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
         .bytes()
         .await
         .map_err(ProviderError::from_transport)?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ProviderError::Malformed(format!("unexpected JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ProviderError::Malformed {
+        what: "unexpected JSON",
+        source: Some(Box::new(e)),
+    })
 }
 
 /// The HTTP client for provider calls: bounded time, no redirects (a provider endpoint

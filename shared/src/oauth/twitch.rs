@@ -10,8 +10,8 @@ use oauth2::basic::{
 };
 use oauth2::{
     AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken, TokenResponse,
-    TokenUrl,
+    HttpClientError, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken,
+    TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
@@ -248,7 +248,10 @@ impl TwitchClient {
             .data
             .into_iter()
             .next()
-            .ok_or_else(|| ProviderError::Malformed("Helix returned no user for the token".into()))
+            .ok_or(ProviderError::Malformed {
+                what: "Helix returned no user for the token",
+                source: None,
+            })
     }
 
     /// `POST /revoke`: the token stops working at Twitch.
@@ -267,6 +270,11 @@ impl TwitchClient {
         if status.is_success() {
             return Ok(());
         }
+        if status.is_server_error() {
+            return Err(ProviderError::ServerError {
+                status: status.as_u16(),
+            });
+        }
         Err(ProviderError::Rejected {
             status: status.as_u16(),
             message: super::error_message(response).await,
@@ -274,35 +282,43 @@ impl TwitchClient {
     }
 }
 
-fn token_error<RE: std::error::Error + 'static>(
-    error: RequestTokenError<RE, BasicErrorResponse>,
+fn token_error(
+    error: RequestTokenError<HttpClientError<reqwest::Error>, BasicErrorResponse>,
 ) -> ProviderError {
     match error {
         RequestTokenError::ServerResponse(response) => ProviderError::Rejected {
             status: 400,
             message: response.error().to_string(),
         },
-        RequestTokenError::Request(e) => {
-            // Transport failures (refused, reset, timed out) keep their cause chain.
-            ProviderError::Unavailable(crate::oauth::error_chain(&e))
+        RequestTokenError::Request(HttpClientError::Reqwest(e)) => {
+            ProviderError::from_transport(*e)
         }
+        RequestTokenError::Request(other) => ProviderError::Unreachable(Box::new(other)),
         RequestTokenError::Parse(e, body) => {
             // Twitch's own error shape ({"status":400,"message":…}) is not RFC 6749's.
             match serde_json::from_slice::<super::ProviderErrorBody>(&body) {
-                Ok(twitch) if twitch.status.is_some_and(|s| (400..500).contains(&s)) => {
-                    ProviderError::Rejected {
-                        status: twitch.status.unwrap_or(400),
-                        message: twitch.message.unwrap_or_default(),
-                    }
-                }
-                Ok(twitch) if twitch.status.is_some() => ProviderError::Unavailable(format!(
-                    "token endpoint answered {}",
-                    twitch.status.unwrap_or(500)
-                )),
-                _ => ProviderError::Malformed(format!("token response did not parse: {e}")),
+                Ok(super::ProviderErrorBody {
+                    status: Some(status),
+                    message,
+                    ..
+                }) if (400..500).contains(&status) => ProviderError::Rejected {
+                    status,
+                    message: message.unwrap_or_default(),
+                },
+                Ok(super::ProviderErrorBody {
+                    status: Some(status),
+                    ..
+                }) => ProviderError::ServerError { status },
+                _ => ProviderError::Malformed {
+                    what: "the token response did not parse",
+                    source: Some(Box::new(e)),
+                },
             }
         }
-        RequestTokenError::Other(text) => ProviderError::Malformed(text),
+        RequestTokenError::Other(detail) => ProviderError::Malformed {
+            what: "the token response was not understood",
+            source: Some(detail.into()),
+        },
     }
 }
 

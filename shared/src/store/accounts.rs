@@ -3,10 +3,40 @@
 use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError, now_ms};
+use crate::crypto::{CryptoError, TokenCipher};
+use crate::secret::Secret;
 
-/// Where a sealed token is stored: its associated data, binding the ciphertext to the row.
-pub fn token_context(twitch_user_id: &str, provider: &str, which: &str) -> String {
-    format!("{twitch_user_id}/{provider}/{which}")
+/// Which of a provider's tokens a sealed value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Access,
+    Refresh,
+}
+
+impl TokenKind {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Access => "access",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
+/// Where a sealed token is stored: its associated data, binding the ciphertext to the row
+/// (user and provider) and column, so it opens nowhere else.
+pub fn token_context(twitch_user_id: &str, provider: &str, kind: TokenKind) -> String {
+    format!("{twitch_user_id}/{provider}/{}", kind.column())
+}
+
+/// Seals a token for the row of `twitch_user_id` and `provider`.
+pub fn seal_token(
+    cipher: &TokenCipher,
+    twitch_user_id: &str,
+    provider: &str,
+    kind: TokenKind,
+    token: &str,
+) -> Vec<u8> {
+    cipher.seal(token, &token_context(twitch_user_id, provider, kind))
 }
 
 /// The `scopes` column (space-separated) as a list.
@@ -33,6 +63,8 @@ pub struct TwitchLogin {
     pub session_id_hash: Vec<u8>,
     /// Unix ms.
     pub session_expires_at: i64,
+    /// The session the browser held when it logged in again: ended in the same write.
+    pub replaced_session_id_hash: Option<Vec<u8>>,
 }
 
 /// The user behind a live session, as the pages show them.
@@ -48,9 +80,11 @@ pub struct SessionUser {
     pub donationalerts_status: Option<String>,
 }
 
-/// A stored token pair, still sealed.
+/// A stored token pair, still sealed, with the row it was read from.
 #[derive(Debug, Clone)]
 pub struct StoredTokens {
+    pub twitch_user_id: String,
+    pub provider: &'static str,
     pub access_token_sealed: Vec<u8>,
     pub refresh_token_sealed: Option<Vec<u8>>,
     pub scopes: Vec<String>,
@@ -58,8 +92,38 @@ pub struct StoredTokens {
     pub status: String,
 }
 
+impl StoredTokens {
+    /// The access token, if it was sealed for this very row.
+    pub fn open_access(&self, cipher: &TokenCipher) -> Result<Secret<String>, CryptoError> {
+        self.open(cipher, TokenKind::Access, &self.access_token_sealed)
+    }
+
+    /// The refresh token (`None` when the provider issued none), if sealed for this row.
+    pub fn open_refresh(
+        &self,
+        cipher: &TokenCipher,
+    ) -> Option<Result<Secret<String>, CryptoError>> {
+        self.refresh_token_sealed
+            .as_ref()
+            .map(|sealed| self.open(cipher, TokenKind::Refresh, sealed))
+    }
+
+    fn open(
+        &self,
+        cipher: &TokenCipher,
+        kind: TokenKind,
+        sealed: &[u8],
+    ) -> Result<Secret<String>, CryptoError> {
+        cipher.open(
+            sealed,
+            &token_context(&self.twitch_user_id, self.provider, kind),
+        )
+    }
+}
+
 impl Store {
-    /// Writes the user, their Twitch tokens and a new session in one transaction.
+    /// Writes the user, their Twitch tokens and a new session in one transaction, ending
+    /// the session this browser held before (if any).
     pub async fn record_twitch_login(&self, login: TwitchLogin) -> Result<(), StoreError> {
         self.write(move |conn| {
             let now = now_ms();
@@ -108,6 +172,12 @@ impl Store {
                     login.session_expires_at
                 ],
             )?;
+            if let Some(replaced) = &login.replaced_session_id_hash {
+                conn.execute(
+                    "UPDATE sessions SET revoked_at = ?2 WHERE id_hash = ?1 AND revoked_at IS NULL",
+                    params![replaced, now],
+                )?;
+            }
             Ok(())
         })
         .await
@@ -164,9 +234,11 @@ impl Store {
             conn.query_row(
                 "SELECT access_token_enc, refresh_token_enc, scopes, expires_at, status
                  FROM provider_tokens WHERE twitch_user_id = ?1 AND provider = 'twitch'",
-                [twitch_user_id],
+                [&twitch_user_id],
                 |row| {
                     Ok(StoredTokens {
+                        twitch_user_id: twitch_user_id.clone(),
+                        provider: "twitch",
                         access_token_sealed: row.get(0)?,
                         refresh_token_sealed: row.get(1)?,
                         scopes: scopes_from_column(row.get(2)?),

@@ -1,10 +1,8 @@
 //! `GET /auth/twitch` (auth-start) and `GET /auth/twitch/callback` (auth-callback).
 //!
-//! The OAuth state is 256 random bits, stored once as `oauth:state:{state}` for 300 s (in
-//! Redis, or in-process in single-instance mode) and bound to the browser that started the
-//! flow by a signed cookie. The callback checks the cookie, then takes the state atomically
-//! (a replay finds nothing), and only then talks to Twitch. Nothing is written unless every
-//! step succeeded.
+//! Starting a login writes nothing: the state travels signed in a cookie (see
+//! [`oauth_state`](super::oauth_state)). The callback checks that state and marks it used
+//! before Twitch is asked anything, and writes nothing unless every step succeeded.
 
 use std::time::{Duration, Instant};
 
@@ -12,77 +10,40 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
 
-use super::session::{LOGGED_OUT_COOKIE, NewSession, SESSION_DAYS, logged_out_marker};
-use super::{PageError, cookie, redirect, set_cookie, texts};
+use super::oauth_state::TWITCH_LOGIN;
+use super::session::{self, LOGGED_OUT_COOKIE, NewSession, SESSION_DAYS, logged_out_marker};
+use super::{WebError, cookie, redirect, texts};
 use crate::app::App;
-use crate::crypto::random_token;
 use crate::oauth::ProviderError;
-use crate::store::accounts::{TwitchLogin, token_context};
+use crate::store::accounts::{TokenKind, TwitchLogin, seal_token};
 use crate::store::now_ms;
 
-/// How long a started login stays valid.
-pub const STATE_TTL: Duration = Duration::from_secs(300);
 /// Longest callback query accepted (real ones are a few hundred bytes).
 const MAX_QUERY_LEN: usize = 4096;
-const TWITCH_STATE_COOKIE: &str = "avatar_oauth_twitch";
-const TWITCH_CALLBACK_PATH: &str = "/auth/twitch/callback";
-
-pub fn state_key(state: &str) -> String {
-    format!("oauth:state:{state}")
-}
-
-/// What is stored under the state while the browser is at the provider.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PendingLogin {
-    provider: String,
-    created_at: i64,
-}
 
 /// `GET /auth/twitch`: 302 to Twitch's authorize page.
+#[tracing::instrument(name = "auth.twitch.start", skip_all)]
 pub async fn start_twitch(State(app): State<App>, headers: HeaderMap) -> Response {
-    match begin_twitch_login(&app, &headers).await {
+    match begin_twitch_login(&app, &headers) {
         Ok(response) => response,
         Err(e) => e.into_page(&app, texts::negotiate(&headers), "/"),
     }
 }
 
-async fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, PageError> {
+fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, WebError> {
     if let Some(canonical) = canonical_local_start(app, headers) {
         return Ok(redirect(app, StatusCode::FOUND, &canonical, []));
     }
-    let twitch = app.twitch.as_ref().ok_or(PageError::NotConfigured)?;
-    let state = random_token(32);
-    let pending = serde_json::to_string(&PendingLogin {
-        provider: "twitch".into(),
-        created_at: now_ms(),
-    })
-    .map_err(|e| PageError::Unavailable(e.to_string()))?;
-    let stored = app
-        .coordinator
-        .put_once(&state_key(&state), &pending, STATE_TTL)
-        .await
-        .map_err(|e| PageError::Unavailable(e.to_string()))?;
-    if !stored {
-        // 256 random bits do not collide; if they ever seem to, refuse rather than reuse.
-        return Err(PageError::Unavailable("state collision".into()));
-    }
+    let twitch = app.twitch.as_ref().ok_or(WebError::NotConfigured)?;
+    let started = TWITCH_LOGIN.start(app);
     let force_verify = cookie(headers, LOGGED_OUT_COOKIE).is_some();
-    let location = twitch.authorize_url(&state, force_verify);
-    let binding = set_cookie(
-        app,
-        TWITCH_STATE_COOKIE,
-        &app.signer.sign("oauth-state:twitch", &state),
-        TWITCH_CALLBACK_PATH,
-        STATE_TTL.as_secs() as i64,
-    );
+    let location = twitch.authorize_url(&started.state, force_verify);
     Ok(redirect(
         app,
         StatusCode::FOUND,
         location.as_str(),
-        [binding],
+        [started.cookie],
     ))
 }
 
@@ -118,13 +79,13 @@ pub struct CallbackQuery {
 }
 
 impl CallbackQuery {
-    pub fn parse(raw: Option<&str>) -> Result<Self, PageError> {
+    pub fn parse(raw: Option<&str>) -> Result<Self, WebError> {
         let mut query = Self::default();
         let Some(raw) = raw else {
             return Ok(query);
         };
         if raw.len() > MAX_QUERY_LEN {
-            return Err(PageError::TooLong);
+            return Err(WebError::TooLong);
         }
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -137,7 +98,7 @@ impl CallbackQuery {
                 _ => continue,
             };
             if slot.is_some() {
-                return Err(PageError::BadRequest("a parameter is repeated"));
+                return Err(WebError::BadRequest("a parameter is repeated"));
             }
             *slot = Some(decode(value)?);
         }
@@ -145,10 +106,10 @@ impl CallbackQuery {
     }
 }
 
-fn decode(component: &str) -> Result<String, PageError> {
+fn decode(component: &str) -> Result<String, WebError> {
     let spaced = component.replace('+', " ");
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
-    String::from_utf8(bytes).map_err(|_| PageError::BadRequest("the query is not UTF-8"))
+    String::from_utf8(bytes).map_err(|_| WebError::BadRequest("the query is not UTF-8"))
 }
 
 /// Where the time of a callback went: the bench subtracts the provider's share.
@@ -159,6 +120,7 @@ pub struct CallbackTimings {
 }
 
 /// `GET /auth/twitch/callback`.
+#[tracing::instrument(name = "auth.twitch.callback", skip_all)]
 pub async fn twitch_callback(
     State(app): State<App>,
     RawQuery(raw): RawQuery,
@@ -179,7 +141,7 @@ pub async fn complete_twitch_login(
     let mut provider = Duration::ZERO;
     let outcome = finish_twitch_login(app, raw_query, headers, &mut provider).await;
     // Whatever happened, this state is spent: drop the browser's binding cookie.
-    let clear_binding = set_cookie(app, TWITCH_STATE_COOKIE, "", TWITCH_CALLBACK_PATH, 0);
+    let clear_binding = TWITCH_LOGIN.clear_cookie(app);
     let mut response = match outcome {
         Ok(response) => response,
         Err(e) => e.into_page(app, texts::negotiate(headers), "/auth/twitch"),
@@ -212,29 +174,12 @@ async fn finish_twitch_login(
     raw_query: Option<&str>,
     headers: &HeaderMap,
     provider: &mut Duration,
-) -> Result<Response, PageError> {
+) -> Result<Response, WebError> {
     let query = CallbackQuery::parse(raw_query)?;
-    let state = query.state.as_deref().ok_or(PageError::MissingState)?;
-    if state.len() > 128 {
-        return Err(PageError::UnknownState);
-    }
-    // Bound to this browser: the signed cookie set at the start must name this state.
-    let bound = cookie(headers, TWITCH_STATE_COOKIE)
-        .and_then(|c| app.signer.verify("oauth-state:twitch", c))
-        .ok_or(PageError::ForeignBrowser)?;
-    if !constant_time_eq(bound.as_bytes(), state.as_bytes()) {
-        return Err(PageError::ForeignBrowser);
-    }
-    let pending = app
-        .coordinator
-        .take_once(&state_key(state))
-        .await
-        .map_err(|e| PageError::Unavailable(e.to_string()))?
-        .ok_or(PageError::UnknownState)?;
-    match serde_json::from_str::<PendingLogin>(&pending) {
-        Ok(p) if p.provider == "twitch" => {}
-        _ => return Err(PageError::UnknownState),
-    }
+    // Before anything else, and before Twitch is asked anything: a replay ends here.
+    TWITCH_LOGIN
+        .redeem(app, headers, query.state.as_deref())
+        .await?;
     if let Some(error) = query.error {
         // Logged: keep only what an OAuth error code can contain.
         let error: String = error
@@ -242,36 +187,45 @@ async fn finish_twitch_login(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        return Err(PageError::ProviderDenied { error });
+        return Err(WebError::ProviderDenied { error });
     }
-    let code = query.code.as_deref().ok_or(PageError::MissingCode)?;
-    let twitch = app.twitch.as_ref().ok_or(PageError::NotConfigured)?;
+    let code = query.code.as_deref().ok_or(WebError::MissingCode)?;
+    let twitch = app.twitch.as_ref().ok_or(WebError::NotConfigured)?;
 
     let tokens = timed(provider, twitch.exchange_code(code))
         .await
         .map_err(|e| match e {
-            ProviderError::Rejected { .. } => PageError::CodeRejected(e.to_string()),
-            other => PageError::ProviderFailed(other.to_string()),
+            ProviderError::Rejected { .. } => WebError::CodeRejected(e),
+            source => WebError::Provider {
+                step: "the code exchange",
+                source,
+            },
         })?;
     let access = tokens.access_token.expose().as_str();
     let validation = timed(provider, twitch.validate(access))
         .await
-        .map_err(|e| PageError::ProviderFailed(e.to_string()))?;
+        .map_err(|source| WebError::Provider {
+            step: "/validate",
+            source,
+        })?;
     if validation.client_id != twitch.client_id() {
-        return Err(PageError::ProviderInconsistent(
-            "the token belongs to another application".into(),
+        return Err(WebError::ProviderInconsistent(
+            "the token belongs to another application",
         ));
     }
     let user_id = validation
         .user_id
         .clone()
-        .ok_or_else(|| PageError::ProviderInconsistent("the token has no user".into()))?;
+        .ok_or(WebError::ProviderInconsistent("the token has no user"))?;
     let user = timed(provider, twitch.user(access))
         .await
-        .map_err(|e| PageError::ProviderFailed(e.to_string()))?;
+        .map_err(|source| WebError::Provider {
+            step: "Helix /users",
+            source,
+        })?;
     if user.id != user_id {
-        return Err(PageError::ProviderInconsistent(
-            "Helix and /validate name different users".into(),
+        return Err(WebError::ProviderInconsistent(
+            "Helix and /validate name different users",
         ));
     }
 
@@ -282,14 +236,13 @@ async fn finish_twitch_login(
     } else {
         tokens.expires_in.map(|d| d.as_secs())
     };
+    let seal = |kind, token: &str| seal_token(&app.cipher, &user.id, "twitch", kind, token);
     let login = TwitchLogin {
-        access_token_sealed: app
-            .cipher
-            .seal(access, &token_context(&user.id, "twitch", "access")),
-        refresh_token_sealed: tokens.refresh_token.as_ref().map(|r| {
-            app.cipher
-                .seal(r.expose(), &token_context(&user.id, "twitch", "refresh"))
-        }),
+        access_token_sealed: seal(TokenKind::Access, access),
+        refresh_token_sealed: tokens
+            .refresh_token
+            .as_ref()
+            .map(|r| seal(TokenKind::Refresh, r.expose())),
         // /validate is authoritative for what the token may do.
         scopes: if validation.scopes.is_empty() {
             tokens.scopes.clone()
@@ -303,12 +256,11 @@ async fn finish_twitch_login(
         profile_image_url: user.profile_image_url.filter(|u| is_image_url(u)),
         session_id_hash: session.id_hash.clone(),
         session_expires_at: now + SESSION_DAYS * 24 * 3600 * 1000,
+        // A new login from this browser ends the session it held.
+        replaced_session_id_hash: session::presented_id_hash(app, headers),
     };
     let twitch_user_id = login.twitch_user_id.clone();
-    app.store
-        .record_twitch_login(login)
-        .await
-        .map_err(|e| PageError::Unavailable(e.to_string()))?;
+    app.store.record_twitch_login(login).await?;
     tracing::info!(twitch_user_id, "twitch login completed");
 
     let cookies = [session.cookie(app), logged_out_marker(app, false)];
@@ -318,10 +270,6 @@ async fn finish_twitch_login(
 /// Only http(s) image URLs reach a page's `<img src>`.
 fn is_image_url(url: &str) -> bool {
     url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http"))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -337,15 +285,15 @@ mod tests {
         assert_eq!(q.state.as_deref(), Some("xyz"));
         assert!(matches!(
             CallbackQuery::parse(Some("state=a&state=b")),
-            Err(PageError::BadRequest(_))
+            Err(WebError::BadRequest(_))
         ));
         assert!(matches!(
             CallbackQuery::parse(Some("state=%FF%FE")),
-            Err(PageError::BadRequest(_))
+            Err(WebError::BadRequest(_))
         ));
         assert!(matches!(
             CallbackQuery::parse(Some(&"a".repeat(5000))),
-            Err(PageError::TooLong)
+            Err(WebError::TooLong)
         ));
         assert_eq!(
             CallbackQuery::parse(Some("unknown=1&&=&x")).unwrap(),

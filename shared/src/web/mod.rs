@@ -6,6 +6,7 @@
 //! the template engine's HTML escaping.
 
 pub mod auth;
+pub mod oauth_state;
 pub mod pages;
 pub mod session;
 pub mod texts;
@@ -16,6 +17,10 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
+use crate::coordination::CoordinationError;
+use crate::oauth::{ProviderError, error_chain};
+use crate::store::StoreError;
+use oauth_state::StateRefusal;
 pub use texts::Texts;
 
 /// Security headers for every page. `img-src` also allows Twitch's image CDN (avatars) and,
@@ -93,32 +98,34 @@ pub fn html(app: &App, status: StatusCode, page: &impl Template) -> Response {
 struct ErrorPage<'a> {
     t: &'a Texts,
     status: u16,
+    code: &'a str,
     title: &'a str,
     message: &'a str,
     retry_href: &'a str,
     retry_label: &'a str,
 }
 
-/// Everything that can go wrong in a browser flow. The status and the words shown are
-/// decided here and nowhere else.
+/// Everything that can go wrong in a browser flow or an API call. Causes are kept; the
+/// status, the stable error code and the words shown are decided here and nowhere else,
+/// and the cause chain is logged once, when the error becomes a response.
 #[derive(Debug, thiserror::Error)]
-pub enum PageError {
-    #[error("the callback has no state")]
-    MissingState,
-    #[error("the state is unknown, expired or already used")]
-    UnknownState,
-    #[error("the state was started in another browser")]
-    ForeignBrowser,
+pub enum WebError {
+    #[error("the OAuth state was refused")]
+    State(#[from] StateRefusal),
     #[error("the provider reported {error}")]
     ProviderDenied { error: String },
     #[error("the callback has no code")]
     MissingCode,
-    #[error("the provider refused the code: {0}")]
-    CodeRejected(String),
-    #[error("the provider failed: {0}")]
-    ProviderFailed(String),
+    #[error("the provider refused the code")]
+    CodeRejected(#[source] ProviderError),
+    #[error("the provider failed at {step}")]
+    Provider {
+        step: &'static str,
+        #[source]
+        source: ProviderError,
+    },
     #[error("the provider's answers do not agree: {0}")]
-    ProviderInconsistent(String),
+    ProviderInconsistent(&'static str),
     #[error("the request is malformed: {0}")]
     BadRequest(&'static str),
     #[error("the address is too long")]
@@ -127,162 +134,183 @@ pub enum PageError {
     CrossSite(String),
     #[error("Twitch login is not configured (TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET)")]
     NotConfigured,
-    #[error("a dependency is unavailable: {0}")]
-    Unavailable(String),
+    #[error("the database is unavailable")]
+    Store(#[from] StoreError),
+    #[error("Redis is unavailable")]
+    Coordination(#[from] CoordinationError),
     #[error("no such page")]
     NotFound,
 }
 
-impl PageError {
-    fn status(&self) -> StatusCode {
+impl WebError {
+    pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingState
-            | Self::UnknownState
-            | Self::ForeignBrowser
-            | Self::MissingCode
-            | Self::CodeRejected(_)
-            | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::State(_) | Self::MissingCode | Self::CodeRejected(_) | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::ProviderDenied { .. } | Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::TooLong => StatusCode::URI_TOO_LONG,
             Self::NotFound => StatusCode::NOT_FOUND,
-            // The login failed because a request it depended on (to Twitch) failed.
-            Self::ProviderFailed(_) | Self::ProviderInconsistent(_) => {
-                StatusCode::FAILED_DEPENDENCY
+            Self::Provider { source, .. } if source.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            Self::Provider { .. } | Self::ProviderInconsistent(_) => StatusCode::BAD_GATEWAY,
+            Self::NotConfigured | Self::Store(_) | Self::Coordination(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::NotConfigured | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable, user-visible code naming what refused the request (for support requests
+    /// and for tests that must tell one refusal from another).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::State(refusal) => refusal.code(),
+            Self::ProviderDenied { .. } => "provider_denied",
+            Self::MissingCode => "code_missing",
+            Self::CodeRejected(_) => "code_rejected",
+            Self::Provider { source, .. } if source.is_timeout() => "provider_timeout",
+            Self::Provider { .. } => "provider_failed",
+            Self::ProviderInconsistent(_) => "provider_inconsistent",
+            Self::BadRequest(_) => "bad_request",
+            Self::TooLong => "uri_too_long",
+            Self::CrossSite(_) => "cross_site",
+            Self::NotConfigured => "not_configured",
+            Self::Store(_) => "store_unavailable",
+            Self::Coordination(_) => "redis_unavailable",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    /// The one log line of a failed request, with the whole cause chain.
+    fn log(&self, status: StatusCode) {
+        let chain = error_chain(self);
+        if status.is_server_error() {
+            tracing::warn!(error = %chain, code = self.code(), status = status.as_u16(), "request failed");
+        } else {
+            tracing::info!(error = %chain, code = self.code(), status = status.as_u16(), "request refused");
         }
     }
 
     /// Title and explanation in the page's language.
     fn words(&self, t: &Texts) -> (&'static str, &'static str) {
         let ru = t.lang == "ru";
+        let pick = |ru_words: (&'static str, &'static str), en_words| {
+            if ru { ru_words } else { en_words }
+        };
         match self {
-            Self::MissingState | Self::UnknownState => {
-                if ru {
-                    (
-                        "Ссылка для входа устарела",
-                        "Эта попытка входа уже использована или истекла (на вход даётся 5 минут). Начните вход заново.",
-                    )
-                } else {
-                    (
-                        "This login link has expired",
-                        "This login attempt was already used or has expired (you have 5 minutes). Please start again.",
-                    )
-                }
-            }
-            Self::ForeignBrowser => {
-                if ru {
-                    (
-                        "Вход начат в другом браузере",
-                        "Завершить вход можно только в том браузере, где он был начат. Начните вход заново здесь.",
-                    )
-                } else {
-                    (
-                        "Login started in another browser",
-                        "A login can only be completed in the browser that started it. Please start again here.",
-                    )
-                }
-            }
-            Self::ProviderDenied { .. } => {
-                if ru {
-                    (
-                        "Вход отменён",
-                        "Доступ не был предоставлен. Ничего не сохранено; можно попробовать ещё раз.",
-                    )
-                } else {
-                    (
-                        "Login cancelled",
-                        "Access was not granted. Nothing was saved; you can try again.",
-                    )
-                }
-            }
-            Self::MissingCode | Self::CodeRejected(_) => {
-                if ru {
-                    (
-                        "Twitch не подтвердил вход",
-                        "Код авторизации недействителен. Начните вход заново.",
-                    )
-                } else {
-                    (
-                        "Twitch did not confirm the login",
-                        "The authorization code is not valid. Please start again.",
-                    )
-                }
-            }
-            Self::ProviderFailed(_) | Self::ProviderInconsistent(_) => {
-                if ru {
-                    (
-                        "Twitch не ответил",
-                        "Не удалось завершить вход: Twitch не ответил как положено. Попробуйте ещё раз через минуту.",
-                    )
-                } else {
-                    (
-                        "Twitch did not answer",
-                        "The login could not be completed because Twitch did not answer properly. Please try again in a minute.",
-                    )
-                }
-            }
-            Self::BadRequest(_) | Self::TooLong => {
-                if ru {
-                    ("Неверный запрос", "Адрес повреждён. Начните вход заново.")
-                } else {
-                    ("Bad request", "The address is damaged. Please start again.")
-                }
-            }
-            Self::CrossSite(_) => {
-                if ru {
-                    (
-                        "Запрос отклонён",
-                        "Это действие можно выполнить только со страниц этого сайта.",
-                    )
-                } else {
-                    (
-                        "Request refused",
-                        "This action can only be taken from this site's own pages.",
-                    )
-                }
-            }
-            Self::NotConfigured => {
-                if ru {
-                    (
-                        "Вход через Twitch не настроен",
-                        "Администратору нужно задать TWITCH_CLIENT_ID и TWITCH_CLIENT_SECRET.",
-                    )
-                } else {
-                    (
-                        "Twitch login is not configured",
-                        "The operator needs to set TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET.",
-                    )
-                }
-            }
-            Self::Unavailable(_) => {
-                if ru {
-                    (
-                        "Сервис временно недоступен",
-                        "Попробуйте ещё раз через минуту.",
-                    )
-                } else {
-                    ("Temporarily unavailable", "Please try again in a minute.")
-                }
-            }
-            Self::NotFound => {
-                if ru {
-                    ("Страница не найдена", "Такой страницы здесь нет.")
-                } else {
-                    ("Page not found", "There is no such page here.")
-                }
-            }
+            Self::State(StateRefusal::Expired) => pick(
+                (
+                    "Ссылка для входа устарела",
+                    "На вход даётся 5 минут, и это время истекло. Начните вход заново.",
+                ),
+                (
+                    "This login link has expired",
+                    "A login has to be completed within 5 minutes. Please start again.",
+                ),
+            ),
+            Self::State(StateRefusal::Replayed) => pick(
+                (
+                    "Ссылка для входа уже использована",
+                    "Эта попытка входа уже завершена. Начните вход заново.",
+                ),
+                (
+                    "This login link was already used",
+                    "This login attempt has already been completed. Please start again.",
+                ),
+            ),
+            Self::State(StateRefusal::Missing) | Self::BadRequest(_) | Self::TooLong => pick(
+                ("Неверный запрос", "Адрес повреждён. Начните вход заново."),
+                ("Bad request", "The address is damaged. Please start again."),
+            ),
+            Self::State(
+                StateRefusal::CookieMissing | StateRefusal::CookieInvalid | StateRefusal::Mismatch,
+            ) => pick(
+                (
+                    "Вход начат в другом браузере",
+                    "Завершить вход можно только в том браузере, где он был начат. Начните вход заново здесь.",
+                ),
+                (
+                    "Login started in another browser",
+                    "A login can only be completed in the browser that started it. Please start again here.",
+                ),
+            ),
+            Self::ProviderDenied { .. } => pick(
+                (
+                    "Вход отменён",
+                    "Доступ не был предоставлен. Ничего не сохранено; можно попробовать ещё раз.",
+                ),
+                (
+                    "Login cancelled",
+                    "Access was not granted. Nothing was saved; you can try again.",
+                ),
+            ),
+            Self::MissingCode | Self::CodeRejected(_) => pick(
+                (
+                    "Twitch не подтвердил вход",
+                    "Код авторизации недействителен. Начните вход заново.",
+                ),
+                (
+                    "Twitch did not confirm the login",
+                    "The authorization code is not valid. Please start again.",
+                ),
+            ),
+            Self::Provider { source, .. } if source.is_timeout() => pick(
+                (
+                    "Twitch не ответил",
+                    "Не удалось завершить вход: Twitch не ответил вовремя. Попробуйте ещё раз через минуту.",
+                ),
+                (
+                    "Twitch did not answer",
+                    "The login could not be completed because Twitch did not answer in time. Please try again in a minute.",
+                ),
+            ),
+            Self::Provider { .. } | Self::ProviderInconsistent(_) => pick(
+                (
+                    "Ошибка на стороне Twitch",
+                    "Не удалось завершить вход: Twitch ответил с ошибкой. Попробуйте ещё раз через минуту.",
+                ),
+                (
+                    "Twitch failed",
+                    "The login could not be completed because Twitch answered with an error. Please try again in a minute.",
+                ),
+            ),
+            Self::CrossSite(_) => pick(
+                (
+                    "Запрос отклонён",
+                    "Это действие можно выполнить только со страниц этого сайта.",
+                ),
+                (
+                    "Request refused",
+                    "This action can only be taken from this site's own pages.",
+                ),
+            ),
+            Self::NotConfigured => pick(
+                (
+                    "Вход через Twitch не настроен",
+                    "Администратору нужно задать TWITCH_CLIENT_ID и TWITCH_CLIENT_SECRET.",
+                ),
+                (
+                    "Twitch login is not configured",
+                    "The operator needs to set TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET.",
+                ),
+            ),
+            Self::Store(_) | Self::Coordination(_) => pick(
+                (
+                    "Сервис временно недоступен",
+                    "Попробуйте ещё раз через минуту.",
+                ),
+                ("Temporarily unavailable", "Please try again in a minute."),
+            ),
+            Self::NotFound => pick(
+                ("Страница не найдена", "Такой страницы здесь нет."),
+                ("Page not found", "There is no such page here."),
+            ),
         }
     }
 
     /// The error page. `retry_href` is where "try again" leads (the start of the flow).
     pub fn into_page(self, app: &App, t: &Texts, retry_href: &str) -> Response {
         let status = self.status();
-        if status.is_server_error() || status == StatusCode::FAILED_DEPENDENCY {
-            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
-        } else {
-            tracing::info!(error = %self, status = status.as_u16(), "request refused");
-        }
+        self.log(status);
         let (title, message) = self.words(t);
         let retry_label = if retry_href == "/" {
             t.back_home
@@ -295,12 +323,41 @@ impl PageError {
             &ErrorPage {
                 t,
                 status: status.as_u16(),
+                code: self.code(),
                 title,
                 message,
                 retry_href,
                 retry_label,
             },
         )
+    }
+}
+
+/// The error of the JSON routes (`/auth/status`, later `/api/…`):
+/// `{"error":"<code>","message":"…"}` with the status [`WebError::status`] decides.
+#[derive(Debug)]
+pub struct ApiError(pub WebError);
+
+impl<E: Into<WebError>> From<E> for ApiError {
+    fn from(error: E) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        self.0.log(status);
+        let body = serde_json::json!({
+            "error": self.0.code(),
+            "message": self.0.words(&texts::EN).1,
+        });
+        (
+            status,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(body),
+        )
+            .into_response()
     }
 }
 

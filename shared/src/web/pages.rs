@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::session::{self, CurrentSession};
-use super::{PageError, Texts, html, redirect, texts};
+use super::{ApiError, Texts, WebError, html, redirect, texts};
 use crate::app::App;
-use crate::store::accounts::{SessionUser, token_context};
+use crate::oauth::error_chain;
+use crate::store::accounts::SessionUser;
 
 pub const STYLESHEET: &str = include_str!("../../static/style.css");
 
@@ -34,6 +35,7 @@ struct Dashboard<'a> {
 }
 
 /// `GET /`.
+#[tracing::instrument(name = "pages.landing", skip_all)]
 pub async fn landing(State(app): State<App>, headers: HeaderMap) -> Response {
     let t = texts::negotiate(&headers);
     match session::current(&app, &headers).await {
@@ -50,6 +52,7 @@ pub async fn landing(State(app): State<App>, headers: HeaderMap) -> Response {
 }
 
 /// `GET /success`: the dashboard; without a session, back to the landing page.
+#[tracing::instrument(name = "pages.dashboard", skip_all)]
 pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
     let t = texts::negotiate(&headers);
     let current = match session::current(&app, &headers).await {
@@ -99,21 +102,18 @@ struct StatusUser<'a> {
 }
 
 /// `GET /auth/status`: `{"authenticated":bool,"user":{…}?}`.
+#[tracing::instrument(name = "pages.auth_status", skip_all)]
 pub async fn auth_status(State(app): State<App>, headers: HeaderMap) -> Response {
-    let current = match session::current(&app, &headers).await {
-        Ok(current) => current,
-        Err(e) => {
-            tracing::warn!(error = %e, "session lookup failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"error": "temporarily unavailable"})),
-            )
-                .into_response();
-        }
-    };
+    match session::current(&app, &headers).await {
+        Ok(current) => status_body(current.as_ref()),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+fn status_body(current: Option<&CurrentSession>) -> Response {
     let body = AuthStatus {
         authenticated: current.is_some(),
-        user: current.as_ref().map(|s| StatusUser {
+        user: current.map(|s| StatusUser {
             twitch_user_id: &s.user.twitch_user_id,
             login: &s.user.login,
             display_name: &s.user.display_name,
@@ -137,24 +137,24 @@ async fn post_guard(
     app: &App,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Option<CurrentSession>, PageError> {
+) -> Result<Option<CurrentSession>, WebError> {
     let current = session::current(app, headers).await?;
     session::check_same_site(app, headers, current.as_ref(), csrf_field(body).as_deref())?;
     Ok(current)
 }
 
 /// `POST /auth/logout`: ends this session server-side.
+#[tracing::instrument(name = "pages.logout", skip_all)]
 pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let t = texts::negotiate(&headers);
     let result = async {
         if let Some(current) = post_guard(&app, &headers, &body).await? {
             app.store
                 .revoke_session(crate::crypto::sha256(&current.id))
-                .await
-                .map_err(|e| PageError::Unavailable(e.to_string()))?;
+                .await?;
             tracing::info!(twitch_user_id = current.user.twitch_user_id, "logged out");
         }
-        Ok::<_, PageError>(())
+        Ok::<_, WebError>(())
     }
     .await;
     match result {
@@ -165,6 +165,7 @@ pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
 
 /// `POST /auth/twitch/disconnect`: revokes the token at Twitch, deletes the stored tokens
 /// and ends every session of the user.
+#[tracing::instrument(name = "pages.disconnect_twitch", skip_all)]
 pub async fn disconnect_twitch(
     State(app): State<App>,
     headers: HeaderMap,
@@ -177,12 +178,9 @@ pub async fn disconnect_twitch(
         };
         let user_id = current.user.twitch_user_id.clone();
         revoke_at_twitch(&app, &user_id).await;
-        app.store
-            .forget_twitch_connection(user_id.clone())
-            .await
-            .map_err(|e| PageError::Unavailable(e.to_string()))?;
+        app.store.forget_twitch_connection(user_id.clone()).await?;
         tracing::info!(twitch_user_id = user_id, "twitch disconnected");
-        Ok::<_, PageError>(())
+        Ok::<_, WebError>(())
     }
     .await;
     match result {
@@ -201,14 +199,11 @@ async fn revoke_at_twitch(app: &App, user_id: &str) {
         Ok(Some(stored)) => stored,
         Ok(None) => return,
         Err(e) => {
-            tracing::warn!(error = %e, "could not read the tokens to revoke");
+            tracing::warn!(error = %error_chain(&e), "could not read the tokens to revoke");
             return;
         }
     };
-    let access = match app.cipher.open(
-        &stored.access_token_sealed,
-        &token_context(user_id, "twitch", "access"),
-    ) {
+    let access = match stored.open_access(&app.cipher) {
         Ok(access) => access,
         Err(e) => {
             tracing::warn!(error = %e, "could not open the stored token to revoke it");
@@ -216,7 +211,7 @@ async fn revoke_at_twitch(app: &App, user_id: &str) {
         }
     };
     if let Err(e) = twitch.revoke(access.expose()).await {
-        tracing::warn!(error = %e, "Twitch did not revoke the token; deleted here anyway");
+        tracing::warn!(error = %error_chain(&e), "Twitch did not revoke the token; deleted here anyway");
     }
 }
 
@@ -244,6 +239,7 @@ pub async fn stylesheet() -> Response {
 }
 
 /// Any path this server does not know: a page, not an empty body.
+#[tracing::instrument(name = "pages.not_found", skip_all)]
 pub async fn not_found(State(app): State<App>, headers: HeaderMap) -> Response {
-    PageError::NotFound.into_page(&app, texts::negotiate(&headers), "/")
+    WebError::NotFound.into_page(&app, texts::negotiate(&headers), "/")
 }

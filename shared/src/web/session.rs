@@ -6,7 +6,7 @@
 use axum::http::HeaderMap;
 use axum::http::header;
 
-use super::{PageError, cookie, is_https, set_cookie};
+use super::{WebError, cookie, is_https, set_cookie};
 use crate::app::App;
 use crate::crypto::{random_token, sha256};
 use crate::store::accounts::SessionUser;
@@ -79,20 +79,24 @@ impl CurrentSession {
     }
 }
 
-/// The live session of this request, if its cookie is genuine and not revoked.
-pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<CurrentSession>, PageError> {
-    let Some(signed) = cookie(headers, cookie_name(app)) else {
-        return Ok(None);
-    };
+/// The session id of this request's cookie, if the cookie is genuine (revoked or not).
+fn presented_id<'a>(app: &App, headers: &'a HeaderMap) -> Option<&'a str> {
     // A forged or tampered cookie fails here, before any database work.
-    let Some(id) = app.signer.verify("session", signed) else {
+    app.signer
+        .verify("session", cookie(headers, cookie_name(app))?)
+}
+
+/// The stored hash of the session this browser presents, so a new login can end it.
+pub fn presented_id_hash(app: &App, headers: &HeaderMap) -> Option<Vec<u8>> {
+    presented_id(app, headers).map(sha256)
+}
+
+/// The live session of this request, if its cookie is genuine and not revoked.
+pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<CurrentSession>, WebError> {
+    let Some(id) = presented_id(app, headers) else {
         return Ok(None);
     };
-    let user = app
-        .store
-        .session_user(sha256(id))
-        .await
-        .map_err(|e| PageError::Unavailable(e.to_string()))?;
+    let user = app.store.session_user(sha256(id)).await?;
     Ok(user.map(|user| CurrentSession {
         id: id.to_owned(),
         user,
@@ -111,11 +115,11 @@ pub fn check_same_site(
     headers: &HeaderMap,
     session: Option<&CurrentSession>,
     csrf: Option<&str>,
-) -> Result<(), PageError> {
+) -> Result<(), WebError> {
     let ours = app.config.public_base_url.origin().ascii_serialization();
     if let Some(origin) = headers.get(header::ORIGIN) {
         if origin.to_str().ok() != Some(ours.as_str()) {
-            return Err(PageError::CrossSite(format!(
+            return Err(WebError::CrossSite(format!(
                 "Origin {origin:?} is not {ours}"
             )));
         }
@@ -124,12 +128,12 @@ pub fn check_same_site(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|site| site == "cross-site")
     {
-        return Err(PageError::CrossSite("Sec-Fetch-Site: cross-site".into()));
+        return Err(WebError::CrossSite("Sec-Fetch-Site: cross-site".into()));
     }
     if let Some(session) = session {
         let valid = csrf.is_some_and(|token| app.signer.verify_tag("csrf", &session.id, token));
         if !valid {
-            return Err(PageError::CrossSite("missing or wrong CSRF token".into()));
+            return Err(WebError::CrossSite("missing or wrong CSRF token".into()));
         }
     }
     Ok(())
