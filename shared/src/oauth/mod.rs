@@ -1,6 +1,7 @@
-//! Provider clients (Twitch; DonationAlerts joins with its capability) and what they share:
+//! Provider clients (Twitch, DonationAlerts) and what they share:
 //! the HTTP client, token sets, and one error type for everything a provider can do wrong.
 
+pub mod donationalerts;
 pub mod twitch;
 
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub enum ProviderError {
     /// The connection failed (refused, reset, DNS).
     #[error("the provider could not be reached")]
     Unreachable(#[source] Cause),
+    /// The provider's rate limit (429), with how long it asked us to wait.
+    #[error("the provider's rate limit was hit")]
+    RateLimited { retry_after: Option<Duration> },
     /// The provider answered with a server error (5xx).
     #[error("the provider failed with HTTP {status}")]
     ServerError { status: u16 },
