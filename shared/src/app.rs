@@ -9,6 +9,7 @@ use crate::coordination::memory::InProcessCoordinator;
 use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
+use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::oauth::twitch::TwitchClient;
 use crate::secret::random_hex;
 use crate::store::{Store, StoreError};
@@ -43,6 +44,8 @@ pub struct App {
     pub signer: Arc<Signer>,
     /// `None` until TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET are set.
     pub twitch: Option<Arc<TwitchClient>>,
+    /// `None` until DA_CLIENT_ID and DA_CLIENT_SECRET are set.
+    pub donationalerts: Option<Arc<DonationAlertsClient>>,
 }
 
 /// The last Redis health check, for `/health`.
@@ -115,7 +118,8 @@ impl App {
             "store ready"
         );
         let http = crate::oauth::http_client(config.provider_timeout);
-        let twitch = TwitchClient::new(&config.twitch, http).map(Arc::new);
+        let twitch = TwitchClient::new(&config.twitch, http.clone()).map(Arc::new);
+        let donationalerts = DonationAlertsClient::new(&config.donationalerts, http).map(Arc::new);
         if twitch.is_none() {
             tracing::warn!("TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET unset: Twitch login is off");
         }
@@ -123,6 +127,7 @@ impl App {
             cipher: Arc::new(TokenCipher::new(&config.keys)),
             signer: Arc::new(Signer::new(&config.keys)),
             twitch,
+            donationalerts,
             config: Arc::new(config),
             coordinator,
             store,

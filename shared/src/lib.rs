@@ -22,6 +22,8 @@
 //!   per eventId, also after Redis was down.
 //! - [`poll`]: the DonationAlerts poller's schedule: live streamers and recent donors polled
 //!   more often, idle ones backing off, failing ones backing off alone, nobody starving.
+//! - [`tokens`]: stored provider tokens for both providers: open, refresh under a per-user
+//!   lock (the rotated refresh token always stored), `need_reauth`.
 //! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
 //!   revocable server-side, CSRF checks, strict CSP, one place mapping errors to pages.
 //! - [`health`]: the `/health` report; every figure in it is measured.
@@ -46,4 +48,5 @@ pub mod secret;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 pub mod web;

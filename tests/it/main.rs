@@ -13,3 +13,4 @@ mod login_state;
 mod routes;
 mod secrets;
 mod store;
+mod tokens;

@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod donationalerts;
 pub mod outbox;
 pub mod schema;
+pub mod tokens;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -1,0 +1,377 @@
+//! Stored provider tokens, for both providers: load and open them, refresh them before they
+//! expire or after a provider refused them, re-seal and store the new pair, and mark a
+//! connection `need_reauth` when the provider will not refresh it any more.
+//!
+//! A refresh runs under the lock `locks:tokens:{provider}:{twitchUserId}` (node-redlock
+//! format), and only if the stored tokens are still the ones the caller saw: when several
+//! instances find the same expired token at once, one refreshes and the others take its
+//! result. Providers rotate refresh tokens, so two refreshes racing would leave one of them
+//! holding a dead token; the rotated refresh token is always stored.
+
+use std::time::Duration;
+
+use crate::app::App;
+use crate::coordination::CoordinationError;
+use crate::crypto::CryptoError;
+use crate::oauth::{ProviderError, TokenSet};
+use crate::secret::Secret;
+use crate::store::accounts::{StoredTokens, TokenKind, seal_token};
+use crate::store::tokens::RefreshedTokens;
+use crate::store::{StoreError, now_ms};
+
+/// A provider whose tokens are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Twitch,
+    DonationAlerts,
+}
+
+impl Provider {
+    /// The `provider` column's value and the name in lock keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Twitch => "twitch",
+            Self::DonationAlerts => "donationalerts",
+        }
+    }
+}
+
+/// The `status` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    Active,
+    /// The provider refused the tokens; the streamer must connect again.
+    NeedReauth,
+    Revoked,
+}
+
+impl TokenStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedReauth => "need_reauth",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "need_reauth" => Some(Self::NeedReauth),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A Twitch user id (also the id of a streamer everywhere in this project): 1 to 20 ASCII
+/// digits, as Twitch issues them. Parsed at the edge, so nothing else sees a malformed one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TwitchUserId(String);
+
+impl TwitchUserId {
+    pub fn parse(text: &str) -> Option<Self> {
+        (!text.is_empty() && text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TwitchUserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("no {0} tokens are stored for this user")]
+    NotFound(&'static str),
+    #[error("the {0} connection must be renewed by the streamer")]
+    NeedsReauth(&'static str),
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
+    #[error("another instance is refreshing these tokens and did not finish in time")]
+    RefreshBusy,
+    #[error("the tokens could not be read or stored")]
+    Store(#[from] StoreError),
+    #[error("a stored token does not open")]
+    Crypto(#[from] CryptoError),
+    #[error("the refresh lock could not be taken")]
+    Lock(#[from] CoordinationError),
+    #[error("the provider failed")]
+    Provider(#[from] ProviderError),
+}
+
+/// Opened tokens, ready to use. The access token is a [`Secret`].
+#[derive(Debug, Clone)]
+pub struct UsableTokens {
+    pub access_token: Secret<String>,
+    pub scopes: Vec<String>,
+    /// Unix ms; `None` when the provider gave no lifetime.
+    pub expires_at: Option<i64>,
+    /// The sealed access token these came from: a later refresh checks that the stored
+    /// tokens are still these before replacing them.
+    sealed_access: Vec<u8>,
+}
+
+impl UsableTokens {
+    /// Valid for at least `margin` more (tokens without a lifetime always are).
+    pub fn valid_for(&self, margin: Duration) -> bool {
+        self.expires_at
+            .is_none_or(|at| at > now_ms() + margin.as_millis() as i64)
+    }
+}
+
+/// The lock a refresh of these tokens runs under.
+pub fn refresh_lock(provider: Provider, user: &TwitchUserId) -> String {
+    format!("locks:tokens:{}:{}", provider.as_str(), user.as_str())
+}
+
+/// The stored tokens of `user` for `provider`, opened; refused unless `active`.
+pub async fn load(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+) -> Result<UsableTokens, TokenError> {
+    let stored = app
+        .store
+        .provider_tokens(user, provider)
+        .await?
+        .ok_or(TokenError::NotFound(provider.as_str()))?;
+    open_active(app, provider, &stored)
+}
+
+/// Tokens valid for at least `margin` more: refreshed first when they expire sooner.
+pub async fn fresh(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    margin: Duration,
+) -> Result<UsableTokens, TokenError> {
+    let tokens = load(app, user, provider).await?;
+    if tokens.valid_for(margin) {
+        return Ok(tokens);
+    }
+    refresh(app, user, provider, &tokens).await
+}
+
+/// Replaces `seen` (refused by the provider, or about to expire) with fresh tokens. When
+/// another instance already replaced them, its tokens are returned without asking the
+/// provider again. A refresh the provider refuses marks the connection `need_reauth`.
+#[tracing::instrument(name = "tokens.refresh", skip_all, fields(provider = provider.as_str(), user = %user))]
+pub async fn refresh(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    seen: &UsableTokens,
+) -> Result<UsableTokens, TokenError> {
+    // Long enough for one provider round trip, with room to store the result.
+    let hold = app.config.provider_timeout * 2 + Duration::from_secs(1);
+    let resource = refresh_lock(provider, user);
+    let lock = app
+        .coordinator
+        .lock_within(&resource, hold, hold)
+        .await?
+        .ok_or(TokenError::RefreshBusy)?;
+    let result = refresh_holding_lock(app, user, provider, seen).await;
+    if let Err(e) = app.coordinator.release(&lock).await {
+        tracing::warn!(error = %e, "the token refresh lock was not released; it expires by itself");
+    }
+    result
+}
+
+async fn refresh_holding_lock(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    seen: &UsableTokens,
+) -> Result<UsableTokens, TokenError> {
+    let stored = app
+        .store
+        .provider_tokens(user, provider)
+        .await?
+        .ok_or(TokenError::NotFound(provider.as_str()))?;
+    if stored.access_token_sealed != seen.sealed_access {
+        // Refreshed by someone else while we waited for the lock.
+        return open_active(app, provider, &stored);
+    }
+    if TokenStatus::parse(&stored.status) != Some(TokenStatus::Active) {
+        return Err(TokenError::NeedsReauth(provider.as_str()));
+    }
+    let Some(refresh_token) = stored.open_refresh(&app.cipher).transpose()? else {
+        mark_need_reauth(app, user, provider).await?;
+        return Err(TokenError::NeedsReauth(provider.as_str()));
+    };
+    let answer = match provider {
+        Provider::Twitch => {
+            let client = app
+                .twitch
+                .as_ref()
+                .ok_or(TokenError::NotConfigured("Twitch"))?;
+            client.refresh(refresh_token.expose()).await
+        }
+        Provider::DonationAlerts => {
+            let client = app
+                .donationalerts
+                .as_ref()
+                .ok_or(TokenError::NotConfigured("DonationAlerts"))?;
+            client.refresh(refresh_token.expose(), &stored.scopes).await
+        }
+    };
+    let new = match answer {
+        Ok(new) => new,
+        Err(ProviderError::Rejected { status, .. }) if status == 400 || status == 401 => {
+            // A holder that outlived its lock may find the refresh token rotated by the next
+            // holder: that is not the streamer's doing.
+            if let Some(newer) = replaced_meanwhile(app, user, provider, &stored).await? {
+                return open_active(app, provider, &newer);
+            }
+            tracing::warn!(
+                status,
+                "the provider refused the refresh: the streamer must reconnect"
+            );
+            mark_need_reauth(app, user, provider).await?;
+            return Err(TokenError::NeedsReauth(provider.as_str()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let sealed = seal(app, user, provider, &new, &stored.scopes);
+    let usable = UsableTokens {
+        access_token: new.access_token.clone(),
+        scopes: sealed.scopes.clone(),
+        expires_at: sealed.expires_at,
+        sealed_access: sealed.access_token_sealed.clone(),
+    };
+    let replacing = stored.access_token_sealed.clone();
+    if !app
+        .store
+        .replace_tokens(user, provider, replacing, sealed)
+        .await?
+    {
+        return match replaced_meanwhile(app, user, provider, &stored).await? {
+            Some(newer) => open_active(app, provider, &newer),
+            None => Err(TokenError::NotFound(provider.as_str())),
+        };
+    }
+    tracing::info!("tokens refreshed");
+    Ok(usable)
+}
+
+/// The stored tokens, if they are no longer `seen` (another refresh replaced them).
+async fn replaced_meanwhile(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    seen: &StoredTokens,
+) -> Result<Option<StoredTokens>, TokenError> {
+    Ok(app
+        .store
+        .provider_tokens(user, provider)
+        .await?
+        .filter(|now| now.access_token_sealed != seen.access_token_sealed))
+}
+
+/// Marks a connection as needing the streamer to connect again.
+pub async fn mark_need_reauth(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+) -> Result<(), TokenError> {
+    app.store
+        .set_token_status(user, provider, TokenStatus::NeedReauth)
+        .await?;
+    Ok(())
+}
+
+/// Seals a provider's answer for the row of `user`; scopes the answer does not name are
+/// the ones stored before.
+fn seal(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    tokens: &TokenSet,
+    previous_scopes: &[String],
+) -> RefreshedTokens {
+    let user = user.as_str();
+    let name = provider.as_str();
+    RefreshedTokens {
+        access_token_sealed: seal_token(
+            &app.cipher,
+            user,
+            name,
+            TokenKind::Access,
+            tokens.access_token.expose(),
+        ),
+        refresh_token_sealed: tokens
+            .refresh_token
+            .as_ref()
+            .map(|r| seal_token(&app.cipher, user, name, TokenKind::Refresh, r.expose())),
+        scopes: if tokens.scopes.is_empty() {
+            previous_scopes.to_vec()
+        } else {
+            tokens.scopes.clone()
+        },
+        expires_at: tokens.expires_in.map(|d| now_ms() + d.as_millis() as i64),
+    }
+}
+
+fn open_active(
+    app: &App,
+    provider: Provider,
+    stored: &StoredTokens,
+) -> Result<UsableTokens, TokenError> {
+    if TokenStatus::parse(&stored.status) != Some(TokenStatus::Active) {
+        return Err(TokenError::NeedsReauth(provider.as_str()));
+    }
+    Ok(UsableTokens {
+        access_token: stored.open_access(&app.cipher)?,
+        scopes: stored.scopes.clone(),
+        expires_at: stored.expires_at,
+        sealed_access: stored.access_token_sealed.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_twitch_user_id_is_one_to_twenty_digits() {
+        assert_eq!(
+            TwitchUserId::parse("141981764").map(|id| id.to_string()),
+            Some("141981764".into())
+        );
+        for bad in ["", "12a", "-1", " 1", "1".repeat(21).as_str(), "١٢٣"] {
+            assert_eq!(TwitchUserId::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_column_values() {
+        for status in [
+            TokenStatus::Active,
+            TokenStatus::NeedReauth,
+            TokenStatus::Revoked,
+        ] {
+            assert_eq!(TokenStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(TokenStatus::parse("ACTIVE"), None);
+    }
+
+    #[test]
+    fn refresh_locks_are_per_provider_and_user() {
+        let user = TwitchUserId::parse("42").unwrap();
+        assert_eq!(
+            refresh_lock(Provider::DonationAlerts, &user),
+            "locks:tokens:donationalerts:42"
+        );
+        assert_ne!(
+            refresh_lock(Provider::Twitch, &user),
+            refresh_lock(Provider::DonationAlerts, &user)
+        );
+    }
+}
