@@ -10,6 +10,7 @@ mod limiter;
 mod locks;
 mod login;
 mod login_state;
+mod poller;
 mod routes;
 mod secrets;
 mod store;

@@ -1,4 +1,291 @@
-//! The DonationAlerts poller: which streamer to poll when ([`schedule`]), under the
-//! app-wide budget that every instance shares.
+//! The DonationAlerts poller: every linked streamer's new donations recorded once and
+//! published once, under the app-wide request budget that every instance shares.
+//!
+//! - [`schedule`]: which streamer is due when (live streamers and recent donors more often,
+//!   idle ones less, failing ones backing off alone, nobody starving).
+//! - [`streamer`]: one poll of one streamer (lock, budget, pages, fenced record).
+//! - [`Poller`]: the loop that keeps up to a few polls in flight, earliest due first, and
+//!   relays the outbox; the `da-poll` function runs it until shortly before its deadline,
+//!   `avatar-local` for as long as it runs.
 
 pub mod schedule;
+pub mod streamer;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::oauth::donationalerts::DonationAlertsClient;
+use crate::outbox;
+use crate::store::now_ms;
+use crate::tokens::TwitchUserId;
+use schedule::{PollOutcome, Schedule, SchedulePolicy};
+
+/// How often the list of linked streamers is read again from the store.
+const TARGETS_REFRESH: Duration = Duration::from_secs(10);
+/// The loop looks at the schedule at least this often.
+const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Share of the budget kept for follow-up pages and token refreshes.
+const BUDGET_HEADROOM: f64 = 0.1;
+/// Most polls in flight at once, whatever the budget.
+const MAX_CONCURRENCY: usize = 50;
+
+/// What the poller has done, for `/health` and the metrics. Counters only grow.
+#[derive(Debug, Default)]
+pub struct PollStats {
+    pub polled: AtomicU64,
+    pub skipped_locked: AtomicU64,
+    pub donations_found: AtomicU64,
+    pub errors: AtomicU64,
+    pub budget_waits: AtomicU64,
+    /// Grants left in the shared budget at the last decision.
+    pub budget_remaining: AtomicU32,
+    pub streamer_count: AtomicUsize,
+    pub concurrency: AtomicUsize,
+    /// The current idle interval in ms.
+    pub interval_ms: AtomicU64,
+    /// Streamers due now and not yet being polled.
+    pub queue_size: AtomicUsize,
+    /// Polls in flight.
+    pub pending: AtomicUsize,
+    pub backing_off: AtomicUsize,
+    /// Unix ms of the last completed loop round; 0 before the first.
+    pub last_run_at: AtomicI64,
+    pub last_run_duration_ms: AtomicU64,
+}
+
+impl PollStats {
+    fn count_polled(&self, new_donations: usize) {
+        self.polled.fetch_add(1, Ordering::Relaxed);
+        self.donations_found
+            .fetch_add(new_donations as u64, Ordering::Relaxed);
+    }
+
+    fn count_skipped_locked(&self) {
+        self.skipped_locked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_budget_wait(&self) {
+        self.budget_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn note_budget(&self, remaining: u32) {
+        self.budget_remaining.store(remaining, Ordering::Relaxed);
+    }
+}
+
+/// The polling loop of one process.
+pub struct Poller {
+    app: App,
+    client: Arc<DonationAlertsClient>,
+    schedule: Mutex<Schedule<TwitchUserId>>,
+    stats: Arc<PollStats>,
+    /// Mean poll duration (ms), for sizing concurrency.
+    mean_poll_ms: Mutex<f64>,
+}
+
+impl Poller {
+    /// `None` when DonationAlerts is not configured (nothing to poll with).
+    pub fn new(app: &App, stats: Arc<PollStats>) -> Option<Self> {
+        let client = app.donationalerts.clone()?;
+        let polling = &app.config.polling;
+        let policy = SchedulePolicy::for_budget(
+            polling.rate_limit_per_minute,
+            BUDGET_HEADROOM,
+            polling.interval,
+        );
+        Some(Self {
+            app: app.clone(),
+            client,
+            schedule: Mutex::new(Schedule::new(policy)),
+            stats,
+            mean_poll_ms: Mutex::new(200.0),
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<PollStats> {
+        &self.stats
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule<TwitchUserId>> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Polls until `stop_at`, then waits for the polls in flight (each releases its lock)
+    /// and relays what they recorded. No poll starts after `stop_at` minus the time one
+    /// could take, so a Lambda invocation ends before its deadline with no lock held.
+    #[tracing::instrument(name = "poll.run", skip_all)]
+    pub async fn run_until(&self, stop_at: Instant) {
+        self.run(Some(stop_at), std::future::pending()).await;
+    }
+
+    /// Polls until `shutdown` resolves (or `stop_at`, when given), then finishes the way
+    /// [`Self::run_until`] does.
+    pub async fn run(
+        &self,
+        stop_at: Option<Instant>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let polling = &self.app.config.polling;
+        let one_poll = self.app.config.provider_timeout + polling.lock_ttl;
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let mut last_start = stop_at
+            .map(|at| at.checked_sub(one_poll).unwrap_or_else(Instant::now))
+            .unwrap_or(far);
+        let mut in_flight: JoinSet<(TwitchUserId, PollOutcome, Duration)> = JoinSet::new();
+        let mut polling_now: HashSet<TwitchUserId> = HashSet::new();
+        let mut targets_loaded: Option<Instant> = None;
+        let mut relay_due = Instant::now();
+        loop {
+            let round = Instant::now();
+            if targets_loaded.is_none_or(|at| round.duration_since(at) >= TARGETS_REFRESH) {
+                self.load_targets(round).await;
+                targets_loaded = Some(round);
+            }
+            if round < last_start {
+                self.dispatch(&mut in_flight, &mut polling_now, round);
+            }
+            if round >= relay_due {
+                self.relay().await;
+                relay_due = round + MAX_IDLE_WAIT;
+            }
+            self.stats.pending.store(in_flight.len(), Ordering::Relaxed);
+            self.stats.last_run_at.store(now_ms(), Ordering::Relaxed);
+            self.stats
+                .last_run_duration_ms
+                .store(round.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if round >= last_start && in_flight.is_empty() {
+                break;
+            }
+            let wake = self
+                .schedule()
+                .next_due()
+                .unwrap_or(round + MAX_IDLE_WAIT)
+                .clamp(round, round + MAX_IDLE_WAIT)
+                .min(last_start.max(round));
+            tokio::select! {
+                Some(done) = in_flight.join_next() => {
+                    if let Ok((streamer, outcome, took)) = done {
+                        polling_now.remove(&streamer);
+                        self.finish(&streamer, outcome, took);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(1))) => {}
+                _ = &mut shutdown, if last_start > Instant::now() => last_start = Instant::now(),
+            }
+        }
+        self.relay().await;
+        self.stats.pending.store(0, Ordering::Relaxed);
+    }
+
+    async fn load_targets(&self, now: Instant) {
+        match self.app.store.poll_targets().await {
+            Ok(targets) => {
+                let wall_now = now_ms();
+                let mut schedule = self.schedule();
+                let ids: Vec<(TwitchUserId, Option<i64>)> = targets
+                    .into_iter()
+                    .filter_map(|t| {
+                        TwitchUserId::parse(&t.streamer_twitch_id)
+                            .map(|id| (id, t.last_donation_at))
+                    })
+                    .collect();
+                schedule.sync(ids.iter().map(|(id, _)| id.clone()), now);
+                for (id, last) in &ids {
+                    if let Some(last) = last {
+                        let ago = Duration::from_millis((wall_now - last).max(0) as u64);
+                        if let Some(at) = now.checked_sub(ago) {
+                            schedule.note_donation(id, at);
+                        }
+                    }
+                }
+                let intervals = schedule.refresh_intervals(now);
+                self.stats
+                    .streamer_count
+                    .store(schedule.len(), Ordering::Relaxed);
+                self.stats
+                    .interval_ms
+                    .store(intervals.idle.as_millis() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.count_error();
+                tracing::warn!(error = %crate::oauth::error_chain(&e), "the streamers to poll could not be read");
+            }
+        }
+    }
+
+    /// Polls in flight at most: enough to spend the budget given how long a poll takes
+    /// (Little's law, doubled), at least `DA_POLL_CONCURRENCY`, at most 50.
+    fn concurrency(&self) -> usize {
+        let polls_per_second = self.schedule().policy().polls_per_second;
+        let mean_seconds = *self.mean_poll_ms.lock().unwrap_or_else(|p| p.into_inner()) / 1000.0;
+        let needed = (polls_per_second * mean_seconds * 2.0).ceil() as usize;
+        needed
+            .max(self.app.config.polling.concurrency)
+            .clamp(1, MAX_CONCURRENCY)
+    }
+
+    fn dispatch(
+        &self,
+        in_flight: &mut JoinSet<(TwitchUserId, PollOutcome, Duration)>,
+        polling_now: &mut HashSet<TwitchUserId>,
+        now: Instant,
+    ) {
+        let concurrency = self.concurrency();
+        self.stats.concurrency.store(concurrency, Ordering::Relaxed);
+        let free = concurrency.saturating_sub(in_flight.len());
+        let due = {
+            let schedule = self.schedule();
+            self.stats
+                .backing_off
+                .store(schedule.backing_off(now), Ordering::Relaxed);
+            schedule.due(now, free + polling_now.len())
+        };
+        let waiting = due.iter().filter(|id| !polling_now.contains(*id)).count();
+        self.stats
+            .queue_size
+            .store(waiting.saturating_sub(free), Ordering::Relaxed);
+        let min_gap = self.app.config.polling.interval / 2;
+        let starting: Vec<TwitchUserId> = due
+            .into_iter()
+            .filter(|id| !polling_now.contains(id))
+            .take(free)
+            .collect();
+        for streamer in starting {
+            polling_now.insert(streamer.clone());
+            let app = self.app.clone();
+            let client = self.client.clone();
+            let stats = self.stats.clone();
+            in_flight.spawn(async move {
+                let started = Instant::now();
+                let outcome =
+                    streamer::poll_streamer(&app, &client, &streamer, min_gap, &stats).await;
+                (streamer, outcome, started.elapsed())
+            });
+        }
+    }
+
+    fn finish(&self, streamer: &TwitchUserId, outcome: PollOutcome, took: Duration) {
+        if matches!(outcome, PollOutcome::Polled { .. }) {
+            let mut mean = self.mean_poll_ms.lock().unwrap_or_else(|p| p.into_inner());
+            *mean = *mean * 0.9 + took.as_secs_f64() * 1000.0 * 0.1;
+        }
+        self.schedule().record(streamer, outcome, Instant::now());
+    }
+
+    async fn relay(&self) {
+        if let Err(e) = outbox::relay_pending(&self.app.store, &self.app.coordinator).await {
+            tracing::warn!(error = %crate::oauth::error_chain(&e), "events stay in the outbox until the bus takes them");
+        }
+    }
+}

@@ -156,6 +156,8 @@ pub enum PollOutcome {
     Polled { new_donations: usize },
     /// Another instance (or the Node app) holds the streamer's lock: try again soon.
     Locked,
+    /// Another instance polled the streamer a moment ago: due again one interval from now.
+    PolledElsewhere,
     /// 429, 5xx, a malformed answer or a timeout; back off.
     Failed { retry_after: Option<Duration> },
     /// The streamer must reconnect DonationAlerts: no more polling until they do.
@@ -335,7 +337,7 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
                 let wait = entry.backoff.fail(retry_after);
                 entry.backing_off_until = Some(now + wait);
             }
-            PollOutcome::Locked | PollOutcome::NeedsReauth => {}
+            PollOutcome::Locked | PollOutcome::PolledElsewhere | PollOutcome::NeedsReauth => {}
         }
         self.entries.insert(key.clone(), entry);
         let next = match outcome {

@@ -82,6 +82,16 @@ pub struct DonationAlertsConnection {
     pub initial_cursor: Option<i64>,
 }
 
+/// Where polling of one streamer stands, read after taking their poll lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollState {
+    pub da_user_id: i64,
+    /// The high-water donation id (`None` before the baseline was taken).
+    pub cursor: Option<i64>,
+    /// Unix ms of the last recorded poll, by any instance.
+    pub last_polled_at: i64,
+}
+
 /// What [`Store::connect_donationalerts`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Connected {
@@ -179,6 +189,29 @@ impl Store {
                 [&streamer_twitch_id],
             )?;
             Ok(tokens + links > 0)
+        })
+        .await
+    }
+
+    /// The poll state of a linked streamer (`None` when not linked).
+    pub async fn poll_state(
+        &self,
+        streamer_twitch_id: String,
+    ) -> Result<Option<PollState>, StoreError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT da_user_id, poll_cursor, updated_at FROM donationalerts_links
+                 WHERE streamer_twitch_id = ?1",
+                [&streamer_twitch_id],
+                |r| {
+                    Ok(PollState {
+                        da_user_id: r.get(0)?,
+                        cursor: r.get(1)?,
+                        last_polled_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
         })
         .await
     }

@@ -1,0 +1,326 @@
+//! The poller against the fake DonationAlerts, a real SQLite file and a private Redis:
+//! every donation recorded and published once, bursts paged through, failing streamers
+//! backing off alone, revoked ones left alone, held locks respected, the budget kept.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use avatar_tests::{RedisServer, base_vars, wait_until};
+use fake_providers::donationalerts::{
+    ApiFailure, FakeDaUser, FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation as FakeNew,
+    RequestKind,
+};
+use shared::app::App;
+use shared::config::Config;
+use shared::poll::{PollStats, Poller};
+use shared::store::accounts::{TokenKind, seal_token};
+use shared::store::donationalerts::DonationAlertsConnection;
+
+use crate::bus::stream_entries;
+
+const SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
+
+/// Streamer `i` is Twitch user `1000 + i` linked to DonationAlerts account `5000 + i`.
+fn twitch_id(i: usize) -> String {
+    (1000 + i).to_string()
+}
+
+fn da_id(i: usize) -> i64 {
+    5000 + i as i64
+}
+
+struct PollerSetup {
+    app: App,
+    fake: FakeDonationAlerts,
+    redis: RedisServer,
+    _dir: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl PollerSetup {
+    /// An app over a private Redis and the fake, with `streamers` linked streamers.
+    async fn start(streamers: usize, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start();
+        let fake = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(
+            "http://localhost:3000/auth/donationalerts/callback",
+        ));
+        let (address, server) = fake.spawn(0).await.unwrap();
+        let mut vars: HashMap<String, String> = base_vars(dir.path());
+        vars.insert("REDIS_URL".into(), redis.url());
+        vars.insert("PROVIDER_TIMEOUT_MS".into(), "2000".into());
+        vars.insert("DA_POLL_INTERVAL_MS".into(), "200".into());
+        vars.insert("DA_RATE_LIMIT_PER_MIN".into(), "6000".into());
+        vars.extend(fake.app_variables(address));
+        for (k, v) in extra {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let app = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
+        for i in 0..streamers {
+            link_streamer(&app, &fake, i).await;
+        }
+        Self {
+            app,
+            fake,
+            redis,
+            _dir: dir,
+            _server: server,
+        }
+    }
+
+    /// Runs a poller until the returned sender is dropped or sent to.
+    fn run_poller(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Arc<PollStats>>,
+    ) {
+        let stats = Arc::new(PollStats::default());
+        let poller = Poller::new(&self.app, stats.clone()).expect("DonationAlerts configured");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            poller
+                .run(None, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            stats
+        });
+        (stop, task)
+    }
+
+    fn donate(&self, i: usize, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|k| {
+                let donation = self.fake.donate(FakeNew {
+                    da_user_id: Some(da_id(i)),
+                    username: Some(format!("viewer {k}")),
+                    message: format!("thanks {k}"),
+                    amount: serde_json::Number::from(100 + k as i64),
+                    currency: "RUB".into(),
+                    created_at: None,
+                });
+                format!("da:{}:{}", da_id(i), donation.id)
+            })
+            .collect()
+    }
+
+    async fn stream_event_ids(&self) -> Vec<String> {
+        stream_entries(&self.redis)
+            .await
+            .into_iter()
+            .map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "eventId").unwrap().1)
+            .collect()
+    }
+
+    async fn wait_for_events(&self, expected: &HashSet<String>) {
+        wait_until(
+            "every donation in the stream",
+            Duration::from_secs(30),
+            || async {
+                let seen: HashSet<String> = self.stream_event_ids().await.into_iter().collect();
+                expected.is_subset(&seen)
+            },
+        )
+        .await;
+    }
+
+    fn rows(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.app.store.path()).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn requests_for(&self, i: usize) -> usize {
+        self.fake
+            .requests()
+            .iter()
+            .filter(|r| r.da_user_id == Some(da_id(i)))
+            .count()
+    }
+}
+
+async fn link_streamer(app: &App, fake: &FakeDonationAlerts, i: usize) {
+    let id = twitch_id(i);
+    let user = id.clone();
+    app.store
+        .write(move |conn| {
+            conn.execute(
+                "INSERT INTO users (twitch_user_id, login, display_name, created_at, updated_at)
+                 VALUES (?1, ?1, ?1, 0, 0)",
+                [&user],
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    fake.add_account(FakeDaUser::numbered(da_id(i)));
+    let issued = fake.issue_tokens(da_id(i), SCOPES);
+    let seal = |kind, token: &str| seal_token(&app.cipher, &id, "donationalerts", kind, token);
+    app.store
+        .connect_donationalerts(DonationAlertsConnection {
+            streamer_twitch_id: id.clone(),
+            da_user_id: da_id(i),
+            da_name: None,
+            access_token_sealed: seal(TokenKind::Access, &issued.access_token),
+            refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),
+            scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            expires_at: None,
+            initial_cursor: Some(0),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_donation_is_recorded_and_published_once_bursts_included() {
+    // Arrange
+    let setup = PollerSetup::start(5, &[]).await;
+    let mut expected: HashSet<String> = (0..5).flat_map(|i| setup.donate(i, 3)).collect();
+    let (stop, poller) = setup.run_poller();
+    setup.wait_for_events(&expected).await;
+
+    // Act: a burst of more than a page for one streamer between two polls
+    expected.extend(setup.donate(2, 75));
+    setup.wait_for_events(&expected).await;
+    let _ = stop.send(());
+    let stats = poller.await.unwrap();
+
+    // Assert
+    let ids = setup.stream_event_ids().await;
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), unique.len(), "no event twice");
+    assert_eq!(ids.len(), expected.len());
+    assert_eq!(setup.rows("SELECT count(*) FROM donations"), 90);
+    assert_eq!(
+        setup.rows("SELECT count(*) FROM event_outbox WHERE published_at IS NULL"),
+        0
+    );
+    assert_eq!(
+        stats
+            .donations_found
+            .load(std::sync::atomic::Ordering::Relaxed),
+        90
+    );
+    assert!(
+        setup.redis.get("locks:donationalerts:1002").await.is_none(),
+        "no lock left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_streamer_backs_off_while_the_others_keep_flowing() {
+    // Arrange
+    let setup = PollerSetup::start(3, &[]).await;
+    setup
+        .fake
+        .set_failure(Some(da_id(0)), ApiFailure::ServerError);
+    let (stop, poller) = setup.run_poller();
+
+    // Act
+    let healthy: HashSet<String> = setup.donate(1, 2).into_iter().collect();
+    setup.wait_for_events(&healthy).await;
+    let more: HashSet<String> = setup.donate(2, 2).into_iter().collect();
+    setup.wait_for_events(&more).await;
+    let failing_requests = setup.requests_for(0);
+    setup.fake.set_failure(Some(da_id(0)), ApiFailure::None);
+    let recovered: HashSet<String> = setup.donate(0, 2).into_iter().collect();
+    setup.wait_for_events(&recovered).await;
+    let _ = stop.send(());
+    let stats = poller.await.unwrap();
+
+    // Assert: backing off (1 s, 2 s, …) the failing streamer was asked far less often
+    // than the 200 ms interval would have asked
+    let healthy_requests = setup.requests_for(1);
+    assert!(
+        failing_requests < healthy_requests,
+        "failing {failing_requests}, healthy {healthy_requests}"
+    );
+    assert!(stats.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_connection_ends_in_need_reauth_and_is_polled_no_more() {
+    // Arrange
+    let setup = PollerSetup::start(2, &[]).await;
+    setup.fake.revoke_tokens_of(da_id(0));
+    let (stop, poller) = setup.run_poller();
+
+    // Act
+    wait_until("need_reauth stored", Duration::from_secs(20), || async {
+        setup.rows(
+            "SELECT count(*) FROM provider_tokens WHERE twitch_user_id = '1000' AND status = 'need_reauth'",
+        ) == 1
+    })
+    .await;
+    let at_reauth = setup.fake.requests().len();
+    let later: HashSet<String> = setup.donate(1, 3).into_iter().collect();
+    setup.wait_for_events(&later).await;
+    let _ = stop.send(());
+    poller.await.unwrap();
+
+    // Assert: the revoked streamer's requests stopped (one refresh attempt included)
+    let revoked_requests_after: usize = setup.fake.requests()[at_reauth..]
+        .iter()
+        .filter(|r| r.kind == RequestKind::Donations && r.da_user_id.is_none())
+        .count();
+    assert_eq!(revoked_requests_after, 0);
+    assert_eq!(
+        setup.fake.request_count(RequestKind::Token),
+        1,
+        "one refresh tried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamer_whose_lock_is_held_elsewhere_is_not_polled_until_it_is_released() {
+    // Arrange: another instance (or the Node app) holds streamer 0's poll lock
+    let setup = PollerSetup::start(2, &[]).await;
+    let lock = setup
+        .app
+        .coordinator
+        .try_lock("locks:donationalerts:1000", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let held: HashSet<String> = setup.donate(0, 2).into_iter().collect();
+    let (stop, poller) = setup.run_poller();
+
+    // Act: another streamer's donations flow meanwhile
+    let other: HashSet<String> = setup.donate(1, 2).into_iter().collect();
+    setup.wait_for_events(&other).await;
+    let polled_while_held = setup.requests_for(0);
+    setup.app.coordinator.release(&lock).await.unwrap();
+    setup.wait_for_events(&held).await;
+    let _ = stop.send(());
+    let stats = poller.await.unwrap();
+
+    // Assert
+    assert_eq!(polled_while_held, 0);
+    assert!(
+        stats
+            .skipped_locked
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_never_sees_more_requests_than_the_budget() {
+    // Arrange: 600 a minute is one grant every 100 ms; 20 streamers at a 200 ms interval
+    // would ask for 100 a second without the limiter.
+    let setup = PollerSetup::start(20, &[("DA_RATE_LIMIT_PER_MIN", "600")]).await;
+    let (stop, poller) = setup.run_poller();
+
+    // Act
+    wait_until("30 requests", Duration::from_secs(30), || async {
+        setup.fake.requests().len() >= 30
+    })
+    .await;
+    let _ = stop.send(());
+    poller.await.unwrap();
+
+    // Assert: at most 10 in any second, plus one for delivery jitter at a window's edge
+    let most = setup.fake.max_requests_in_window(Duration::from_secs(1));
+    assert!(most <= 11, "{most} requests within one second");
+}
