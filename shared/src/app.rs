@@ -11,6 +11,7 @@ use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::oauth::twitch::TwitchClient;
+use crate::poll::PollStats;
 use crate::secret::random_hex;
 use crate::store::{Store, StoreError};
 
@@ -46,6 +47,8 @@ pub struct App {
     pub twitch: Option<Arc<TwitchClient>>,
     /// `None` until DA_CLIENT_ID and DA_CLIENT_SECRET are set.
     pub donationalerts: Option<Arc<DonationAlertsClient>>,
+    /// What this process's poller has done (zeros where none runs), for `/health`.
+    pub poll_stats: Arc<PollStats>,
 }
 
 /// The last Redis health check, for `/health`.
@@ -128,6 +131,7 @@ impl App {
             signer: Arc::new(Signer::new(&config.keys)),
             twitch,
             donationalerts,
+            poll_stats: Arc::default(),
             config: Arc::new(config),
             coordinator,
             store,

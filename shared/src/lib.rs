@@ -29,7 +29,10 @@
 //! - [`health`]: the `/health` report; every figure in it is measured.
 //! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas.
 //! - [`app`]: the state built once per process (per cold start).
-//! - `lambda` (feature `lambda`): the entry point every HTTP function's `main` calls.
+//! - [`jobs`]: the work of a scheduled function (the DonationAlerts poll), run by the Lambda
+//!   runtime until shortly before each invocation's deadline, and by `avatar-local` on timers.
+//! - `lambda` (feature `lambda`): the entry points every function's `main` calls (HTTP and
+//!   scheduled).
 //! - [`telemetry`]: logging setup.
 
 pub mod app;
@@ -39,6 +42,7 @@ pub mod crypto;
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod jobs;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod oauth;

@@ -6,20 +6,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use avatar_tests::streamers::link_streamer;
 use avatar_tests::{RedisServer, base_vars, wait_until};
 use fake_providers::donationalerts::{
-    ApiFailure, FakeDaUser, FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation as FakeNew,
-    RequestKind,
+    ApiFailure, FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation as FakeNew, RequestKind,
 };
 use shared::app::App;
 use shared::config::Config;
 use shared::poll::{PollStats, Poller};
-use shared::store::accounts::{TokenKind, seal_token};
-use shared::store::donationalerts::DonationAlertsConnection;
 
 use crate::bus::stream_entries;
-
-const SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
 
 /// Streamer `i` is Twitch user `1000 + i` linked to DonationAlerts account `5000 + i`.
 fn twitch_id(i: usize) -> String {
@@ -58,7 +54,7 @@ impl PollerSetup {
         }
         let app = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
         for i in 0..streamers {
-            link_streamer(&app, &fake, i).await;
+            link_streamer(&app, &fake, &twitch_id(i), da_id(i)).await;
         }
         Self {
             app,
@@ -76,8 +72,8 @@ impl PollerSetup {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<Arc<PollStats>>,
     ) {
-        let stats = Arc::new(PollStats::default());
-        let poller = Poller::new(&self.app, stats.clone()).expect("DonationAlerts configured");
+        let poller = Poller::new(&self.app).expect("DonationAlerts configured");
+        let stats = self.app.poll_stats.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             poller
@@ -138,38 +134,6 @@ impl PollerSetup {
             .filter(|r| r.da_user_id == Some(da_id(i)))
             .count()
     }
-}
-
-async fn link_streamer(app: &App, fake: &FakeDonationAlerts, i: usize) {
-    let id = twitch_id(i);
-    let user = id.clone();
-    app.store
-        .write(move |conn| {
-            conn.execute(
-                "INSERT INTO users (twitch_user_id, login, display_name, created_at, updated_at)
-                 VALUES (?1, ?1, ?1, 0, 0)",
-                [&user],
-            )
-            .map(|_| ())
-        })
-        .await
-        .unwrap();
-    fake.add_account(FakeDaUser::numbered(da_id(i)));
-    let issued = fake.issue_tokens(da_id(i), SCOPES);
-    let seal = |kind, token: &str| seal_token(&app.cipher, &id, "donationalerts", kind, token);
-    app.store
-        .connect_donationalerts(DonationAlertsConnection {
-            streamer_twitch_id: id.clone(),
-            da_user_id: da_id(i),
-            da_name: None,
-            access_token_sealed: seal(TokenKind::Access, &issued.access_token),
-            refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),
-            scopes: SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-            expires_at: None,
-            initial_cursor: Some(0),
-        })
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

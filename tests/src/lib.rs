@@ -3,6 +3,9 @@
 //! helpers to run this crate's child-process binaries. Everything it starts is stopped on
 //! drop, also when a test fails.
 
+pub mod runtime_api;
+pub mod streamers;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::jobs::ScheduledJob;
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::outbox;
 use crate::store::now_ms;
@@ -59,7 +60,27 @@ pub struct PollStats {
     pub last_run_duration_ms: AtomicU64,
 }
 
+/// The counters of [`PollStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollCounts {
+    pub polled: u64,
+    pub skipped_locked: u64,
+    pub donations_found: u64,
+    pub errors: u64,
+    pub budget_waits: u64,
+}
+
 impl PollStats {
+    pub fn snapshot(&self) -> PollCounts {
+        PollCounts {
+            polled: self.polled.load(Ordering::Relaxed),
+            skipped_locked: self.skipped_locked.load(Ordering::Relaxed),
+            donations_found: self.donations_found.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            budget_waits: self.budget_waits.load(Ordering::Relaxed),
+        }
+    }
+
     fn count_polled(&self, new_donations: usize) {
         self.polled.fetch_add(1, Ordering::Relaxed);
         self.donations_found
@@ -93,9 +114,36 @@ pub struct Poller {
     mean_poll_ms: Mutex<f64>,
 }
 
+/// The `da-poll` function's job could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("DA_CLIENT_ID and DA_CLIENT_SECRET must be set for the DonationAlerts poll")]
+pub struct PollerNotConfigured;
+
+/// The `da-poll` function's job (built once per cold start).
+pub fn scheduled_job(app: &App) -> Result<Poller, PollerNotConfigured> {
+    Poller::new(app).ok_or(PollerNotConfigured)
+}
+
+impl ScheduledJob for Poller {
+    async fn run(&self, stop_at: Instant) -> serde_json::Value {
+        let before = self.stats.snapshot();
+        self.run_until(stop_at).await;
+        let after = self.stats.snapshot();
+        serde_json::json!({
+            "polled": after.polled - before.polled,
+            "donationsFound": after.donations_found - before.donations_found,
+            "skippedLocked": after.skipped_locked - before.skipped_locked,
+            "errors": after.errors - before.errors,
+            "streamers": self.stats.streamer_count.load(Ordering::Relaxed),
+        })
+    }
+}
+
 impl Poller {
-    /// `None` when DonationAlerts is not configured (nothing to poll with).
-    pub fn new(app: &App, stats: Arc<PollStats>) -> Option<Self> {
+    /// `None` when DonationAlerts is not configured (nothing to poll with). The poller
+    /// counts into the app's [`PollStats`].
+    pub fn new(app: &App) -> Option<Self> {
+        let stats = app.poll_stats.clone();
         let client = app.donationalerts.clone()?;
         let polling = &app.config.polling;
         let policy = SchedulePolicy::for_budget(

@@ -126,7 +126,10 @@ async fn poll_holding_lock(
     let Some(state) = app.store.poll_state(streamer.as_str().to_owned()).await? else {
         return Ok(PollOutcome::NeedsReauth);
     };
-    if now_ms() - state.last_polled_at < min_gap.as_millis() as i64 {
+    if state
+        .last_polled_at
+        .is_some_and(|at| now_ms() - at < min_gap.as_millis() as i64)
+    {
         return Ok(PollOutcome::PolledElsewhere);
     }
     let mut tokens = tokens::load(app, streamer, Provider::DonationAlerts).await?;

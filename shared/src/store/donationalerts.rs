@@ -88,8 +88,8 @@ pub struct PollState {
     pub da_user_id: i64,
     /// The high-water donation id (`None` before the baseline was taken).
     pub cursor: Option<i64>,
-    /// Unix ms of the last recorded poll, by any instance.
-    pub last_polled_at: i64,
+    /// Unix ms of the last recorded poll, by any instance (`None` before the first).
+    pub last_polled_at: Option<i64>,
 }
 
 /// What [`Store::connect_donationalerts`] did.
@@ -200,7 +200,7 @@ impl Store {
     ) -> Result<Option<PollState>, StoreError> {
         self.read(move |conn| {
             conn.query_row(
-                "SELECT da_user_id, poll_cursor, updated_at FROM donationalerts_links
+                "SELECT da_user_id, poll_cursor, last_polled_at FROM donationalerts_links
                  WHERE streamer_twitch_id = ?1",
                 [&streamer_twitch_id],
                 |r| {
@@ -330,7 +330,7 @@ impl Store {
                 .or(Some(0));
             conn.execute(
                 "UPDATE donationalerts_links
-                 SET poll_cursor = ?1, cursor_fence = ?2, updated_at = ?3
+                 SET poll_cursor = ?1, cursor_fence = ?2, last_polled_at = ?3, updated_at = ?3
                  WHERE streamer_twitch_id = ?4",
                 params![high_water, poll.fence as i64, now, poll.streamer_twitch_id],
             )?;

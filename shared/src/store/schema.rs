@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_by_user ON sessions (twitch_user_id);
     ",
+    // 3: when a streamer was last polled (by any instance), so that instances sharing the
+    // work do not poll one streamer twice in a row; set only by a recorded poll.
+    r"
+    ALTER TABLE donationalerts_links ADD COLUMN last_polled_at INTEGER;
+    ",
 ];
 
 #[cfg(test)]

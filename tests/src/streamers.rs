@@ -1,0 +1,45 @@
+//! Streamers with a DonationAlerts connection, made directly in the store (no browser), for
+//! the poller's tests and benchmarks.
+
+use fake_providers::donationalerts::{FakeDaUser, FakeDonationAlerts};
+use shared::app::App;
+use shared::store::accounts::{TokenKind, seal_token};
+use shared::store::donationalerts::DonationAlertsConnection;
+
+/// The scopes a connection is granted (the application's default `DA_SCOPES`).
+pub const DA_SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
+
+/// Stores Twitch user `twitch_id` linked to DonationAlerts account `da_id` (added to the
+/// fake, which issues its tokens), with the baseline taken (every donation from now on is
+/// new).
+pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str, da_id: i64) {
+    let user = twitch_id.to_owned();
+    app.store
+        .write(move |conn| {
+            conn.execute(
+                "INSERT INTO users (twitch_user_id, login, display_name, created_at, updated_at)
+                 VALUES (?1, ?1, ?1, 0, 0) ON CONFLICT DO NOTHING",
+                [&user],
+            )
+            .map(|_| ())
+        })
+        .await
+        .expect("user stored");
+    fake.add_account(FakeDaUser::numbered(da_id));
+    let issued = fake.issue_tokens(da_id, DA_SCOPES);
+    let seal =
+        |kind, token: &str| seal_token(&app.cipher, twitch_id, "donationalerts", kind, token);
+    app.store
+        .connect_donationalerts(DonationAlertsConnection {
+            streamer_twitch_id: twitch_id.to_owned(),
+            da_user_id: da_id,
+            da_name: None,
+            access_token_sealed: seal(TokenKind::Access, &issued.access_token),
+            refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),
+            scopes: DA_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            expires_at: None,
+            initial_cursor: Some(0),
+        })
+        .await
+        .expect("connection stored");
+}
