@@ -109,7 +109,7 @@ impl CallbackQuery {
 fn decode(component: &str) -> Result<String, WebError> {
     let spaced = component.replace('+', " ");
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
-    String::from_utf8(bytes).map_err(|_| WebError::BadRequest("the query is not UTF-8"))
+    Ok(String::from_utf8(bytes)?)
 }
 
 /// Where the time of a callback went: the bench subtracts the provider's share.
@@ -289,7 +289,7 @@ mod tests {
         ));
         assert!(matches!(
             CallbackQuery::parse(Some("state=%FF%FE")),
-            Err(WebError::BadRequest(_))
+            Err(WebError::QueryNotUtf8(_))
         ));
         assert!(matches!(
             CallbackQuery::parse(Some(&"a".repeat(5000))),

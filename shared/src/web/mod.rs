@@ -129,6 +129,8 @@ pub enum WebError {
     ProviderInconsistent(&'static str),
     #[error("the request is malformed: {0}")]
     BadRequest(&'static str),
+    #[error("the query is not UTF-8")]
+    QueryNotUtf8(#[from] std::string::FromUtf8Error),
     #[error("the address is too long")]
     TooLong,
     #[error("the request did not come from this site")]
@@ -146,9 +148,11 @@ pub enum WebError {
 impl WebError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::State(_) | Self::MissingCode | Self::CodeRejected(_) | Self::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::State(_)
+            | Self::MissingCode
+            | Self::CodeRejected(_)
+            | Self::BadRequest(_)
+            | Self::QueryNotUtf8(_) => StatusCode::BAD_REQUEST,
             Self::ProviderDenied { .. } | Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::TooLong => StatusCode::URI_TOO_LONG,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -171,7 +175,7 @@ impl WebError {
             Self::Provider { source, .. } if source.is_timeout() => "provider_timeout",
             Self::Provider { .. } => "provider_failed",
             Self::ProviderInconsistent(_) => "provider_inconsistent",
-            Self::BadRequest(_) => "bad_request",
+            Self::BadRequest(_) | Self::QueryNotUtf8(_) => "bad_request",
             Self::TooLong => "uri_too_long",
             Self::CrossSite(refusal) => refusal.code(),
             Self::NotConfigured => "not_configured",
@@ -218,7 +222,10 @@ impl WebError {
                     "This login attempt has already been completed. Please start again.",
                 ),
             ),
-            Self::State(StateRefusal::Missing) | Self::BadRequest(_) | Self::TooLong => pick(
+            Self::State(StateRefusal::Missing)
+            | Self::BadRequest(_)
+            | Self::QueryNotUtf8(_)
+            | Self::TooLong => pick(
                 ("Неверный запрос", "Адрес повреждён. Начните вход заново."),
                 ("Bad request", "The address is damaged. Please start again."),
             ),
