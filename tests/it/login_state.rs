@@ -225,3 +225,30 @@ async fn a_sealed_token_moved_to_another_users_row_does_not_open() {
     assert!(app.twitch.issued_tokens().contains(access.expose()));
     assert!(genuine.open_refresh(cipher).unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn a_callback_completed_on_one_instance_is_refused_as_replayed_on_another() {
+    // Arrange: two instances sharing Redis and SESSION_SECRET (the harness gives both the
+    // same key); the login completes on the first.
+    let redis = RedisServer::start();
+    let first = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
+    let second = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
+    let login = hand_login_until_consent(&first).await;
+    let cookies = [binding_cookie(&login.binding)];
+    let done = callback_with_cookies(&first, &login.callback, &cookies).await;
+    assert_eq!(location(&done), "/success");
+
+    // Act: the same callback, cookie and all, sent to the second instance.
+    let path = login.callback.split_once("/auth/").unwrap().1;
+    let replay = callback_with_cookies(
+        &second,
+        &format!("{}/auth/{path}", second.address),
+        &cookies,
+    )
+    .await;
+
+    // Assert: the shared marker refused it before the second instance asked Twitch.
+    crate::login::assert_refused(replay, 400, "state_replayed").await;
+    assert_eq!(second.twitch.token_requests(), 0);
+    assert_eq!(second.rows("sessions"), 0);
+}

@@ -109,7 +109,7 @@ impl CallbackQuery {
 fn decode(component: &str) -> Result<String, WebError> {
     let spaced = component.replace('+', " ");
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
-    String::from_utf8(bytes).map_err(|_| WebError::BadRequest("the query is not UTF-8"))
+    Ok(String::from_utf8(bytes)?)
 }
 
 /// Where the time of a callback went: the bench subtracts the provider's share.
@@ -120,7 +120,11 @@ pub struct CallbackTimings {
 }
 
 /// `GET /auth/twitch/callback`.
-#[tracing::instrument(name = "auth.twitch.callback", skip_all)]
+#[tracing::instrument(
+    name = "auth.twitch.callback",
+    skip_all,
+    fields(twitch_user_id = tracing::field::Empty)
+)]
 pub async fn twitch_callback(
     State(app): State<App>,
     RawQuery(raw): RawQuery,
@@ -260,6 +264,7 @@ async fn finish_twitch_login(
         replaced_session_id_hash: session::presented_id_hash(app, headers),
     };
     let twitch_user_id = login.twitch_user_id.clone();
+    tracing::Span::current().record("twitch_user_id", twitch_user_id.as_str());
     app.store.record_twitch_login(login).await?;
     tracing::info!(twitch_user_id, "twitch login completed");
 
@@ -289,7 +294,7 @@ mod tests {
         ));
         assert!(matches!(
             CallbackQuery::parse(Some("state=%FF%FE")),
-            Err(WebError::BadRequest(_))
+            Err(WebError::QueryNotUtf8(_))
         ));
         assert!(matches!(
             CallbackQuery::parse(Some(&"a".repeat(5000))),

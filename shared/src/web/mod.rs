@@ -21,6 +21,7 @@ use crate::coordination::CoordinationError;
 use crate::oauth::{ProviderError, error_chain};
 use crate::store::StoreError;
 use oauth_state::StateRefusal;
+use session::CrossSiteRefusal;
 pub use texts::Texts;
 
 /// Security headers for every page. `img-src` also allows Twitch's image CDN (avatars) and,
@@ -128,10 +129,12 @@ pub enum WebError {
     ProviderInconsistent(&'static str),
     #[error("the request is malformed: {0}")]
     BadRequest(&'static str),
+    #[error("the query is not UTF-8")]
+    QueryNotUtf8(#[from] std::string::FromUtf8Error),
     #[error("the address is too long")]
     TooLong,
-    #[error("the request did not come from this site: {0}")]
-    CrossSite(String),
+    #[error("the request did not come from this site")]
+    CrossSite(#[from] CrossSiteRefusal),
     #[error("Twitch login is not configured (TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET)")]
     NotConfigured,
     #[error("the database is unavailable")]
@@ -145,9 +148,11 @@ pub enum WebError {
 impl WebError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::State(_) | Self::MissingCode | Self::CodeRejected(_) | Self::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::State(_)
+            | Self::MissingCode
+            | Self::CodeRejected(_)
+            | Self::BadRequest(_)
+            | Self::QueryNotUtf8(_) => StatusCode::BAD_REQUEST,
             Self::ProviderDenied { .. } | Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::TooLong => StatusCode::URI_TOO_LONG,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -170,9 +175,9 @@ impl WebError {
             Self::Provider { source, .. } if source.is_timeout() => "provider_timeout",
             Self::Provider { .. } => "provider_failed",
             Self::ProviderInconsistent(_) => "provider_inconsistent",
-            Self::BadRequest(_) => "bad_request",
+            Self::BadRequest(_) | Self::QueryNotUtf8(_) => "bad_request",
             Self::TooLong => "uri_too_long",
-            Self::CrossSite(_) => "cross_site",
+            Self::CrossSite(refusal) => refusal.code(),
             Self::NotConfigured => "not_configured",
             Self::Store(_) => "store_unavailable",
             Self::Coordination(_) => "redis_unavailable",
@@ -217,7 +222,10 @@ impl WebError {
                     "This login attempt has already been completed. Please start again.",
                 ),
             ),
-            Self::State(StateRefusal::Missing) | Self::BadRequest(_) | Self::TooLong => pick(
+            Self::State(StateRefusal::Missing)
+            | Self::BadRequest(_)
+            | Self::QueryNotUtf8(_)
+            | Self::TooLong => pick(
                 ("Неверный запрос", "Адрес повреждён. Начните вход заново."),
                 ("Bad request", "The address is damaged. Please start again."),
             ),
@@ -390,4 +398,97 @@ pub fn set_cookie(
 
 pub fn is_https(app: &App) -> bool {
     app.config.public_base_url.scheme() == "https"
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn timeout() -> ProviderError {
+        ProviderError::Timeout("no answer".into())
+    }
+
+    #[test]
+    fn provider_failures_are_502_and_timeouts_504_with_their_own_codes() {
+        let failed = WebError::Provider {
+            step: "the code exchange",
+            source: ProviderError::ServerError { status: 500 },
+        };
+        let malformed = WebError::Provider {
+            step: "/validate",
+            source: ProviderError::Malformed {
+                what: "unexpected JSON",
+                source: None,
+            },
+        };
+        let slow = WebError::Provider {
+            step: "Helix /users",
+            source: timeout(),
+        };
+        assert_eq!(
+            (failed.status(), failed.code()),
+            (StatusCode::BAD_GATEWAY, "provider_failed")
+        );
+        assert_eq!(malformed.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            (slow.status(), slow.code()),
+            (StatusCode::GATEWAY_TIMEOUT, "provider_timeout")
+        );
+        assert_eq!(
+            WebError::CodeRejected(ProviderError::Rejected {
+                status: 400,
+                message: "Invalid authorization code".into()
+            })
+            .status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn every_state_refusal_is_a_400_with_a_code_of_its_own() {
+        let refusals = [
+            StateRefusal::Missing,
+            StateRefusal::CookieMissing,
+            StateRefusal::CookieInvalid,
+            StateRefusal::Mismatch,
+            StateRefusal::Expired,
+            StateRefusal::Replayed,
+        ];
+        let codes: std::collections::HashSet<_> =
+            refusals.iter().map(|r| WebError::from(*r).code()).collect();
+        assert_eq!(codes.len(), refusals.len());
+        for refusal in refusals {
+            assert_eq!(WebError::from(refusal).status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn the_logged_chain_keeps_every_cause_once() {
+        let error = WebError::Provider {
+            step: "the code exchange",
+            source: ProviderError::Timeout(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("waited {:?}", Duration::from_millis(1500)),
+            ))),
+        };
+        assert_eq!(
+            error_chain(&error),
+            "the provider failed at the code exchange: the provider did not answer in time: \
+             waited 1.5s"
+        );
+    }
+
+    #[tokio::test]
+    async fn api_errors_are_json_with_the_same_status_and_code() {
+        let response = ApiError::from(StateRefusal::Replayed).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "state_replayed");
+        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
 }

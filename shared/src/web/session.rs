@@ -108,6 +108,27 @@ pub fn clear_cookie(app: &App) -> axum::http::HeaderValue {
     set_cookie(app, cookie_name(app), "", "/", 0)
 }
 
+/// Why a state-changing request was taken for another site's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CrossSiteRefusal {
+    #[error("the Origin is not this site")]
+    ForeignOrigin,
+    #[error("the browser says the request is cross-site (Sec-Fetch-Site)")]
+    CrossSiteFetch,
+    #[error("the CSRF token is missing or wrong")]
+    BadCsrfToken,
+}
+
+impl CrossSiteRefusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::ForeignOrigin => "cross_site_origin",
+            Self::CrossSiteFetch => "cross_site_fetch",
+            Self::BadCsrfToken => "csrf_token_invalid",
+        }
+    }
+}
+
 /// Refuses a state-changing request from another site: an Origin (or, lacking it, a
 /// `Sec-Fetch-Site`) that is not ours, or a missing or wrong CSRF token.
 pub fn check_same_site(
@@ -119,21 +140,19 @@ pub fn check_same_site(
     let ours = app.config.public_base_url.origin().ascii_serialization();
     if let Some(origin) = headers.get(header::ORIGIN) {
         if origin.to_str().ok() != Some(ours.as_str()) {
-            return Err(WebError::CrossSite(format!(
-                "Origin {origin:?} is not {ours}"
-            )));
+            return Err(CrossSiteRefusal::ForeignOrigin.into());
         }
     } else if headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|site| site == "cross-site")
     {
-        return Err(WebError::CrossSite("Sec-Fetch-Site: cross-site".into()));
+        return Err(CrossSiteRefusal::CrossSiteFetch.into());
     }
     if let Some(session) = session {
         let valid = csrf.is_some_and(|token| app.signer.verify_tag("csrf", &session.id, token));
         if !valid {
-            return Err(WebError::CrossSite("missing or wrong CSRF token".into()));
+            return Err(CrossSiteRefusal::BadCsrfToken.into());
         }
     }
     Ok(())
