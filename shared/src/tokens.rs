@@ -27,12 +27,34 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The name people know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Twitch => "Twitch",
+            Self::DonationAlerts => "DonationAlerts",
+        }
+    }
+
+    /// The variables that must be set to talk to it.
+    pub fn credential_variables(self) -> &'static str {
+        match self {
+            Self::Twitch => "TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET",
+            Self::DonationAlerts => "DA_CLIENT_ID and DA_CLIENT_SECRET",
+        }
+    }
+
     /// The `provider` column's value and the name in lock keys.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Twitch => "twitch",
             Self::DonationAlerts => "donationalerts",
         }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -18,6 +18,7 @@ use crate::app::App;
 use crate::oauth::ProviderError;
 use crate::store::accounts::{TokenKind, TwitchLogin, seal_token};
 use crate::store::now_ms;
+use crate::tokens::Provider;
 
 /// Longest callback query accepted (real ones are a few hundred bytes).
 const MAX_QUERY_LEN: usize = 4096;
@@ -35,7 +36,10 @@ fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, WebErr
     if let Some(canonical) = canonical_local_start(app, headers) {
         return Ok(redirect(app, StatusCode::FOUND, &canonical, []));
     }
-    let twitch = app.twitch.as_ref().ok_or(WebError::NotConfigured)?;
+    let twitch = app
+        .twitch
+        .as_ref()
+        .ok_or(WebError::NotConfigured(Provider::Twitch))?;
     let started = TWITCH_LOGIN.start(app);
     let force_verify = cookie(headers, LOGGED_OUT_COOKIE).is_some();
     let location = twitch.authorize_url(&started.state, force_verify);
@@ -191,16 +195,29 @@ async fn finish_twitch_login(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        return Err(WebError::ProviderDenied { error });
+        return Err(WebError::ProviderDenied {
+            provider: Provider::Twitch,
+            error,
+        });
     }
-    let code = query.code.as_deref().ok_or(WebError::MissingCode)?;
-    let twitch = app.twitch.as_ref().ok_or(WebError::NotConfigured)?;
+    let code = query
+        .code
+        .as_deref()
+        .ok_or(WebError::MissingCode(Provider::Twitch))?;
+    let twitch = app
+        .twitch
+        .as_ref()
+        .ok_or(WebError::NotConfigured(Provider::Twitch))?;
 
     let tokens = timed(provider, twitch.exchange_code(code))
         .await
         .map_err(|e| match e {
-            ProviderError::Rejected { .. } => WebError::CodeRejected(e),
+            ProviderError::Rejected { .. } => WebError::CodeRejected {
+                provider: Provider::Twitch,
+                source: e,
+            },
             source => WebError::Provider {
+                provider: Provider::Twitch,
                 step: "the code exchange",
                 source,
             },
@@ -209,28 +226,35 @@ async fn finish_twitch_login(
     let validation = timed(provider, twitch.validate(access))
         .await
         .map_err(|source| WebError::Provider {
+            provider: Provider::Twitch,
             step: "/validate",
             source,
         })?;
     if validation.client_id != twitch.client_id() {
-        return Err(WebError::ProviderInconsistent(
-            "the token belongs to another application",
-        ));
+        return Err(WebError::ProviderInconsistent {
+            provider: Provider::Twitch,
+            what: "the token belongs to another application",
+        });
     }
     let user_id = validation
         .user_id
         .clone()
-        .ok_or(WebError::ProviderInconsistent("the token has no user"))?;
+        .ok_or(WebError::ProviderInconsistent {
+            provider: Provider::Twitch,
+            what: "the token has no user",
+        })?;
     let user = timed(provider, twitch.user(access))
         .await
         .map_err(|source| WebError::Provider {
+            provider: Provider::Twitch,
             step: "Helix /users",
             source,
         })?;
     if user.id != user_id {
-        return Err(WebError::ProviderInconsistent(
-            "Helix and /validate name different users",
-        ));
+        return Err(WebError::ProviderInconsistent {
+            provider: Provider::Twitch,
+            what: "Helix and /validate name different users",
+        });
     }
 
     let session = NewSession::generate();

@@ -1,4 +1,5 @@
-//! The browser-facing part: pages, the Twitch login routes, sessions, cookies, and the one
+//! The browser-facing part: pages, the Twitch login and DonationAlerts connect routes,
+//! sessions, cookies, and the one
 //! place where errors become pages with a status.
 //!
 //! Every HTML response carries a strict Content-Security-Policy (no scripts at all, styles
@@ -6,6 +7,7 @@
 //! the template engine's HTML escaping.
 
 pub mod auth;
+pub mod donationalerts;
 pub mod oauth_state;
 pub mod pages;
 pub mod session;
@@ -20,6 +22,7 @@ use crate::app::App;
 use crate::coordination::CoordinationError;
 use crate::oauth::{ProviderError, error_chain};
 use crate::store::StoreError;
+use crate::tokens::Provider;
 use oauth_state::StateRefusal;
 use session::CrossSiteRefusal;
 pub use texts::Texts;
@@ -94,6 +97,21 @@ pub fn html(app: &App, status: StatusCode, page: &impl Template) -> Response {
     }
 }
 
+/// The title and explanation of an error, in the page's language.
+struct Words {
+    title: String,
+    message: String,
+}
+
+impl From<(&'static str, &'static str)> for Words {
+    fn from((title, message): (&'static str, &'static str)) -> Self {
+        Self {
+            title: title.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "error.html")]
 struct ErrorPage<'a> {
@@ -113,20 +131,28 @@ struct ErrorPage<'a> {
 pub enum WebError {
     #[error("the OAuth state was refused")]
     State(#[from] StateRefusal),
-    #[error("the provider reported {error}")]
-    ProviderDenied { error: String },
-    #[error("the callback has no code")]
-    MissingCode,
-    #[error("the provider refused the code")]
-    CodeRejected(#[source] ProviderError),
-    #[error("the provider failed at {step}")]
+    #[error("{provider} reported {error}")]
+    ProviderDenied { provider: Provider, error: String },
+    #[error("the callback from {0} has no code")]
+    MissingCode(Provider),
+    #[error("{provider} refused the code")]
+    CodeRejected {
+        provider: Provider,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("{provider} failed at {step}")]
     Provider {
+        provider: Provider,
         step: &'static str,
         #[source]
         source: ProviderError,
     },
-    #[error("the provider's answers do not agree: {0}")]
-    ProviderInconsistent(&'static str),
+    #[error("{provider}'s answers do not agree: {what}")]
+    ProviderInconsistent {
+        provider: Provider,
+        what: &'static str,
+    },
     #[error("the request is malformed: {0}")]
     BadRequest(&'static str),
     #[error("the query is not UTF-8")]
@@ -135,8 +161,12 @@ pub enum WebError {
     TooLong,
     #[error("the request did not come from this site")]
     CrossSite(#[from] CrossSiteRefusal),
-    #[error("Twitch login is not configured (TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET)")]
-    NotConfigured,
+    #[error("{0} is not configured ({vars})", vars = .0.credential_variables())]
+    NotConfigured(Provider),
+    #[error("this needs a logged-in streamer")]
+    LoginRequired,
+    #[error("the DonationAlerts account is connected to another streamer")]
+    AccountLinkedElsewhere,
     #[error("the database is unavailable")]
     Store(#[from] StoreError),
     #[error("Redis is unavailable")]
@@ -149,16 +179,18 @@ impl WebError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::State(_)
-            | Self::MissingCode
-            | Self::CodeRejected(_)
+            | Self::MissingCode(_)
+            | Self::CodeRejected { .. }
             | Self::BadRequest(_)
             | Self::QueryNotUtf8(_) => StatusCode::BAD_REQUEST,
             Self::ProviderDenied { .. } | Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::TooLong => StatusCode::URI_TOO_LONG,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Provider { source, .. } if source.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-            Self::Provider { .. } | Self::ProviderInconsistent(_) => StatusCode::BAD_GATEWAY,
-            Self::NotConfigured | Self::Store(_) | Self::Coordination(_) => {
+            Self::Provider { .. } | Self::ProviderInconsistent { .. } => StatusCode::BAD_GATEWAY,
+            Self::LoginRequired => StatusCode::UNAUTHORIZED,
+            Self::AccountLinkedElsewhere => StatusCode::CONFLICT,
+            Self::NotConfigured(_) | Self::Store(_) | Self::Coordination(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -170,15 +202,17 @@ impl WebError {
         match self {
             Self::State(refusal) => refusal.code(),
             Self::ProviderDenied { .. } => "provider_denied",
-            Self::MissingCode => "code_missing",
-            Self::CodeRejected(_) => "code_rejected",
+            Self::MissingCode(_) => "code_missing",
+            Self::CodeRejected { .. } => "code_rejected",
             Self::Provider { source, .. } if source.is_timeout() => "provider_timeout",
             Self::Provider { .. } => "provider_failed",
-            Self::ProviderInconsistent(_) => "provider_inconsistent",
+            Self::ProviderInconsistent { .. } => "provider_inconsistent",
             Self::BadRequest(_) | Self::QueryNotUtf8(_) => "bad_request",
             Self::TooLong => "uri_too_long",
             Self::CrossSite(refusal) => refusal.code(),
-            Self::NotConfigured => "not_configured",
+            Self::NotConfigured(_) => "not_configured",
+            Self::LoginRequired => "login_required",
+            Self::AccountLinkedElsewhere => "account_linked_elsewhere",
             Self::Store(_) => "store_unavailable",
             Self::Coordination(_) => "redis_unavailable",
             Self::NotFound => "not_found",
@@ -196,10 +230,16 @@ impl WebError {
     }
 
     /// Title and explanation in the page's language.
-    fn words(&self, t: &Texts) -> (&'static str, &'static str) {
+    fn words(&self, t: &Texts) -> Words {
         let ru = t.lang == "ru";
-        let pick = |ru_words: (&'static str, &'static str), en_words| {
+        fn choose<T>(ru: bool, ru_words: T, en_words: T) -> T {
             if ru { ru_words } else { en_words }
+        }
+        let pick =
+            |ru_words: (&'static str, &'static str), en_words| choose(ru, ru_words, en_words);
+        let own = |(title, message): (&str, &str)| Words {
+            title: title.to_owned(),
+            message: message.to_owned(),
         };
         match self {
             Self::State(StateRefusal::Expired) => pick(
@@ -211,7 +251,7 @@ impl WebError {
                     "This login link has expired",
                     "A login has to be completed within 5 minutes. Please start again.",
                 ),
-            ),
+            ).into(),
             Self::State(StateRefusal::Replayed) => pick(
                 (
                     "Ссылка для входа уже использована",
@@ -221,14 +261,14 @@ impl WebError {
                     "This login link was already used",
                     "This login attempt has already been completed. Please start again.",
                 ),
-            ),
+            ).into(),
             Self::State(StateRefusal::Missing)
             | Self::BadRequest(_)
             | Self::QueryNotUtf8(_)
             | Self::TooLong => pick(
                 ("Неверный запрос", "Адрес повреждён. Начните вход заново."),
                 ("Bad request", "The address is damaged. Please start again."),
-            ),
+            ).into(),
             Self::State(
                 StateRefusal::CookieMissing | StateRefusal::CookieInvalid | StateRefusal::Mismatch,
             ) => pick(
@@ -240,7 +280,7 @@ impl WebError {
                     "Login started in another browser",
                     "A login can only be completed in the browser that started it. Please start again here.",
                 ),
-            ),
+            ).into(),
             Self::ProviderDenied { .. } => pick(
                 (
                     "Вход отменён",
@@ -250,37 +290,51 @@ impl WebError {
                     "Login cancelled",
                     "Access was not granted. Nothing was saved; you can try again.",
                 ),
-            ),
-            Self::MissingCode | Self::CodeRejected(_) => pick(
-                (
-                    "Twitch не подтвердил вход",
-                    "Код авторизации недействителен. Начните вход заново.",
-                ),
-                (
-                    "Twitch did not confirm the login",
-                    "The authorization code is not valid. Please start again.",
-                ),
-            ),
-            Self::Provider { source, .. } if source.is_timeout() => pick(
-                (
-                    "Twitch не ответил",
-                    "Не удалось завершить вход: Twitch не ответил вовремя. Попробуйте ещё раз через минуту.",
-                ),
-                (
-                    "Twitch did not answer",
-                    "The login could not be completed because Twitch did not answer in time. Please try again in a minute.",
-                ),
-            ),
-            Self::Provider { .. } | Self::ProviderInconsistent(_) => pick(
-                (
-                    "Ошибка на стороне Twitch",
-                    "Не удалось завершить вход: Twitch ответил с ошибкой. Попробуйте ещё раз через минуту.",
-                ),
-                (
-                    "Twitch failed",
-                    "The login could not be completed because Twitch answered with an error. Please try again in a minute.",
-                ),
-            ),
+            ).into(),
+            Self::MissingCode(provider) | Self::CodeRejected { provider, .. } => {
+                let p = provider.name();
+                own(choose(
+                    ru,
+                    (
+                        &format!("{p} не подтвердил вход"),
+                        "Код авторизации недействителен. Начните заново.",
+                    ),
+                    (
+                        &format!("{p} did not confirm"),
+                        "The authorization code is not valid. Please start again.",
+                    ),
+                ))
+            }
+            Self::Provider {
+                provider, source, ..
+            } if source.is_timeout() => {
+                let p = provider.name();
+                own(choose(
+                    ru,
+                    (
+                        &format!("{p} не ответил"),
+                        &format!("{p} не ответил вовремя. Попробуйте ещё раз через минуту."),
+                    ),
+                    (
+                        &format!("{p} did not answer"),
+                        &format!("{p} did not answer in time. Please try again in a minute."),
+                    ),
+                ))
+            }
+            Self::Provider { provider, .. } | Self::ProviderInconsistent { provider, .. } => {
+                let p = provider.name();
+                own(choose(
+                    ru,
+                    (
+                        &format!("Ошибка на стороне {p}"),
+                        &format!("{p} ответил с ошибкой. Попробуйте ещё раз через минуту."),
+                    ),
+                    (
+                        &format!("{p} failed"),
+                        &format!("{p} answered with an error. Please try again in a minute."),
+                    ),
+                ))
+            }
             Self::CrossSite(_) => pick(
                 (
                     "Запрос отклонён",
@@ -290,28 +344,60 @@ impl WebError {
                     "Request refused",
                     "This action can only be taken from this site's own pages.",
                 ),
-            ),
-            Self::NotConfigured => pick(
+            ).into(),
+            Self::NotConfigured(provider) => {
+                let (p, vars) = (provider.name(), provider.credential_variables());
+                own(choose(
+                    ru,
+                    (
+                        &format!("{p} не настроен"),
+                        &format!(
+                            "Администратору нужно задать {vars}. Чтобы посмотреть всё без \
+                             настройки, запустите avatar-local --demo."
+                        ),
+                    ),
+                    (
+                        &format!("{p} is not configured"),
+                        &format!(
+                            "The operator needs to set {vars}. To see everything work without \
+                             configuration, run avatar-local --demo."
+                        ),
+                    ),
+                ))
+            }
+            Self::LoginRequired => pick(
                 (
-                    "Вход через Twitch не настроен",
-                    "Администратору нужно задать TWITCH_CLIENT_ID и TWITCH_CLIENT_SECRET.",
+                    "Сначала войдите через Twitch",
+                    "Подключить DonationAlerts можно после входа через Twitch.",
                 ),
                 (
-                    "Twitch login is not configured",
-                    "The operator needs to set TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET.",
+                    "Log in with Twitch first",
+                    "DonationAlerts can be connected once you are logged in with Twitch.",
                 ),
-            ),
+            )
+            .into(),
+            Self::AccountLinkedElsewhere => pick(
+                (
+                    "Этот аккаунт DonationAlerts уже подключён",
+                    "Он подключён к другому аккаунту Twitch. Отключите его там и попробуйте снова.",
+                ),
+                (
+                    "This DonationAlerts account is already connected",
+                    "It is connected to another Twitch account. Disconnect it there and try again.",
+                ),
+            )
+            .into(),
             Self::Store(_) | Self::Coordination(_) => pick(
                 (
                     "Сервис временно недоступен",
                     "Попробуйте ещё раз через минуту.",
                 ),
                 ("Temporarily unavailable", "Please try again in a minute."),
-            ),
+            ).into(),
             Self::NotFound => pick(
                 ("Страница не найдена", "Такой страницы здесь нет."),
                 ("Page not found", "There is no such page here."),
-            ),
+            ).into(),
         }
     }
 
@@ -319,7 +405,7 @@ impl WebError {
     pub fn into_page(self, app: &App, t: &Texts, retry_href: &str) -> Response {
         let status = self.status();
         self.log(status);
-        let (title, message) = self.words(t);
+        let Words { title, message } = self.words(t);
         let retry_label = if retry_href == "/" {
             t.back_home
         } else {
@@ -332,8 +418,8 @@ impl WebError {
                 t,
                 status: status.as_u16(),
                 code: self.code(),
-                title,
-                message,
+                title: &title,
+                message: &message,
                 retry_href,
                 retry_label,
             },
@@ -358,7 +444,7 @@ impl IntoResponse for ApiError {
         self.0.log(status);
         let body = serde_json::json!({
             "error": self.0.code(),
-            "message": self.0.words(&texts::EN).1,
+            "message": self.0.words(&texts::EN).message,
         });
         (
             status,
@@ -413,10 +499,12 @@ mod tests {
     #[test]
     fn provider_failures_are_502_and_timeouts_504_with_their_own_codes() {
         let failed = WebError::Provider {
+            provider: Provider::Twitch,
             step: "the code exchange",
             source: ProviderError::ServerError { status: 500 },
         };
         let malformed = WebError::Provider {
+            provider: Provider::Twitch,
             step: "/validate",
             source: ProviderError::Malformed {
                 what: "unexpected JSON",
@@ -424,6 +512,7 @@ mod tests {
             },
         };
         let slow = WebError::Provider {
+            provider: Provider::Twitch,
             step: "Helix /users",
             source: timeout(),
         };
@@ -437,10 +526,13 @@ mod tests {
             (StatusCode::GATEWAY_TIMEOUT, "provider_timeout")
         );
         assert_eq!(
-            WebError::CodeRejected(ProviderError::Rejected {
-                status: 400,
-                message: "Invalid authorization code".into()
-            })
+            WebError::CodeRejected {
+                provider: Provider::Twitch,
+                source: ProviderError::Rejected {
+                    status: 400,
+                    message: "Invalid authorization code".into()
+                }
+            }
             .status(),
             StatusCode::BAD_REQUEST
         );
@@ -467,6 +559,7 @@ mod tests {
     #[test]
     fn the_logged_chain_keeps_every_cause_once() {
         let error = WebError::Provider {
+            provider: Provider::Twitch,
             step: "the code exchange",
             source: ProviderError::Timeout(Box::new(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -475,7 +568,7 @@ mod tests {
         };
         assert_eq!(
             error_chain(&error),
-            "the provider failed at the code exchange: the provider did not answer in time: \
+            "Twitch failed at the code exchange: the provider did not answer in time: \
              waited 1.5s"
         );
     }

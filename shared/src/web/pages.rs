@@ -9,6 +9,7 @@ use axum::http::header::{self, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::donationalerts::ConnectionStatus;
 use super::session::{self, CurrentSession};
 use super::{ApiError, Texts, WebError, html, redirect, texts};
 use crate::app::App;
@@ -31,8 +32,23 @@ struct Dashboard<'a> {
     user: &'a SessionUser,
     twitch_status: &'a str,
     donationalerts_status: &'a str,
+    /// `connected`, `need_reauth` or `not_connected`: which buttons the page offers.
+    donationalerts_state: &'static str,
+    donations: Vec<DonationRow>,
     csrf: String,
 }
+
+/// A donation as the dashboard lists it.
+struct DonationRow {
+    donor: String,
+    amount: String,
+    currency: String,
+    message: String,
+    created_at: String,
+}
+
+/// How many donations the dashboard lists.
+const DASHBOARD_DONATIONS: usize = 10;
 
 /// `GET /`.
 #[tracing::instrument(name = "pages.landing", skip_all)]
@@ -60,10 +76,35 @@ pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
         Ok(None) => return redirect(&app, StatusCode::SEE_OTHER, "/", []),
         Err(e) => return e.into_page(&app, t, "/"),
     };
-    let donationalerts_status = match current.user.donationalerts_status.as_deref() {
-        Some("active") => t.donationalerts_connected,
-        Some("need_reauth") => t.donationalerts_need_reauth,
-        _ => t.donationalerts_not_connected,
+    let connection = match ConnectionStatus::of(&app, &current).await {
+        Ok(connection) => connection,
+        Err(e) => return e.into_page(&app, t, "/"),
+    };
+    let (donationalerts_status, donationalerts_state) = match connection.status {
+        Some("active") => (t.donationalerts_connected, "connected"),
+        Some("need_reauth") => (t.donationalerts_need_reauth, "need_reauth"),
+        _ => (t.donationalerts_not_connected, "not_connected"),
+    };
+    let donations = match app
+        .store
+        .recent_donations(current.user.twitch_user_id.clone(), DASHBOARD_DONATIONS)
+        .await
+    {
+        Ok(donations) => donations
+            .into_iter()
+            .map(|d| DonationRow {
+                donor: d.donor_name.unwrap_or_else(|| t.anonymous_donor.to_owned()),
+                amount: d.amount,
+                currency: d.currency,
+                message: d.message,
+                created_at: d
+                    .created_at
+                    .replace('T', " ")
+                    .trim_end_matches('Z')
+                    .to_owned(),
+            })
+            .collect(),
+        Err(e) => return WebError::from(e).into_page(&app, t, "/"),
     };
     let twitch_status = match current.user.twitch_status.as_deref() {
         Some("active") => t.twitch_connected,
@@ -77,6 +118,8 @@ pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
             user: &current.user,
             twitch_status,
             donationalerts_status,
+            donationalerts_state,
+            donations,
             csrf: current.csrf_token(&app),
         },
     )
@@ -133,7 +176,7 @@ fn csrf_field(body: &Bytes) -> Option<String> {
 }
 
 /// Session and same-site checks every POST route starts with.
-async fn post_guard(
+pub(super) async fn post_guard(
     app: &App,
     headers: &HeaderMap,
     body: &Bytes,
