@@ -9,6 +9,7 @@ pub mod schema;
 pub mod writer;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
@@ -120,6 +121,11 @@ impl Store {
         self.writer.stats()
     }
 
+    /// Reads run so far through the read pool (`/health` shows its probe is shared by them).
+    pub fn reads(&self) -> u64 {
+        self.readers.reads.load(Ordering::Relaxed)
+    }
+
     pub fn journal_mode(&self) -> JournalMode {
         self.journal_mode
     }
@@ -133,6 +139,7 @@ impl Store {
 struct ReadPool {
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    reads: AtomicU64,
 }
 
 impl ReadPool {
@@ -153,6 +160,7 @@ impl ReadPool {
         Ok(Self {
             permits: Arc::new(Semaphore::new(idle.len())),
             idle: Mutex::new(idle),
+            reads: AtomicU64::new(0),
         })
     }
 
@@ -170,6 +178,7 @@ impl ReadPool {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            pool.reads.fetch_add(1, Ordering::Relaxed);
             let conn = pool
                 .idle
                 .lock()
