@@ -207,6 +207,81 @@ async fn a_full_disk_fails_the_affected_writes_and_the_writer_recovers() {
     assert_eq!(integrity(&dir.path().join("data.sqlite")), "ok");
 }
 
+/// The file's permission bits in octal (`"600"`), `None` when it does not exist.
+fn mode_of(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
+}
+
+const PRIVATE: Option<&str> = Some("600");
+
+fn companion(db: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_files_are_readable_by_their_owner_only() {
+    // WAL: the main file, -wal and -shm all exist once a write is committed.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let store = open_store(dir.path(), JournalMode::Wal).await;
+    store
+        .write(|conn| insert_test_donation(conn, "s", 1))
+        .await
+        .unwrap();
+    for file in [db.clone(), companion(&db, "-wal"), companion(&db, "-shm")] {
+        assert_eq!(mode_of(&file).as_deref(), PRIVATE, "{}", file.display());
+    }
+
+    // Delete mode: the -journal exists while a write transaction has changed a page, so the
+    // write itself looks at it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let store = open_store(dir.path(), JournalMode::Delete).await;
+    let journal = companion(&db, "-journal");
+    let journal_mode = store
+        .write(move |conn| {
+            insert_test_donation(conn, "s", 1)?;
+            Ok(mode_of(&journal))
+        })
+        .await
+        .unwrap();
+    assert_eq!(mode_of(&db).as_deref(), PRIVATE);
+    assert_eq!(
+        journal_mode.as_deref(),
+        PRIVATE,
+        "the -journal during a write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_files_left_readable_by_others_are_made_private_at_open() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Arrange: a database (and its WAL files) created before, readable by everyone, still
+    // open so that -wal and -shm exist.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let earlier = rusqlite::Connection::open(&db).unwrap();
+    earlier.pragma_update(None, "journal_mode", "wal").unwrap();
+    earlier.execute_batch("CREATE TABLE earlier (x)").unwrap();
+    let files = [db.clone(), companion(&db, "-wal"), companion(&db, "-shm")];
+    for file in &files {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    // Act
+    let _store = open_store(dir.path(), JournalMode::Wal).await;
+
+    // Assert
+    for file in &files {
+        assert_eq!(mode_of(file).as_deref(), PRIVATE, "{}", file.display());
+    }
+}
+
 /// Acknowledged ids from a writer child's stdout.
 fn acknowledged(lines: &[String]) -> Vec<i64> {
     lines

@@ -29,6 +29,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("could not create the database file {path}: {source}")]
+    CreateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the database refused journal_mode={wanted} (it is {got})")]
     JournalMode { wanted: &'static str, got: String },
     #[error("migration {version} failed: {source}")]
