@@ -112,6 +112,10 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     pub writes: AtomicU64,
     pub alive: AtomicBool,
+    /// Batches the fencing check refused because another writer had taken the lease with a
+    /// newer token meanwhile (this process was paused past its lease); each was retried
+    /// under a fresh lease.
+    pub stale_leases: AtomicU64,
 }
 
 /// Cheap to clone; every clone feeds the same writer thread.
@@ -441,6 +445,9 @@ impl Writer {
     fn begin_fenced(&mut self) -> Result<(), BatchFailure> {
         for _ in 0..2 {
             let fence = self.take_lease()?;
+            if let Some(fence) = fence {
+                tracing::trace!(fence, "writer lease held; beginning a batch");
+            }
             self.begin()?;
             let Some(fence) = fence else {
                 return Ok(());
@@ -449,6 +456,7 @@ impl Writer {
                 Ok(None) => return Ok(()),
                 Ok(Some(stored)) => {
                     let _ = self.conn.execute_batch("ROLLBACK");
+                    self.stats.stale_leases.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         fence,
                         stored,
