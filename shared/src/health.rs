@@ -138,7 +138,12 @@ struct ProbeState {
     in_flight: Option<ProbeInFlight>,
 }
 
-/// The shared, reused health probe (one per process, in [`App`]).
+/// The report for `GET /health`, from a probe at most `HEALTH_MAX_AGE_MS` old.
+pub async fn respond(app: &App) -> HealthResponse {
+    app.health.respond(app).await
+}
+
+/// The shared, reused health probe (one per process: [`App::health`]).
 pub struct HealthProbes {
     max_age: Duration,
     state: Mutex<ProbeState>,
@@ -160,8 +165,7 @@ impl HealthProbes {
         probe.taken.elapsed() <= self.max_age
     }
 
-    /// The report for `GET /health`, from a probe at most `HEALTH_MAX_AGE_MS` old.
-    pub async fn respond(&self, app: &App) -> HealthResponse {
+    async fn respond(&self, app: &App) -> HealthResponse {
         let figures = WriterFigures::read(app);
         let cached = {
             let state = self.state();

@@ -95,7 +95,7 @@ pub async fn serve(
 }
 
 async fn health_route(State(app): State<App>) -> Response {
-    let report: health::HealthResponse = app.health.respond(&app).await;
+    let report = health::respond(&app).await;
     let status = match report.status {
         Status::Ok | Status::Degraded => StatusCode::OK,
         Status::Down => StatusCode::SERVICE_UNAVAILABLE,
