@@ -209,11 +209,12 @@ impl HealthProbes {
                 Some(in_flight) => in_flight.clone(),
                 None => {
                     let app = app.clone();
+                    let distributed = app.coordinator.mode() == Mode::Distributed;
                     let task = tokio::spawn(async move {
                         let probe = AssertUnwindSafe(measure(&app))
                             .catch_unwind()
                             .await
-                            .unwrap_or_else(|_| Probe::interrupted());
+                            .unwrap_or_else(|_| Probe::interrupted(distributed));
                         let probe = Arc::new(probe);
                         let mut state = app.health.state();
                         state.latest = Some(probe.clone());
@@ -223,7 +224,7 @@ impl HealthProbes {
                     });
                     let in_flight = async move {
                         task.await
-                            .unwrap_or_else(|_| Arc::new(Probe::interrupted()))
+                            .unwrap_or_else(|_| Arc::new(Probe::interrupted(distributed)))
                     }
                     .boxed()
                     .shared();
@@ -250,12 +251,12 @@ impl WriterFigures {
 
 impl Probe {
     /// Stands in for a probe that panicked or was cancelled: nothing measured, so down.
-    fn interrupted() -> Self {
+    fn interrupted(distributed: bool) -> Self {
         let error = Some("the health probe was interrupted".to_owned());
         Self {
             taken: Instant::now(),
             at: time::OffsetDateTime::now_utc(),
-            redis: Some(RedisCheck {
+            redis: distributed.then(|| RedisCheck {
                 latency: None,
                 error: error.clone(),
             }),
