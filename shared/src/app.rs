@@ -1,7 +1,7 @@
 //! The application state every function and the local server build once per process
 //! (once per Lambda cold start): configuration, coordination, store, instance identity.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigErrors};
@@ -9,6 +9,7 @@ use crate::coordination::memory::InProcessCoordinator;
 use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
+use crate::health::HealthProbes;
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::oauth::twitch::TwitchClient;
 use crate::poll::PollStats;
@@ -38,7 +39,8 @@ pub struct App {
     pub store: Store,
     /// Identifies this process in heartbeats (`avatar:instances`).
     pub instance_id: Arc<str>,
-    pub redis_checks: Arc<RedisCheckLog>,
+    /// The Redis and SQLite probe `/health` reuses for `HEALTH_MAX_AGE_MS`.
+    pub health: Arc<HealthProbes>,
     /// Seals tokens at rest.
     pub cipher: Arc<TokenCipher>,
     /// Signs cookies and CSRF tokens.
@@ -49,30 +51,6 @@ pub struct App {
     pub donationalerts: Option<Arc<DonationAlertsClient>>,
     /// What this process's poller has done (zeros where none runs), for `/health`.
     pub poll_stats: Arc<PollStats>,
-}
-
-/// The last Redis health check, for `/health`.
-#[derive(Debug, Default)]
-pub struct RedisCheckLog {
-    last: Mutex<Option<RedisCheck>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RedisCheck {
-    pub success: bool,
-    pub at: time::OffsetDateTime,
-    pub latency: Option<Duration>,
-    pub error: Option<String>,
-}
-
-impl RedisCheckLog {
-    pub fn record(&self, check: RedisCheck) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(check);
-    }
-
-    pub fn last(&self) -> Option<RedisCheck> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
 }
 
 impl App {
@@ -126,6 +104,7 @@ impl App {
         if twitch.is_none() {
             tracing::warn!("TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET unset: Twitch login is off");
         }
+        let health = Arc::new(HealthProbes::new(config.health_max_age));
         Ok(Self {
             cipher: Arc::new(TokenCipher::new(&config.keys)),
             signer: Arc::new(Signer::new(&config.keys)),
@@ -136,38 +115,8 @@ impl App {
             coordinator,
             store,
             instance_id: random_hex(8).into(),
-            redis_checks: Arc::default(),
+            health,
         })
-    }
-
-    /// Pings Redis and records the result for `/health`; `None` in single-instance mode.
-    pub async fn check_redis(&self) -> Option<RedisCheck> {
-        if !matches!(self.coordinator, Coordinator::Redis(_)) {
-            return None;
-        }
-        let at = time::OffsetDateTime::now_utc();
-        let check = match self.coordinator.ping().await {
-            Ok(latency) => RedisCheck {
-                success: true,
-                at,
-                latency: Some(latency),
-                error: None,
-            },
-            Err(e) => RedisCheck {
-                success: false,
-                at,
-                latency: None,
-                error: Some(e.to_string()),
-            },
-        };
-        if !check.success && self.config.redis.required {
-            tracing::error!(
-                error = check.error.as_deref().unwrap_or(""),
-                "Redis is down and REDIS_REQUIRED=true: refusing work that needs it (503)"
-            );
-        }
-        self.redis_checks.record(check.clone());
-        Some(check)
     }
 
     /// Heartbeats until `shutdown` resolves (long-running processes only; a Lambda

@@ -41,6 +41,8 @@ pub struct Config {
     pub internal_api_token: Option<Secret<String>>,
     /// Longest a call to Twitch or DonationAlerts may take (`PROVIDER_TIMEOUT_MS`).
     pub provider_timeout: Duration,
+    /// How long one health probe of Redis and SQLite is reused (`HEALTH_MAX_AGE_MS`).
+    pub health_max_age: Duration,
     pub log_filter: String,
 }
 
@@ -413,6 +415,8 @@ impl Reader<'_> {
         };
         let provider_timeout =
             Duration::from_millis(self.number("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000));
+        let health_max_age =
+            Duration::from_millis(self.number("HEALTH_MAX_AGE_MS", 1000, 0, 3_600_000));
         let keys = self.keys(deployment, &sqlite.path);
         let oauth_state_ttl =
             Duration::from_millis(self.number("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000));
@@ -435,6 +439,7 @@ impl Reader<'_> {
             secrets_arn: self.string("SECRETS_ARN"),
             internal_api_token: self.secret("INTERNAL_API_TOKEN"),
             provider_timeout,
+            health_max_age,
             log_filter,
         })
     }

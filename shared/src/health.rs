@@ -1,13 +1,25 @@
-//! `GET /health`: a superset of the Node app's report. Every figure is measured when the
-//! report is made (Redis PING, a read on the store, the writer's own counters, heartbeats).
+//! `GET /health`: a superset of the Node app's report.
+//!
+//! Redis (PING, heartbeat count) and SQLite (a read) are measured by one probe that every
+//! request made within `HEALTH_MAX_AGE_MS` reuses; requests that find the probe stale share
+//! the one new probe being taken (single flight), so /health cannot multiply load on Redis
+//! or SQLite. The writer's own counters (queue depth, last commit) are read live. A report
+//! built from a probe is kept as serialized JSON and served again while those counters have
+//! not moved, so a request answered from the cache does no I/O and no serialization.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
 
 use crate::app::App;
-use crate::coordination::Mode;
+use crate::coordination::{CoordinationError, Coordinator, Mode};
 
 /// How long the store may take to answer the health read before it counts as down.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +38,8 @@ pub struct HealthReport {
     pub ok: bool,
     pub status: Status,
     pub version: &'static str,
+    /// When Redis and SQLite were measured (the probe this report reuses).
+    pub checked_at: String,
     pub redis: RedisReport,
     pub sqlite: SqliteReport,
     pub scalability: ScalabilityReport,
@@ -41,11 +55,12 @@ pub struct RedisReport {
     pub last_health_check: Option<LastCheck>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LastCheck {
     pub success: bool,
     pub timestamp: String,
+    /// What failed, never where (no host or port).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -55,7 +70,7 @@ pub struct LastCheck {
 pub struct SqliteReport {
     /// `ok` | `down`.
     pub status: &'static str,
-    /// As the database reports it now (`PRAGMA journal_mode`).
+    /// As the database reported it at the probe (`PRAGMA journal_mode`).
     pub journal_mode: Option<String>,
     pub writer_queue_depth: usize,
     pub last_commit_ms: Option<f64>,
@@ -77,43 +92,340 @@ pub struct ScalabilityReport {
     pub lazy_cache_enabled: bool,
 }
 
+/// A report ready to send: the status decides 200 (ok, degraded) or 503 (down).
+#[derive(Debug, Clone)]
+pub struct HealthResponse {
+    pub status: Status,
+    /// The report as JSON.
+    pub body: Bytes,
+}
+
+/// One measurement of Redis and SQLite.
+#[derive(Debug)]
+struct Probe {
+    taken: Instant,
+    at: time::OffsetDateTime,
+    /// `None` in single-instance mode.
+    redis: Option<RedisCheck>,
+    instances: Option<u64>,
+    journal_mode: Option<String>,
+    sqlite_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct RedisCheck {
+    latency: Option<Duration>,
+    /// What failed (never where); `None` on success.
+    error: Option<String>,
+}
+
+/// The writer's live counters a report includes; a cached body is valid while they match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WriterFigures {
+    queue_depth: usize,
+    last_commit_us: u64,
+    commits: u64,
+    alive: bool,
+}
+
+type ProbeInFlight = Shared<BoxFuture<'static, Arc<Probe>>>;
+
+#[derive(Default)]
+struct ProbeState {
+    latest: Option<Arc<Probe>>,
+    /// The body last rendered from `latest`, with the writer figures it shows.
+    rendered: Option<(WriterFigures, HealthResponse)>,
+    in_flight: Option<ProbeInFlight>,
+}
+
+/// The report for `GET /health`, from a probe at most `HEALTH_MAX_AGE_MS` old.
+pub async fn respond(app: &App) -> HealthResponse {
+    app.health.respond(app).await
+}
+
+/// The shared, reused health probe (one per process: [`App::health`]).
+pub struct HealthProbes {
+    max_age: Duration,
+    state: Mutex<ProbeState>,
+}
+
+impl HealthProbes {
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ProbeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_fresh(&self, probe: &Probe) -> bool {
+        probe.taken.elapsed() <= self.max_age
+    }
+
+    async fn respond(&self, app: &App) -> HealthResponse {
+        let figures = WriterFigures::read(app);
+        let cached = {
+            let state = self.state();
+            match &state.latest {
+                Some(probe) if self.is_fresh(probe) => {
+                    if let Some((shown, response)) = &state.rendered
+                        && *shown == figures
+                    {
+                        return response.clone();
+                    }
+                    Some(probe.clone())
+                }
+                _ => None,
+            }
+        };
+        let probe = match cached {
+            Some(probe) => probe,
+            None => self.probe(app).await,
+        };
+        let response = render(app, &probe, figures);
+        let mut state = self.state();
+        if state
+            .latest
+            .as_ref()
+            .is_some_and(|latest| Arc::ptr_eq(latest, &probe))
+        {
+            state.rendered = Some((figures, response.clone()));
+        }
+        response
+    }
+
+    /// A fresh probe: the one being taken if any, else a new one. The probe runs as its own
+    /// task, so a client that goes away does not abandon it half-way for the others.
+    async fn probe(&self, app: &App) -> Arc<Probe> {
+        let in_flight = {
+            let mut state = self.state();
+            if let Some(probe) = state.latest.as_ref().filter(|p| self.is_fresh(p)) {
+                return probe.clone();
+            }
+            match &state.in_flight {
+                Some(in_flight) => in_flight.clone(),
+                None => {
+                    let app = app.clone();
+                    let distributed = app.coordinator.mode() == Mode::Distributed;
+                    let task = tokio::spawn(async move {
+                        let probe = AssertUnwindSafe(measure(&app))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| Probe::interrupted(distributed));
+                        let probe = Arc::new(probe);
+                        let mut state = app.health.state();
+                        state.latest = Some(probe.clone());
+                        state.rendered = None;
+                        state.in_flight = None;
+                        probe
+                    });
+                    let in_flight = async move {
+                        task.await
+                            .unwrap_or_else(|_| Arc::new(Probe::interrupted(distributed)))
+                    }
+                    .boxed()
+                    .shared();
+                    state.in_flight = Some(in_flight.clone());
+                    in_flight
+                }
+            }
+        };
+        in_flight.await
+    }
+}
+
+impl WriterFigures {
+    fn read(app: &App) -> Self {
+        let stats = app.store.writer_stats();
+        Self {
+            queue_depth: stats.queue_depth.load(Ordering::Relaxed),
+            last_commit_us: stats.last_commit_us.load(Ordering::Relaxed),
+            commits: stats.commits.load(Ordering::Relaxed),
+            alive: stats.alive.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Probe {
+    /// Stands in for a probe that panicked or was cancelled: nothing measured, so down.
+    fn interrupted(distributed: bool) -> Self {
+        let error = Some("the health probe was interrupted".to_owned());
+        Self {
+            taken: Instant::now(),
+            at: time::OffsetDateTime::now_utc(),
+            redis: distributed.then(|| RedisCheck {
+                latency: None,
+                error: error.clone(),
+            }),
+            instances: None,
+            journal_mode: None,
+            sqlite_error: error,
+        }
+    }
+}
+
+/// Measures Redis (PING, then the heartbeat count) and SQLite (a read) concurrently.
+async fn measure(app: &App) -> Probe {
+    let at = time::OffsetDateTime::now_utc();
+    let taken = Instant::now();
+    let redis_and_instances = async {
+        let redis = check_redis(app).await;
+        let instances = match &redis {
+            Some(check) if check.error.is_some() => None,
+            _ => match app.coordinator.heartbeat(&app.instance_id).await {
+                Ok(count) => Some(count),
+                Err(e) => {
+                    tracing::warn!(error = %e, "health: counting live instances failed");
+                    None
+                }
+            },
+        };
+        (redis, instances)
+    };
+    let ((redis, instances), (journal_mode, sqlite_error)) =
+        tokio::join!(redis_and_instances, check_sqlite(app));
+    Probe {
+        taken,
+        at,
+        redis,
+        instances,
+        journal_mode,
+        sqlite_error,
+    }
+}
+
+/// Pings Redis; `None` in single-instance mode.
+async fn check_redis(app: &App) -> Option<RedisCheck> {
+    if !matches!(app.coordinator, Coordinator::Redis(_)) {
+        return None;
+    }
+    Some(match app.coordinator.ping().await {
+        Ok(latency) => RedisCheck {
+            latency: Some(latency),
+            error: None,
+        },
+        Err(e) => {
+            if app.config.redis.required {
+                tracing::error!(
+                    error = %e,
+                    "Redis is down and REDIS_REQUIRED=true: refusing work that needs it (503)"
+                );
+            } else {
+                tracing::warn!(error = %e, "Redis is down: running degraded");
+            }
+            RedisCheck {
+                latency: None,
+                error: Some(what_failed(&e)),
+            }
+        }
+    })
+}
+
+/// Says what went wrong with a Redis command without saying where: the report is public,
+/// and the address of an internal server is not.
+fn what_failed(error: &CoordinationError) -> String {
+    match error {
+        CoordinationError::Timeout { timeout, .. } => {
+            format!("Redis did not answer within {timeout:?}")
+        }
+        CoordinationError::Redis { source, .. } => {
+            if source.is_connection_refusal() {
+                "the connection to Redis was refused".into()
+            } else if source.kind() == redis::ErrorKind::AuthenticationFailed
+                || matches!(source.code(), Some("NOAUTH" | "WRONGPASS"))
+            {
+                "Redis refused the credentials".into()
+            } else if source.is_timeout() {
+                "the connection to Redis timed out".into()
+            } else if source.is_io_error() || source.is_connection_dropped() {
+                "the connection to Redis failed".into()
+            } else if let Some(code) = source.code() {
+                format!("Redis answered with an error ({code})")
+            } else {
+                format!("the Redis command failed ({:?})", source.kind())
+            }
+        }
+        CoordinationError::UnexpectedReply { .. } => "Redis gave an unexpected answer".into(),
+        CoordinationError::NoQuorum { reached, needed } => {
+            format!("too few Redis servers answered ({reached} of {needed} needed)")
+        }
+    }
+}
+
+/// Reads the journal mode through the read pool: proves a reader can open the database.
+async fn check_sqlite(app: &App) -> (Option<String>, Option<String>) {
+    let read = app
+        .store
+        .read(|conn| conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0)));
+    match tokio::time::timeout(STORE_CHECK_TIMEOUT, read).await {
+        Ok(Ok(mode)) => (Some(mode), None),
+        Ok(Err(e)) => (None, Some(e.to_string())),
+        Err(_) => (
+            None,
+            Some(format!("no answer within {STORE_CHECK_TIMEOUT:?}")),
+        ),
+    }
+}
+
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
-/// Builds the report; the caller maps `status` to 200 (ok, degraded) or 503 (down).
-pub async fn report(app: &App) -> HealthReport {
+fn timestamp(at: time::OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The report for `probe` with the writer's `figures`, as JSON.
+fn render(app: &App, probe: &Probe, figures: WriterFigures) -> HealthResponse {
+    let report = report(app, probe, figures);
+    let body = serde_json::to_vec(&report)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| Bytes::from_static(br#"{"ok":false,"status":"down"}"#));
+    HealthResponse {
+        status: report.status,
+        body,
+    }
+}
+
+fn report(app: &App, probe: &Probe, figures: WriterFigures) -> HealthReport {
     let required = app.config.redis.required;
-    let (redis_check, sqlite) = tokio::join!(app.check_redis(), sqlite_report(app));
-    let redis_up = redis_check.as_ref().is_none_or(|c| c.success);
+    let redis_up = probe.redis.as_ref().is_none_or(|c| c.error.is_none());
+    let checked_at = timestamp(probe.at);
     let redis = RedisReport {
-        status: match &redis_check {
+        status: match &probe.redis {
             None => "disabled",
-            Some(c) if c.success => "enabled",
+            Some(c) if c.error.is_none() => "enabled",
             Some(_) => "down",
         },
         is_required: required,
-        latency_ms: redis_check.as_ref().and_then(|c| c.latency).map(millis),
-        last_health_check: redis_check.as_ref().map(|c| LastCheck {
-            success: c.success,
-            timestamp: c
-                .at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+        latency_ms: probe.redis.as_ref().and_then(|c| c.latency).map(millis),
+        last_health_check: probe.redis.as_ref().map(|c| LastCheck {
+            success: c.error.is_none(),
+            timestamp: checked_at.clone(),
             error: c.error.clone(),
         }),
     };
 
-    let mode = app.coordinator.mode();
-    let instances = if redis_up {
-        app.coordinator.heartbeat(&app.instance_id).await.ok()
-    } else {
-        None
+    let sqlite_error = probe
+        .sqlite_error
+        .clone()
+        .or_else(|| (!figures.alive).then(|| "the writer has stopped".to_owned()));
+    let sqlite = SqliteReport {
+        status: if sqlite_error.is_none() { "ok" } else { "down" },
+        journal_mode: probe.journal_mode.clone(),
+        writer_queue_depth: figures.queue_depth,
+        last_commit_ms: (figures.commits > 0).then(|| figures.last_commit_us as f64 / 1000.0),
+        error: sqlite_error,
     };
+
+    let mode = app.coordinator.mode();
     let scalability = ScalabilityReport {
         can_scale_horizontally: mode == Mode::Distributed && redis_up,
         mode: mode.as_str(),
-        instances,
+        instances: probe.instances,
         async_db_enabled: true,
         dynamic_polling_enabled: false,
         lazy_cache_enabled: false,
@@ -130,36 +442,39 @@ pub async fn report(app: &App) -> HealthReport {
         ok: status != Status::Down,
         status,
         version: env!("CARGO_PKG_VERSION"),
+        checked_at,
         redis,
         sqlite,
         scalability,
     }
 }
 
-async fn sqlite_report(app: &App) -> SqliteReport {
-    let stats = app.store.writer_stats();
-    let probe = tokio::time::timeout(
-        STORE_CHECK_TIMEOUT,
-        app.store
-            .read(|conn| conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))),
-    )
-    .await;
-    let (journal_mode, error) = match probe {
-        Ok(Ok(mode)) => (Some(mode), None),
-        Ok(Err(e)) => (None, Some(e.to_string())),
-        Err(_) => (
-            None,
-            Some(format!("no answer within {STORE_CHECK_TIMEOUT:?}")),
-        ),
-    };
-    let writer_alive = stats.alive.load(Ordering::Relaxed);
-    let error = error.or_else(|| (!writer_alive).then(|| "the writer has stopped".to_owned()));
-    SqliteReport {
-        status: if error.is_none() { "ok" } else { "down" },
-        journal_mode,
-        writer_queue_depth: stats.queue_depth.load(Ordering::Relaxed),
-        last_commit_ms: (stats.commits.load(Ordering::Relaxed) > 0)
-            .then(|| stats.last_commit_us.load(Ordering::Relaxed) as f64 / 1000.0),
-        error,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_failure_is_described_without_its_address() {
+        let refused = CoordinationError::Redis {
+            server: "10.1.2.3:6380".into(),
+            source: redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )),
+        };
+        let timeout = CoordinationError::Timeout {
+            server: "10.1.2.3:6380".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let odd = CoordinationError::UnexpectedReply {
+            server: "10.1.2.3:6380".into(),
+            detail: "PING answered \"10.1.2.3\"".into(),
+        };
+
+        for error in [refused, timeout, odd] {
+            let described = what_failed(&error);
+            assert!(!described.contains("10.1.2.3"), "{described}");
+            assert!(!described.contains("6380"), "{described}");
+            assert!(described.contains("Redis"), "{described}");
+        }
     }
 }

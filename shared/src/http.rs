@@ -95,15 +95,14 @@ pub async fn serve(
 }
 
 async fn health_route(State(app): State<App>) -> Response {
-    let report = health::report(&app).await;
+    let report = health::respond(&app).await;
     let status = match report.status {
         Status::Ok | Status::Degraded => StatusCode::OK,
         Status::Down => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let mut response = (status, axum::Json(report)).into_response();
-    response.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
-    response
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "application/json"),
+        (axum::http::header::CACHE_CONTROL, "no-store"),
+    ];
+    (status, headers, report.body).into_response()
 }

@@ -1,9 +1,52 @@
-//! GET /health in each mode, measured live: single-instance, distributed, Redis down while
-//! required (503) and back (200) without a restart.
+//! GET /health in each mode, measured: single-instance, distributed, Redis down while
+//! required (503) and back (200) without a restart; one shared probe for concurrent
+//! requests; no secret and no internal address in the report.
 
 use std::time::Duration;
 
 use avatar_tests::{RedisServer, TestApp, wait_until};
+
+/// Calls of `command` the Redis server has answered so far (`INFO commandstats`).
+async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let mut conn = redis.connection().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Asserts the report has the contract's shape (whatever the figures).
+fn assert_report_shape(body: &serde_json::Value) {
+    assert!(body["ok"].is_boolean(), "{body}");
+    assert!(body["status"].is_string(), "{body}");
+    assert!(body["checkedAt"].is_string(), "{body}");
+    for field in ["status", "isRequired", "latencyMs", "lastHealthCheck"] {
+        assert!(body["redis"].get(field).is_some(), "redis.{field}: {body}");
+    }
+    for field in ["status", "journalMode", "writerQueueDepth", "lastCommitMs"] {
+        assert!(
+            body["sqlite"].get(field).is_some(),
+            "sqlite.{field}: {body}"
+        );
+    }
+    for field in [
+        "canScaleHorizontally",
+        "mode",
+        "instances",
+        "asyncDbEnabled",
+    ] {
+        assert!(
+            body["scalability"].get(field).is_some(),
+            "scalability.{field}: {body}"
+        );
+    }
+}
 
 #[tokio::test]
 async fn without_redis_it_is_healthy_in_single_instance_mode() {
@@ -38,19 +81,22 @@ async fn with_redis_it_is_distributed_and_counts_live_instances() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok");
     assert_eq!(body["redis"]["status"], "enabled");
-    assert!(body["redis"]["latencyMs"].as_f64().unwrap() >= 0.0);
+    // A measured loopback PING: more than nothing, less than the 1 s command timeout.
+    let latency = body["redis"]["latencyMs"].as_f64().unwrap();
+    assert!(latency > 0.0 && latency < 1000.0, "{latency}");
     assert_eq!(body["redis"]["lastHealthCheck"]["success"], true);
-    assert!(
-        body["redis"]["lastHealthCheck"]["timestamp"]
-            .as_str()
-            .unwrap()
-            .ends_with('Z')
-    );
+    let checked = body["redis"]["lastHealthCheck"]["timestamp"]
+        .as_str()
+        .unwrap();
+    assert!(checked.ends_with('Z'), "{checked}");
+    assert_eq!(body["checkedAt"], checked);
     assert_eq!(body["scalability"]["mode"], "distributed");
     assert_eq!(body["scalability"]["canScaleHorizontally"], true);
     assert_eq!(body["scalability"]["instances"], 2);
     assert_eq!(body["sqlite"]["journalMode"], "delete");
-    // A commit has happened (the migrations), so its duration is reported.
+    // The writer's figures are live, not part of the reused probe: a commit made now is
+    // reported by the next request.
+    assert!(body["sqlite"]["lastCommitMs"].is_null(), "{body}");
     first.app.store.write(|_| Ok(())).await.unwrap();
     let (_, body) = first.health().await;
     assert!(body["sqlite"]["lastCommitMs"].as_f64().is_some(), "{body}");
@@ -64,8 +110,14 @@ async fn a_required_redis_going_down_gives_503_and_coming_back_gives_200_without
     let app = TestApp::spawn(&[("REDIS_URL", &url), ("REDIS_REQUIRED", "true")]).await;
     assert_eq!(app.health().await.0, 200);
 
-    // Act: Redis dies.
+    // Act: Redis dies; the probe taken before is reused for up to HEALTH_MAX_AGE_MS (1 s).
     redis.kill();
+    wait_until(
+        "health to see Redis down",
+        Duration::from_secs(15),
+        || async { app.health().await.0 == 503 },
+    )
+    .await;
     let (status, body) = app.health().await;
 
     // Assert
@@ -112,8 +164,99 @@ async fn the_report_never_shows_a_secret() {
     // error text must still not carry the password.
     let app = TestApp::spawn(&[("REDIS_URL", &url)]).await;
 
-    let body = app.get("/health").await.text().await.unwrap();
+    let response = app.get("/health").await;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
 
+    // An optional Redis that refuses us: degraded, 200, with the report in full.
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_report_shape(&report);
+    assert_eq!(report["status"], "degraded", "{body}");
+    assert_eq!(report["redis"]["status"], "down", "{body}");
+    assert!(
+        report["redis"]["lastHealthCheck"]["error"].is_string(),
+        "{body}"
+    );
     assert!(!body.contains("hunter2"), "{body}");
     assert!(!body.contains("MDEyMzQ1Njc4OTAx"), "{body}");
+}
+
+#[tokio::test]
+async fn with_redis_down_the_report_says_what_failed_but_not_where() {
+    // Arrange
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let address = format!("127.0.0.1:{}", redis.port());
+    for required in ["false", "true"] {
+        let app = TestApp::spawn(&[("REDIS_URL", &url), ("REDIS_REQUIRED", required)]).await;
+        if redis.is_running() {
+            assert_eq!(app.health().await.0, 200);
+            // Act: Redis dies under the running app.
+            redis.kill();
+        }
+        let expected = if required == "true" { 503 } else { 200 };
+        wait_until(
+            "health to see Redis down",
+            Duration::from_secs(15),
+            || async { app.health().await.1["redis"]["status"] == "down" },
+        )
+        .await;
+        let response = app.get("/health").await;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+
+        // Assert: the failure is described, the address appears nowhere.
+        assert_eq!(status, expected, "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_report_shape(&report);
+        let error = report["redis"]["lastHealthCheck"]["error"]
+            .as_str()
+            .unwrap();
+        assert!(error.contains("Redis"), "{error}");
+        for leak in [
+            address.as_str(),
+            "127.0.0.1",
+            "localhost",
+            &format!(":{}", redis.port()),
+        ] {
+            assert!(!body.contains(leak), "{leak} in {body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_requests_share_one_redis_ping_and_one_sqlite_read() {
+    // Arrange: a max age far longer than the test, so all requests fall in one window.
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url()), ("HEALTH_MAX_AGE_MS", "600000")]).await;
+    let pings_before = command_calls(&redis, "ping").await;
+    let reads_before = app.app.store.reads();
+
+    // Act
+    let requests = (0..200).map(|_| {
+        let http = app.http.clone();
+        let url = format!("{}/health", app.address);
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        })
+    });
+    let mut answers = Vec::new();
+    for request in requests.collect::<Vec<_>>() {
+        answers.push(request.await.unwrap());
+    }
+
+    // Assert: every request answered from one probe: one PING, one read of SQLite.
+    let pings = command_calls(&redis, "ping").await - pings_before;
+    let reads = app.app.store.reads() - reads_before;
+    assert_eq!(pings, 1, "PINGs at the Redis server for 200 requests");
+    assert_eq!(reads, 1, "SQLite reads for 200 requests");
+    let first_checked = answers[0].1["checkedAt"].clone();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["status"], "ok", "{body}");
+        assert_eq!(body["checkedAt"], first_checked, "{body}");
+    }
 }

@@ -207,6 +207,81 @@ async fn a_full_disk_fails_the_affected_writes_and_the_writer_recovers() {
     assert_eq!(integrity(&dir.path().join("data.sqlite")), "ok");
 }
 
+/// The file's permission bits in octal (`"600"`), `None` when it does not exist.
+fn mode_of(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| format!("{:o}", m.permissions().mode() & 0o777))
+}
+
+const PRIVATE: Option<&str> = Some("600");
+
+fn companion(db: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_files_are_readable_by_their_owner_only() {
+    // WAL: the main file, -wal and -shm all exist once a write is committed.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let store = open_store(dir.path(), JournalMode::Wal).await;
+    store
+        .write(|conn| insert_test_donation(conn, "s", 1))
+        .await
+        .unwrap();
+    for file in [db.clone(), companion(&db, "-wal"), companion(&db, "-shm")] {
+        assert_eq!(mode_of(&file).as_deref(), PRIVATE, "{}", file.display());
+    }
+
+    // Delete mode: the -journal exists while a write transaction has changed a page, so the
+    // write itself looks at it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let store = open_store(dir.path(), JournalMode::Delete).await;
+    let journal = companion(&db, "-journal");
+    let journal_mode = store
+        .write(move |conn| {
+            insert_test_donation(conn, "s", 1)?;
+            Ok(mode_of(&journal))
+        })
+        .await
+        .unwrap();
+    assert_eq!(mode_of(&db).as_deref(), PRIVATE);
+    assert_eq!(
+        journal_mode.as_deref(),
+        PRIVATE,
+        "the -journal during a write"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_files_left_readable_by_others_are_made_private_at_open() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Arrange: a database (and its WAL files) created before, readable by everyone, still
+    // open so that -wal and -shm exist.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let earlier = rusqlite::Connection::open(&db).unwrap();
+    earlier.pragma_update(None, "journal_mode", "wal").unwrap();
+    earlier.execute_batch("CREATE TABLE earlier (x)").unwrap();
+    let files = [db.clone(), companion(&db, "-wal"), companion(&db, "-shm")];
+    for file in &files {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    // Act
+    let _store = open_store(dir.path(), JournalMode::Wal).await;
+
+    // Assert
+    for file in &files {
+        assert_eq!(mode_of(file).as_deref(), PRIVATE, "{}", file.display());
+    }
+}
+
 /// Acknowledged ids from a writer child's stdout.
 fn acknowledged(lines: &[String]) -> Vec<i64> {
     lines
@@ -379,61 +454,64 @@ async fn a_stale_fencing_token_is_refused_and_the_writer_recovers_with_a_newer_o
     assert_eq!(count_rows(&config.path, "s"), 1);
 }
 
-#[test]
-fn a_writer_paused_past_its_lease_loses_nothing_and_corrupts_nothing() {
-    // Arrange: two writer processes on one database through the lease.
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("data.sqlite");
-    let spawn = |streamer: &str| {
-        let mut command = writer_child(&db, "delete", streamer, 0);
-        command.args(["--redis", &redis.url(), "--concurrency", "4"]);
-        ChildProcess::spawn(&mut command)
-    };
-    let paused = spawn("paused");
-    let steady = spawn("steady");
-    let mut paused_lines = Vec::new();
-    while acknowledged(&paused_lines).len() < 50 {
-        paused_lines.push(
-            paused
-                .next_line(Duration::from_secs(30))
-                .expect("paused writes"),
-        );
-    }
+/// The writer lease's token the database has accepted (0 before the first fenced batch).
+fn stored_fence(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.query_row(
+        "SELECT token FROM fencing WHERE resource = ?1",
+        [WRITER_LEASE],
+        |r| r.get(0),
+    )
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(0),
+        other => Err(other),
+    })
+    .unwrap()
+}
 
-    // Act: SIGSTOP one writer for longer than the lease TTL (5 s), wherever it is, and
-    // let the other keep writing; then resume it and stop both.
-    avatar_tests::signal(paused.child.id(), libc::SIGSTOP);
-    let mut steady_lines = Vec::new();
-    let pause_ends = std::time::Instant::now() + Duration::from_secs(6);
-    while std::time::Instant::now() < pause_ends {
-        if let Some(line) = steady.next_line(Duration::from_millis(100)) {
-            steady_lines.push(line);
-        }
-    }
-    avatar_tests::signal(paused.child.id(), libc::SIGCONT);
-    let resumed_at = acknowledged(&paused_lines).len();
-    while acknowledged(&paused_lines).len() < resumed_at + 50 {
-        paused_lines.push(
-            paused
-                .next_line(Duration::from_secs(30))
-                .expect("resumed writes"),
-        );
-    }
-    avatar_tests::signal(paused.child.id(), libc::SIGKILL);
-    avatar_tests::signal(steady.child.id(), libc::SIGKILL);
-    paused_lines.extend(paused.remaining_lines(Duration::from_secs(10)));
-    steady_lines.extend(steady.remaining_lines(Duration::from_secs(10)));
+/// Whether the process is stopped (state `T` in /proc/PID/stat).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "T")
+        })
+        .unwrap_or(false)
+}
 
-    // Assert: no write failed, every acknowledged write is there, the file is sound.
-    for lines in [&paused_lines, &steady_lines] {
-        let failures: Vec<_> = lines.iter().filter(|l| !l.starts_with("ok ")).collect();
-        assert!(failures.is_empty(), "{failures:?}");
+/// Reads `child`'s lines into `lines` until `done` holds for them (bounded by `deadline`).
+fn read_until(
+    child: &ChildProcess,
+    lines: &mut Vec<String>,
+    what: &str,
+    deadline: Duration,
+    done: impl Fn(&[String]) -> bool,
+) {
+    let end = std::time::Instant::now() + deadline;
+    while !done(lines) {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let line = child
+            .next_line(left)
+            .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"));
+        lines.push(line);
     }
-    assert!(!acknowledged(&steady_lines).is_empty());
-    assert_eq!(integrity(&db), "ok");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    for (streamer, lines) in [("paused", &paused_lines), ("steady", &steady_lines)] {
+}
+
+fn failures(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("err") || l.starts_with("open-failed"))
+        .collect()
+}
+
+fn assert_every_acknowledged_write_is_stored(db: &std::path::Path, writers: &[(&str, &[String])]) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    for (streamer, lines) in writers {
         for id in acknowledged(lines) {
             let found: i64 = conn
                 .query_row(
@@ -445,4 +523,149 @@ fn a_writer_paused_past_its_lease_loses_nothing_and_corrupts_nothing() {
             assert_eq!(found, 1, "{streamer} {id}");
         }
     }
+}
+
+#[test]
+fn a_writer_paused_past_its_lease_is_fenced_out_and_loses_nothing() {
+    // Arrange: two writer processes on one database through the lease. The first stops
+    // itself (SIGSTOP) after 50 writes, at the moment it holds the lease for a batch that has
+    // not begun: the one place a paused writer can still believe the lease is its own.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let spawn = |streamer: &str, extra: &[&str]| {
+        let mut command = writer_child(&db, "delete", streamer, 0);
+        command.args(["--redis", &redis.url(), "--concurrency", "4"]);
+        command.args(extra);
+        ChildProcess::spawn(&mut command)
+    };
+    let paused = spawn("paused", &["--stop-holding-lease-after", "50"]);
+    let steady = spawn("steady", &[]);
+    let mut paused_lines = Vec::new();
+    read_until(
+        &paused,
+        &mut paused_lines,
+        "the paused writer to stop holding the lease",
+        Duration::from_secs(60),
+        |lines| {
+            lines
+                .iter()
+                .any(|l| l.starts_with("stopped-holding-lease "))
+        },
+    );
+    let stale_fence: i64 = paused_lines
+        .iter()
+        .find_map(|l| l.strip_prefix("stopped-holding-lease "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let paused_pid = paused.child.id();
+    let mut steady_lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Its lease expires (5 s TTL); the steady writer takes it and commits a newer token.
+    while !is_stopped(paused_pid) || stored_fence(&db) <= stale_fence {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the steady writer did not commit under a newer lease while the other was stopped"
+        );
+        steady_lines.extend(steady.next_line(Duration::from_millis(20)));
+    }
+    assert!(!acknowledged(&paused_lines).is_empty());
+
+    // Act: the paused writer resumes into its batch with the stale token.
+    avatar_tests::signal(paused_pid, libc::SIGCONT);
+    let resumed_at = acknowledged(&paused_lines).len();
+    read_until(
+        &paused,
+        &mut paused_lines,
+        "the resumed writer to be fenced out and to write 50 more",
+        Duration::from_secs(60),
+        |lines| {
+            lines.iter().any(|l| l.starts_with("fenced-out "))
+                && acknowledged(lines).len() >= resumed_at + 50
+        },
+    );
+    avatar_tests::signal(paused_pid, libc::SIGKILL);
+    avatar_tests::signal(steady.child.id(), libc::SIGKILL);
+    paused_lines.extend(paused.remaining_lines(Duration::from_secs(10)));
+    steady_lines.extend(steady.remaining_lines(Duration::from_secs(10)));
+
+    // Assert: the fencing check refused the stale batch exactly once; it was retried under a
+    // fresh lease, so no write failed; every acknowledged write is there; the file is sound.
+    assert!(
+        paused_lines.iter().any(|l| l == "fenced-out 1"),
+        "{:?}",
+        paused_lines
+            .iter()
+            .filter(|l| !l.starts_with("ok "))
+            .collect::<Vec<_>>()
+    );
+    for lines in [&paused_lines, &steady_lines] {
+        assert!(failures(lines).is_empty(), "{:?}", failures(lines));
+    }
+    assert!(!acknowledged(&steady_lines).is_empty());
+    assert!(stored_fence(&db) > stale_fence);
+    assert_eq!(integrity(&db), "ok");
+    assert_every_acknowledged_write_is_stored(
+        &db,
+        &[("paused", &paused_lines), ("steady", &steady_lines)],
+    );
+}
+
+#[test]
+fn a_writer_stopped_and_resumed_twenty_times_fails_no_write() {
+    // Arrange: two writer processes on one database through the lease.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.sqlite");
+    let spawn = |streamer: &str| {
+        let mut command = writer_child(&db, "delete", streamer, 0);
+        command.args(["--redis", &redis.url(), "--concurrency", "4"]);
+        ChildProcess::spawn(&mut command)
+    };
+    let stopped = spawn("stopped");
+    let steady = spawn("steady");
+    let mut stopped_lines = Vec::new();
+    let mut steady_lines = Vec::new();
+
+    // Act: stop one writer wherever it is, longer than a lease command may take (500 ms),
+    // twenty times, each time after it has acknowledged a few more writes.
+    for round in 0..20 {
+        let before = acknowledged(&stopped_lines).len();
+        read_until(
+            &stopped,
+            &mut stopped_lines,
+            &format!("writes before stop {round}"),
+            Duration::from_secs(60),
+            |lines| acknowledged(lines).len() >= before + 5,
+        );
+        avatar_tests::signal(stopped.child.id(), libc::SIGSTOP);
+        let resume_at = std::time::Instant::now() + Duration::from_millis(600);
+        while std::time::Instant::now() < resume_at {
+            steady_lines.extend(steady.next_line(Duration::from_millis(20)));
+        }
+        avatar_tests::signal(stopped.child.id(), libc::SIGCONT);
+    }
+    let before = acknowledged(&stopped_lines).len();
+    read_until(
+        &stopped,
+        &mut stopped_lines,
+        "writes after the last stop",
+        Duration::from_secs(60),
+        |lines| acknowledged(lines).len() >= before + 20,
+    );
+    avatar_tests::signal(stopped.child.id(), libc::SIGKILL);
+    avatar_tests::signal(steady.child.id(), libc::SIGKILL);
+    stopped_lines.extend(stopped.remaining_lines(Duration::from_secs(10)));
+    steady_lines.extend(steady.remaining_lines(Duration::from_secs(10)));
+
+    // Assert: a lease command cut short by the stop was retried, not failed to the callers.
+    for lines in [&stopped_lines, &steady_lines] {
+        assert!(failures(lines).is_empty(), "{:?}", failures(lines));
+    }
+    assert_eq!(integrity(&db), "ok");
+    assert_every_acknowledged_write_is_stored(
+        &db,
+        &[("stopped", &stopped_lines), ("steady", &steady_lines)],
+    );
 }

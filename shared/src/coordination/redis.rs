@@ -27,10 +27,15 @@ use crate::secret::random_hex;
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Takes the lock and, only if it was free, bumps the fencing counter: one round trip.
-/// Same key, value and `NX PX` semantics as node-redlock's acquire.
+/// Same key, value and `NX PX` semantics as node-redlock's acquire. A key already holding
+/// our value means this is the retry of an acquisition whose answer was lost (a timeout, a
+/// process stopped mid-command): the lock is ours, with the token that acquisition took.
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 return 0
 ";
@@ -315,10 +320,13 @@ impl RedisCoordinator {
         let start = Instant::now();
         let args = [value.clone(), ttl_ms];
         let keys = [resource, fence_key.as_str()];
-        let answers = join_all(self.inner.lock_servers.iter().map(|server| {
-            server.eval::<i64>(&ACQUIRE_SCRIPT, &keys, &args, timeout, Retry::Never)
-        }))
-        .await;
+        // Retried once: the script is idempotent for our value, and an answer lost to a
+        // timeout (e.g. this process was stopped mid-command) must not fail the caller.
+        let answers =
+            join_all(self.inner.lock_servers.iter().map(|server| {
+                server.eval::<i64>(&ACQUIRE_SCRIPT, &keys, &args, timeout, Retry::Once)
+            }))
+            .await;
 
         let granted: Vec<usize> = answers
             .iter()

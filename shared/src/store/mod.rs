@@ -12,6 +12,7 @@ pub mod tokens;
 pub mod writer;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
@@ -30,6 +31,12 @@ pub enum StoreError {
         path: String,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("could not create the database file {path}: {source}")]
+    CreateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("the database refused journal_mode={wanted} (it is {got})")]
     JournalMode { wanted: &'static str, got: String },
@@ -123,6 +130,11 @@ impl Store {
         self.writer.stats()
     }
 
+    /// Reads run so far through the read pool (`/health` shows its probe is shared by them).
+    pub fn reads(&self) -> u64 {
+        self.readers.reads.load(Ordering::Relaxed)
+    }
+
     pub fn journal_mode(&self) -> JournalMode {
         self.journal_mode
     }
@@ -136,6 +148,7 @@ impl Store {
 struct ReadPool {
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    reads: AtomicU64,
 }
 
 impl ReadPool {
@@ -156,6 +169,7 @@ impl ReadPool {
         Ok(Self {
             permits: Arc::new(Semaphore::new(idle.len())),
             idle: Mutex::new(idle),
+            reads: AtomicU64::new(0),
         })
     }
 
@@ -173,6 +187,7 @@ impl ReadPool {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            pool.reads.fetch_add(1, Ordering::Relaxed);
             let conn = pool
                 .idle
                 .lock()

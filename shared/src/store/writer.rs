@@ -112,6 +112,10 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     pub writes: AtomicU64,
     pub alive: AtomicBool,
+    /// Batches the fencing check refused because another writer had taken the lease with a
+    /// newer token meanwhile (this process was paused past its lease); each was retried
+    /// under a fresh lease.
+    pub stale_leases: AtomicU64,
 }
 
 /// Cheap to clone; every clone feeds the same writer thread.
@@ -218,6 +222,48 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The files SQLite keeps beside the database (WAL mode: `-wal`, `-shm`; rollback modes:
+/// `-journal`). SQLite creates each with the main file's permissions.
+const COMPANION_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Creates the database file readable by its owner only (0600, like the key file beside it),
+/// before SQLite would create it world-readable; its companions inherit that mode. Files left
+/// wider by an earlier version are narrowed, with a warning if that is not permitted.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in COMPANION_SUFFIXES {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(PathBuf::from(name));
+    }
+    for file in files {
+        let Ok(metadata) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if metadata.permissions().mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(
+                file = %file.display(),
+                error = %e,
+                "could not make the database file private (0600)"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -231,12 +277,14 @@ impl Writer {
             path: options.path.display().to_string(),
             source,
         };
+        let file_error = |source| StoreError::CreateFile {
+            path: options.path.display().to_string(),
+            source,
+        };
         if let Some(dir) = options.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: options.path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+            std::fs::create_dir_all(dir).map_err(file_error)?;
         }
+        create_private(&options.path).map_err(file_error)?;
         let conn = Connection::open_with_flags(
             &options.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -397,6 +445,9 @@ impl Writer {
     fn begin_fenced(&mut self) -> Result<(), BatchFailure> {
         for _ in 0..2 {
             let fence = self.take_lease()?;
+            if let Some(fence) = fence {
+                tracing::trace!(fence, "writer lease held; beginning a batch");
+            }
             self.begin()?;
             let Some(fence) = fence else {
                 return Ok(());
@@ -405,6 +456,7 @@ impl Writer {
                 Ok(None) => return Ok(()),
                 Ok(Some(stored)) => {
                     let _ = self.conn.execute_batch("ROLLBACK");
+                    self.stats.stale_leases.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         fence,
                         stored,

@@ -37,6 +37,13 @@ enum Task {
         count: i64,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Once this many writes are acknowledged, the next time the writer holds the lease
+        /// for a batch (before the batch begins), print `stopped-holding-lease FENCE` and
+        /// stop this process (SIGSTOP) until the test resumes it; afterwards print
+        /// `fenced-out N` whenever the writer's count of batches refused by the fencing
+        /// check rises.
+        #[arg(long)]
+        stop_holding_lease_after: Option<u64>,
     },
     /// Takes `resource` `rounds` times; inside each hold, reads and rewrites a counter with a
     /// plain GET then SET (a lost update would show a broken mutual exclusion) and prints
@@ -93,7 +100,13 @@ async fn main() {
             start,
             count,
             concurrency,
-        } => write(db, redis, &journal, streamer, start, count, concurrency).await,
+            stop_holding_lease_after,
+        } => {
+            if let Some(after) = stop_holding_lease_after {
+                stop_at_lease::arm(after);
+            }
+            write(db, redis, &journal, streamer, start, count, concurrency).await
+        }
         Task::Lock {
             redis,
             resource,
@@ -166,7 +179,10 @@ async fn write(
                     .write(move |conn| avatar_tests::insert_test_donation(conn, &s, id))
                     .await
                 {
-                    Ok(()) => say(format!("ok {id}")),
+                    Ok(()) => {
+                        say(format!("ok {id}"));
+                        stop_at_lease::acknowledged(store.writer_stats());
+                    }
                     Err(e) => {
                         failed = true;
                         say(format!("err {id} {e}"));
@@ -263,4 +279,98 @@ async fn rate_limit(redis: String, key: String, limit: RateLimit, duration: Dura
         }
     }
     false
+}
+
+/// `write --stop-holding-lease-after`: stops this process at the one moment a writer paused
+/// past its lease can still believe it holds it (lease in hand, batch not begun), so the test
+/// sees the fencing check, not luck, keep the stale writer out. The writer announces that
+/// moment with a TRACE event; this subscriber listens for nothing else.
+mod stop_at_lease {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use shared::store::WriterStats;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    static AFTER: AtomicU64 = AtomicU64::new(u64::MAX);
+    static ACKNOWLEDGED: AtomicU64 = AtomicU64::new(0);
+    static STOPPED: AtomicBool = AtomicBool::new(false);
+    static STALE_REPORTED: AtomicU64 = AtomicU64::new(0);
+
+    pub fn arm(after: u64) {
+        AFTER.store(after, Ordering::SeqCst);
+        tracing::subscriber::set_global_default(StopAtLease).expect("no other subscriber");
+    }
+
+    /// Counts an acknowledged write and reports a rise in refused stale batches.
+    pub fn acknowledged(stats: &WriterStats) {
+        ACKNOWLEDGED.fetch_add(1, Ordering::SeqCst);
+        if AFTER.load(Ordering::SeqCst) == u64::MAX {
+            return;
+        }
+        let stale = stats.stale_leases.load(Ordering::SeqCst);
+        if STALE_REPORTED.fetch_max(stale, Ordering::SeqCst) < stale {
+            super::say(format!("fenced-out {stale}"));
+        }
+    }
+
+    struct StopAtLease;
+
+    #[derive(Default)]
+    struct LeaseEvent {
+        fence: Option<u64>,
+        beginning_a_batch: bool,
+    }
+
+    impl Visit for LeaseEvent {
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            if field.name() == "fence" {
+                self.fence = Some(value);
+            }
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.beginning_a_batch = format!("{value:?}").contains("beginning a batch");
+            }
+        }
+    }
+
+    impl Subscriber for StopAtLease {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.target() == "shared::store::writer" && *metadata.level() == Level::TRACE
+        }
+
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+        fn event(&self, event: &Event<'_>) {
+            let mut seen = LeaseEvent::default();
+            event.record(&mut seen);
+            let Some(fence) = seen.fence.filter(|_| seen.beginning_a_batch) else {
+                return;
+            };
+            if ACKNOWLEDGED.load(Ordering::SeqCst) < AFTER.load(Ordering::SeqCst)
+                || STOPPED.swap(true, Ordering::SeqCst)
+            {
+                return;
+            }
+            super::say(format!("stopped-holding-lease {fence}"));
+            // SAFETY: raise(3) with a valid signal number; SIGSTOP stops the whole process
+            // here, on the writer thread, until the test sends SIGCONT.
+            unsafe {
+                libc::raise(libc::SIGSTOP);
+            }
+        }
+
+        fn enter(&self, _: &Id) {}
+
+        fn exit(&self, _: &Id) {}
+    }
 }
