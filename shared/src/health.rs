@@ -20,6 +20,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::app::App;
 use crate::coordination::{CoordinationError, Coordinator, Mode};
+use crate::poll::PollFigures;
 
 /// How long the store may take to answer the health read before it counts as down.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,7 +43,111 @@ pub struct HealthReport {
     pub checked_at: String,
     pub redis: RedisReport,
     pub sqlite: SqliteReport,
+    pub polling: PollingReport,
     pub scalability: ScalabilityReport,
+}
+
+/// The DonationAlerts pollers of every instance, summed (counters since each poller
+/// started; instances that stopped reporting a while ago are left out).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollingReport {
+    /// Pollers that reported within the last [`POLLER_REPORT_WINDOW`].
+    pub pollers: usize,
+    pub streamer_count: usize,
+    pub concurrency: usize,
+    /// The idle poll interval in ms (live streamers and recent donors are polled faster).
+    pub interval: Option<u64>,
+    pub queue_size: usize,
+    pub pending: usize,
+    /// Streamers waiting out a backoff after failed polls (429, 5xx, garbage, timeouts).
+    pub backing_off: usize,
+    /// RFC 3339 UTC of the latest loop round of any poller.
+    pub last_run_at: Option<String>,
+    pub last_run_duration_ms: Option<u64>,
+    pub polled: u64,
+    pub skipped_locked: u64,
+    pub donations_found: u64,
+    pub errors: u64,
+    pub rate_limit: RateLimitReport,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitReport {
+    /// The app-wide DonationAlerts budget (`DA_RATE_LIMIT_PER_MIN`).
+    pub per_minute: u32,
+    /// Grants left at the latest decision any poller saw.
+    pub remaining: Option<u32>,
+    /// Times a poller waited for a grant.
+    pub waits: u64,
+}
+
+/// A poller whose last report is older than this no longer counts.
+pub const POLLER_REPORT_WINDOW: Duration = Duration::from_secs(30);
+
+impl PollingReport {
+    /// Sums the latest figures of every poller, given as stored JSON; returns the report
+    /// and the instances whose figures are too old (to be forgotten).
+    pub fn from_figures(
+        per_minute: u32,
+        stored: &[(String, String)],
+        now_ms: i64,
+    ) -> (Self, Vec<String>) {
+        let mut report = Self {
+            rate_limit: RateLimitReport {
+                per_minute,
+                ..RateLimitReport::default()
+            },
+            ..Self::default()
+        };
+        let mut stale = Vec::new();
+        let mut latest_run: Option<(i64, u64)> = None;
+        let mut latest_report = i64::MIN;
+        for (instance, json) in stored {
+            let Ok(figures) = serde_json::from_str::<PollFigures>(json) else {
+                stale.push(instance.clone());
+                continue;
+            };
+            if now_ms - figures.reported_at > POLLER_REPORT_WINDOW.as_millis() as i64 {
+                stale.push(instance.clone());
+                continue;
+            }
+            report.pollers += 1;
+            // Every poller schedules every streamer: the count is the same, not a sum.
+            report.streamer_count = report.streamer_count.max(figures.streamer_count);
+            report.concurrency += figures.concurrency;
+            report.interval = Some(
+                report
+                    .interval
+                    .map_or(figures.interval, |i| i.min(figures.interval)),
+            );
+            report.queue_size += figures.queue_size;
+            report.pending += figures.pending;
+            report.backing_off = report.backing_off.max(figures.backing_off);
+            report.polled += figures.polled;
+            report.skipped_locked += figures.skipped_locked;
+            report.donations_found += figures.donations_found;
+            report.errors += figures.errors;
+            report.rate_limit.waits += figures.budget_waits;
+            if figures.reported_at > latest_report {
+                latest_report = figures.reported_at;
+                report.rate_limit.remaining = Some(figures.rate_limit_remaining);
+            }
+            if figures.last_run_at > 0 && latest_run.is_none_or(|(at, _)| figures.last_run_at > at)
+            {
+                latest_run = Some((figures.last_run_at, figures.last_run_duration_ms));
+            }
+        }
+        if let Some((at, duration)) = latest_run {
+            report.last_run_at =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
+                    .ok()
+                    .map(timestamp);
+            report.last_run_duration_ms = Some(duration);
+        }
+        (report, stale)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +215,7 @@ struct Probe {
     instances: Option<u64>,
     journal_mode: Option<String>,
     sqlite_error: Option<String>,
+    polling: PollingReport,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +369,7 @@ impl Probe {
             instances: None,
             journal_mode: None,
             sqlite_error: error,
+            polling: PollingReport::default(),
         }
     }
 }
@@ -287,6 +394,12 @@ async fn measure(app: &App) -> Probe {
     };
     let ((redis, instances), (journal_mode, sqlite_error)) =
         tokio::join!(redis_and_instances, check_sqlite(app));
+    let redis_up = redis.as_ref().is_none_or(|c| c.error.is_none());
+    let polling = if redis_up {
+        polling_report(app).await
+    } else {
+        PollingReport::default()
+    };
     Probe {
         taken,
         at,
@@ -294,7 +407,25 @@ async fn measure(app: &App) -> Probe {
         instances,
         journal_mode,
         sqlite_error,
+        polling,
     }
+}
+
+/// Every poller's latest figures, summed; figures of pollers gone quiet are dropped.
+async fn polling_report(app: &App) -> PollingReport {
+    let per_minute = app.config.polling.rate_limit_per_minute;
+    let stored = match app.coordinator.poll_figures().await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(error = %what_failed(&e), "health: reading the pollers' figures failed");
+            return PollingReport::from_figures(per_minute, &[], 0).0;
+        }
+    };
+    let (report, stale) = PollingReport::from_figures(per_minute, &stored, crate::store::now_ms());
+    if let Err(e) = app.coordinator.forget_poll_figures(&stale).await {
+        tracing::debug!(error = %what_failed(&e), "health: stale poller figures stay");
+    }
+    report
 }
 
 /// Pings Redis; `None` in single-instance mode.
@@ -427,7 +558,8 @@ fn report(app: &App, probe: &Probe, figures: WriterFigures) -> HealthReport {
         mode: mode.as_str(),
         instances: probe.instances,
         async_db_enabled: true,
-        dynamic_polling_enabled: false,
+        // Measured: a poller with an adaptive schedule has reported.
+        dynamic_polling_enabled: probe.polling.pollers > 0,
         lazy_cache_enabled: false,
     };
 
@@ -445,12 +577,51 @@ fn report(app: &App, probe: &Probe, figures: WriterFigures) -> HealthReport {
         checked_at,
         redis,
         sqlite,
+        polling: probe.polling.clone(),
         scalability,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pollers_figures_are_summed_and_quiet_pollers_left_out() {
+        let figures = |reported_at: i64, polled: u64, backing_off: usize| {
+            serde_json::to_string(&PollFigures {
+                reported_at,
+                streamer_count: 50,
+                concurrency: 4,
+                interval: 75_000,
+                polled,
+                backing_off,
+                last_run_at: reported_at,
+                last_run_duration_ms: 3,
+                rate_limit_remaining: 7,
+                ..PollFigures::default()
+            })
+            .unwrap()
+        };
+        let now = 1_000_000;
+        let stored = vec![
+            ("a".to_owned(), figures(now - 1_000, 10, 2)),
+            ("b".to_owned(), figures(now - 2_000, 5, 1)),
+            ("gone".to_owned(), figures(now - 31_000, 99, 9)),
+            ("garbled".to_owned(), "{".to_owned()),
+        ];
+        let (report, stale) = PollingReport::from_figures(60, &stored, now);
+        assert_eq!(report.pollers, 2);
+        assert_eq!(report.polled, 15);
+        assert_eq!(report.streamer_count, 50, "the same streamers, not a sum");
+        assert_eq!(report.concurrency, 8);
+        assert_eq!(report.backing_off, 2);
+        assert_eq!(report.rate_limit.per_minute, 60);
+        assert_eq!(report.rate_limit.remaining, Some(7));
+        assert_eq!(report.last_run_duration_ms, Some(3));
+        let mut stale = stale;
+        stale.sort();
+        assert_eq!(stale, ["garbled", "gone"]);
+    }
+
     use super::*;
 
     #[test]

@@ -187,6 +187,7 @@ async fn a_failing_streamer_backs_off_while_the_others_keep_flowing() {
     let more: HashSet<String> = setup.donate(2, 2).into_iter().collect();
     setup.wait_for_events(&more).await;
     let failing_requests = setup.requests_for(0);
+    let health = health_json(&setup.app).await;
     setup.fake.set_failure(Some(da_id(0)), ApiFailure::None);
     let recovered: HashSet<String> = setup.donate(0, 2).into_iter().collect();
     setup.wait_for_events(&recovered).await;
@@ -201,6 +202,31 @@ async fn a_failing_streamer_backs_off_while_the_others_keep_flowing() {
         "failing {failing_requests}, healthy {healthy_requests}"
     );
     assert!(stats.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // The backoff shows in /health while it lasts.
+    let polling = &health["polling"];
+    assert_eq!(polling["pollers"], 1, "{health}");
+    assert_eq!(polling["streamerCount"], 3, "{health}");
+    assert!(polling["errors"].as_u64() >= Some(1), "{health}");
+    assert!(polling["polled"].as_u64() >= Some(2), "{health}");
+    assert_eq!(health["scalability"]["dynamicPollingEnabled"], true);
+}
+
+/// `/health` as this app reports it, once it shows the backoff (the poller reports its
+/// figures every second; a probe is reused for `HEALTH_MAX_AGE_MS`).
+async fn health_json(app: &App) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = shared::health::respond(app).await;
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        if json["polling"]["backingOff"] == 1 {
+            return json;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backoff in /health: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ struct State {
     fences: HashMap<String, u64>,
     once: HashMap<String, (String, Instant)>,
     limiters: HashMap<String, u64>,
+    poll_figures: HashMap<String, String>,
     /// Puts since expired one-time states were last swept.
     puts_since_sweep: usize,
     stream: VecDeque<BusEvent>,
@@ -45,6 +46,27 @@ impl InProcessCoordinator {
             inner: Arc::default(),
             broadcast: broadcast::channel(1024).0,
             epoch: Instant::now(),
+        }
+    }
+
+    pub fn report_poll_figures(&self, instance_id: &str, figures: &str) {
+        self.state()
+            .poll_figures
+            .insert(instance_id.to_owned(), figures.to_owned());
+    }
+
+    pub fn poll_figures(&self) -> Vec<(String, String)> {
+        self.state()
+            .poll_figures
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn forget_poll_figures(&self, instance_ids: &[String]) {
+        let mut state = self.state();
+        for id in instance_ids {
+            state.poll_figures.remove(id);
         }
     }
 

@@ -33,6 +33,10 @@ pub const HEARTBEAT_WINDOW: Duration = Duration::from_secs(60);
 /// poller) is not appended twice.
 pub const EVENT_DEDUPE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Hash of every poller's latest figures (field: instance id, value: JSON with a
+/// `reportedAt` in Unix ms), summed by `/health` across instances.
+pub const POLL_REPORTS_KEY: &str = "avatar:poll:reports";
+
 /// Key of the fencing counter for a lock resource.
 pub fn fence_key(resource: &str) -> String {
     format!("fence:{resource}")
@@ -239,6 +243,47 @@ impl Coordinator {
         match self {
             Self::Redis(c) => c.heartbeat(instance_id).await,
             Self::InProcess(_) => Ok(1),
+        }
+    }
+
+    /// Stores this instance's latest poller figures (JSON) for `/health` on any instance.
+    pub async fn report_poll_figures(
+        &self,
+        instance_id: &str,
+        figures: &str,
+    ) -> Result<(), CoordinationError> {
+        match self {
+            Self::Redis(c) => c.report_poll_figures(instance_id, figures).await,
+            Self::InProcess(c) => {
+                c.report_poll_figures(instance_id, figures);
+                Ok(())
+            }
+        }
+    }
+
+    /// Every instance's latest poller figures, as stored (stale ones included: the caller
+    /// decides what is too old, and may [`Self::forget_poll_figures`] it).
+    pub async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.poll_figures().await,
+            Self::InProcess(c) => Ok(c.poll_figures()),
+        }
+    }
+
+    /// Drops the figures of instances that stopped reporting.
+    pub async fn forget_poll_figures(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<(), CoordinationError> {
+        if instance_ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Redis(c) => c.forget_poll_figures(instance_ids).await,
+            Self::InProcess(c) => {
+                c.forget_poll_figures(instance_ids);
+                Ok(())
+            }
         }
     }
 

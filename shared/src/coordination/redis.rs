@@ -611,6 +611,46 @@ impl RedisCoordinator {
             .await
     }
 
+    pub async fn report_poll_figures(
+        &self,
+        instance_id: &str,
+        figures: &str,
+    ) -> Result<(), CoordinationError> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(super::POLL_REPORTS_KEY)
+            .arg(instance_id)
+            .arg(figures);
+        let _: i64 = self
+            .inner
+            .main
+            .query(&cmd, COMMAND_TIMEOUT, Retry::Once)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(super::POLL_REPORTS_KEY);
+        self.inner
+            .main
+            .query(&cmd, COMMAND_TIMEOUT, Retry::Once)
+            .await
+    }
+
+    pub async fn forget_poll_figures(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<(), CoordinationError> {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(super::POLL_REPORTS_KEY).arg(instance_ids);
+        let _: i64 = self
+            .inner
+            .main
+            .query(&cmd, COMMAND_TIMEOUT, Retry::Once)
+            .await?;
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<Duration, CoordinationError> {
         let start = Instant::now();
         let reply: String = self

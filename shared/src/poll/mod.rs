@@ -60,6 +60,53 @@ pub struct PollStats {
     pub last_run_duration_ms: AtomicU64,
 }
 
+/// What one poller reports for `/health` (stored in Redis, summed across instances).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PollFigures {
+    /// Unix ms of this report.
+    pub reported_at: i64,
+    pub streamer_count: usize,
+    pub concurrency: usize,
+    /// The idle poll interval in ms (live streamers and recent donors are polled faster).
+    pub interval: u64,
+    pub queue_size: usize,
+    pub pending: usize,
+    pub backing_off: usize,
+    pub last_run_at: i64,
+    pub last_run_duration_ms: u64,
+    pub polled: u64,
+    pub skipped_locked: u64,
+    pub donations_found: u64,
+    pub errors: u64,
+    pub budget_waits: u64,
+    pub rate_limit_remaining: u32,
+}
+
+impl PollStats {
+    /// This poller's figures now.
+    pub fn figures(&self) -> PollFigures {
+        let counts = self.snapshot();
+        PollFigures {
+            reported_at: now_ms(),
+            streamer_count: self.streamer_count.load(Ordering::Relaxed),
+            concurrency: self.concurrency.load(Ordering::Relaxed),
+            interval: self.interval_ms.load(Ordering::Relaxed),
+            queue_size: self.queue_size.load(Ordering::Relaxed),
+            pending: self.pending.load(Ordering::Relaxed),
+            backing_off: self.backing_off.load(Ordering::Relaxed),
+            last_run_at: self.last_run_at.load(Ordering::Relaxed),
+            last_run_duration_ms: self.last_run_duration_ms.load(Ordering::Relaxed),
+            polled: counts.polled,
+            skipped_locked: counts.skipped_locked,
+            donations_found: counts.donations_found,
+            errors: counts.errors,
+            budget_waits: counts.budget_waits,
+            rate_limit_remaining: self.budget_remaining.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The counters of [`PollStats`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PollCounts {
@@ -194,6 +241,7 @@ impl Poller {
         let mut polling_now: HashSet<TwitchUserId> = HashSet::new();
         let mut targets_loaded: Option<Instant> = None;
         let mut relay_due = Instant::now();
+        let mut report_due = Instant::now();
         loop {
             let round = Instant::now();
             if targets_loaded.is_none_or(|at| round.duration_since(at) >= TARGETS_REFRESH) {
@@ -212,6 +260,10 @@ impl Poller {
             self.stats
                 .last_run_duration_ms
                 .store(round.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if round >= report_due {
+                self.report().await;
+                report_due = round + MAX_IDLE_WAIT;
+            }
             if round >= last_start && in_flight.is_empty() {
                 break;
             }
@@ -234,6 +286,23 @@ impl Poller {
         }
         self.relay().await;
         self.stats.pending.store(0, Ordering::Relaxed);
+        self.report().await;
+    }
+
+    /// Stores this poller's figures where `/health` on any instance finds them.
+    async fn report(&self) {
+        let figures = self.stats.figures();
+        let Ok(json) = serde_json::to_string(&figures) else {
+            return;
+        };
+        if let Err(e) = self
+            .app
+            .coordinator
+            .report_poll_figures(&self.app.instance_id, &json)
+            .await
+        {
+            tracing::debug!(error = %e, "poller figures not reported");
+        }
     }
 
     async fn load_targets(&self, now: Instant) {
