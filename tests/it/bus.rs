@@ -62,6 +62,35 @@ async fn the_same_event_published_twice_is_in_the_stream_once_with_the_contract_
     assert_eq!(data["donation"]["id"], 30530030);
 }
 
+#[tokio::test]
+async fn an_event_the_stream_refused_is_appended_when_published_again() {
+    // Arrange: the stream key holds something else, so XADD fails inside the script
+    let redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    let event = sample_donation_event(30530031);
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(EVENT_STREAM)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Act
+    let refused = coordinator.publish(&event).await;
+    let _: () = redis::cmd("DEL")
+        .arg(EVENT_STREAM)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let retried = coordinator.publish(&event).await.unwrap();
+
+    // Assert: the failed attempt left no dedupe marker behind
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(retried, Published::Appended);
+    assert_eq!(stream_entries(&redis).await.len(), 1);
+}
+
 #[test]
 fn two_processes_publishing_the_same_events_at_once_append_each_once() {
     // Arrange

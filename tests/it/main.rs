@@ -11,6 +11,7 @@ mod locks;
 mod login;
 mod login_state;
 mod poller;
+mod pollers;
 mod routes;
 mod secrets;
 mod store;

@@ -50,16 +50,30 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Appends every write to a file synced at once, so a killed server comes back with
+    /// its data (the default keeps nothing, like the machine's shared Redis).
+    durable: bool,
     _dir: TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that keeps its data across a kill and restart (append-only file, fsync on
+    /// every write).
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         for _ in 0..5 {
             let port = free_port();
             let mut server = Self {
                 port,
                 child: None,
+                durable,
                 _dir: tempfile::tempdir().expect("temp dir for redis"),
             };
             if server.spawn() {
@@ -75,7 +89,12 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .args(["--dir", &self._dir.path().display().to_string()])
             .args(["--loglevel", "warning"])
             .stdout(Stdio::null())
@@ -131,7 +150,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts again on the same port, empty.
+    /// Starts again on the same port: empty, or with its data when durable.
     pub fn restart(&mut self) {
         self.kill();
         assert!(

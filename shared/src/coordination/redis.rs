@@ -92,12 +92,16 @@ return {1, remaining, string.format('%.0f', now)}
 /// Appends to the stream and publishes, once per eventId.
 /// KEYS: dedupe marker, stream. ARGV: dedupe ttl s, maxlen, eventId, streamerId, type, data,
 /// channel, envelope.
+/// The marker is set only after XADD succeeded: a script that fails half-way keeps what it
+/// wrote before the failure, and a marker without its entry would make every retry a
+/// silent no-op (the event lost).
 const PUBLISH: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
   'eventId', ARGV[3], 'streamerId', ARGV[4], 'type', ARGV[5], 'data', ARGV[6])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 return id
 ";

@@ -44,6 +44,8 @@ pub struct PollStats {
     pub donations_found: AtomicU64,
     pub errors: AtomicU64,
     pub budget_waits: AtomicU64,
+    /// Polls whose record a newer lock holder had overtaken (refused by the fencing check).
+    pub stale_fences: AtomicU64,
     /// Grants left in the shared budget at the last decision.
     pub budget_remaining: AtomicU32,
     pub streamer_count: AtomicUsize,
@@ -140,6 +142,10 @@ impl PollStats {
 
     fn count_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_stale_fence(&self) {
+        self.stale_fences.fetch_add(1, Ordering::Relaxed);
     }
 
     fn count_budget_wait(&self) {

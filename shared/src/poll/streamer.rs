@@ -96,6 +96,7 @@ pub async fn poll_streamer(
             return PollOutcome::Failed { retry_after: None };
         }
     };
+    tracing::trace!(streamer = %streamer, fence = lock.fence, "poll lock taken");
     let result = poll_holding_lock(app, client, streamer, &lock, min_gap, stats).await;
     if let Err(e) = app.coordinator.release(&lock).await {
         tracing::debug!(error = %e, "the poll lock was not released; it expires by itself");
@@ -204,6 +205,7 @@ async fn poll_holding_lock(
             })
         }
         PollRecorded::StaleFence { newer } => {
+            stats.count_stale_fence();
             // Either we outlived our lock (the newer holder's record stands), or Redis lost
             // its counters: raise them so the next holder's token is current again.
             app.coordinator

@@ -1,0 +1,355 @@
+//! Several poller processes at once, as several `da-poll` instances would run, sharing one
+//! database, one Redis and one request budget: every donation in SQLite once and in
+//! `avatar:events` once, none missing — also with a poller paused past its lock's TTL,
+//! pollers killed, Redis killed and restarted, the stream refusing writes, and the provider
+//! failing for some streamers.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+use avatar_tests::streamers::link_streamer;
+use avatar_tests::{ChildProcess, RedisServer, base_vars, signal, wait_until};
+use fake_providers::donationalerts::{
+    ApiFailure, FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation,
+};
+use shared::app::App;
+use shared::config::Config;
+
+use crate::bus::stream_entries;
+
+fn twitch_id(i: usize) -> String {
+    (3000 + i).to_string()
+}
+
+fn da_id(i: usize) -> i64 {
+    8000 + i as i64
+}
+
+/// A shared database, Redis and fake DonationAlerts with `streamers` linked streamers, and
+/// the poller processes running over them.
+struct Fleet {
+    vars: HashMap<String, String>,
+    fake: FakeDonationAlerts,
+    redis: RedisServer,
+    app: App,
+    pollers: Vec<ChildProcess>,
+    streamers: usize,
+    _dir: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Fleet {
+    async fn start(redis: RedisServer, streamers: usize, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(
+            "http://localhost:3000/auth/donationalerts/callback",
+        ));
+        let (address, server) = fake.spawn(0).await.unwrap();
+        let mut vars = base_vars(dir.path());
+        for (k, v) in [
+            ("REDIS_URL", redis.url()),
+            ("PROVIDER_TIMEOUT_MS", "1000".into()),
+            ("DA_POLL_INTERVAL_MS", "200".into()),
+            ("DA_POLL_LOCK_TTL_MS", "1000".into()),
+            ("DA_RATE_LIMIT_PER_MIN", "6000".into()),
+            ("SQLITE_JOURNAL_MODE", "delete".into()),
+        ] {
+            vars.insert(k.into(), v);
+        }
+        vars.extend(fake.app_variables(address));
+        // The faults below make pollers warn; their logs show with TEST_LOG only.
+        let log = if std::env::var_os("TEST_LOG").is_some() {
+            "info"
+        } else {
+            "error"
+        };
+        vars.insert("RUST_LOG".into(), log.into());
+        for (k, v) in extra {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let app = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
+        for i in 0..streamers {
+            link_streamer(&app, &fake, &twitch_id(i), da_id(i)).await;
+        }
+        Self {
+            vars,
+            fake,
+            redis,
+            app,
+            pollers: Vec::new(),
+            streamers,
+            _dir: dir,
+            _server: server,
+        }
+    }
+
+    /// Starts a poller process (with `args`) and waits until it runs.
+    fn spawn_poller(&mut self, args: &[&str]) -> usize {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_poller-child"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.vars.iter())
+            .args(args);
+        let child = ChildProcess::spawn(&mut command);
+        assert_eq!(
+            child.next_line(Duration::from_secs(30)).as_deref(),
+            Some("ready")
+        );
+        self.pollers.push(child);
+        self.pollers.len() - 1
+    }
+
+    fn donate(&self, i: usize, n: usize) {
+        for k in 0..n {
+            self.fake.donate(NewDonation {
+                da_user_id: Some(da_id(i)),
+                username: (k % 3 != 0).then(|| format!("viewer {k}")),
+                message: format!("message {k} 🎉"),
+                amount: serde_json::Number::from(10 + k as i64),
+                currency: "RUB".into(),
+                created_at: None,
+            });
+        }
+    }
+
+    /// Every donation the fake holds, as event ids.
+    fn expected(&self) -> HashSet<String> {
+        (0..self.streamers)
+            .flat_map(|i| {
+                self.fake
+                    .donations_of(da_id(i))
+                    .into_iter()
+                    .map(move |d| format!("da:{}:{}", da_id(i), d.id))
+            })
+            .collect()
+    }
+
+    async fn stream_ids(&self) -> Vec<String> {
+        stream_entries(&self.redis)
+            .await
+            .into_iter()
+            .map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "eventId").unwrap().1)
+            .collect()
+    }
+
+    /// Waits until every donation is in the stream, stops every poller, then checks that
+    /// each donation is in SQLite once and in the stream once.
+    async fn assert_every_donation_once(mut self) {
+        let expected = self.expected();
+        wait_until(
+            "every donation in the stream",
+            Duration::from_secs(90),
+            || async {
+                let seen: HashSet<String> = self.stream_ids().await.into_iter().collect();
+                expected.is_subset(&seen)
+            },
+        )
+        .await;
+        for poller in &mut self.pollers {
+            drop(poller.child.stdin.take());
+        }
+        for poller in &self.pollers {
+            let lines = poller.remaining_lines(Duration::from_secs(30));
+            assert!(lines.iter().any(|l| l == "stopped"), "{lines:?}");
+        }
+        let ids = self.stream_ids().await;
+        let unique: HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "an event was appended twice");
+        assert_eq!(unique.len(), expected.len());
+        let conn = rusqlite::Connection::open(self.app.store.path()).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM donations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows as usize, expected.len());
+        let pending: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM event_outbox WHERE published_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pending, 0);
+    }
+}
+
+/// A small deterministic generator (no randomness crate needed).
+fn next(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_pollers_over_two_hundred_streamers_record_and_publish_every_donation_once() {
+    // Arrange
+    let mut fleet = Fleet::start(RedisServer::start(), 200, &[]).await;
+    for _ in 0..4 {
+        fleet.spawn_poller(&[]);
+    }
+
+    // Act: donations throughout, and bursts of more than a page for single streamers
+    let mut seed = 7;
+    for round in 0..40 {
+        for _ in 0..5 {
+            fleet.donate(next(&mut seed) as usize % 200, 1);
+        }
+        if round == 10 {
+            fleet.donate(7, 45);
+        }
+        if round == 25 {
+            fleet.donate(150, 70);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Assert
+    fleet.assert_every_donation_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_paused_past_its_lock_ttl_is_fenced_out_and_duplicates_nothing() {
+    // Arrange: poller A stops itself right after taking streamer 0's lock
+    let mut fleet = Fleet::start(RedisServer::start(), 3, &[]).await;
+    fleet.donate(0, 2);
+    let paused = fleet.spawn_poller(&["--stop-holding-lock", &twitch_id(0)]);
+    let line = fleet.pollers[paused]
+        .next_line(Duration::from_secs(30))
+        .expect("A took the lock");
+    assert!(line.starts_with("stopped-holding-lock "), "{line}");
+    let paused_pid = fleet.pollers[paused].child.id();
+
+    // Act: its lock expires, B polls streamer 0 (a newer fence) and stops; A resumes
+    let mut a = fleet.pollers.remove(paused);
+    let b = fleet.spawn_poller(&[]);
+    fleet.donate(0, 1);
+    let expected = fleet.expected();
+    wait_until(
+        "B published streamer 0's donations",
+        Duration::from_secs(30),
+        || async {
+            let seen: HashSet<String> = fleet.stream_ids().await.into_iter().collect();
+            expected.is_subset(&seen)
+        },
+    )
+    .await;
+    let mut b = fleet.pollers.remove(b);
+    drop(b.child.stdin.take());
+    let b_lines = b.remaining_lines(Duration::from_secs(30));
+    assert!(b_lines.contains(&"stopped".to_owned()), "{b_lines:?}");
+    // Past the gap within which a poll by another instance counts as fresh.
+    let db = fleet.app.store.path().to_owned();
+    wait_until(
+        "B's last poll of streamer 0 is not fresh any more",
+        Duration::from_secs(10),
+        || {
+            let db = db.clone();
+            async move {
+                let conn = rusqlite::Connection::open(db).unwrap();
+                let last: i64 = conn
+                .query_row(
+                    "SELECT last_polled_at FROM donationalerts_links WHERE streamer_twitch_id = ?1",
+                    [twitch_id(0)],
+                    |r| r.get(0),
+                )
+                .unwrap();
+                shared::store::now_ms() - last > 300
+            }
+        },
+    )
+    .await;
+    signal(paused_pid, libc::SIGCONT);
+    drop(a.child.stdin.take());
+    let lines = a.remaining_lines(Duration::from_secs(30));
+
+    // Assert: A's record was refused by the fencing check, and nothing repeats
+    assert!(lines.contains(&"stale-fences 1".to_owned()), "{lines:?}");
+    fleet.assert_every_donation_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pollers_lose_nothing_through_kills_a_redis_restart_a_blocked_stream_and_failing_streamers()
+{
+    // Arrange: Redis keeps its data across a kill (append-only file)
+    let mut fleet = Fleet::start(RedisServer::start_durable(), 30, &[]).await;
+    for _ in 0..3 {
+        fleet.spawn_poller(&[]);
+    }
+    let mut seed = 11;
+    let mut donate_some = |fleet: &Fleet| {
+        for _ in 0..6 {
+            fleet.donate(next(&mut seed) as usize % 30, 1);
+        }
+    };
+
+    // Act
+    // The provider fails for some streamers: 429 with and without Retry-After, 500,
+    // garbage, and answers slower than PROVIDER_TIMEOUT_MS.
+    let failures = [
+        ApiFailure::TooManyRequests {
+            retry_after_secs: Some(1),
+        },
+        ApiFailure::TooManyRequests {
+            retry_after_secs: None,
+        },
+        ApiFailure::ServerError,
+        ApiFailure::MalformedJson,
+        ApiFailure::Slow(Duration::from_millis(1500)),
+    ];
+    for (i, failure) in failures.into_iter().enumerate() {
+        fleet.fake.set_failure(Some(da_id(i)), failure);
+        fleet.donate(i, 2);
+    }
+    donate_some(&fleet);
+    // A poller killed mid-work, and a new one in its place.
+    let victim = fleet.pollers.remove(0);
+    signal(victim.child.id(), libc::SIGKILL);
+    drop(victim);
+    fleet.spawn_poller(&[]);
+    donate_some(&fleet);
+    // Redis killed and restarted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.redis.kill();
+    donate_some(&fleet);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.redis.restart();
+    donate_some(&fleet);
+    // The stream refuses writes for a while: only the outbox keeps those events.
+    let mut conn = fleet.redis.connection().await;
+    let _: () = redis::cmd("RENAME")
+        .arg("avatar:events")
+        .arg("avatar:events:aside")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("avatar:events")
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    donate_some(&fleet);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _: () = redis::cmd("DEL")
+        .arg("avatar:events")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("RENAME")
+        .arg("avatar:events:aside")
+        .arg("avatar:events")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    donate_some(&fleet);
+    // The provider recovers.
+    for i in 0..5 {
+        fleet.fake.set_failure(Some(da_id(i)), ApiFailure::None);
+    }
+    donate_some(&fleet);
+
+    // Assert
+    fleet.assert_every_donation_once().await;
+}
