@@ -11,6 +11,10 @@ use avatar_tests::{ChildProcess, RedisServer, redis_coordinator};
 const RESOURCE: &str = "locks:donationalerts:42";
 
 fn node_cli(redis: &RedisServer, mode: &str, ttl_ms: u64) -> ChildProcess {
+    node_cli_for(redis, mode, RESOURCE, ttl_ms)
+}
+
+fn node_cli_for(redis: &RedisServer, mode: &str, resource: &str, ttl_ms: u64) -> ChildProcess {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
     assert!(
         dir.join("node_modules/redlock").exists(),
@@ -20,7 +24,7 @@ fn node_cli(redis: &RedisServer, mode: &str, ttl_ms: u64) -> ChildProcess {
     command.arg(dir.join("redlock-cli.js")).args([
         mode,
         &redis.port().to_string(),
-        RESOURCE,
+        resource,
         &ttl_ms.to_string(),
     ]);
     ChildProcess::spawn(&mut command)
@@ -101,4 +105,27 @@ async fn a_lock_held_by_this_project_blocks_node_redlock_until_released() {
     let attempt = json_line(&node_cli(&redis, "try", 4500));
     assert_eq!(attempt["acquired"], true, "{attempt}");
     assert!(is_redlock_value(attempt["value"].as_str().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamer_whose_poll_lock_node_holds_is_not_polled_until_node_releases_it() {
+    // Arrange: the Node app holds the poll lock of streamer 0 (Twitch id 1000)
+    let setup = crate::poller::PollerSetup::start(2, &[]).await;
+    let mut node = node_cli_for(&setup.redis, "hold", "locks:donationalerts:1000", 60_000);
+    assert_eq!(json_line(&node)["acquired"], true);
+    let held: std::collections::HashSet<String> = setup.donate(0, 2).into_iter().collect();
+    let (stop, poller) = setup.run_poller();
+
+    // Act: the other streamer's donations flow meanwhile
+    let other: std::collections::HashSet<String> = setup.donate(1, 2).into_iter().collect();
+    setup.wait_for_events(&other).await;
+    let polled_while_held = setup.requests_for(0);
+    node.send_line("release");
+    assert_eq!(json_line(&node)["released"], true);
+    setup.wait_for_events(&held).await;
+    let _ = stop.send(());
+    poller.await.unwrap();
+
+    // Assert
+    assert_eq!(polled_while_held, 0, "polled although Node held the lock");
 }

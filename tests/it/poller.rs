@@ -26,17 +26,17 @@ fn da_id(i: usize) -> i64 {
     5000 + i as i64
 }
 
-struct PollerSetup {
-    app: App,
-    fake: FakeDonationAlerts,
-    redis: RedisServer,
+pub(crate) struct PollerSetup {
+    pub(crate) app: App,
+    pub(crate) fake: FakeDonationAlerts,
+    pub(crate) redis: RedisServer,
     _dir: tempfile::TempDir,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl PollerSetup {
     /// An app over a private Redis and the fake, with `streamers` linked streamers.
-    async fn start(streamers: usize, extra: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(streamers: usize, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let fake = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(
@@ -66,7 +66,7 @@ impl PollerSetup {
     }
 
     /// Runs a poller until the returned sender is dropped or sent to.
-    fn run_poller(
+    pub(crate) fn run_poller(
         &self,
     ) -> (
         tokio::sync::oneshot::Sender<()>,
@@ -86,7 +86,7 @@ impl PollerSetup {
         (stop, task)
     }
 
-    fn donate(&self, i: usize, n: usize) -> Vec<String> {
+    pub(crate) fn donate(&self, i: usize, n: usize) -> Vec<String> {
         (0..n)
             .map(|k| {
                 let donation = self.fake.donate(FakeNew {
@@ -102,7 +102,7 @@ impl PollerSetup {
             .collect()
     }
 
-    async fn stream_event_ids(&self) -> Vec<String> {
+    pub(crate) async fn stream_event_ids(&self) -> Vec<String> {
         stream_entries(&self.redis)
             .await
             .into_iter()
@@ -110,7 +110,7 @@ impl PollerSetup {
             .collect()
     }
 
-    async fn wait_for_events(&self, expected: &HashSet<String>) {
+    pub(crate) async fn wait_for_events(&self, expected: &HashSet<String>) {
         wait_until(
             "every donation in the stream",
             Duration::from_secs(30),
@@ -122,12 +122,12 @@ impl PollerSetup {
         .await;
     }
 
-    fn rows(&self, sql: &str) -> i64 {
+    pub(crate) fn rows(&self, sql: &str) -> i64 {
         let conn = rusqlite::Connection::open(self.app.store.path()).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
-    fn requests_for(&self, i: usize) -> usize {
+    pub(crate) fn requests_for(&self, i: usize) -> usize {
         self.fake
             .requests()
             .iter()
