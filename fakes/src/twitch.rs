@@ -165,6 +165,11 @@ struct Ledger {
     revoked: Vec<String>,
     token_requests: usize,
     authorize_requests: Vec<HashMap<String, String>>,
+    /// App access tokens (client credentials) and when they expire.
+    app_tokens: HashMap<String, Instant>,
+    /// User ids that `/helix/streams` reports live.
+    live: std::collections::HashSet<String>,
+    streams_requests: usize,
 }
 
 /// What the user agreed to: who, for which client, with which scopes.
@@ -208,6 +213,7 @@ impl FakeTwitch {
             .route("/oauth2/validate", get(validate))
             .route("/oauth2/revoke", post(revoke))
             .route("/helix/users", get(helix_users))
+            .route("/helix/streams", get(helix_streams))
             .route("/avatar.svg", get(avatar))
             .fallback(not_found)
             .with_state(self.clone())
@@ -302,6 +308,16 @@ impl FakeTwitch {
     /// disconnection, after which only a new login helps.
     pub fn invalidate_refresh_token(&self, token: &str) {
         self.ledger().refresh_tokens.remove(token);
+    }
+
+    /// Makes `/helix/streams` report exactly these user ids live.
+    pub fn set_live(&self, user_ids: &[&str]) {
+        self.ledger().live = user_ids.iter().map(|id| (*id).to_owned()).collect();
+    }
+
+    /// How many `GET /helix/streams` requests arrived.
+    pub fn streams_requests(&self) -> usize {
+        self.ledger().streams_requests
     }
 
     /// How many `POST /oauth2/token` requests arrived, failed ones included.
@@ -487,6 +503,13 @@ struct TokenResponse {
 }
 
 #[derive(Serialize)]
+struct AppTokenResponse {
+    access_token: String,
+    expires_in: u64,
+    token_type: &'static str,
+}
+
+#[derive(Serialize)]
 struct ValidateResponse<'a> {
     client_id: &'a str,
     login: &'a str,
@@ -663,6 +686,21 @@ async fn token_response(fake: &FakeTwitch, headers: &HeaderMap, body: &[u8]) -> 
         return status_error(StatusCode::FORBIDDEN, "invalid client secret");
     }
     let grant_type = field(&form, "grant_type");
+    if grant_type == Some("client_credentials") {
+        let Ok(token) = random::lowercase_alphanumeric(ACCESS_TOKEN_LEN) else {
+            return status_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+        };
+        let ttl = config.access_token_ttl;
+        fake.ledger()
+            .app_tokens
+            .insert(token.clone(), Instant::now() + ttl);
+        return Json(AppTokenResponse {
+            access_token: token,
+            expires_in: ttl.as_secs(),
+            token_type: "bearer",
+        })
+        .into_response();
+    }
     if !matches!(grant_type, Some("authorization_code" | "refresh_token")) {
         return status_error(StatusCode::BAD_REQUEST, "unsupported grant type");
     }
@@ -807,6 +845,63 @@ fn helix_users_response(fake: &FakeTwitch, headers: &HeaderMap, query: Option<&s
         });
     }
     Json(HelixUsers { data }).into_response()
+}
+
+/// `GET /helix/streams?user_id=…` (up to 100): the live streams among those users, with an
+/// app access token (client credentials) or a user token of this client.
+async fn helix_streams(
+    State(fake): State<FakeTwitch>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut response = helix_streams_response(&fake, &headers, query.as_deref());
+    add_rate_limit_headers(response.headers_mut());
+    response
+}
+
+fn helix_streams_response(fake: &FakeTwitch, headers: &HeaderMap, query: Option<&str>) -> Response {
+    let Credential::Token(token) = credential(headers, &["Bearer"]) else {
+        return titled_error(StatusCode::UNAUTHORIZED, "OAuth token is missing");
+    };
+    let mut ledger = fake.ledger();
+    ledger.streams_requests += 1;
+    let app_token = ledger
+        .app_tokens
+        .get(token)
+        .is_some_and(|expires| *expires > Instant::now());
+    if !app_token && ledger.live_access_token(token).is_none() {
+        return titled_error(StatusCode::UNAUTHORIZED, "Invalid OAuth token");
+    }
+    let client_id = headers.get("client-id").and_then(|v| v.to_str().ok());
+    if client_id != Some(fake.config().client_id.as_str()) {
+        return titled_error(
+            StatusCode::UNAUTHORIZED,
+            "Client ID and OAuth token do not match",
+        );
+    }
+    let ids: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "user_id")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    if ids.len() > 100 {
+        return titled_error(
+            StatusCode::BAD_REQUEST,
+            "The number of user_id query parameters exceeds the maximum of 100",
+        );
+    }
+    let data: Vec<serde_json::Value> = ids
+        .iter()
+        .filter(|id| ledger.live.contains(*id))
+        .map(|id| {
+            serde_json::json!({
+                "id": format!("4{id}"), "user_id": id, "user_login": format!("user{id}"),
+                "user_name": format!("User {id}"), "game_id": "509658", "game_name": "Just Chatting",
+                "type": "live", "title": "Live on the fake Twitch", "viewer_count": 42,
+                "started_at": USER_CREATED_AT, "language": "ru", "tags": [], "is_mature": false
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "data": data, "pagination": {} })).into_response()
 }
 
 /// Helix's rate-limit headers with a full bucket; the fake never answers 429.

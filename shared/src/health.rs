@@ -55,6 +55,8 @@ pub struct PollingReport {
     /// Pollers that reported within the last [`POLLER_REPORT_WINDOW`].
     pub pollers: usize,
     pub streamer_count: usize,
+    /// Streamers live on Twitch (polled most often).
+    pub live: usize,
     pub concurrency: usize,
     /// The idle poll interval in ms (live streamers and recent donors are polled faster).
     pub interval: Option<u64>,
@@ -116,6 +118,7 @@ impl PollingReport {
             report.pollers += 1;
             // Every poller schedules every streamer: the count is the same, not a sum.
             report.streamer_count = report.streamer_count.max(figures.streamer_count);
+            report.live = report.live.max(figures.live);
             report.concurrency += figures.concurrency;
             report.interval = Some(
                 report

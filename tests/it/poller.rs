@@ -314,3 +314,39 @@ async fn the_provider_never_sees_more_requests_than_the_budget() {
     let most = setup.fake.max_requests_in_window(Duration::from_secs(1));
     assert!(most <= 11, "{most} requests within one second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamers_live_on_twitch_are_found_with_one_streams_request_and_shown_in_health() {
+    // Arrange: a fake Twitch where streamer 1 of 3 is live
+    let twitch =
+        fake_providers::twitch::FakeTwitch::new(fake_providers::twitch::FakeTwitchConfig::demo(
+            "http://localhost:3000/auth/twitch/callback",
+        ));
+    let (address, _server) = twitch.spawn(0).await.unwrap();
+    twitch.set_live(&[&twitch_id(1)]);
+    let vars = twitch.app_variables(address);
+    let extra: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let setup = PollerSetup::start(3, &extra).await;
+
+    // Act
+    let (stop, poller) = setup.run_poller();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let response = shared::health::respond(&setup.app).await;
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        if json["polling"]["live"] == 1 {
+            break json;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no live streamer in /health: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = stop.send(());
+    poller.await.unwrap();
+
+    // Assert: three streamers fit in one request of up to 100 ids
+    assert_eq!(health["polling"]["streamerCount"], 3);
+    assert_eq!(twitch.streams_requests(), 1);
+}

@@ -135,8 +135,34 @@ struct HelixUsers {
     data: Vec<HelixUser>,
 }
 
+#[derive(Deserialize)]
+struct AppToken {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Streams {
+    data: Vec<Stream>,
+}
+
+#[derive(Deserialize)]
+struct Stream {
+    user_id: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+}
+
+/// Helix takes at most this many `user_id`s per `GET /streams`.
+pub const STREAMS_PER_REQUEST: usize = 100;
+
 pub struct TwitchClient {
     http: reqwest::Client,
+    /// The app access token (client credentials) for Helix calls made for no user, with
+    /// when it stops being used.
+    app_token: tokio::sync::Mutex<Option<(Secret<String>, std::time::Instant)>>,
+    client_secret: Secret<String>,
     oauth: OAuthClient,
     client_id: String,
     redirect_uri: Url,
@@ -164,6 +190,8 @@ impl TwitchClient {
             .set_redirect_uri(RedirectUrl::from_url(config.redirect_uri.clone()));
         Some(Self {
             http,
+            app_token: tokio::sync::Mutex::new(None),
+            client_secret: secret.clone(),
             oauth,
             client_id,
             redirect_uri: config.redirect_uri.clone(),
@@ -252,6 +280,80 @@ impl TwitchClient {
                 what: "Helix returned no user for the token",
                 source: None,
             })
+    }
+
+    /// An app access token (client credentials grant), reused until shortly before it
+    /// expires.
+    async fn app_access_token(&self) -> Result<Secret<String>, ProviderError> {
+        let mut cached = self.app_token.lock().await;
+        if let Some((token, until)) = cached.as_ref()
+            && std::time::Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let response = self
+            .http
+            .post(format!("{}/token", self.auth_base))
+            .form(&[
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.expose().as_str()),
+                ("grant_type", "client_credentials"),
+            ])
+            .send()
+            .await
+            .map_err(ProviderError::from_transport)?;
+        let token: AppToken = read_json(response).await?;
+        // Renewed a minute early (or hourly when Twitch gives no lifetime).
+        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600).saturating_sub(60));
+        let token = Secret::new(token.access_token);
+        *cached = Some((token.clone(), std::time::Instant::now() + lifetime));
+        Ok(token)
+    }
+
+    /// Which of `user_ids` are live now (Helix `GET /streams`, 100 ids a request, app
+    /// access token).
+    pub async fn live_user_ids(
+        &self,
+        user_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, ProviderError> {
+        let mut live = std::collections::HashSet::new();
+        for chunk in user_ids.chunks(STREAMS_PER_REQUEST) {
+            let token = self.app_access_token().await?;
+            let mut url = Url::parse(&format!("{}/streams", self.api_base)).map_err(|e| {
+                ProviderError::Malformed {
+                    what: "the Helix base URL",
+                    source: Some(Box::new(e)),
+                }
+            })?;
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("first", "100");
+                for id in chunk {
+                    query.append_pair("user_id", id);
+                }
+            }
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(token.expose())
+                .header("Client-Id", &self.client_id)
+                .send()
+                .await
+                .map_err(ProviderError::from_transport)?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                // The app token was revoked or expired early: ask for a new one next time.
+                *self.app_token.lock().await = None;
+            }
+            let streams: Streams = read_json(response).await?;
+            live.extend(
+                streams
+                    .data
+                    .into_iter()
+                    .filter(|s| s.kind == "live")
+                    .map(|s| s.user_id),
+            );
+        }
+        Ok(live)
     }
 
     /// `POST /revoke`: the token stops working at Twitch.

@@ -29,6 +29,8 @@ use schedule::{PollOutcome, Schedule, SchedulePolicy};
 
 /// How often the list of linked streamers is read again from the store.
 const TARGETS_REFRESH: Duration = Duration::from_secs(10);
+/// How often who is live on Twitch is asked again (Helix `GET /streams`).
+const LIVE_REFRESH: Duration = Duration::from_secs(60);
 /// The loop looks at the schedule at least this often.
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Share of the budget kept for follow-up pages and token refreshes.
@@ -49,6 +51,8 @@ pub struct PollStats {
     /// Grants left in the shared budget at the last decision.
     pub budget_remaining: AtomicU32,
     pub streamer_count: AtomicUsize,
+    /// Streamers live on Twitch at the last check.
+    pub live: AtomicUsize,
     pub concurrency: AtomicUsize,
     /// The current idle interval in ms.
     pub interval_ms: AtomicU64,
@@ -69,6 +73,8 @@ pub struct PollFigures {
     /// Unix ms of this report.
     pub reported_at: i64,
     pub streamer_count: usize,
+    #[serde(default)]
+    pub live: usize,
     pub concurrency: usize,
     /// The idle poll interval in ms (live streamers and recent donors are polled faster).
     pub interval: u64,
@@ -92,6 +98,7 @@ impl PollStats {
         PollFigures {
             reported_at: now_ms(),
             streamer_count: self.streamer_count.load(Ordering::Relaxed),
+            live: self.live.load(Ordering::Relaxed),
             concurrency: self.concurrency.load(Ordering::Relaxed),
             interval: self.interval_ms.load(Ordering::Relaxed),
             queue_size: self.queue_size.load(Ordering::Relaxed),
@@ -246,6 +253,7 @@ impl Poller {
         let mut in_flight: JoinSet<(TwitchUserId, PollOutcome, Duration)> = JoinSet::new();
         let mut polling_now: HashSet<TwitchUserId> = HashSet::new();
         let mut targets_loaded: Option<Instant> = None;
+        let mut live_checked: Option<Instant> = None;
         let mut relay_due = Instant::now();
         let mut report_due = Instant::now();
         loop {
@@ -253,6 +261,10 @@ impl Poller {
             if targets_loaded.is_none_or(|at| round.duration_since(at) >= TARGETS_REFRESH) {
                 self.load_targets(round).await;
                 targets_loaded = Some(round);
+            }
+            if live_checked.is_none_or(|at| round.duration_since(at) >= LIVE_REFRESH) {
+                self.check_live(round).await;
+                live_checked = Some(round);
             }
             if round < last_start {
                 self.dispatch(&mut in_flight, &mut polling_now, round);
@@ -343,6 +355,36 @@ impl Poller {
             Err(e) => {
                 self.stats.count_error();
                 tracing::warn!(error = %crate::oauth::error_chain(&e), "the streamers to poll could not be read");
+            }
+        }
+    }
+
+    /// Asks Twitch who of the scheduled streamers is live: they are polled most often.
+    async fn check_live(&self, now: Instant) {
+        let Some(twitch) = self.app.twitch.clone() else {
+            return;
+        };
+        let ids: Vec<String> = self
+            .schedule()
+            .streamers()
+            .map(|id| id.as_str().to_owned())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        match twitch.live_user_ids(&ids).await {
+            Ok(live) => {
+                let live: Vec<TwitchUserId> = live
+                    .iter()
+                    .filter_map(|id| TwitchUserId::parse(id))
+                    .collect();
+                self.stats.live.store(live.len(), Ordering::Relaxed);
+                let mut schedule = self.schedule();
+                schedule.set_live(live, now);
+                schedule.refresh_intervals(now);
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::oauth::error_chain(&e), "who is live on Twitch is unknown; the schedule keeps the last answer");
             }
         }
     }

@@ -307,6 +307,11 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
             .count()
     }
 
+    /// Every scheduled streamer.
+    pub fn streamers(&self) -> impl Iterator<Item = &K> {
+        self.entries.keys()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
