@@ -644,7 +644,7 @@ async fn an_unsupported_grant_type_is_refused() {
         .post_token(&[
             ("client_id", twitch.client_id()),
             ("client_secret", "demo-client-secret"),
-            ("grant_type", "client_credentials"),
+            ("grant_type", "password"),
         ])
         .await;
 
@@ -1000,7 +1000,7 @@ async fn unknown_paths_get_a_json_404() {
 
     let response = twitch
         .http
-        .get(twitch.url("/helix/streams"))
+        .get(twitch.url("/helix/games"))
         .send()
         .await
         .expect("GET");
@@ -1166,4 +1166,54 @@ async fn a_token_request_that_is_not_a_form_is_missing_its_client_id() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body, json!({"status": 400, "message": "missing client id"}));
     assert_eq!(fake.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn an_app_token_from_client_credentials_reads_which_users_are_live() {
+    // Arrange
+    let twitch = TestTwitch::start().await;
+    twitch.fake.set_live(&["2", "3"]);
+    let token = json_of(
+        twitch
+            .post_token(&[
+                ("client_id", twitch.client_id()),
+                ("client_secret", "demo-client-secret"),
+                ("grant_type", "client_credentials"),
+            ])
+            .await,
+    )
+    .await;
+    let token = token["access_token"]
+        .as_str()
+        .expect("an app token")
+        .to_owned();
+    let streams = |query: String, bearer: String| {
+        let request = twitch
+            .http
+            .get(format!("{}?{query}", twitch.url("/helix/streams")))
+            .header("Client-Id", twitch.client_id())
+            .bearer_auth(bearer);
+        async move { request.send().await.expect("GET /helix/streams") }
+    };
+
+    // Act
+    let answer = streams("user_id=1&user_id=2&first=100".into(), token.clone()).await;
+    let too_many: String = (0..101).map(|i| format!("user_id={i}&")).collect();
+    let refused = streams(too_many, token.clone()).await;
+    let unauthorized = streams("user_id=2".into(), "not-a-token".into()).await;
+
+    // Assert
+    assert_eq!(answer.status(), StatusCode::OK);
+    let body = json_of(answer).await;
+    let live: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(live, ["2"]);
+    assert_eq!(body["data"][0]["type"], "live");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(twitch.fake.streams_requests(), 3);
 }
