@@ -19,7 +19,7 @@
 //! Everything here is pure arithmetic over a clock passed in, so it is unit-tested with
 //! made-up instants and benchmarked on a virtual clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -177,7 +177,12 @@ struct Entry {
 pub struct Schedule<K> {
     policy: SchedulePolicy,
     entries: HashMap<K, Entry>,
-    live: std::collections::HashSet<K>,
+    /// The same entries ordered by due time (then key): picking the due ones costs
+    /// O(k log n), not a sort of every streamer on every pick.
+    by_due: BTreeSet<(Instant, K)>,
+    /// Streamers with a backoff set (it may have run out already).
+    backing_off: HashSet<K>,
+    live: HashSet<K>,
     /// Recomputed by [`Schedule::refresh_intervals`] (once a tick), not on every poll: it
     /// looks at every streamer.
     intervals: Intervals,
@@ -189,7 +194,9 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
             intervals: Intervals::for_counts(&policy, 0, 0, 0),
             policy,
             entries: HashMap::new(),
-            live: Default::default(),
+            by_due: BTreeSet::new(),
+            backing_off: HashSet::new(),
+            live: HashSet::new(),
         }
     }
 
@@ -205,30 +212,47 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     /// Makes the schedule hold exactly `streamers`: new ones are due at once, gone ones
     /// are forgotten.
     pub fn sync(&mut self, streamers: impl IntoIterator<Item = K>, now: Instant) {
-        let wanted: std::collections::HashSet<K> = streamers.into_iter().collect();
-        self.entries.retain(|k, _| wanted.contains(k));
-        for key in wanted {
-            self.entries.entry(key).or_insert(Entry {
-                due: now,
-                last_donation_at: None,
-                backoff: Backoff::default(),
-                backing_off_until: None,
-            });
+        let wanted: HashSet<K> = streamers.into_iter().collect();
+        let gone: Vec<K> = self
+            .entries
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.forget(&key);
         }
-        self.live.retain(|k| self.entries.contains_key(k));
+        for key in wanted {
+            if !self.entries.contains_key(&key) {
+                self.by_due.insert((now, key.clone()));
+                self.entries.insert(
+                    key,
+                    Entry {
+                        due: now,
+                        last_donation_at: None,
+                        backoff: Backoff::default(),
+                        backing_off_until: None,
+                    },
+                );
+            }
+        }
     }
 
     /// Who is live on Twitch now; a streamer going live is due at once.
     pub fn set_live(&mut self, live: impl IntoIterator<Item = K>, now: Instant) {
-        let live: std::collections::HashSet<K> = live
+        let live: HashSet<K> = live
             .into_iter()
             .filter(|k| self.entries.contains_key(k))
             .collect();
-        for key in live.difference(&self.live) {
-            if let Some(entry) = self.entries.get_mut(key)
-                && entry.backing_off_until.is_none_or(|until| until <= now)
-            {
-                entry.due = entry.due.min(now);
+        let going_live: Vec<K> = live.difference(&self.live).cloned().collect();
+        for key in going_live {
+            let not_backing_off = self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.backing_off_until.is_none_or(|until| until <= now));
+            if not_backing_off {
+                let earlier = self.entries[&key].due.min(now);
+                self.set_due(&key, earlier);
             }
         }
         self.live = live;
@@ -279,19 +303,17 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     /// Up to `max` streamers due at `now`, most overdue first (ties by key, so every
     /// poller agrees on the order).
     pub fn due(&self, now: Instant, max: usize) -> Vec<K> {
-        let mut due: Vec<(&K, Instant)> = self
-            .entries
+        self.by_due
             .iter()
-            .filter(|(_, e)| e.due <= now)
-            .map(|(k, e)| (k, e.due))
-            .collect();
-        due.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(b.0)));
-        due.into_iter().take(max).map(|(k, _)| k.clone()).collect()
+            .take_while(|(due, _)| *due <= now)
+            .take(max)
+            .map(|(_, key)| key.clone())
+            .collect()
     }
 
     /// When the next streamer falls due (`None` with nobody scheduled).
     pub fn next_due(&self) -> Option<Instant> {
-        self.entries.values().map(|e| e.due).min()
+        self.by_due.first().map(|(due, _)| *due)
     }
 
     /// When `key` is next due.
@@ -301,8 +323,9 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
 
     /// Streamers backing off now, for /health.
     pub fn backing_off(&self, now: Instant) -> usize {
-        self.entries
-            .values()
+        self.backing_off
+            .iter()
+            .filter_map(|k| self.entries.get(k))
             .filter(|e| e.backing_off_until.is_some_and(|until| until > now))
             .count()
     }
@@ -323,11 +346,10 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     /// Reschedules `key` after a poll that ended at `now`.
     pub fn record(&mut self, key: &K, outcome: PollOutcome, now: Instant) {
         if matches!(outcome, PollOutcome::NeedsReauth) {
-            self.entries.remove(key);
-            self.live.remove(key);
+            self.forget(key);
             return;
         }
-        let Some(mut entry) = self.entries.remove(key) else {
+        let Some(entry) = self.entries.get_mut(key) else {
             return;
         };
         match outcome {
@@ -344,16 +366,35 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
             }
             PollOutcome::Locked | PollOutcome::PolledElsewhere | PollOutcome::NeedsReauth => {}
         }
-        self.entries.insert(key.clone(), entry);
+        if entry.backing_off_until.is_some() {
+            self.backing_off.insert(key.clone());
+        } else {
+            self.backing_off.remove(key);
+        }
         let next = match outcome {
             // Someone else is polling it now; look again after one base interval.
             PollOutcome::Locked => now + self.policy.min_interval,
             PollOutcome::Failed { .. } => self.entries[key].backing_off_until.unwrap_or(now),
             _ => now + self.intervals.of(self.activity(key, now)),
         };
+        self.set_due(key, next);
+    }
+
+    /// Moves `key` to a new due time, in the entry and in the index.
+    fn set_due(&mut self, key: &K, due: Instant) {
         if let Some(entry) = self.entries.get_mut(key) {
-            entry.due = next;
+            self.by_due.remove(&(entry.due, key.clone()));
+            entry.due = due;
+            self.by_due.insert((due, key.clone()));
         }
+    }
+
+    fn forget(&mut self, key: &K) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.by_due.remove(&(entry.due, key.clone()));
+        }
+        self.live.remove(key);
+        self.backing_off.remove(key);
     }
 }
 
@@ -511,5 +552,48 @@ mod tests {
         let soon = now + Duration::from_secs(1);
         schedule.set_live([1], soon);
         assert_eq!(schedule.due(soon, 1), [1]);
+    }
+
+    #[test]
+    fn the_due_index_agrees_with_the_entries_through_any_sequence_of_changes() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        let mut seed: u64 = 42;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 33
+        };
+        for step in 0..2_000u64 {
+            let now = start + Duration::from_millis(step * 250);
+            match next() % 6 {
+                0 => schedule.sync((0..(next() % 40)).collect::<Vec<u64>>(), now),
+                1 => schedule.set_live((0..(next() % 5)).collect::<Vec<u64>>(), now),
+                2 => {
+                    schedule.refresh_intervals(now);
+                }
+                _ => {
+                    let key = next() % 40;
+                    let outcome = match next() % 5 {
+                        0 => PollOutcome::Failed { retry_after: None },
+                        1 => PollOutcome::Locked,
+                        2 => PollOutcome::NeedsReauth,
+                        _ => PollOutcome::Polled {
+                            new_donations: (next() % 2) as usize,
+                        },
+                    };
+                    schedule.record(&key, outcome, now);
+                }
+            }
+            let mut expected: Vec<(Instant, u64)> = schedule
+                .entries
+                .iter()
+                .filter(|(_, e)| e.due <= now)
+                .map(|(k, e)| (e.due, *k))
+                .collect();
+            expected.sort();
+            let expected: Vec<u64> = expected.into_iter().map(|(_, k)| k).collect();
+            assert_eq!(schedule.due(now, usize::MAX), expected, "step {step}");
+            assert_eq!(schedule.by_due.len(), schedule.entries.len());
+        }
     }
 }
