@@ -318,31 +318,29 @@ async fn pollers_lose_nothing_through_kills_a_redis_restart_a_blocked_stream_and
     donate_some(&fleet);
     // The stream refuses writes for a while: only the outbox keeps those events.
     let mut conn = fleet.redis.connection().await;
-    let _: () = redis::cmd("RENAME")
-        .arg("avatar:events")
-        .arg("avatar:events:aside")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("avatar:events")
-        .arg("not a stream")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let block: i64 = redis::Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end \
+         redis.call('SET', KEYS[1], 'not a stream') return 1",
+    )
+    .key("avatar:events")
+    .key("avatar:events:aside")
+    .invoke_async(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(block, 1);
     donate_some(&fleet);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let _: () = redis::cmd("DEL")
-        .arg("avatar:events")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("RENAME")
-        .arg("avatar:events:aside")
-        .arg("avatar:events")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let restored: i64 = redis::Script::new(
+        "redis.call('DEL', KEYS[1]) \
+         if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end \
+         return 1",
+    )
+    .key("avatar:events")
+    .key("avatar:events:aside")
+    .invoke_async(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(restored, 1);
     donate_some(&fleet);
     // The provider recovers.
     for i in 0..5 {

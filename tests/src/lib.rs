@@ -187,11 +187,15 @@ impl RedisServer {
             .expect("PTTL")
     }
 
-    /// A new async connection for assertions.
+    /// A new async connection for assertions. Its answers may take up to 30 s: a test's
+    /// check must not fail because a loaded machine was slow to answer it.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let patient = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(30)))
+            .set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.url())
             .expect("redis url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&patient)
             .await
             .expect("connect to the private redis-server")
     }
