@@ -21,7 +21,9 @@
 //! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
 //!   revocable server-side, CSRF checks, strict CSP, one place mapping errors to pages.
 //! - [`health`]: the `/health` report; every figure in it is measured.
-//! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas.
+//! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas, and
+//!   the headers every response carries.
+//! - [`server`]: `avatar-local`'s HTTP edge: header, idle and body timeouts, a connection cap.
 //! - [`app`]: the state built once per process (per cold start).
 //! - `lambda` (feature `lambda`): the entry point every HTTP function's `main` calls.
 //! - [`telemetry`]: logging setup.
@@ -38,6 +40,7 @@ pub mod lambda;
 pub mod oauth;
 pub mod secret;
 pub mod secrets;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -3,6 +3,7 @@
 mod browser;
 mod bus;
 mod callback_fuzz;
+mod edge;
 mod health;
 mod interop;
 mod limiter;
