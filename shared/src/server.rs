@@ -275,6 +275,12 @@ impl ConnectionClock {
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
+    /// A request's headers are in: no connection deadline until it is answered (so no
+    /// clock reading either).
+    fn begin_handling(&self) {
+        self.phase.store(Phase::Handling as u8, Ordering::Relaxed);
+    }
+
     /// Bytes arrived: a request has begun if none was in progress.
     fn on_bytes_received(&self) {
         if matches!(self.phase(), Phase::Opened | Phase::Idle) {
@@ -371,7 +377,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         use http_body::Body as _;
         use tower::Service as _;
-        self.clock.enter(Phase::Handling);
+        self.clock.begin_handling();
         let request = if request.body().is_end_stream() {
             request.map(Body::new)
         } else {
