@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every benchmark (release build) and prints a Markdown table for BENCHMARKS.md.
-# Needs redis-server (scripts/test.sh installs it); starts its own on a free loopback port.
-# Installs wrk (apt) for the HTTP load benchmark.
+# Needs redis-server (scripts/test.sh installs it); starts its own on a free loopback port
+# (never 6379) and stops it, and every avatar-local it starts, when done.
+# Installs wrk (apt) for the HTTP load benchmarks (/health and /auth/twitch on a release
+# avatar-local, alone and beside 1,000 idle connections of a slow client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null 2>&1 || {

@@ -33,6 +33,10 @@ fn each_invalid_variable_stops_the_start_and_is_named() {
         ("SQLITE_JOURNAL_MODE", "memory-ish"),
         ("TOKEN_ENCRYPTION_KEY", "dG9vIHNob3J0"),
         ("SESSION_SECRET", "not base64 at all!"),
+        ("HTTP_HEADER_TIMEOUT_MS", "10s"),
+        ("HTTP_IDLE_TIMEOUT_MS", "0"),
+        ("HTTP_BODY_TIMEOUT_MS", "forever"),
+        ("HTTP_MAX_CONNECTIONS", "unlimited"),
     ];
     for (name, value) in cases {
         let (output, dir) = run_with(&[(name, value)]);

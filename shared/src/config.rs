@@ -43,7 +43,24 @@ pub struct Config {
     pub provider_timeout: Duration,
     /// How long one health probe of Redis and SQLite is reused (`HEALTH_MAX_AGE_MS`).
     pub health_max_age: Duration,
+    /// Timeouts and connection cap of the local server (`HTTP_*`).
+    pub http: HttpServerConfig,
     pub log_filter: String,
+}
+
+/// Limits of the local server's connections. Lambdas sit behind API Gateway, which
+/// enforces its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpServerConfig {
+    /// Longest a client may take to send a request's headers (`HTTP_HEADER_TIMEOUT_MS`).
+    pub header_timeout: Duration,
+    /// Longest a keep-alive connection may sit between requests (`HTTP_IDLE_TIMEOUT_MS`).
+    pub idle_timeout: Duration,
+    /// Longest a client may take to send a request body (`HTTP_BODY_TIMEOUT_MS`).
+    pub body_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog
+    /// (`HTTP_MAX_CONNECTIONS`).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +434,7 @@ impl Reader<'_> {
             Duration::from_millis(self.number("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000));
         let health_max_age =
             Duration::from_millis(self.number("HEALTH_MAX_AGE_MS", 1000, 0, 3_600_000));
+        let http = self.http_server();
         let keys = self.keys(deployment, &sqlite.path);
         let oauth_state_ttl =
             Duration::from_millis(self.number("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000));
@@ -440,8 +458,20 @@ impl Reader<'_> {
             internal_api_token: self.secret("INTERNAL_API_TOKEN"),
             provider_timeout,
             health_max_age,
+            http,
             log_filter,
         })
+    }
+
+    fn http_server(&mut self) -> HttpServerConfig {
+        let mut millis =
+            |name, default| Duration::from_millis(self.number(name, default, 100, 3_600_000));
+        HttpServerConfig {
+            header_timeout: millis("HTTP_HEADER_TIMEOUT_MS", 10_000),
+            idle_timeout: millis("HTTP_IDLE_TIMEOUT_MS", 60_000),
+            body_timeout: millis("HTTP_BODY_TIMEOUT_MS", 30_000),
+            max_connections: self.number("HTTP_MAX_CONNECTIONS", 4096, 1, 1_000_000) as usize,
+        }
     }
 
     fn redis(&mut self) -> RedisConfig {
@@ -702,6 +732,15 @@ mod tests {
         assert_eq!(config.polling.rate_limit_per_minute, 60);
         assert!(!config.is_distributed());
         assert!(!config.redis.required);
+        assert_eq!(
+            config.http,
+            HttpServerConfig {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                body_timeout: Duration::from_secs(30),
+                max_connections: 4096,
+            }
+        );
     }
 
     #[test]
@@ -733,6 +772,10 @@ mod tests {
             ("SESSION_SECRET", "!!!"),
             ("TOKEN_ENCRYPTION_OLD_KEYS", "c2hvcnQ="),
             ("RUST_LOG", "info,[[["),
+            ("HTTP_HEADER_TIMEOUT_MS", "10s"),
+            ("HTTP_IDLE_TIMEOUT_MS", "0"),
+            ("HTTP_BODY_TIMEOUT_MS", "-5"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
         ];
         for (name, value) in cases {
             let errors = Config::from_vars(&with_keys(&[(name, value)])).unwrap_err();

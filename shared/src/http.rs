@@ -1,21 +1,25 @@
-//! The one route table. `avatar-local` serves all of it on a TCP listener; each HTTP Lambda
-//! hands its own slice of it to `lambda_http::run`, so local and deployed behaviour cannot
-//! differ. A test checks [`ROUTES`] against template.yaml's HttpApi events.
+//! The one route table. `avatar-local` serves all of it on a TCP listener (see
+//! [`crate::server`]); each HTTP Lambda hands its own slice of it to `lambda_http::run`, so
+//! local and deployed behaviour cannot differ. [`ROUTES`] is the only list of routes: the
+//! routers are built from it, and a test checks it against template.yaml's HttpApi events.
 
 use std::future::Future;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 
 use crate::app::App;
+use crate::config::Config;
 use crate::health::{self, Status};
 use crate::web::{auth, pages};
 
-/// The Lambda functions that serve HTTP routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Every function of the bundle: one binary (and crate) each in `functions/`, one resource
+/// each in template.yaml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Function {
     Health,
     AuthStart,
@@ -23,7 +27,24 @@ pub enum Function {
     Pages,
 }
 
+/// What invokes a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// API Gateway HttpApi events: the function serves its routes of [`ROUTES`].
+    Http,
+    /// A schedule (EventBridge): the function serves no route.
+    Scheduled,
+}
+
 impl Function {
+    /// Every function, in template order.
+    pub const ALL: &'static [Function] = &[
+        Function::Health,
+        Function::AuthStart,
+        Function::AuthCallback,
+        Function::Pages,
+    ];
+
     /// The function's binary (and crate) name.
     pub fn binary(self) -> &'static str {
         match self {
@@ -33,65 +54,152 @@ impl Function {
             Self::Pages => "pages",
         }
     }
+
+    pub fn kind(self) -> FunctionKind {
+        match self {
+            Self::Health | Self::AuthStart | Self::AuthCallback | Self::Pages => FunctionKind::Http,
+        }
+    }
+
+    /// The routes this function serves (none for a scheduled function).
+    pub fn routes(self) -> impl Iterator<Item = &'static Route> {
+        ROUTES.iter().filter(move |route| route.function == self)
+    }
 }
 
-/// Every route this build serves: (method, path, function). A capability whose issue has
-/// not landed is absent here rather than stubbed.
-pub const ROUTES: &[(&str, &str, Function)] = &[
-    ("GET", "/health", Function::Health),
-    ("GET", "/auth/twitch", Function::AuthStart),
-    ("GET", "/auth/twitch/callback", Function::AuthCallback),
-    ("GET", "/", Function::Pages),
-    ("GET", "/success", Function::Pages),
-    ("GET", "/auth/status", Function::Pages),
-    ("POST", "/auth/logout", Function::Pages),
-    ("POST", "/auth/twitch/disconnect", Function::Pages),
-    ("GET", "/static/style.css", Function::Pages),
+/// One route: who serves it and with which handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub function: Function,
+    /// The handler, registered for the given method.
+    handler: fn(MethodFilter) -> MethodRouter<App>,
+}
+
+impl Route {
+    const fn new(
+        method: Method,
+        path: &'static str,
+        function: Function,
+        handler: fn(MethodFilter) -> MethodRouter<App>,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            function,
+            handler,
+        }
+    }
+
+    fn method_router(&self) -> MethodRouter<App> {
+        let filter = MethodFilter::try_from(self.method.clone())
+            .unwrap_or_else(|_| panic!("{} {}: no method filter", self.method, self.path));
+        (self.handler)(filter)
+    }
+}
+
+/// Every route this build serves. A capability whose issue has not landed is absent here
+/// rather than stubbed.
+pub static ROUTES: &[Route] = &[
+    Route::new(Method::GET, "/health", Function::Health, |m| {
+        on(m, health_route)
+    }),
+    Route::new(Method::GET, "/auth/twitch", Function::AuthStart, |m| {
+        on(m, auth::start_twitch)
+    }),
+    Route::new(
+        Method::GET,
+        "/auth/twitch/callback",
+        Function::AuthCallback,
+        |m| on(m, auth::twitch_callback),
+    ),
+    Route::new(Method::GET, "/", Function::Pages, |m| on(m, pages::landing)),
+    Route::new(Method::GET, "/success", Function::Pages, |m| {
+        on(m, pages::dashboard)
+    }),
+    Route::new(Method::GET, "/auth/status", Function::Pages, |m| {
+        on(m, pages::auth_status)
+    }),
+    Route::new(Method::POST, "/auth/logout", Function::Pages, |m| {
+        on(m, pages::logout)
+    }),
+    Route::new(
+        Method::POST,
+        "/auth/twitch/disconnect",
+        Function::Pages,
+        |m| on(m, pages::disconnect_twitch),
+    ),
+    Route::new(Method::GET, "/static/style.css", Function::Pages, |m| {
+        on(m, pages::stylesheet)
+    }),
 ];
 
 /// All routes (the local server).
 pub fn router(app: App) -> Router {
-    routes(app, |_| true)
+    build(ROUTES.iter(), app)
 }
 
 /// The routes of one Lambda function.
 pub fn function_router(function: Function, app: App) -> Router {
-    routes(app, |f| f == function)
+    build(function.routes(), app)
 }
 
-fn routes(app: App, include: impl Fn(Function) -> bool) -> Router {
+fn build<'a>(routes: impl Iterator<Item = &'a Route>, app: App) -> Router {
+    let headers = SecurityHeaders::for_config(&app.config);
     let mut router = Router::new();
-    if include(Function::Health) {
-        router = router.route("/health", get(health_route));
+    for route in routes {
+        router = router.route(route.path, route.method_router());
     }
-    if include(Function::AuthStart) {
-        router = router.route("/auth/twitch", get(auth::start_twitch));
-    }
-    if include(Function::AuthCallback) {
-        router = router.route("/auth/twitch/callback", get(auth::twitch_callback));
-    }
-    if include(Function::Pages) {
-        router = router
-            .route("/", get(pages::landing))
-            .route("/success", get(pages::dashboard))
-            .route("/auth/status", get(pages::auth_status))
-            .route("/auth/logout", post(pages::logout))
-            .route("/auth/twitch/disconnect", post(pages::disconnect_twitch))
-            .route("/static/style.css", get(pages::stylesheet));
-    }
-    router.fallback(pages::not_found).with_state(app)
+    // Layered last, so the fallback and the 405s of the method routers get the headers too.
+    router
+        .fallback(pages::not_found)
+        .with_state(app)
+        .layer(tower::util::MapResponseLayer::new(
+            move |mut response: Response| {
+                headers.apply(response.headers_mut());
+                response
+            },
+        ))
 }
 
-/// Serves `router(app)` on an already-bound listener until `shutdown` resolves, so tests
-/// can bind port 0 and share this code path with `main`.
+/// The headers every response carries, whatever produced it.
+#[derive(Debug, Clone, Copy)]
+pub struct SecurityHeaders {
+    /// `Strict-Transport-Security`: only when the public URL is https (browsers ignore it
+    /// over http, and it must not pin a plain-http development host).
+    hsts: bool,
+}
+
+impl SecurityHeaders {
+    pub fn for_config(config: &Config) -> Self {
+        Self {
+            hsts: config.public_base_url.scheme() == "https",
+        }
+    }
+
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if self.hsts {
+            headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+            );
+        }
+    }
+}
+
+/// Serves `router(app)` on an already-bound listener until `shutdown` resolves, with the
+/// timeouts and the connection cap of `app.config.http` (see [`crate::server`]). Tests bind
+/// port 0 and share this code path with `main`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::server::serve(listener, app, shutdown).await
 }
 
 async fn health_route(State(app): State<App>) -> Response {

@@ -27,7 +27,9 @@
 //! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
 //!   revocable server-side, CSRF checks, strict CSP, one place mapping errors to pages.
 //! - [`health`]: the `/health` report; every figure in it is measured.
-//! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas.
+//! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas, and
+//!   the headers every response carries.
+//! - [`server`]: `avatar-local`'s HTTP edge: header, idle and body timeouts, a connection cap.
 //! - [`app`]: the state built once per process (per cold start).
 //! - [`jobs`]: the work of a scheduled function (the DonationAlerts poll), run by the Lambda
 //!   runtime until shortly before each invocation's deadline, and by `avatar-local` on timers.
@@ -50,6 +52,7 @@ pub mod outbox;
 pub mod poll;
 pub mod secret;
 pub mod secrets;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -1,0 +1,481 @@
+//! The local server's HTTP/1 edge: accepts connections on a listener and serves the route
+//! table on each, under limits a slow or idle client cannot stretch (`HTTP_*`, see
+//! [`HttpServerConfig`]):
+//!
+//! - a connection's request headers must arrive within the header timeout of its first
+//!   byte (of the connection's opening, for the first request);
+//! - a keep-alive connection may sit idle between requests for the idle timeout;
+//! - a request body must arrive within the body timeout of the server starting to wait for
+//!   it, else the answer is 408 and the connection closes;
+//! - at most `max_connections` are served at once: the next one is accepted only when one
+//!   closes, so the others wait in the kernel's listen backlog instead of holding memory.
+//!
+//! A connection past its deadline is closed; every other connection is unaffected, since
+//! each runs in its own task. Lambdas do not come here: API Gateway fronts them.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::app::App;
+use crate::config::HttpServerConfig;
+use crate::http::SecurityHeaders;
+
+/// How long to pause accepting after an error such as "too many open files", so that a
+/// full descriptor table does not turn the accept loop into a busy loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves `crate::http::router(app)` on `listener` until `shutdown` resolves, then stops
+/// accepting, lets requests in progress finish (idle connections close at once) and
+/// returns when every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let limits = app.config.http;
+    let headers = SecurityHeaders::for_config(&app.config);
+    ensure_open_file_limit(limits.max_connections);
+    let router = crate::http::router(app);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopping) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        // A slot first: beyond the cap, clients wait in the backlog, not in memory.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    on_accept_error(e).await;
+                    continue;
+                }
+            },
+        };
+        // Responses are written whole; waiting to coalesce them only adds latency.
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            router: router.clone(),
+            limits,
+            headers,
+            _slot: slot,
+        };
+        tokio::spawn(connection.serve(stream, stopping.clone()));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    // Every connection holds a slot until it closes.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    Ok(())
+}
+
+async fn on_accept_error(error: io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    // These concern one client that has already gone; the listener is fine.
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(error = %error, "accepting a connection failed; pausing briefly");
+    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+}
+
+/// Raises this process's soft limit on open files so that `max_connections` sockets fit
+/// (within the hard limit), and warns when they cannot.
+fn ensure_open_file_limit(max_connections: usize) {
+    // Room for the database, Redis connections, logs and the listener.
+    const RESERVED: u64 = 256;
+    let wanted = max_connections as u64 + RESERVED;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard
+    // limit needs no privilege.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    if !ok || raised.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = if ok { raised.rlim_cur } else { limit.rlim_cur },
+            max_connections,
+            "the open-file limit is below HTTP_MAX_CONNECTIONS: connections beyond it are \
+             refused until some close (raise `ulimit -n` or lower HTTP_MAX_CONNECTIONS)"
+        );
+    }
+}
+
+/// One accepted connection, holding its slot until it closes.
+struct Connection {
+    router: Router,
+    limits: HttpServerConfig,
+    headers: SecurityHeaders,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, mut stopping: watch::Receiver<bool>) {
+        let clock = Arc::new(ConnectionClock::new());
+        let io = TokioIo::new(TrackedStream {
+            stream,
+            clock: Arc::clone(&clock),
+        });
+        let service = ConnectionService {
+            router: self.router,
+            clock: Arc::clone(&clock),
+            body_timeout: self.limits.body_timeout,
+            headers: self.headers,
+        };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // The deadlines below replace hyper's own header timer, which cannot tell a
+        // slow request from an idle keep-alive connection.
+        builder.header_read_timeout(None);
+        let mut connection = pin!(builder.serve_connection(io, service));
+        let mut stop = pin!(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        let mut stopped = false;
+        let mut timer = pin!(tokio::time::sleep(ConnectionClock::recheck_within(
+            &self.limits
+        )));
+        let outcome = poll_fn(|cx| {
+            if !stopped && stop.as_mut().poll(cx).is_ready() {
+                stopped = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(ConnectionEnd::Http));
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                let recheck = now + ConnectionClock::recheck_within(&self.limits);
+                match clock.deadline(&self.limits) {
+                    Some((deadline, phase)) if deadline <= now => {
+                        return Poll::Ready(Err(ConnectionEnd::TimedOut(phase)));
+                    }
+                    Some((deadline, _)) => timer.as_mut().reset(deadline.min(recheck)),
+                    None => timer.as_mut().reset(recheck),
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // Returning drops the connection, which closes the socket.
+        if let Err(end) = outcome {
+            tracing::debug!(reason = %end, "connection closed");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("HTTP error: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("timed out {0}")]
+    TimedOut(Phase),
+}
+
+/// Where a connection stands, for its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Opened, nothing received yet: the header timeout runs from the opening.
+    Opened = 0,
+    /// Between requests: the idle timeout runs from the end of the last one.
+    Idle = 1,
+    /// A request's headers are arriving: the header timeout runs from its first byte.
+    ReadingHeaders = 2,
+    /// A request is being handled (its body has its own timeout).
+    Handling = 3,
+}
+
+impl Phase {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Opened,
+            1 => Self::Idle,
+            2 => Self::ReadingHeaders,
+            _ => Self::Handling,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Opened => "waiting for the first request",
+            Self::Idle => "idle between requests",
+            Self::ReadingHeaders => "reading request headers",
+            Self::Handling => "handling a request",
+        })
+    }
+}
+
+/// The phase of one connection and when it began. Only the connection's own task touches
+/// it (the stream, the service and the body are all polled there), so relaxed atomics do.
+struct ConnectionClock {
+    opened: Instant,
+    phase: AtomicU8,
+    /// Nanoseconds from `opened` to the start of the phase.
+    since: AtomicU64,
+    body_timed_out: AtomicBool,
+}
+
+impl ConnectionClock {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            phase: AtomicU8::new(Phase::Opened as u8),
+            since: AtomicU64::new(0),
+            body_timed_out: AtomicBool::new(false),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    fn enter(&self, phase: Phase) {
+        let since = self.opened.elapsed().as_nanos() as u64;
+        self.since.store(since, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// A request's headers are in: no connection deadline until it is answered (so no
+    /// clock reading either).
+    fn begin_handling(&self) {
+        self.phase.store(Phase::Handling as u8, Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: a request has begun if none was in progress.
+    fn on_bytes_received(&self) {
+        if matches!(self.phase(), Phase::Opened | Phase::Idle) {
+            self.enter(Phase::ReadingHeaders);
+        }
+    }
+
+    /// When the connection must be closed if its phase does not change, and that phase.
+    fn deadline(&self, limits: &HttpServerConfig) -> Option<(Instant, Phase)> {
+        let phase = self.phase();
+        let allowed = match phase {
+            Phase::Opened | Phase::ReadingHeaders => limits.header_timeout,
+            Phase::Idle => limits.idle_timeout,
+            Phase::Handling => return None,
+        };
+        let since = self.opened + Duration::from_nanos(self.since.load(Ordering::Relaxed));
+        Some((since + allowed, phase))
+    }
+
+    /// How soon the deadline must be looked at again: any phase entered from now on ends
+    /// no earlier than this, so the timer never has to be moved earlier when one begins.
+    fn recheck_within(limits: &HttpServerConfig) -> Duration {
+        limits.header_timeout.min(limits.idle_timeout)
+    }
+}
+
+/// The TCP stream, reporting received bytes to the connection's clock.
+struct TrackedStream {
+    stream: TcpStream,
+    clock: Arc<ConnectionClock>,
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.clock.on_bytes_received();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The router as hyper calls it on one connection: marks the request's phases and puts
+/// the body under its deadline.
+struct ConnectionService {
+    router: Router,
+    clock: Arc<ConnectionClock>,
+    body_timeout: Duration,
+    headers: SecurityHeaders,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        use http_body::Body as _;
+        use tower::Service as _;
+        self.clock.begin_handling();
+        let request = if request.body().is_end_stream() {
+            request.map(Body::new)
+        } else {
+            let clock = Arc::clone(&self.clock);
+            let timeout = self.body_timeout;
+            request.map(|body| Body::new(DeadlineBody::new(body, timeout, clock)))
+        };
+        let response = self.router.clone().call(request);
+        let clock = Arc::clone(&self.clock);
+        let headers = self.headers;
+        Box::pin(async move {
+            let response = match response.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let response = if clock.body_timed_out.swap(false, Ordering::Relaxed) {
+                body_timeout_response(headers)
+            } else {
+                response
+            };
+            clock.enter(Phase::Idle);
+            Ok(response)
+        })
+    }
+}
+
+/// 408, and the connection closes: the rest of the body may still be on its way.
+fn body_timeout_response(headers: SecurityHeaders) -> Response {
+    let mut response = (
+        StatusCode::REQUEST_TIMEOUT,
+        [
+            (header::CONNECTION, HeaderValue::from_static("close")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+        ],
+        "The request body did not arrive in time.\n",
+    )
+        .into_response();
+    headers.apply(response.headers_mut());
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("reading the request body failed: {0}")]
+    Read(#[source] hyper::Error),
+    #[error("the request body did not arrive within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// A request body that must arrive whole within `timeout` of the first wait for it.
+struct DeadlineBody {
+    body: Incoming,
+    timeout: Duration,
+    /// Started on the first wait, so a body that is already here costs no timer.
+    deadline: Option<Pin<Box<Sleep>>>,
+    clock: Arc<ConnectionClock>,
+}
+
+impl DeadlineBody {
+    fn new(body: Incoming, timeout: Duration, clock: Arc<ConnectionClock>) -> Self {
+        Self {
+            body,
+            timeout,
+            deadline: None,
+            clock,
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(RequestBodyError::Read)));
+        }
+        let timeout = this.timeout;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(deadline.as_mut().poll(cx));
+        this.clock.body_timed_out.store(true, Ordering::Relaxed);
+        Poll::Ready(Some(Err(RequestBodyError::TimedOut(timeout))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
