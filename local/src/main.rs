@@ -1,15 +1,19 @@
 //! `avatar-local`: every route of the contract on one port, with no AWS and no Docker.
-//! It serves the same router the Lambda functions run. `--demo` adds a fake Twitch on
-//! loopback and points the configuration at it, so the whole login works offline.
+//! It serves the same router the Lambda functions run and runs the DonationAlerts poller
+//! the `da-poll` function runs. `--demo` adds a fake Twitch and a fake DonationAlerts on
+//! loopback and points the configuration at them, so the whole login, the DonationAlerts
+//! connection and donations arriving work offline.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::Parser;
+use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfig};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::app::{App, StartupError};
 use shared::config::Config;
+use shared::poll::Poller;
 
 #[derive(Parser)]
 #[command(name = "avatar-local", version, about)]
@@ -87,9 +91,29 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
             .await
         })
     };
+    let poller = match Poller::new(&app) {
+        Some(poller) => {
+            let mut stopped = background_stopped.clone();
+            Some(tokio::spawn(async move {
+                poller
+                    .run(None, async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await
+            }))
+        }
+        None => {
+            tracing::info!("DA_CLIENT_ID/DA_CLIENT_SECRET unset: no DonationAlerts polling");
+            None
+        }
+    };
     let served = shared::http::serve(listener, app, shutdown_signal()).await;
     drop(stop_background);
     let _ = heartbeat.await;
+    if let Some(poller) = poller {
+        // Finishes its polls in flight (releasing their locks) and relays the outbox.
+        let _ = poller.await;
+    }
     tracing::info!("stopped");
     served.map_err(|e| StartupError::Listen(bound.to_string(), e))
 }
@@ -97,32 +121,55 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
 /// The running fakes; they stop when this is dropped.
 struct DemoProviders {
     twitch: tokio::task::JoinHandle<()>,
+    donationalerts: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for DemoProviders {
     fn drop(&mut self) {
         self.twitch.abort();
+        self.donationalerts.abort();
     }
 }
 
-/// Starts the fake Twitch (DonationAlerts follows with its capability) and returns the
-/// variables that point the configuration at it.
+/// Starts the fake Twitch and the fake DonationAlerts and returns the variables that point
+/// the configuration at them.
 async fn start_demo_providers(
     config: &Config,
     ports: &[u16],
 ) -> Result<(DemoProviders, HashMap<String, String>), StartupError> {
     let twitch = FakeTwitch::new(FakeTwitchConfig::demo(config.twitch.redirect_uri.as_str()));
     let twitch_port = ports.first().copied().unwrap_or(3001);
-    let (address, handle) = twitch
+    let (twitch_address, twitch_task) = twitch
         .spawn(twitch_port)
         .await
         .map_err(|e| StartupError::Listen(format!("127.0.0.1:{twitch_port}"), e))?;
-    let vars = twitch.app_variables(address).into_iter().collect();
+    let donationalerts = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(
+        config.donationalerts.redirect_uri.as_str(),
+    ));
+    let da_port = ports.get(1).copied().unwrap_or(3002);
+    let (da_address, da_task) = donationalerts
+        .spawn(da_port)
+        .await
+        .map_err(|e| StartupError::Listen(format!("127.0.0.1:{da_port}"), e))?;
+    let mut vars: HashMap<String, String> =
+        twitch.app_variables(twitch_address).into_iter().collect();
+    vars.extend(donationalerts.app_variables(da_address));
     tracing::info!(
-        "demo: fake Twitch at http://{address} (authorize page {}/authorize)",
-        FakeTwitch::auth_base_url(address)
+        "demo: fake Twitch at http://{twitch_address} (authorize page {}/authorize)",
+        FakeTwitch::auth_base_url(twitch_address)
     );
-    Ok((DemoProviders { twitch: handle }, vars))
+    tracing::info!(
+        "demo: fake DonationAlerts at http://{da_address}; make a donation with \
+         curl -X POST http://{da_address}/_control/donations -H 'Content-Type: application/json' \
+         -d '{{\"username\":\"Viewer\",\"message\":\"Hello!\",\"amount\":100,\"currency\":\"RUB\"}}'"
+    );
+    Ok((
+        DemoProviders {
+            twitch: twitch_task,
+            donationalerts: da_task,
+        },
+        vars,
+    ))
 }
 
 /// Ctrl-C or SIGTERM.

@@ -15,7 +15,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use crate::app::App;
 use crate::config::Config;
 use crate::health::{self, Status};
-use crate::web::{auth, pages};
+use crate::web::{auth, donationalerts, pages};
 
 /// Every function of the bundle: one binary (and crate) each in `functions/`, one resource
 /// each in template.yaml.
@@ -25,6 +25,7 @@ pub enum Function {
     AuthStart,
     AuthCallback,
     Pages,
+    DaPoll,
 }
 
 /// What invokes a function.
@@ -43,6 +44,7 @@ impl Function {
         Function::AuthStart,
         Function::AuthCallback,
         Function::Pages,
+        Function::DaPoll,
     ];
 
     /// The function's binary (and crate) name.
@@ -52,12 +54,14 @@ impl Function {
             Self::AuthStart => "auth-start",
             Self::AuthCallback => "auth-callback",
             Self::Pages => "pages",
+            Self::DaPoll => "da-poll",
         }
     }
 
     pub fn kind(self) -> FunctionKind {
         match self {
             Self::Health | Self::AuthStart | Self::AuthCallback | Self::Pages => FunctionKind::Http,
+            Self::DaPoll => FunctionKind::Scheduled,
         }
     }
 
@@ -113,6 +117,18 @@ pub static ROUTES: &[Route] = &[
         Function::AuthCallback,
         |m| on(m, auth::twitch_callback),
     ),
+    Route::new(
+        Method::GET,
+        "/auth/donationalerts",
+        Function::AuthStart,
+        |m| on(m, donationalerts::start),
+    ),
+    Route::new(
+        Method::GET,
+        "/auth/donationalerts/callback",
+        Function::AuthCallback,
+        |m| on(m, donationalerts::callback),
+    ),
     Route::new(Method::GET, "/", Function::Pages, |m| on(m, pages::landing)),
     Route::new(Method::GET, "/success", Function::Pages, |m| {
         on(m, pages::dashboard)
@@ -128,6 +144,18 @@ pub static ROUTES: &[Route] = &[
         "/auth/twitch/disconnect",
         Function::Pages,
         |m| on(m, pages::disconnect_twitch),
+    ),
+    Route::new(
+        Method::POST,
+        "/api/donationalerts/disconnect",
+        Function::Pages,
+        |m| on(m, donationalerts::disconnect),
+    ),
+    Route::new(
+        Method::GET,
+        "/api/donationalerts/status",
+        Function::Pages,
+        |m| on(m, donationalerts::status),
     ),
     Route::new(Method::GET, "/static/style.css", Function::Pages, |m| {
         on(m, pages::stylesheet)

@@ -3,6 +3,7 @@
 mod browser;
 mod bus;
 mod callback_fuzz;
+mod connect;
 mod donations;
 mod edge;
 mod health;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfig};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig, FakeUser};
 use shared::app::App;
 use shared::config::Config;
@@ -254,8 +255,10 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub twitch: FakeTwitch,
     pub twitch_address: std::net::SocketAddr,
+    pub donationalerts: FakeDonationAlerts,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     twitch_task: tokio::task::JoinHandle<()>,
+    donationalerts_task: tokio::task::JoinHandle<()>,
 }
 
 impl TestApp {
@@ -286,6 +289,12 @@ impl TestApp {
         });
         let (twitch_address, twitch_task) = twitch.spawn(0).await.expect("fake twitch");
         vars.extend(twitch.app_variables(twitch_address));
+        let donationalerts = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(&format!(
+            "{address}/auth/donationalerts/callback"
+        )));
+        let (da_address, donationalerts_task) =
+            donationalerts.spawn(0).await.expect("fake DonationAlerts");
+        vars.extend(donationalerts.app_variables(da_address));
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -309,8 +318,10 @@ impl TestApp {
                 .expect("http client"),
             twitch,
             twitch_address,
+            donationalerts,
             shutdown: Some(shutdown),
             twitch_task,
+            donationalerts_task,
         }
     }
 
@@ -320,6 +331,7 @@ impl TestApp {
             let _ = shutdown.send(());
         }
         self.twitch_task.abort();
+        self.donationalerts_task.abort();
         let dir = tempfile::tempdir().expect("temp dir");
         std::mem::replace(&mut self.dir, dir)
     }
@@ -390,6 +402,7 @@ impl Drop for TestApp {
             let _ = shutdown.send(());
         }
         self.twitch_task.abort();
+        self.donationalerts_task.abort();
     }
 }
 
@@ -462,6 +475,26 @@ impl Browser {
     /// The whole login: start, authorize, callback. Returns the callback's response.
     pub async fn log_in(&self) -> reqwest::Response {
         let page = self.start_login().await;
+        let callback = self.decide(&page, "authorize").await;
+        self.get(&callback).await
+    }
+
+    /// GET /auth/donationalerts and the fake DonationAlerts' authorize page it leads to.
+    pub async fn start_connect(&self) -> AuthorizePage {
+        let start = self.get("/auth/donationalerts").await;
+        assert_eq!(start.status(), 302, "GET /auth/donationalerts");
+        let location = location(&start);
+        let page = self.get(&location).await;
+        assert_eq!(page.status(), 200, "the DonationAlerts authorize page");
+        let url = reqwest::Url::parse(&location).expect("authorize URL");
+        let params = url.query_pairs().into_owned().collect();
+        AuthorizePage { url, params }
+    }
+
+    /// The whole DonationAlerts connection (the browser must be logged in): start,
+    /// authorize, callback. Returns the callback's response.
+    pub async fn connect_donationalerts(&self) -> reqwest::Response {
+        let page = self.start_connect().await;
         let callback = self.decide(&page, "authorize").await;
         self.get(&callback).await
     }

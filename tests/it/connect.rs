@@ -1,0 +1,268 @@
+//! Connecting DonationAlerts from the dashboard, end to end over real HTTP against the fake
+//! DonationAlerts: the connection stored sealed with its baseline, the status API, the
+//! dashboard, disconnecting; every refusal a page naming its reason, with nothing written.
+
+use std::time::Duration;
+
+use avatar_tests::{TestApp, location};
+
+use crate::login::error_code;
+use fake_providers::donationalerts::{ApiFailure, NewDonation};
+
+fn donation(message: &str) -> NewDonation {
+    NewDonation {
+        da_user_id: None,
+        username: Some("Viewer".into()),
+        message: message.into(),
+        amount: serde_json::Number::from(100),
+        currency: "RUB".into(),
+        created_at: None,
+    }
+}
+
+#[tokio::test]
+async fn a_logged_in_streamer_connects_donationalerts_and_history_is_not_news() {
+    // Arrange: a donation made before connecting
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let old = app.donationalerts.donate(donation("before connecting"));
+
+    // Act
+    let callback = browser.connect_donationalerts().await;
+
+    // Assert
+    assert_eq!(callback.status(), 302);
+    assert_eq!(location(&callback), "/success");
+    let status: serde_json::Value = browser
+        .get("/api/donationalerts/status")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        serde_json::json!({"connected": true, "status": "active", "da_user_id": 7_130_000,
+                           "needs_reauth": false})
+    );
+    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
+    let (cursor, name): (i64, String) = conn
+        .query_row(
+            "SELECT poll_cursor, da_name FROM donationalerts_links",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        cursor, old.id,
+        "the newest donation at connect time is the baseline"
+    );
+    assert_eq!(name, "Demo Streamer");
+    let sealed: Vec<u8> = conn
+        .query_row(
+            "SELECT access_token_enc FROM provider_tokens WHERE provider = 'donationalerts'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let issued = app.donationalerts.issued_tokens();
+    assert!(
+        !sealed
+            .windows(issued[0].len())
+            .any(|w| w == issued[0].as_bytes()),
+        "the token is stored sealed"
+    );
+    let dashboard = browser.get("/success").await.text().await.unwrap();
+    assert!(
+        dashboard.contains("data-state=\"connected\""),
+        "{dashboard}"
+    );
+    assert!(dashboard.contains("id=\"donationalerts-disconnect\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_donation_after_connecting_shows_on_the_dashboard_once_polled() {
+    // Arrange
+    let app = TestApp::spawn(&[("DA_POLL_INTERVAL_MS", "200")]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    browser.connect_donationalerts().await;
+    let poller = shared::poll::Poller::new(&app.app).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        poller
+            .run(None, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    // Act
+    app.donationalerts
+        .donate(donation("<b>Привет</b> со стрима 🎉"));
+
+    // Assert
+    avatar_tests::wait_until(
+        "the donation on the dashboard",
+        Duration::from_secs(20),
+        || {
+            let browser = &browser;
+            async move {
+                let html = browser.get("/success").await.text().await.unwrap();
+                // Shown, and escaped: the donor's markup is text on the page.
+                assert!(!html.contains("<b>Привет"), "{html}");
+                html.contains("&#60;b&#62;Привет&#60;/b&#62; со стрима 🎉")
+            }
+        },
+    )
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn disconnecting_forgets_the_tokens_and_the_status_says_so() {
+    // Arrange
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    browser.connect_donationalerts().await;
+
+    // Act
+    let disconnected = browser
+        .post_from_dashboard("/api/donationalerts/disconnect")
+        .await;
+
+    // Assert
+    assert_eq!(disconnected.status(), 303);
+    assert_eq!(app.rows("donationalerts_links"), 0);
+    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
+    let tokens: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM provider_tokens WHERE provider = 'donationalerts'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tokens, 0);
+    let status: serde_json::Value = browser
+        .get("/api/donationalerts/status")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["connected"], false);
+    assert_eq!(status["status"], serde_json::Value::Null);
+    let dashboard = browser.get("/success").await.text().await.unwrap();
+    assert!(dashboard.contains("id=\"donationalerts-connect\""));
+}
+
+#[tokio::test]
+async fn a_revoked_connection_shows_need_reauth_on_the_dashboard_and_in_the_status_api() {
+    // Arrange: connected, then revoked at DonationAlerts; a poll finds out
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    browser.connect_donationalerts().await;
+    app.donationalerts.revoke_tokens_of(7_130_000);
+    let poller = shared::poll::Poller::new(&app.app).unwrap();
+
+    // Act
+    poller
+        .run_until(tokio::time::Instant::now() + Duration::from_secs(12))
+        .await;
+
+    // Assert
+    let status: serde_json::Value = browser
+        .get("/api/donationalerts/status")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "need_reauth", "{status}");
+    assert_eq!(status["needs_reauth"], true);
+    assert_eq!(status["connected"], false);
+    let dashboard = browser.get("/success").await.text().await.unwrap();
+    assert!(
+        dashboard.contains("data-state=\"need_reauth\""),
+        "{dashboard}"
+    );
+    assert!(dashboard.contains("href=\"/auth/donationalerts\""));
+}
+
+#[tokio::test]
+async fn connect_refusals_are_pages_naming_their_reason_and_write_nothing() {
+    let app = TestApp::spawn(&[("PROVIDER_TIMEOUT_MS", "700")]).await;
+
+    // Without a session: a page asking to log in first.
+    let stranger = app.browser();
+    let refused = stranger.get("/auth/donationalerts").await;
+    assert_eq!(refused.status(), 401);
+    let html = refused.text().await.unwrap();
+    assert_eq!(error_code(&html), "login_required", "{html}");
+    assert!(html.contains("href=\"/auth/twitch\""));
+
+    let browser = app.browser();
+    browser.log_in().await;
+    let writes_before = app.writes();
+
+    // A state started in another browser.
+    let other = app.browser();
+    other.log_in().await;
+    let page = other.start_connect().await;
+    let callback = other.decide(&page, "authorize").await;
+    let foreign = browser.get(&callback).await;
+    assert_eq!(foreign.status(), 400);
+    let html = foreign.text().await.unwrap();
+    assert_eq!(error_code(&html), "state_cookie_missing", "{html}");
+
+    // A replayed callback: refused by the state check, DonationAlerts not asked again.
+    let page = browser.start_connect().await;
+    let callback = browser.decide(&page, "authorize").await;
+    // Read the callback's query before the browser's cookie is cleared by its first use.
+    let cookie_jar_callback = callback.clone();
+    browser.get(&cookie_jar_callback).await;
+    let connected_writes = app.writes();
+    let token_requests = app
+        .donationalerts
+        .request_count(fake_providers::donationalerts::RequestKind::Token);
+    let replay = app.browser();
+    replay.log_in().await;
+    let replayed = replay.get(&callback).await;
+    assert_eq!(replayed.status(), 400);
+    assert_eq!(
+        app.donationalerts
+            .request_count(fake_providers::donationalerts::RequestKind::Token),
+        token_requests
+    );
+    browser
+        .post_from_dashboard("/api/donationalerts/disconnect")
+        .await;
+    let writes_after_disconnect = app.writes();
+
+    // DonationAlerts failing (500) and not answering in time: 502 and 504.
+    for (failure, status, code) in [
+        (ApiFailure::ServerError, 502, "provider_failed"),
+        (
+            ApiFailure::Slow(Duration::from_secs(3)),
+            504,
+            "provider_timeout",
+        ),
+    ] {
+        app.donationalerts.set_failure(None, failure);
+        let failed = browser.connect_donationalerts().await;
+        assert_eq!(failed.status(), status);
+        let html = failed.text().await.unwrap();
+        assert_eq!(error_code(&html), code, "{html}");
+        assert!(
+            html.contains("DonationAlerts"),
+            "the page names the provider: {html}"
+        );
+        app.donationalerts.set_failure(None, ApiFailure::None);
+    }
+
+    // Nothing was written by any refusal.
+    assert!(connected_writes > writes_before);
+    assert_eq!(app.writes(), writes_after_disconnect);
+    assert_eq!(app.rows("donationalerts_links"), 0);
+}
