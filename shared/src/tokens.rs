@@ -43,6 +43,14 @@ impl Provider {
         }
     }
 
+    /// Where an operator registers an application with this provider.
+    pub fn developer_console(self) -> &'static str {
+        match self {
+            Self::Twitch => "https://dev.twitch.tv/console/apps",
+            Self::DonationAlerts => "https://www.donationalerts.com/application/clients",
+        }
+    }
+
     /// The `provider` column's value and the name in lock keys.
     pub fn as_str(self) -> &'static str {
         match self {

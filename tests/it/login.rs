@@ -745,3 +745,47 @@ async fn an_unknown_path_gets_a_friendly_404_page() {
         "{html}"
     );
 }
+
+#[tokio::test]
+async fn without_twitch_credentials_the_landing_page_and_the_login_say_both_ways_forward() {
+    use tower::ServiceExt as _;
+    // Arrange: no TWITCH_CLIENT_ID / TWITCH_CLIENT_SECRET at all
+    let dir = tempfile::tempdir().unwrap();
+    let config = shared::config::Config::from_vars(&avatar_tests::base_vars(dir.path())).unwrap();
+    let app = shared::app::App::build(config).await.unwrap();
+    let get = |path: &'static str| {
+        let router = shared::http::router(app.clone());
+        async move {
+            let request = axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+
+    // Act
+    let (landing_status, landing) = get("/").await;
+    let (login_status, login) = get("/auth/twitch").await;
+
+    // Assert
+    assert_eq!(landing_status, 200);
+    assert!(landing.contains("id=\"not-configured\""), "{landing}");
+    for page in [&landing, &login] {
+        assert!(
+            page.contains("dev.twitch.tv/console"),
+            "register an app: {page}"
+        );
+        assert!(page.contains("TWITCH_CLIENT_ID"), "the variables: {page}");
+        assert!(
+            page.contains("avatar-local -- --demo"),
+            "or the demo: {page}"
+        );
+    }
+    assert_eq!(login_status, 503);
+    assert_eq!(error_code(&login), "not_configured");
+}

@@ -346,21 +346,28 @@ impl WebError {
                 ),
             ).into(),
             Self::NotConfigured(provider) => {
-                let (p, vars) = (provider.name(), provider.credential_variables());
+                let (p, vars, console) = (
+                    provider.name(),
+                    provider.credential_variables(),
+                    provider.developer_console(),
+                );
                 own(choose(
                     ru,
                     (
                         &format!("{p} не настроен"),
                         &format!(
-                            "Администратору нужно задать {vars}. Чтобы посмотреть всё без \
-                             настройки, запустите avatar-local --demo."
+                            "Два пути: зарегистрируйте приложение на {console} и задайте {vars} \
+                             (в .env или в окружении), или запустите cargo run -p avatar-local \
+                             -- --demo, чтобы увидеть всё в работе без учётных данных и сети."
                         ),
                     ),
                     (
                         &format!("{p} is not configured"),
                         &format!(
-                            "The operator needs to set {vars}. To see everything work without \
-                             configuration, run avatar-local --demo."
+                            "Two ways forward: register an application at {console} and set \
+                             {vars} (in .env or the environment), or run cargo run -p \
+                             avatar-local -- --demo to see everything work with no credentials \
+                             and no network."
                         ),
                     ),
                 ))

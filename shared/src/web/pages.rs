@@ -23,6 +23,8 @@ pub const STYLESHEET: &str = include_str!("../../static/style.css");
 struct Landing<'a> {
     t: &'a Texts,
     user: Option<&'a SessionUser>,
+    /// Without Twitch credentials the page says how to get going.
+    twitch_configured: bool,
 }
 
 #[derive(Template)]
@@ -61,6 +63,7 @@ pub async fn landing(State(app): State<App>, headers: HeaderMap) -> Response {
             &Landing {
                 t,
                 user: current.as_ref().map(|s| &s.user),
+                twitch_configured: app.twitch.is_some(),
             },
         ),
         Err(e) => e.into_page(&app, t, "/"),
