@@ -536,8 +536,11 @@ impl Writer {
             if lock.remaining() > LEASE_MARGIN {
                 return Ok(Some(lock.fence));
             }
-            match runtime.block_on(coordinator.extend(lock, LEASE_TTL)) {
-                Ok(Some(extended)) => {
+            let (coordinator_, lock_) = (coordinator.clone(), lock.clone());
+            match on_runtime(runtime, async move {
+                coordinator_.extend(&lock_, LEASE_TTL).await
+            }) {
+                Some(Ok(Some(extended))) => {
                     let fence = extended.fence;
                     self.held = Some(extended);
                     return Ok(Some(fence));
@@ -545,16 +548,24 @@ impl Writer {
                 _ => self.held = None,
             }
         }
-        match runtime.block_on(coordinator.lock_within(WRITER_LEASE, LEASE_TTL, LEASE_WAIT)) {
-            Ok(Some(lock)) => {
+        let coordinator_ = coordinator.clone();
+        match on_runtime(runtime, async move {
+            coordinator_
+                .lock_within(WRITER_LEASE, LEASE_TTL, LEASE_WAIT)
+                .await
+        }) {
+            Some(Ok(Some(lock))) => {
                 let fence = lock.fence;
                 self.held = Some(lock);
                 Ok(Some(fence))
             }
-            Ok(None) => Err(BatchFailure::Lease(format!(
+            Some(Ok(None)) => Err(BatchFailure::Lease(format!(
                 "another instance held it for more than {LEASE_WAIT:?}"
             ))),
-            Err(e) => Err(BatchFailure::Lease(e.to_string())),
+            Some(Err(e)) => Err(BatchFailure::Lease(e.to_string())),
+            None => Err(BatchFailure::Lease(
+                "the process is shutting down".to_owned(),
+            )),
         }
     }
 
@@ -563,7 +574,12 @@ impl Writer {
             coordinator,
             runtime,
         } = &self.lease
-            && let Err(e) = runtime.block_on(coordinator.raise_fence(WRITER_LEASE, at_least))
+            && let Some(Err(e)) = {
+                let coordinator = coordinator.clone();
+                on_runtime(runtime, async move {
+                    coordinator.raise_fence(WRITER_LEASE, at_least).await
+                })
+            }
         {
             tracing::warn!(error = %e, "could not raise the writer lease's fencing counter");
         }
@@ -577,12 +593,30 @@ impl Writer {
                 runtime,
             },
         ) = (self.held.take(), &self.lease)
-            && let Err(e) = runtime.block_on(coordinator.release(&lock))
+            && let Some(Err(e)) = {
+                let coordinator = coordinator.clone();
+                on_runtime(runtime, async move { coordinator.release(&lock).await })
+            }
         {
             // It expires by itself within LEASE_TTL.
             tracing::warn!(error = %e, "could not release the writer lease");
         }
     }
+}
+
+/// Runs `future` on the application's runtime and waits for it on the writer thread; `None`
+/// when that runtime is shutting down (the process is ending): the task is dropped unrun
+/// and the writer gives up the call instead of panicking inside a dying runtime.
+fn on_runtime<F>(runtime: &tokio::runtime::Handle, future: F) -> Option<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = done.send(future.await);
+    });
+    result.recv().ok()
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit.
