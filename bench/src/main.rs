@@ -9,6 +9,10 @@
 //! 4. Throughput of `GET /health` (with Redis) and `GET /auth/twitch` on a release
 //!    `avatar-local --demo` under `wrk` with 64 connections, alone and while a slow client
 //!    holds 1,000 half-sent requests open (skipped with a note when wrk is not installed).
+//! 5. Detection latency of the DonationAlerts poll schedule under the real budget, on a
+//!    virtual clock, against round robin (see `poll_schedule`).
+
+mod poll_schedule;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +36,8 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
-    // `avatar-bench [writer] [locks] [login] [http]`: the named groups; all without arguments.
+    // `avatar-bench [writer] [locks] [login] [http] [poll]`: the named groups; all without
+    // arguments.
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let mut rows = Vec::new();
@@ -47,6 +52,9 @@ async fn main() {
     }
     if wanted("http") {
         rows.extend(http_throughput().await);
+    }
+    if wanted("poll") {
+        rows.extend(poll_schedule::rows());
     }
 
     println!("| benchmark | result | detail |");
