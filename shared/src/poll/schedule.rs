@@ -25,9 +25,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Weight of a streamer who is live on Twitch now.
-pub const LIVE_WEIGHT: f64 = 6.0;
+pub const LIVE_WEIGHT: f64 = 10.0;
 /// Weight of a streamer who received a donation recently (and is not live).
-pub const RECENT_WEIGHT: f64 = 3.0;
+pub const RECENT_WEIGHT: f64 = 2.0;
 /// Weight of everyone else.
 pub const IDLE_WEIGHT: f64 = 1.0;
 
@@ -78,7 +78,7 @@ impl SchedulePolicy {
             polls_per_second: f64::from(per_minute) / 60.0 * (1.0 - headroom.clamp(0.0, 0.9)),
             min_interval,
             max_interval: Duration::from_secs(10 * 60),
-            recent_window: Duration::from_secs(15 * 60),
+            recent_window: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -413,10 +413,10 @@ mod tests {
 
     #[test]
     fn the_budget_is_shared_by_weight_and_spent_exactly() {
-        // 5 live and 45 idle at one poll a second: W = 75.
+        // 5 live and 45 idle at one poll a second: W = 5 * 10 + 45 = 95.
         let intervals = Intervals::for_counts(&policy(), 5, 0, 45);
-        assert_eq!(intervals.live, Duration::from_secs_f64(12.5));
-        assert_eq!(intervals.idle, Duration::from_secs(75));
+        assert_eq!(intervals.live, Duration::from_secs_f64(9.5));
+        assert_eq!(intervals.idle, Duration::from_secs(95));
         let spent = 5.0 / intervals.live.as_secs_f64() + 45.0 / intervals.idle.as_secs_f64();
         assert!((spent - 1.0).abs() < 1e-9, "{spent}");
     }
