@@ -73,8 +73,11 @@ impl App {
         Self::build(config).await
     }
 
+    /// Builds the app from a parsed configuration. Reading the keys comes first: for a local
+    /// run without keys that creates the key file beside the database.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        if let Some(file) = &config.keys.generated_key_file {
+        let keys = config.keys.load()?;
+        if let Some(file) = &keys.generated_key_file {
             tracing::warn!(
                 key_file = %file.display(),
                 "TOKEN_ENCRYPTION_KEY/SESSION_SECRET unset: using local keys generated into this \
@@ -117,8 +120,8 @@ impl App {
         }
         let health = Arc::new(HealthProbes::new(config.health_max_age));
         Ok(Self(Arc::new(AppState {
-            cipher: Arc::new(TokenCipher::new(&config.keys)),
-            signer: Arc::new(Signer::new(&config.keys)),
+            cipher: Arc::new(TokenCipher::new(&keys)),
+            signer: Arc::new(Signer::new(&keys)),
             twitch,
             donationalerts,
             poll_stats: Arc::default(),

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use avatar_tests::{ChildProcess, MotoServer, workspace_binary};
-use shared::config::Config;
+use shared::config::{Config, KeySource};
 
 const KEY: &str = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
 
@@ -34,12 +34,16 @@ async fn a_lambda_configuration_takes_its_keys_from_the_secret() {
         .unwrap();
     let config = Config::from_vars(&vars).unwrap();
 
-    // Assert: keys from the secret; the environment wins where it sets a value.
+    // Assert: keys from the secret (no local key file); the environment wins where it sets
+    // a value.
+    let KeySource::Configured(keys) = &config.keys else {
+        panic!("expected the secret's keys, got {:?}", config.keys);
+    };
     assert_eq!(
-        config.keys.token_encryption_key.expose(),
+        keys.token_encryption_key.expose(),
         b"01234567890123456789012345678901"
     );
-    assert!(config.keys.generated_key_file.is_none());
+    assert!(keys.generated_key_file.is_none());
     assert_eq!(
         config.twitch.client_secret.as_ref().unwrap().expose(),
         "from-environment"

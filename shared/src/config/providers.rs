@@ -1,0 +1,80 @@
+//! Twitch and DonationAlerts: the OAuth clients and the DonationAlerts poller.
+
+use std::time::Duration;
+
+use url::Url;
+
+use super::Reader;
+use crate::secret::Secret;
+
+#[derive(Debug, Clone)]
+pub struct TwitchConfig {
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret<String>>,
+    pub scopes: Vec<String>,
+    pub redirect_uri: Url,
+    pub auth_base_url: Url,
+    pub api_base_url: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct DonationAlertsConfig {
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret<String>>,
+    pub scopes: Vec<String>,
+    pub redirect_uri: Url,
+    pub base_url: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct PollingConfig {
+    pub interval: Duration,
+    pub concurrency: usize,
+    pub lock_ttl: Duration,
+    pub rate_limit_per_minute: u32,
+}
+
+impl Reader<'_> {
+    /// `base` is the public base URL without a trailing slash; the redirect URI hangs off it.
+    pub(super) fn twitch(&mut self, base: &str) -> TwitchConfig {
+        TwitchConfig {
+            client_id: self.string("TWITCH_CLIENT_ID"),
+            client_secret: self.secret("TWITCH_CLIENT_SECRET"),
+            scopes: self.scopes("TWITCH_SCOPES", "chat:read"),
+            redirect_uri: self.http_url(
+                "TWITCH_REDIRECT_URI",
+                &format!("{base}/auth/twitch/callback"),
+            ),
+            auth_base_url: self.http_url("TWITCH_AUTH_BASE_URL", "https://id.twitch.tv/oauth2"),
+            api_base_url: self.http_url("TWITCH_API_BASE_URL", "https://api.twitch.tv/helix"),
+        }
+    }
+
+    /// `base` is the public base URL without a trailing slash; the redirect URI hangs off it.
+    pub(super) fn donationalerts(&mut self, base: &str) -> DonationAlertsConfig {
+        DonationAlertsConfig {
+            client_id: self.string("DA_CLIENT_ID"),
+            client_secret: self.secret("DA_CLIENT_SECRET"),
+            scopes: self.scopes("DA_SCOPES", "oauth-user-show oauth-donation-index"),
+            redirect_uri: self.http_url(
+                "DA_REDIRECT_URI",
+                &format!("{base}/auth/donationalerts/callback"),
+            ),
+            base_url: self.http_url("DA_BASE_URL", "https://www.donationalerts.com"),
+        }
+    }
+
+    pub(super) fn polling(&mut self) -> PollingConfig {
+        PollingConfig {
+            interval: Duration::from_millis(self.number(
+                "DA_POLL_INTERVAL_MS",
+                5000,
+                100,
+                3_600_000,
+            )),
+            concurrency: self.number("DA_POLL_CONCURRENCY", 4, 1, 256) as usize,
+            lock_ttl: Duration::from_millis(self.number("DA_POLL_LOCK_TTL_MS", 4500, 100, 600_000)),
+            rate_limit_per_minute: self.number("DA_RATE_LIMIT_PER_MIN", 60, 1, 100_000) as u32,
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Redis: the coordination server (`REDIS_URL`) and the lock quorum (`REDIS_LOCK_URLS`).
+
+use std::fmt;
+
+use url::Url;
+
+use super::Reader;
+use crate::secret::Secret;
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Unset: single-instance mode, coordination in-process.
+    pub url: Option<RedisUrl>,
+    pub required: bool,
+    /// Independent masters for lock quorum; defaults to `[url]`.
+    pub lock_urls: Vec<RedisUrl>,
+    pub force_tls: bool,
+}
+
+/// A `redis://` or `rediss://` URL. It may carry a password, so it only prints its host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(Secret<Url>);
+
+impl RedisUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url = Url::parse(raw.trim()).map_err(|e| format!("not a URL ({e})"))?;
+        match url.scheme() {
+            "redis" | "rediss" => {}
+            other => {
+                return Err(format!(
+                    "scheme must be redis:// or rediss://, not {other}://"
+                ));
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("has no host".into());
+        }
+        Ok(Self(Secret::new(url)))
+    }
+
+    /// The URL to connect with, upgraded to `rediss://` when TLS is forced.
+    pub fn connection_url(&self, force_tls: bool) -> String {
+        let mut url = self.0.expose().clone();
+        if force_tls && url.scheme() == "redis" {
+            // Only fails for cannot-be-a-base URLs, which `parse` has already excluded.
+            let _ = url.set_scheme("rediss");
+        }
+        url.to_string()
+    }
+
+    /// `host:port`, safe to log.
+    pub fn host_port(&self) -> String {
+        let url = self.0.expose();
+        format!(
+            "{}:{}",
+            url.host_str().unwrap_or("?"),
+            url.port().unwrap_or(6379)
+        )
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.host_port())
+    }
+}
+
+impl Reader<'_> {
+    pub(super) fn redis(&mut self) -> RedisConfig {
+        let url = match self.get("REDIS_URL").map(RedisUrl::parse) {
+            None => None,
+            Some(Ok(url)) => Some(url),
+            Some(Err(problem)) => {
+                self.fail("REDIS_URL", problem);
+                None
+            }
+        };
+        let required = self.bool("REDIS_REQUIRED", false);
+        if required && url.is_none() && !self.errors.iter().any(|e| e.variable == "REDIS_URL") {
+            self.fail(
+                "REDIS_URL",
+                "must be set when REDIS_REQUIRED=true (refusing to run without Redis)",
+            );
+        }
+        let mut lock_urls = Vec::new();
+        if let Some(raw) = self.get("REDIS_LOCK_URLS").map(str::to_owned) {
+            for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match RedisUrl::parse(part) {
+                    Ok(u) => lock_urls.push(u),
+                    Err(problem) => self.fail("REDIS_LOCK_URLS", format!("{problem} in one entry")),
+                }
+            }
+            if url.is_none() && !lock_urls.is_empty() {
+                self.fail("REDIS_LOCK_URLS", "needs REDIS_URL to be set as well");
+            }
+        }
+        if lock_urls.is_empty() {
+            lock_urls.extend(url.clone());
+        }
+        let force_tls = self.bool("REDIS_TLS", false);
+        RedisConfig {
+            url,
+            required,
+            lock_urls,
+            force_tls,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::super::tests::with_keys;
+
+    #[test]
+    fn redis_required_without_a_url_is_refused() {
+        let errors = Config::from_vars(&with_keys(&[("REDIS_REQUIRED", "true")])).unwrap_err();
+        assert!(errors.names("REDIS_URL"));
+    }
+
+    #[test]
+    fn lock_urls_default_to_the_redis_url_and_never_print_passwords() {
+        let config = Config::from_vars(&with_keys(&[(
+            "REDIS_URL",
+            "redis://:s3cret@127.0.0.1:7000/0",
+        )]))
+        .unwrap();
+        assert_eq!(config.redis.lock_urls.len(), 1);
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            config.redis.lock_urls[0]
+                .connection_url(true)
+                .starts_with("rediss://")
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! Child processes: this workspace's binaries (`avatar-local`, the coordination children)
+//! run as a user runs them, their output read line by line, killed on drop.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Sends a signal to a process (SIGSTOP/SIGCONT for pause tests, SIGKILL for crashes).
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned; failure (already gone) is harmless here.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// Path of a binary built from this workspace (`avatar-local`), next to the test binary.
+/// `cargo test --workspace` builds it because the avatar-local package has tests of its own.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (or scripts/test.sh), which builds it",
+        path.display()
+    );
+    path
+}
+
+/// `avatar-local` started as a user would, in a fresh directory, with only PATH, `RUST_LOG`
+/// and `vars` in its environment; its log is kept for the test to search. Killed on drop.
+pub struct LocalServer {
+    process: ChildProcess,
+    /// `http://localhost:PORT`, the default public URL (cookies are bound to it).
+    pub base: String,
+    pub port: u16,
+    pub log: Vec<String>,
+    dir: TempDir,
+}
+
+impl LocalServer {
+    pub async fn start(args: &[&str], vars: &[(String, String)], log_filter: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(workspace_binary("avatar-local"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", log_filter)
+            .envs(vars.iter().cloned())
+            .current_dir(dir.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("avatar-local starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let process = ChildProcess::adopt(child, stderr);
+        let mut log = Vec::new();
+        let address = loop {
+            let line = process
+                .next_line(Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("avatar-local did not start: {log:?}"));
+            let found = line
+                .split("listening on http://")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
+            log.push(line);
+            if let Some(address) = found {
+                break address;
+            }
+        };
+        let port: u16 = address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the listening line");
+        Self {
+            process,
+            base: format!("http://localhost:{port}"),
+            port,
+            log,
+            dir,
+        }
+    }
+
+    /// Stops the server (SIGTERM) and returns everything it logged.
+    pub fn stop(mut self) -> (Vec<String>, TempDir) {
+        signal(self.process.child.id(), libc::SIGTERM);
+        self.log
+            .extend(self.process.remaining_lines(Duration::from_secs(20)));
+        let log = std::mem::take(&mut self.log);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        (log, dir)
+    }
+}
+
+/// A child process whose stdout is read line by line; killed on drop.
+pub struct ChildProcess {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildProcess {
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("child process starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Self::adopt(child, stdout)
+    }
+
+    /// Wraps an already spawned child, reading lines from `output` (its stdout or stderr).
+    pub fn adopt(child: Child, output: impl Read + Send + 'static) -> Self {
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(output).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next stdout line, or `None` when the child closed stdout or `deadline` passed.
+    pub fn next_line(&self, deadline: Duration) -> Option<String> {
+        self.lines.recv_timeout(deadline).ok()
+    }
+
+    /// Every remaining line until the child closes stdout (bounded by `deadline`).
+    pub fn remaining_lines(&self, deadline: Duration) -> Vec<String> {
+        let end = Instant::now() + deadline;
+        let mut lines = Vec::new();
+        while let Some(line) = self.next_line(end.saturating_duration_since(Instant::now())) {
+            lines.push(line);
+        }
+        lines
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        let _ = writeln!(stdin, "{line}");
+        let _ = stdin.flush();
+    }
+
+    /// Waits for exit (bounded) and returns the exit code.
+    pub fn wait(&mut self, deadline: Duration) -> Option<i32> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
