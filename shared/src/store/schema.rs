@@ -47,7 +47,8 @@ pub const MIGRATIONS: &[&str] = &[
         da_donation_id     INTEGER NOT NULL,
         donor_name         TEXT,
         message            TEXT NOT NULL DEFAULT '',
-        -- Decimal text exactly as DonationAlerts sent it: no float rounding of money.
+        -- Decimal text of DonationAlerts' JSON number (its shortest form: 100.50 is 100.5),
+        -- never summed or rounded as a float.
         amount             TEXT NOT NULL,
         currency           TEXT NOT NULL,
         created_at         TEXT NOT NULL,
