@@ -61,6 +61,8 @@ pub struct PollingReport {
     /// The idle poll interval in ms (live streamers and recent donors are polled faster).
     pub interval: Option<u64>,
     pub queue_size: usize,
+    /// Streamer records held in the pollers' caches (summed).
+    pub cached_streamers: usize,
     pub pending: usize,
     /// Streamers waiting out a backoff after failed polls (429, 5xx, garbage, timeouts).
     pub backing_off: usize,
@@ -126,6 +128,7 @@ impl PollingReport {
                     .map_or(figures.interval, |i| i.min(figures.interval)),
             );
             report.queue_size += figures.queue_size;
+            report.cached_streamers += figures.cached;
             report.pending += figures.pending;
             report.backing_off = report.backing_off.max(figures.backing_off);
             report.polled += figures.polled;
@@ -563,7 +566,8 @@ fn report(app: &App, probe: &Probe, figures: WriterFigures) -> HealthReport {
         async_db_enabled: true,
         // Measured: a poller with an adaptive schedule has reported.
         dynamic_polling_enabled: probe.polling.pollers > 0,
-        lazy_cache_enabled: false,
+        // Measured: a poller (which keeps the streamer cache) has reported.
+        lazy_cache_enabled: probe.polling.pollers > 0,
     };
 
     let status = if sqlite.status != "ok" || (required && !redis_up) {

@@ -149,6 +149,17 @@ pub struct UsableTokens {
 }
 
 impl UsableTokens {
+    /// Tokens that were never stored, for unit tests of code that only carries them.
+    #[cfg(test)]
+    pub(crate) fn for_tests(access: &str) -> Self {
+        Self {
+            access_token: Secret::new(access.to_owned()),
+            scopes: Vec::new(),
+            expires_at: None,
+            sealed_access: Vec::new(),
+        }
+    }
+
     /// Valid for at least `margin` more (tokens without a lifetime always are).
     pub fn valid_for(&self, margin: Duration) -> bool {
         self.expires_at

@@ -209,6 +209,11 @@ async fn a_failing_streamer_backs_off_while_the_others_keep_flowing() {
     assert!(polling["errors"].as_u64() >= Some(1), "{health}");
     assert!(polling["polled"].as_u64() >= Some(2), "{health}");
     assert_eq!(health["scalability"]["dynamicPollingEnabled"], true);
+    assert_eq!(health["scalability"]["lazyCacheEnabled"], true);
+    assert!(
+        polling["cachedStreamers"].as_u64() >= Some(1),
+        "polled streamers' records are cached: {health}"
+    );
 }
 
 /// `/health` as this app reports it, once it shows the backoff (the poller reports its

@@ -4,10 +4,12 @@
 //! - [`schedule`]: which streamer is due when (live streamers and recent donors more often,
 //!   idle ones less, failing ones backing off alone, nobody starving).
 //! - [`streamer`]: one poll of one streamer (lock, budget, pages, fenced record).
+//! - [`cache`]: the bounded, lazily filled cache of the streamers' opened tokens.
 //! - [`Poller`]: the loop that keeps up to a few polls in flight, earliest due first, and
 //!   relays the outbox; the `da-poll` function runs it until shortly before its deadline,
 //!   `avatar-local` for as long as it runs.
 
+pub mod cache;
 pub mod schedule;
 pub mod streamer;
 
@@ -58,6 +60,8 @@ pub struct PollStats {
     pub interval_ms: AtomicU64,
     /// Streamers due now and not yet being polled.
     pub queue_size: AtomicUsize,
+    /// Entries in the streamer cache.
+    pub cached: AtomicUsize,
     /// Polls in flight.
     pub pending: AtomicUsize,
     pub backing_off: AtomicUsize,
@@ -79,6 +83,8 @@ pub struct PollFigures {
     /// The idle poll interval in ms (live streamers and recent donors are polled faster).
     pub interval: u64,
     pub queue_size: usize,
+    #[serde(default)]
+    pub cached: usize,
     pub pending: usize,
     pub backing_off: usize,
     pub last_run_at: i64,
@@ -102,6 +108,7 @@ impl PollStats {
             concurrency: self.concurrency.load(Ordering::Relaxed),
             interval: self.interval_ms.load(Ordering::Relaxed),
             queue_size: self.queue_size.load(Ordering::Relaxed),
+            cached: self.cached.load(Ordering::Relaxed),
             pending: self.pending.load(Ordering::Relaxed),
             backing_off: self.backing_off.load(Ordering::Relaxed),
             last_run_at: self.last_run_at.load(Ordering::Relaxed),
@@ -169,6 +176,7 @@ pub struct Poller {
     app: App,
     client: Arc<DonationAlertsClient>,
     schedule: Mutex<Schedule<TwitchUserId>>,
+    cache: Arc<cache::StreamerCache>,
     stats: Arc<PollStats>,
     /// Mean poll duration (ms), for sizing concurrency.
     mean_poll_ms: Mutex<f64>,
@@ -215,6 +223,7 @@ impl Poller {
             app: app.clone(),
             client,
             schedule: Mutex::new(Schedule::new(policy)),
+            cache: Arc::default(),
             stats,
             mean_poll_ms: Mutex::new(200.0),
         })
@@ -274,6 +283,7 @@ impl Poller {
                 relay_due = round + MAX_IDLE_WAIT;
             }
             self.stats.pending.store(in_flight.len(), Ordering::Relaxed);
+            self.stats.cached.store(self.cache.len(), Ordering::Relaxed);
             self.stats.last_run_at.store(now_ms(), Ordering::Relaxed);
             self.stats
                 .last_run_duration_ms
@@ -430,11 +440,13 @@ impl Poller {
             polling_now.insert(streamer.clone());
             let app = self.app.clone();
             let client = self.client.clone();
+            let cache = self.cache.clone();
             let stats = self.stats.clone();
             in_flight.spawn(async move {
                 let started = Instant::now();
                 let outcome =
-                    streamer::poll_streamer(&app, &client, &streamer, min_gap, &stats).await;
+                    streamer::poll_streamer(&app, &client, &cache, &streamer, min_gap, &stats)
+                        .await;
                 (streamer, outcome, started.elapsed())
             });
         }

@@ -8,6 +8,7 @@
 //! 3. Page 1 of `/api/v1/alerts/donations`, then `links.next`, until a donation at or below
 //!    the stored high-water id. Every request first takes a grant from the app-wide
 //!    limiter; the lock is extended before each further page.
+//!    The opened tokens come from the poller's cache when it has them (see `cache`).
 //! 4. A 401 refreshes the tokens once and retries; a second 401, or a refused refresh,
 //!    marks the connection `need_reauth`.
 //! 5. New donations, their events and the cursor go into one write carrying the lock's
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::PollStats;
+use super::cache::StreamerCache;
 use super::schedule::PollOutcome;
 use crate::app::App;
 use crate::coordination::{CoordinationError, Lock, RateLimit};
@@ -75,6 +77,7 @@ impl PollError {
 pub async fn poll_streamer(
     app: &App,
     client: &DonationAlertsClient,
+    cache: &StreamerCache,
     streamer: &TwitchUserId,
     min_gap: Duration,
     stats: &PollStats,
@@ -97,14 +100,22 @@ pub async fn poll_streamer(
         }
     };
     tracing::trace!(streamer = %streamer, fence = lock.fence, "poll lock taken");
-    let result = poll_holding_lock(app, client, streamer, &lock, min_gap, stats).await;
+    let result = poll_holding_lock(app, client, cache, streamer, &lock, min_gap, stats).await;
     if let Err(e) = app.coordinator.release(&lock).await {
         tracing::debug!(error = %e, "the poll lock was not released; it expires by itself");
     }
     match result {
-        Ok(outcome) => outcome,
+        Ok(outcome) => {
+            if outcome == PollOutcome::NeedsReauth {
+                cache.forget(streamer);
+            }
+            outcome
+        }
         Err(e) => {
             let outcome = e.outcome();
+            if outcome == PollOutcome::NeedsReauth {
+                cache.forget(streamer);
+            }
             if outcome == PollOutcome::NeedsReauth {
                 tracing::warn!(error = %crate::oauth::error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
             } else if outcome != PollOutcome::Locked {
@@ -119,6 +130,7 @@ pub async fn poll_streamer(
 async fn poll_holding_lock(
     app: &App,
     client: &DonationAlertsClient,
+    cache: &StreamerCache,
     streamer: &TwitchUserId,
     lock: &Lock,
     min_gap: Duration,
@@ -133,11 +145,19 @@ async fn poll_holding_lock(
     {
         return Ok(PollOutcome::PolledElsewhere);
     }
-    let mut tokens = tokens::load(app, streamer, Provider::DonationAlerts).await?;
+    let mut tokens = match cache.get(streamer) {
+        Some(tokens) => tokens,
+        None => {
+            let tokens = tokens::load(app, streamer, Provider::DonationAlerts).await?;
+            cache.put(streamer, tokens.clone());
+            tokens
+        }
+    };
     let mut lock = lock.clone();
     if !tokens.valid_for(REFRESH_MARGIN) {
         take_budget(app, &lock, stats).await?;
         tokens = tokens::refresh(app, streamer, Provider::DonationAlerts, &tokens).await?;
+        cache.put(streamer, tokens.clone());
     }
     let mut refreshed = false;
     let mut found: Vec<DaDonation> = Vec::new();
@@ -157,6 +177,7 @@ async fn poll_holding_lock(
                 refreshed = true;
                 take_budget(app, &lock, stats).await?;
                 tokens = tokens::refresh(app, streamer, Provider::DonationAlerts, &tokens).await?;
+                cache.put(streamer, tokens.clone());
                 continue;
             }
             Err(e) if e.is_unauthorized() => {
