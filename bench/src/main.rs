@@ -9,9 +9,12 @@
 //! 4. Throughput of `GET /health` (with Redis) and `GET /auth/twitch` on a release
 //!    `avatar-local --demo` under `wrk` with 64 connections, alone and while a slow client
 //!    holds 1,000 half-sent requests open (skipped with a note when wrk is not installed).
-//! 5. Detection latency of the DonationAlerts poll schedule under the real budget, on a
-//!    virtual clock, against round robin (see `poll_schedule`).
+//! 5. The DonationAlerts poller: the schedule's detection latency under the real budget on a
+//!    virtual clock against round robin (`poll_schedule`); its CPU per poll and peak RSS at
+//!    100 to 10,000 streamers, and donations per second through the writer and outbox to the
+//!    stream (`poll_cost`).
 
+mod poll_cost;
 mod poll_schedule;
 
 use std::sync::Arc;
@@ -36,8 +39,8 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
-    // `avatar-bench [writer] [locks] [login] [http] [poll]`: the named groups; all without
-    // arguments.
+    // `avatar-bench [writer] [locks] [login] [http] [poll] [outbox] [pollcost]`: the named
+    // groups; all without arguments.
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let mut rows = Vec::new();
@@ -55,6 +58,12 @@ async fn main() {
     }
     if wanted("poll") {
         rows.extend(poll_schedule::rows());
+    }
+    if wanted("outbox") {
+        rows.extend(poll_cost::throughput_rows().await);
+    }
+    if wanted("pollcost") {
+        rows.extend(poll_cost::cost_rows().await);
     }
 
     println!("| benchmark | result | detail |");
