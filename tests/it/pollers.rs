@@ -211,8 +211,13 @@ async fn four_pollers_over_two_hundred_streamers_record_and_publish_every_donati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poller_paused_past_its_lock_ttl_is_fenced_out_and_duplicates_nothing() {
-    // Arrange: poller A stops itself right after taking streamer 0's lock
-    let mut fleet = Fleet::start(RedisServer::start(), 3, &[]).await;
+    // Arrange: poller A stops itself right after taking streamer 0's lock. One streamer
+    // only: with others, A could be stopped mid-commit of another streamer's poll (holding
+    // SQLite's write lock, so B could not start), or resume with other polls in flight that
+    // take the next budget grant first (and a poll whose lock has expired gives up rather
+    // than wait for one), and never reach its stale record. WAL, so that A stopped in the
+    // middle of a read (its shared lock held) does not keep B from committing.
+    let mut fleet = Fleet::start(RedisServer::start(), 1, &[("SQLITE_JOURNAL_MODE", "wal")]).await;
     fleet.donate(0, 2);
     let paused = fleet.spawn_poller(&["--stop-holding-lock", &twitch_id(0)]);
     let line = fleet.pollers[paused]
