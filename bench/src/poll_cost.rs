@@ -89,9 +89,11 @@ async fn cost_at(streamers: usize) -> Row {
     let mut vars = base_vars(dir.path());
     for (k, v) in [
         ("REDIS_URL", redis.url()),
-        ("DA_RATE_LIMIT_PER_MIN", "100000000".to_owned()),
+        ("DA_RATE_LIMIT_PER_MIN", "100000".to_owned()),
         ("DA_POLL_INTERVAL_MS", "1000".to_owned()),
         ("DA_POLL_CONCURRENCY", "50".to_owned()),
+        ("PROVIDER_TIMEOUT_MS", "1000".to_owned()),
+        ("DA_POLL_LOCK_TTL_MS", "1000".to_owned()),
         ("SQLITE_JOURNAL_MODE", "delete".to_owned()),
         ("RUST_LOG", "error".to_owned()),
     ] {
@@ -109,7 +111,9 @@ async fn cost_at(streamers: usize) -> Row {
     let polls_before = app.poll_stats.snapshot().polled;
     let started = Instant::now();
     poller
-        .run_until(tokio::time::Instant::now() + RUN + Duration::from_secs(4))
+        // The loop stops starting polls one provider timeout plus one lock TTL (2 s here)
+        // before the end it is given.
+        .run_until(tokio::time::Instant::now() + RUN + Duration::from_secs(2))
         .await;
     let elapsed = started.elapsed();
     let polls = app.poll_stats.snapshot().polled - polls_before;
