@@ -650,7 +650,7 @@ async fn the_full_login_against_avatar_local_leaks_no_token_into_the_database_lo
 }
 
 #[tokio::test]
-async fn the_demo_mode_logs_in_with_no_configuration_and_no_network() {
+async fn the_demo_mode_logs_in_connects_donationalerts_and_shows_a_donation_with_no_network() {
     let twitch_port = avatar_tests::free_port().to_string();
     let da_port = avatar_tests::free_port().to_string();
     let server = avatar_tests::LocalServer::start(
@@ -681,6 +681,29 @@ async fn the_demo_mode_logs_in_with_no_configuration_and_no_network() {
     let dashboard = browser.get("/success").await.text().await.unwrap();
     assert!(dashboard.contains("Demo Streamer"), "{dashboard}");
     assert!(dashboard.contains(&format!("http://127.0.0.1:{twitch_port}/avatar.svg")));
+
+    // Connect the fake DonationAlerts and make a donation happen: it reaches the dashboard.
+    let connected = browser.connect_donationalerts().await;
+    assert_eq!(location(&connected), "/success");
+    let donation = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{da_port}/_control/donations"))
+        .json(
+            &serde_json::json!({"username": "Viewer", "message": "Hello from the demo!",
+                                  "amount": 100, "currency": "RUB"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(donation.status(), 201);
+    wait_until(
+        "the demo donation on the dashboard",
+        Duration::from_secs(30),
+        || async {
+            let html = browser.get("/success").await.text().await.unwrap();
+            html.contains("Hello from the demo!")
+        },
+    )
+    .await;
     server.stop();
 }
 
