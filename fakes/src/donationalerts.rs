@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -293,15 +293,7 @@ impl FakeDonationAlerts {
     ///
     /// The bind error, e.g. when the port is taken.
     pub async fn spawn(&self, port: u16) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-        let addr = listener.local_addr()?;
-        let fake = self.clone();
-        let task = tokio::spawn(async move {
-            if let Err(error) = fake.serve(listener, std::future::pending()).await {
-                tracing::error!(%error, "the fake DonationAlerts server stopped");
-            }
-        });
-        Ok((addr, task))
+        crate::spawn_router(self.router(), port, "DonationAlerts").await
     }
 
     /// `DA_BASE_URL` for this fake served on `addr`.

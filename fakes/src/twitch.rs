@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -243,15 +243,7 @@ impl FakeTwitch {
     ///
     /// The bind error, e.g. when the port is taken.
     pub async fn spawn(&self, port: u16) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-        let addr = listener.local_addr()?;
-        let fake = self.clone();
-        let task = tokio::spawn(async move {
-            if let Err(error) = fake.serve(listener, std::future::pending()).await {
-                tracing::error!(%error, "the fake Twitch server stopped");
-            }
-        });
-        Ok((addr, task))
+        crate::spawn_router(self.router(), port, "Twitch").await
     }
 
     /// The base URL of the OAuth endpoints, for `TWITCH_AUTH_BASE_URL`:
