@@ -189,16 +189,7 @@ async fn finish_twitch_login(
         .redeem(app, headers, query.state.as_deref())
         .await?;
     if let Some(error) = query.error {
-        // Logged: keep only what an OAuth error code can contain.
-        let error: String = error
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
-        return Err(WebError::ProviderDenied {
-            provider: Provider::Twitch,
-            error,
-        });
+        return Err(WebError::provider_denied(Provider::Twitch, &error));
     }
     let code = query
         .code

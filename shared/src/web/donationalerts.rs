@@ -124,15 +124,7 @@ async fn finish(
     let streamer = current.user.twitch_user_id.clone();
     tracing::Span::current().record("twitch_user_id", streamer.as_str());
     if let Some(error) = query.error {
-        let error: String = error
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
-        return Err(WebError::ProviderDenied {
-            provider: PROVIDER,
-            error,
-        });
+        return Err(WebError::provider_denied(PROVIDER, &error));
     }
     let code = query
         .code

@@ -176,6 +176,19 @@ pub enum WebError {
 }
 
 impl WebError {
+    /// The provider sent the browser back with `error`: kept for the log with only the
+    /// characters an OAuth error code can contain.
+    pub fn provider_denied(provider: Provider, error: &str) -> Self {
+        Self::ProviderDenied {
+            provider,
+            error: error
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::State(_)
