@@ -2,14 +2,14 @@
 //! every donation recorded and published once, bursts paged through, failing streamers
 //! backing off alone, revoked ones left alone, held locks respected, the budget kept.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use avatar_tests::streamers::link_streamer;
-use avatar_tests::{RedisServer, base_vars, wait_until};
+use avatar_tests::streamers::{DonationAlertsTestbed, link_streamer};
+use avatar_tests::{RedisServer, wait_until};
 use fake_providers::donationalerts::{
-    ApiFailure, FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation as FakeNew, RequestKind,
+    ApiFailure, FakeDonationAlerts, NewDonation as FakeNew, RequestKind,
 };
 use shared::app::App;
 use shared::config::Config;
@@ -30,29 +30,23 @@ pub(crate) struct PollerSetup {
     pub(crate) app: App,
     pub(crate) fake: FakeDonationAlerts,
     pub(crate) redis: RedisServer,
-    _dir: tempfile::TempDir,
-    _server: tokio::task::JoinHandle<()>,
+    _testbed: DonationAlertsTestbed,
 }
 
 impl PollerSetup {
     /// An app over a private Redis and the fake, with `streamers` linked streamers.
     pub(crate) async fn start(streamers: usize, extra: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
-        let fake = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(
-            "http://localhost:3000/auth/donationalerts/callback",
-        ));
-        let (address, server) = fake.spawn(0).await.unwrap();
-        let mut vars: HashMap<String, String> = base_vars(dir.path());
-        vars.insert("REDIS_URL".into(), redis.url());
+        let mut testbed = DonationAlertsTestbed::start(&redis.url()).await;
+        let vars = &mut testbed.vars;
         vars.insert("PROVIDER_TIMEOUT_MS".into(), "2000".into());
         vars.insert("DA_POLL_INTERVAL_MS".into(), "200".into());
         vars.insert("DA_RATE_LIMIT_PER_MIN".into(), "6000".into());
-        vars.extend(fake.app_variables(address));
         for (k, v) in extra {
             vars.insert((*k).into(), (*v).into());
         }
-        let app = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
+        let app = App::build(Config::from_vars(vars).unwrap()).await.unwrap();
+        let fake = testbed.fake.clone();
         for i in 0..streamers {
             link_streamer(&app, &fake, &twitch_id(i), da_id(i)).await;
         }
@@ -60,8 +54,7 @@ impl PollerSetup {
             app,
             fake,
             redis,
-            _dir: dir,
-            _server: server,
+            _testbed: testbed,
         }
     }
 

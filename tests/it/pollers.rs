@@ -8,11 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
-use avatar_tests::streamers::link_streamer;
-use avatar_tests::{ChildProcess, RedisServer, base_vars, signal, wait_until};
-use fake_providers::donationalerts::{
-    ApiFailure, FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation,
-};
+use avatar_tests::streamers::{DonationAlertsTestbed, link_streamer};
+use avatar_tests::{ChildProcess, RedisServer, signal, wait_until};
+use fake_providers::donationalerts::{ApiFailure, FakeDonationAlerts, NewDonation};
 use shared::app::App;
 use shared::config::Config;
 
@@ -35,29 +33,22 @@ struct Fleet {
     app: App,
     pollers: Vec<ChildProcess>,
     streamers: usize,
-    _dir: tempfile::TempDir,
-    _server: tokio::task::JoinHandle<()>,
+    _testbed: DonationAlertsTestbed,
 }
 
 impl Fleet {
     async fn start(redis: RedisServer, streamers: usize, extra: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(
-            "http://localhost:3000/auth/donationalerts/callback",
-        ));
-        let (address, server) = fake.spawn(0).await.unwrap();
-        let mut vars = base_vars(dir.path());
+        let testbed = DonationAlertsTestbed::start(&redis.url()).await;
+        let mut vars = testbed.vars.clone();
         for (k, v) in [
-            ("REDIS_URL", redis.url()),
-            ("PROVIDER_TIMEOUT_MS", "1000".into()),
-            ("DA_POLL_INTERVAL_MS", "200".into()),
-            ("DA_POLL_LOCK_TTL_MS", "1000".into()),
-            ("DA_RATE_LIMIT_PER_MIN", "6000".into()),
-            ("SQLITE_JOURNAL_MODE", "delete".into()),
+            ("PROVIDER_TIMEOUT_MS", "1000"),
+            ("DA_POLL_INTERVAL_MS", "200"),
+            ("DA_POLL_LOCK_TTL_MS", "1000"),
+            ("DA_RATE_LIMIT_PER_MIN", "6000"),
+            ("SQLITE_JOURNAL_MODE", "delete"),
         ] {
-            vars.insert(k.into(), v);
+            vars.insert(k.into(), v.into());
         }
-        vars.extend(fake.app_variables(address));
         // The faults below make pollers warn; their logs show with TEST_LOG only.
         let log = if std::env::var_os("TEST_LOG").is_some() {
             "info"
@@ -69,6 +60,7 @@ impl Fleet {
             vars.insert((*k).into(), (*v).into());
         }
         let app = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
+        let fake = testbed.fake.clone();
         for i in 0..streamers {
             link_streamer(&app, &fake, &twitch_id(i), da_id(i)).await;
         }
@@ -79,8 +71,7 @@ impl Fleet {
             app,
             pollers: Vec::new(),
             streamers,
-            _dir: dir,
-            _server: server,
+            _testbed: testbed,
         }
     }
 

@@ -1,12 +1,9 @@
 //! The token module against the fake DonationAlerts, real SQLite and a private Redis:
 //! racing refreshes ask the provider once, a refused refresh ends in `need_reauth`.
 
-use std::collections::HashMap;
-
-use avatar_tests::{RedisServer, base_vars};
-use fake_providers::donationalerts::{
-    ApiFailure, FakeDonationAlerts, FakeDonationAlertsConfig, RequestKind,
-};
+use avatar_tests::RedisServer;
+use avatar_tests::streamers::DonationAlertsTestbed;
+use fake_providers::donationalerts::{ApiFailure, FakeDonationAlerts, RequestKind};
 use shared::app::App;
 use shared::config::Config;
 use shared::store::accounts::{TokenKind, seal_token};
@@ -21,26 +18,21 @@ struct Setup {
     apps: Vec<App>,
     fake: FakeDonationAlerts,
     _redis: RedisServer,
-    _dir: tempfile::TempDir,
-    _server: tokio::task::JoinHandle<()>,
+    _testbed: DonationAlertsTestbed,
 }
 
 /// `instances` apps sharing one database and one Redis, with the demo streamer's
 /// DonationAlerts tokens stored (expired when `expired`).
 async fn setup(instances: usize, expired: bool) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start();
-    let fake = FakeDonationAlerts::new(FakeDonationAlertsConfig::demo(
-        "http://localhost:3000/auth/donationalerts/callback",
-    ));
-    let (address, server) = fake.spawn(0).await.unwrap();
-    let mut vars: HashMap<String, String> = base_vars(dir.path());
-    vars.insert("REDIS_URL".into(), redis.url());
-    vars.insert("PROVIDER_TIMEOUT_MS".into(), "2000".into());
-    vars.extend(fake.app_variables(address));
+    let mut testbed = DonationAlertsTestbed::start(&redis.url()).await;
+    testbed
+        .vars
+        .insert("PROVIDER_TIMEOUT_MS".into(), "2000".into());
+    let (vars, fake) = (&testbed.vars, testbed.fake.clone());
     let mut apps = Vec::new();
     for _ in 0..instances {
-        let config = Config::from_vars(&vars).expect("valid configuration");
+        let config = Config::from_vars(vars).expect("valid configuration");
         apps.push(App::build(config).await.expect("app builds"));
     }
     let app = &apps[0];
@@ -81,8 +73,7 @@ async fn setup(instances: usize, expired: bool) -> Setup {
         apps,
         fake,
         _redis: redis,
-        _dir: dir,
-        _server: server,
+        _testbed: testbed,
     }
 }
 

@@ -43,3 +43,40 @@ pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str
         .await
         .expect("connection stored");
 }
+
+/// A fake DonationAlerts on a free loopback port and the configuration of an app that uses
+/// it, a private Redis (`redis_url`) and a fresh database: what the poller's tests share.
+/// Add test-specific variables to `vars` before building apps from it.
+pub struct DonationAlertsTestbed {
+    pub fake: FakeDonationAlerts,
+    pub vars: std::collections::HashMap<String, String>,
+    pub dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl DonationAlertsTestbed {
+    pub async fn start(redis_url: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fake = FakeDonationAlerts::new(
+            fake_providers::donationalerts::FakeDonationAlertsConfig::demo(
+                "http://localhost:3000/auth/donationalerts/callback",
+            ),
+        );
+        let (address, server) = fake.spawn(0).await.expect("fake DonationAlerts");
+        let mut vars = crate::base_vars(dir.path());
+        vars.insert("REDIS_URL".into(), redis_url.to_owned());
+        vars.extend(fake.app_variables(address));
+        Self {
+            fake,
+            vars,
+            dir,
+            server,
+        }
+    }
+}
+
+impl Drop for DonationAlertsTestbed {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
