@@ -13,7 +13,8 @@
 //!   JSON array). The client secret is read from the form body, as Twitch requires.
 //! - `GET /oauth2/validate` (`Authorization: OAuth …` or `Bearer …`) reports the token's
 //!   client, user, scopes and remaining lifetime.
-//! - `POST /oauth2/revoke` kills an access token.
+//! - `POST /oauth2/revoke` kills an access token, or a refresh token (as RFC 7009 allows;
+//!   Twitch documents access tokens only).
 //! - `GET /helix/users` returns the token's user; `GET /avatar.svg` is that user's picture,
 //!   so the dashboard shows one offline.
 //!
@@ -22,8 +23,8 @@
 //! - Refreshing rotates: the old refresh token stops working at once, the old access token
 //!   keeps working until it expires or is revoked or invalidated.
 //! - Revoking or invalidating an access token leaves the refresh token issued with it
-//!   alive; add [`FakeTwitch::invalidate_refresh_token`] to model a user who disconnected
-//!   the app.
+//!   alive (the strictest reading: an app must revoke both); add
+//!   [`FakeTwitch::invalidate_refresh_token`] to model a user who disconnected the app.
 //! - A code is consumed only by a successful exchange; a rejected exchange leaves it usable.
 //!   Codes do not expire.
 //! - The consent page is shown on every authorize request, as if `force_verify` were
@@ -170,6 +171,9 @@ struct Ledger {
     /// User ids that `/helix/streams` reports live.
     live: std::collections::HashSet<String>,
     streams_requests: usize,
+    validate_requests: usize,
+    /// Added before every `/validate` answer, like the network and Twitch's own time.
+    validate_latency: Duration,
 }
 
 /// What the user agreed to: who, for which client, with which scopes.
@@ -284,7 +288,7 @@ impl FakeTwitch {
         self.ledger().issued.clone()
     }
 
-    /// Access tokens revoked through `POST /oauth2/revoke`, oldest first.
+    /// Tokens (access or refresh) revoked through `POST /oauth2/revoke`, oldest first.
     pub fn revoked_tokens(&self) -> Vec<String> {
         self.ledger().revoked.clone()
     }
@@ -300,6 +304,51 @@ impl FakeTwitch {
     /// disconnection, after which only a new login helps.
     pub fn invalidate_refresh_token(&self, token: &str) {
         self.ledger().refresh_tokens.remove(token);
+    }
+
+    /// Issues a token pair for `user` with `scopes` as if they had logged in to the app (for
+    /// tests that need many streamers' tokens without clicking through the consent page).
+    /// `ttl` is the access token's lifetime.
+    pub fn issue_tokens(&self, user: FakeUser, scopes: &[&str], ttl: Duration) -> IssuedTokens {
+        let pair = TokenPair::generate().expect("the system's random source works");
+        let grant = Grant {
+            client_id: self.config().client_id.clone(),
+            user,
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let issued = self.ledger().issue(grant, ttl, pair);
+        IssuedTokens {
+            access_token: issued.access_token,
+            refresh_token: issued.refresh_token,
+        }
+    }
+
+    /// Makes an access token expire now: /validate and Helix answer 401 for it; its refresh
+    /// token still works.
+    pub fn expire_access_token(&self, token: &str) {
+        if let Some(entry) = self.ledger().access_tokens.get_mut(token) {
+            entry.expires_at = Instant::now();
+        }
+    }
+
+    /// Whether `/validate` would accept this access token now.
+    pub fn access_token_is_live(&self, token: &str) -> bool {
+        self.ledger().live_access_token(token).is_some()
+    }
+
+    /// Whether this refresh token would be redeemed now.
+    pub fn refresh_token_is_live(&self, token: &str) -> bool {
+        self.ledger().refresh_tokens.contains_key(token)
+    }
+
+    /// Delays every `/validate` answer by `latency`.
+    pub fn set_validate_latency(&self, latency: Duration) {
+        self.ledger().validate_latency = latency;
+    }
+
+    /// How many `GET /oauth2/validate` requests arrived.
+    pub fn validate_requests(&self) -> usize {
+        self.ledger().validate_requests
     }
 
     /// Makes `/helix/streams` report exactly these user ids live.
@@ -462,6 +511,13 @@ impl Ledger {
 struct TokenPair {
     access: String,
     refresh: String,
+}
+
+/// A token pair made by [`FakeTwitch::issue_tokens`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: String,
 }
 
 impl TokenPair {
@@ -721,6 +777,14 @@ async fn token_response(fake: &FakeTwitch, headers: &HeaderMap, body: &[u8]) -> 
 }
 
 async fn validate(State(fake): State<FakeTwitch>, headers: HeaderMap) -> Response {
+    let latency = {
+        let mut ledger = fake.ledger();
+        ledger.validate_requests += 1;
+        ledger.validate_latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let token = match credential(&headers, &["OAuth", "Bearer"]) {
         Credential::Missing => {
             return status_error(StatusCode::UNAUTHORIZED, "missing authorization token");
@@ -757,13 +821,19 @@ async fn revoke(State(fake): State<FakeTwitch>, headers: HeaderMap, body: Bytes)
         return invalid();
     };
     let mut ledger = fake.ledger();
-    // Only a live access token of this client can be revoked; Twitch answers 400 for
-    // anything else, a refresh token or an already dead token included.
-    match ledger.live_access_token(token) {
-        Some((grant, _)) if grant.client_id == client_id => {}
-        _ => return invalid(),
+    // A live access token or a live refresh token of this client; 400 for anything else, an
+    // already dead token included.
+    let access =
+        matches!(ledger.live_access_token(token), Some((grant, _)) if grant.client_id == client_id);
+    let refresh =
+        matches!(ledger.refresh_tokens.get(token), Some(grant) if grant.client_id == client_id);
+    if access {
+        ledger.access_tokens.remove(token);
+    } else if refresh {
+        ledger.refresh_tokens.remove(token);
+    } else {
+        return invalid();
     }
-    ledger.access_tokens.remove(token);
     ledger.revoked.push(token.to_owned());
     // Twitch's documented answer: 200 with no body.
     StatusCode::OK.into_response()

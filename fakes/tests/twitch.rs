@@ -731,7 +731,7 @@ async fn a_revoked_token_is_dead_for_validate_and_helix() {
 }
 
 #[tokio::test]
-async fn revoke_refuses_an_unknown_client_and_a_token_that_is_not_a_live_access_token() {
+async fn revoke_refuses_an_unknown_client_and_a_token_that_is_not_live() {
     let twitch = TestTwitch::start().await;
     let tokens = twitch.tokens("chat:read").await;
 
@@ -742,7 +742,7 @@ async fn revoke_refuses_an_unknown_client_and_a_token_that_is_not_a_live_access_
         json!({"status": 404, "message": "client does not exist"})
     );
 
-    for token in [tokens.refresh.as_str(), "nosuchtoken", ""] {
+    for token in ["nosuchtoken", ""] {
         let response = twitch.revoke(twitch.client_id(), token).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{token}");
         assert_eq!(
@@ -766,6 +766,68 @@ async fn revoke_refuses_an_unknown_client_and_a_token_that_is_not_a_live_access_
         StatusCode::BAD_REQUEST
     );
     assert_eq!(twitch.fake.revoked_tokens().len(), 1);
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_no_longer_refreshes_and_its_access_token_lives_on() {
+    let twitch = TestTwitch::start().await;
+    let tokens = twitch.tokens("chat:read").await;
+
+    let response = twitch.revoke(twitch.client_id(), &tokens.refresh).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let refresh = twitch.refresh(&tokens.refresh).await;
+    assert_eq!(refresh.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(refresh).await["message"], "Invalid refresh token");
+    let validate = twitch
+        .validate(Some(&format!("OAuth {}", tokens.access)))
+        .await;
+    assert_eq!(validate.status(), StatusCode::OK);
+    assert_eq!(
+        twitch
+            .revoke(twitch.client_id(), &tokens.refresh)
+            .await
+            .status(),
+        StatusCode::BAD_REQUEST,
+        "a dead refresh token cannot be revoked again"
+    );
+    assert_eq!(twitch.fake.revoked_tokens(), [tokens.refresh]);
+}
+
+#[tokio::test]
+async fn issued_and_expired_tokens_behave_like_logged_in_ones() {
+    let twitch = TestTwitch::start().await;
+    let user = fake_providers::twitch::FakeUser {
+        id: "1000001".into(),
+        login: "seeded".into(),
+        display_name: "Seeded".into(),
+    };
+    let issued =
+        twitch
+            .fake
+            .issue_tokens(user, &["chat:read"], std::time::Duration::from_secs(3600));
+    let validate = twitch
+        .validate(Some(&format!("OAuth {}", issued.access_token)))
+        .await;
+    assert_eq!(validate.status(), StatusCode::OK);
+    assert_eq!(json_of(validate).await["user_id"], "1000001");
+
+    twitch.fake.expire_access_token(&issued.access_token);
+    assert!(!twitch.fake.access_token_is_live(&issued.access_token));
+    let validate = twitch
+        .validate(Some(&format!("OAuth {}", issued.access_token)))
+        .await;
+    assert_eq!(validate.status(), StatusCode::UNAUTHORIZED);
+    assert!(twitch.fake.refresh_token_is_live(&issued.refresh_token));
+    assert_eq!(
+        twitch.refresh(&issued.refresh_token).await.status(),
+        StatusCode::OK
+    );
+    assert!(
+        !twitch.fake.refresh_token_is_live(&issued.refresh_token),
+        "rotated"
+    );
+    assert_eq!(twitch.fake.validate_requests(), 2);
 }
 
 #[tokio::test]

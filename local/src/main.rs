@@ -1,6 +1,7 @@
 //! `avatar-local`: every route of the contract on one port, with no AWS and no Docker.
-//! It serves the same router the Lambda functions run and runs the DonationAlerts poller
-//! the `da-poll` function runs. `--demo` adds a fake Twitch and a fake DonationAlerts on
+//! It serves the same router the Lambda functions run, and runs on timers the jobs of the
+//! scheduled functions: the DonationAlerts poller (`da-poll`) and the Twitch token validation
+//! (`token-validate`). `--demo` adds a fake Twitch and a fake DonationAlerts on
 //! loopback and points the configuration at them, so the whole login, the DonationAlerts
 //! connection and donations arriving work offline.
 
@@ -14,6 +15,12 @@ use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::app::{App, StartupError};
 use shared::config::Config;
 use shared::poll::Poller;
+use shared::tokens::validation::TokenValidator;
+
+/// How often `avatar-local` looks for Twitch tokens due for validation, and the longest one
+/// look lasts (the next continues where it stopped).
+const VALIDATE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const VALIDATE_SLICE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(name = "avatar-local", version, about)]
@@ -107,9 +114,22 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
             None
         }
     };
+    let validator = TokenValidator::new(&app).map(|validator| {
+        let mut stopped = background_stopped.clone();
+        tokio::spawn(async move {
+            validator
+                .run_every(VALIDATE_EVERY, VALIDATE_SLICE, async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+        })
+    });
     let served = shared::http::serve(listener, app, shutdown_signal()).await;
     drop(stop_background);
     let _ = heartbeat.await;
+    if let Some(validator) = validator {
+        let _ = validator.await;
+    }
     if let Some(poller) = poller {
         // Finishes its polls in flight (releasing their locks) and relays the outbox.
         let _ = poller.await;

@@ -181,6 +181,13 @@ pub fn sha256(value: &str) -> Vec<u8> {
     Sha256::digest(value.as_bytes()).to_vec()
 }
 
+/// Whether two secrets are equal, in time that depends on neither: their SHA-256 digests (of
+/// equal length whatever the inputs) are compared without an early exit.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (sha256(a), sha256(b));
+    a.iter().zip(&b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +269,13 @@ mod tests {
         let token = random_token(32);
         assert_eq!(token.len(), 43);
         assert_ne!(token, random_token(32));
+    }
+
+    #[test]
+    fn constant_time_eq_tells_equal_from_different() {
+        assert!(constant_time_eq("s3cret-token", "s3cret-token"));
+        assert!(!constant_time_eq("s3cret-token", "s3cret-tokem"));
+        assert!(!constant_time_eq("s3cret-token", ""));
+        assert!(!constant_time_eq("", "x"));
     }
 }

@@ -1,5 +1,6 @@
-//! The donation event as it crosses processes: the stream entry in `avatar:events` and the
-//! envelope published on `overlay:broadcast:v1`, in the Node app's format.
+//! Events as they cross processes: the stream entry in `avatar:events` and the envelope
+//! published on `overlay:broadcast:v1`, in the Node app's format. Two kinds exist: `donation`
+//! (a new donation) and `token.revoked` (a streamer's tokens died: bots must stop using them).
 
 use serde::{Deserialize, Serialize};
 
@@ -60,12 +61,43 @@ impl DonationPayload {
     }
 }
 
+/// The `token.revoked` payload: the provider refused to refresh a streamer's tokens (the
+/// streamer disconnected the app, changed their password, …). The tokens are deleted; bots
+/// holding a copy must stop using it, and the streamer must log in again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRevokedPayload {
+    /// `token.revoked:{provider}:{streamerId}:{revokedAt ms}`.
+    pub event_id: String,
+    pub streamer_id: String,
+    /// `twitch` or `donationalerts`.
+    pub provider: String,
+    /// Why: `refresh_refused`.
+    pub reason: String,
+    /// RFC 3339 UTC.
+    pub revoked_at: String,
+}
+
+pub const DONATION: &str = "donation";
+pub const TOKEN_REVOKED: &str = "token.revoked";
+
+/// `{"target":"streamer","streamerId":"…","event":kind,"payload":…}` with the payload kept
+/// exactly as recorded.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    target: &'static str,
+    streamer_id: &'a str,
+    event: &'a str,
+    payload: &'a serde_json::value::RawValue,
+}
+
 /// One event ready for the bus: what the stream entry and the broadcast carry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusEvent {
     pub event_id: String,
     pub streamer_id: String,
-    /// The stream entry's `type` field (`donation`).
+    /// The stream entry's `type` field (`donation`, `token.revoked`).
     pub kind: String,
     /// The payload as JSON (the stream entry's `data` field).
     pub data: String,
@@ -75,14 +107,39 @@ pub struct BusEvent {
 
 impl BusEvent {
     pub fn donation(payload: &DonationPayload) -> Self {
-        Self {
-            event_id: payload.event_id.clone(),
-            streamer_id: payload.streamer_id.clone(),
-            kind: "donation".into(),
-            // Serialising plain strings and numbers cannot fail.
-            data: serde_json::to_string(payload).expect("payload serialises"),
-            envelope: serde_json::to_string(&payload.envelope()).expect("envelope serialises"),
-        }
+        // Serialising plain strings and numbers cannot fail.
+        let data = serde_json::to_string(payload).expect("payload serialises");
+        Self::recorded(&payload.event_id, &payload.streamer_id, DONATION, data)
+            .expect("a serialised payload is JSON")
+    }
+
+    pub fn token_revoked(payload: &TokenRevokedPayload) -> Self {
+        let data = serde_json::to_string(payload).expect("payload serialises");
+        Self::recorded(&payload.event_id, &payload.streamer_id, TOKEN_REVOKED, data)
+            .expect("a serialised payload is JSON")
+    }
+
+    /// An event of any kind from its recorded parts (an outbox row); `data` must be JSON.
+    pub fn recorded(
+        event_id: &str,
+        streamer_id: &str,
+        kind: &str,
+        data: String,
+    ) -> Result<Self, serde_json::Error> {
+        let payload: &serde_json::value::RawValue = serde_json::from_str(&data)?;
+        let envelope = serde_json::to_string(&Envelope {
+            target: "streamer",
+            streamer_id,
+            event: kind,
+            payload,
+        })?;
+        Ok(Self {
+            event_id: event_id.to_owned(),
+            streamer_id: streamer_id.to_owned(),
+            kind: kind.to_owned(),
+            data,
+            envelope,
+        })
     }
 }
 
@@ -138,5 +195,27 @@ mod tests {
             serde_json::from_str::<DonationPayload>(&event.data).unwrap(),
             sample()
         );
+        let typed = serde_json::to_value(sample().envelope()).unwrap();
+        assert_eq!(json, typed, "the generic envelope is the typed one");
+    }
+
+    #[test]
+    fn a_token_revoked_event_has_the_same_envelope_shape() {
+        let payload = TokenRevokedPayload {
+            event_id: "token.revoked:twitch:141981764:1700000000000".into(),
+            streamer_id: "141981764".into(),
+            provider: "twitch".into(),
+            reason: "refresh_refused".into(),
+            revoked_at: "2023-11-14T22:13:20Z".into(),
+        };
+        let event = BusEvent::token_revoked(&payload);
+        assert_eq!(event.kind, "token.revoked");
+        let json: serde_json::Value = serde_json::from_str(&event.envelope).unwrap();
+        assert_eq!(json["target"], "streamer");
+        assert_eq!(json["event"], "token.revoked");
+        assert_eq!(json["streamerId"], "141981764");
+        assert_eq!(json["payload"]["provider"], "twitch");
+        assert_eq!(json["payload"]["eventId"], payload.event_id);
+        assert!(BusEvent::recorded("x", "1", "donation", "not json".into()).is_err());
     }
 }

@@ -15,7 +15,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use crate::app::App;
 use crate::config::Config;
 use crate::health::{self, Status};
-use crate::web::{auth, donationalerts, pages};
+use crate::web::{auth, chat_token, donationalerts, pages};
 
 /// Every function of the bundle: one binary (and crate) each in `functions/`, one resource
 /// each in template.yaml.
@@ -25,7 +25,9 @@ pub enum Function {
     AuthStart,
     AuthCallback,
     Pages,
+    ChatToken,
     DaPoll,
+    TokenValidate,
 }
 
 /// What invokes a function.
@@ -44,7 +46,9 @@ impl Function {
         Function::AuthStart,
         Function::AuthCallback,
         Function::Pages,
+        Function::ChatToken,
         Function::DaPoll,
+        Function::TokenValidate,
     ];
 
     /// The function's binary (and crate) name.
@@ -54,14 +58,18 @@ impl Function {
             Self::AuthStart => "auth-start",
             Self::AuthCallback => "auth-callback",
             Self::Pages => "pages",
+            Self::ChatToken => "chat-token",
             Self::DaPoll => "da-poll",
+            Self::TokenValidate => "token-validate",
         }
     }
 
     pub fn kind(self) -> FunctionKind {
         match self {
-            Self::Health | Self::AuthStart | Self::AuthCallback | Self::Pages => FunctionKind::Http,
-            Self::DaPoll => FunctionKind::Scheduled,
+            Self::Health | Self::AuthStart | Self::AuthCallback | Self::Pages | Self::ChatToken => {
+                FunctionKind::Http
+            }
+            Self::DaPoll | Self::TokenValidate => FunctionKind::Scheduled,
         }
     }
 
@@ -71,11 +79,23 @@ impl Function {
     }
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (browsers, monitoring).
+    Public,
+    /// Other services only (the chat bots). In AWS, API Gateway's AWS_IAM authorizer checks
+    /// the caller before the function runs; the local server requires `Authorization: Bearer
+    /// {INTERNAL_API_TOKEN}` and serves no such route when that variable is unset.
+    Internal,
+}
+
 /// One route: who serves it and with which handler.
 pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub function: Function,
+    pub access: Access,
     /// The handler, registered for the given method.
     handler: fn(MethodFilter) -> MethodRouter<App>,
 }
@@ -91,8 +111,14 @@ impl Route {
             method,
             path,
             function,
+            access: Access::Public,
             handler,
         }
+    }
+
+    const fn internal(mut self) -> Self {
+        self.access = Access::Internal;
+        self
     }
 
     fn method_router(&self) -> MethodRouter<App> {
@@ -160,23 +186,52 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/static/style.css", Function::Pages, |m| {
         on(m, pages::stylesheet)
     }),
+    Route::new(
+        Method::GET,
+        "/internal/chat-token/{twitchUserId}",
+        Function::ChatToken,
+        |m| on(m, chat_token::chat_token),
+    )
+    .internal(),
 ];
+
+/// Where a router runs: it decides who checks the callers of internal routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edge {
+    /// `avatar-local`: internal routes need the bearer token, and exist only with one.
+    LocalServer,
+    /// A Lambda behind API Gateway, whose authorizer has checked the caller already.
+    ApiGateway,
+}
 
 /// All routes (the local server).
 pub fn router(app: App) -> Router {
-    build(ROUTES.iter(), app)
+    build(ROUTES.iter(), app, Edge::LocalServer)
 }
 
 /// The routes of one Lambda function.
 pub fn function_router(function: Function, app: App) -> Router {
-    build(function.routes(), app)
+    build(function.routes(), app, Edge::ApiGateway)
 }
 
-fn build<'a>(routes: impl Iterator<Item = &'a Route>, app: App) -> Router {
+fn build<'a>(routes: impl Iterator<Item = &'a Route>, app: App, edge: Edge) -> Router {
     let headers = SecurityHeaders::for_config(&app.config);
     let mut router = Router::new();
     for route in routes {
-        router = router.route(route.path, route.method_router());
+        let method_router = match (route.access, edge) {
+            (Access::Public, _) | (Access::Internal, Edge::ApiGateway) => route.method_router(),
+            (Access::Internal, Edge::LocalServer) => {
+                let Some(token) = app.config.internal_api_token.clone() else {
+                    continue;
+                };
+                route
+                    .method_router()
+                    .layer(axum::middleware::from_fn(move |request, next| {
+                        chat_token::require_bearer(token.clone(), request, next)
+                    }))
+            }
+        };
+        router = router.route(route.path, method_router);
     }
     // Layered last, so the fallback and the 405s of the method routers get the headers too.
     router

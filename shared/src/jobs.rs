@@ -1,5 +1,5 @@
 //! Scheduled jobs: the work a scheduled function does on each invocation (the `da-poll`
-//! poll; hourly token validation joins it). The Lambda entry point runs a job until shortly
+//! poll, the `token-validate` validation). The Lambda entry point runs a job until shortly
 //! before the invocation's deadline; `avatar-local` runs the same jobs on timers.
 
 use std::future::Future;

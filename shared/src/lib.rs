@@ -14,7 +14,8 @@
 //! - [`coordination`]: locks (node-redlock wire format, with fencing tokens), one-time
 //!   state, the app-wide GCRA rate limiter, the event bus and heartbeats; Redis when
 //!   `REDIS_URL` is set, in-process otherwise (single-instance mode).
-//! - [`events`]: the donation event as it crosses processes (stream entry, broadcast).
+//! - [`events`]: events as they cross processes (stream entry, broadcast): `donation` and
+//!   `token.revoked`.
 //! - [`crypto`]: AES-256-GCM sealing of tokens at rest (with key rotation) and HMAC signing
 //!   of cookies and CSRF tokens.
 //! - [`oauth`]: the provider clients (Twitch), pointed at configurable base URLs.
@@ -23,7 +24,9 @@
 //! - [`poll`]: the DonationAlerts poller's schedule: live streamers and recent donors polled
 //!   more often, idle ones backing off, failing ones backing off alone, nobody starving.
 //! - [`tokens`]: stored provider tokens for both providers: open, refresh under a per-user
-//!   lock (the rotated refresh token always stored), `need_reauth`.
+//!   lock (the rotated refresh token always stored), end a dead connection (`need_reauth`,
+//!   tokens deleted, `token.revoked` published), the chat bots' token, revocation on
+//!   disconnect, and the hourly validation of every Twitch token (`tokens::validation`).
 //! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
 //!   revocable server-side, CSRF checks, strict CSP, one place mapping errors to pages.
 //! - [`health`]: the `/health` report; every figure in it is measured.
@@ -31,7 +34,8 @@
 //!   the headers every response carries.
 //! - [`server`]: `avatar-local`'s HTTP edge: header, idle and body timeouts, a connection cap.
 //! - [`app`]: the state built once per process (per cold start).
-//! - [`jobs`]: the work of a scheduled function (the DonationAlerts poll), run by the Lambda
+//! - [`jobs`]: the work of a scheduled function (the DonationAlerts poll, the token
+//!   validation), run by the Lambda
 //!   runtime until shortly before each invocation's deadline, and by `avatar-local` on timers.
 //! - `lambda` (feature `lambda`): the entry points every function's `main` calls (HTTP and
 //!   scheduled).

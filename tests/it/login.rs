@@ -514,20 +514,26 @@ async fn a_cross_site_post_to_logout_is_refused() {
 }
 
 #[tokio::test]
-async fn disconnect_revokes_at_twitch_deletes_tokens_and_ends_sessions() {
+async fn disconnect_revokes_both_tokens_at_twitch_deletes_them_and_ends_sessions() {
     let app = TestApp::spawn(&[]).await;
     let browser = app.browser();
     browser.log_in().await;
     let other_device = app.browser();
     other_device.log_in().await;
+    // The second login's pair is the one stored.
     let issued = app.twitch.issued_tokens();
+    let (access, refresh) = (issued[2].clone(), issued[3].clone());
+    assert_eq!(app.twitch_validate_status(&access).await, 200);
 
     let response = browser.post_from_dashboard("/auth/twitch/disconnect").await;
 
     assert_eq!(response.status(), 303);
-    let revoked = app.twitch.revoked_tokens();
-    assert_eq!(revoked.len(), 1);
-    assert!(issued.contains(&revoked[0]));
+    assert_eq!(
+        app.twitch.revoked_tokens(),
+        [access.clone(), refresh.clone()]
+    );
+    assert_eq!(app.twitch_validate_status(&access).await, 401);
+    assert_eq!(app.twitch_refresh_status(&refresh).await, 400);
     assert_eq!(app.rows("provider_tokens"), 0);
     assert_eq!(browser.status().await["authenticated"], false);
     assert_eq!(other_device.status().await["authenticated"], false);

@@ -3,6 +3,7 @@
 mod browser;
 mod bus;
 mod callback_fuzz;
+mod chat_token;
 mod connect;
 mod donations;
 mod edge;
@@ -18,3 +19,4 @@ mod routes;
 mod secrets;
 mod store;
 mod tokens;
+mod validation;

@@ -171,6 +171,69 @@ impl TestApp {
             .expect("the demo user has Twitch tokens")
     }
 
+    /// `GET /internal/chat-token/{user}`, with `Authorization: Bearer {bearer}` when given.
+    pub async fn chat_token(&self, user: &str, bearer: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .http
+            .get(format!("{}/internal/chat-token/{user}", self.address));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        request.send().await.expect("request reaches the app")
+    }
+
+    /// Status of the fake Twitch's `/validate` for `access_token` (200 live, 401 dead).
+    pub async fn twitch_validate_status(&self, access_token: &str) -> u16 {
+        self.http
+            .get(format!(
+                "{}/validate",
+                FakeTwitch::auth_base_url(self.twitch_address)
+            ))
+            .header("Authorization", format!("OAuth {access_token}"))
+            .send()
+            .await
+            .expect("request reaches the fake Twitch")
+            .status()
+            .as_u16()
+    }
+
+    /// Status of a refresh at the fake Twitch with `refresh_token` (200 works, 400 dead).
+    pub async fn twitch_refresh_status(&self, refresh_token: &str) -> u16 {
+        self.http
+            .post(format!(
+                "{}/token",
+                FakeTwitch::auth_base_url(self.twitch_address)
+            ))
+            .form(&[
+                ("client_id", "demo0client0id0000000000000000"),
+                ("client_secret", "demo-client-secret"),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
+            .send()
+            .await
+            .expect("request reaches the fake Twitch")
+            .status()
+            .as_u16()
+    }
+
+    /// Moves the stored expiry of `user`'s Twitch token (to make it "almost expired").
+    pub async fn set_twitch_token_expiry(&self, user: &str, expires_at: i64) {
+        let user = user.to_owned();
+        self.app
+            .store
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE provider_tokens SET expires_at = ?2
+                     WHERE twitch_user_id = ?1 AND provider = 'twitch'",
+                    rusqlite::params![user, expires_at],
+                )
+                .map(|_| ())
+            })
+            .await
+            .expect("expiry moved");
+    }
+
     /// A new browser (its own cookie jar) for this app.
     pub fn browser(&self) -> Browser {
         Browser::new(&self.address)

@@ -15,6 +15,7 @@
 
 pub mod runtime_api;
 pub mod streamers;
+pub mod twitch_users;
 
 mod app;
 mod aws;

@@ -1,11 +1,14 @@
 //! A Lambda Runtime API emulator: the HTTP interface a function's runtime talks to
-//! (`AWS_LAMBDA_RUNTIME_API`), serving one invocation with a given event and deadline and
-//! recording the function's answer, so a function binary can be run as Lambda runs it.
+//! (`AWS_LAMBDA_RUNTIME_API`), serving invocations with a given event and deadline and
+//! recording the function's answers, so a function binary can be run as Lambda runs it.
 //!
-//! `GET /2018-06-01/runtime/invocation/next` hands out the invocation once (later calls
-//! wait, as Lambda freezes an idle function); `POST …/{id}/response` and `…/{id}/error`
-//! record the result with the time it arrived; `POST …/init/error` records a failed start.
+//! `GET /2018-06-01/runtime/invocation/next` hands out each queued invocation once (with
+//! none queued it waits, as Lambda freezes an idle function, until [`RuntimeApi::invoke`]
+//! queues another: a warm invocation of the same process); `POST …/{id}/response` and
+//! `…/{id}/error` record the result with the time it arrived; `POST …/init/error` records a
+//! failed start.
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,15 +33,22 @@ pub struct InvocationResult {
 #[derive(Default)]
 struct Emulated {
     /// Request id, event, and how long the invocation may take once handed out.
-    pending: Option<(String, String, Duration)>,
-    handed_out_at: Option<Instant>,
+    pending: VecDeque<(String, String, Duration)>,
+    invocations: usize,
+    handed_out_at: Vec<Instant>,
     results: Vec<InvocationResult>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<Emulated>,
+    queued: tokio::sync::Notify,
 }
 
 /// The emulator, served on a free loopback port until dropped.
 pub struct RuntimeApi {
     pub address: SocketAddr,
-    state: Arc<Mutex<Emulated>>,
+    shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -52,14 +62,7 @@ impl RuntimeApi {
     /// Serves one invocation of `event`, whose deadline is `timeout` after the function
     /// receives it (as Lambda counts a function's timeout).
     pub async fn start(event: &str, timeout: Duration) -> Self {
-        let state = Arc::new(Mutex::new(Emulated {
-            pending: Some((
-                "8476a536-e9f4-11e8-9739-2dfe598c3fcd".to_owned(),
-                event.to_owned(),
-                timeout,
-            )),
-            ..Emulated::default()
-        }));
+        let shared = Arc::new(Shared::default());
         let router = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
             .route(
@@ -68,7 +71,7 @@ impl RuntimeApi {
             )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(fail))
             .route("/2018-06-01/runtime/init/error", post(init_error))
-            .with_state(state.clone());
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind the runtime API");
@@ -76,11 +79,24 @@ impl RuntimeApi {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Self {
+        let api = Self {
             address,
-            state,
+            shared,
             server,
+        };
+        api.invoke(event, timeout);
+        api
+    }
+
+    /// Queues another invocation (handed to the waiting function: a warm start).
+    pub fn invoke(&self, event: &str, timeout: Duration) {
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            state.invocations += 1;
+            let id = format!("8476a536-e9f4-11e8-9739-{:012}", state.invocations);
+            state.pending.push_back((id, event.to_owned(), timeout));
         }
+        self.shared.queued.notify_one();
     }
 
     /// The environment Lambda gives a function, pointing its runtime at this emulator.
@@ -102,16 +118,32 @@ impl RuntimeApi {
         .collect()
     }
 
-    /// When the function received the invocation.
+    /// When the function received the first invocation.
     pub fn handed_out_at(&self) -> Option<Instant> {
-        self.state.lock().unwrap().handed_out_at
+        self.nth_handed_out_at(0)
     }
 
-    /// The function's answer, once it came (waits up to `deadline`).
+    /// When the function received invocation `n` (0 is the first).
+    pub fn nth_handed_out_at(&self, n: usize) -> Option<Instant> {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .handed_out_at
+            .get(n)
+            .copied()
+    }
+
+    /// The function's answer to the first invocation, once it came (waits up to `deadline`).
     pub async fn result(&self, deadline: Duration) -> Option<InvocationResult> {
+        self.nth_result(0, deadline).await
+    }
+
+    /// The function's answer to invocation `n`, once it came (waits up to `deadline`).
+    pub async fn nth_result(&self, n: usize, deadline: Duration) -> Option<InvocationResult> {
         let end = Instant::now() + deadline;
         loop {
-            if let Some(result) = self.state.lock().unwrap().results.first().cloned() {
+            if let Some(result) = self.shared.state.lock().unwrap().results.get(n).cloned() {
                 return Some(result);
             }
             if Instant::now() >= end {
@@ -122,18 +154,21 @@ impl RuntimeApi {
     }
 }
 
-type Shared = State<Arc<Mutex<Emulated>>>;
+type SharedState = State<Arc<Shared>>;
 
-async fn next(State(state): Shared) -> Response {
-    let pending = {
-        let mut state = state.lock().unwrap();
-        state.handed_out_at = Some(Instant::now());
-        state.pending.take()
-    };
-    let Some((id, event, timeout)) = pending else {
+async fn next(State(shared): SharedState) -> Response {
+    let (id, event, timeout) = loop {
+        // Registered before looking, so a notification between the two is not lost.
+        let queued = shared.queued.notified();
+        {
+            let mut state = shared.state.lock().unwrap();
+            if let Some(pending) = state.pending.pop_front() {
+                state.handed_out_at.push(Instant::now());
+                break pending;
+            }
+        }
         // Lambda freezes an idle function; waiting here is the closest a process gets.
-        std::future::pending::<()>().await;
-        unreachable!()
+        queued.await;
     };
     let deadline_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -158,8 +193,8 @@ async fn next(State(state): Shared) -> Response {
     (headers, event).into_response()
 }
 
-fn record(state: &Arc<Mutex<Emulated>>, ok: bool, body: Bytes) -> Response {
-    state.lock().unwrap().results.push(InvocationResult {
+fn record(shared: &Shared, ok: bool, body: Bytes) -> Response {
+    shared.state.lock().unwrap().results.push(InvocationResult {
         ok,
         body: String::from_utf8_lossy(&body).into_owned(),
         at: Instant::now(),
@@ -167,14 +202,14 @@ fn record(state: &Arc<Mutex<Emulated>>, ok: bool, body: Bytes) -> Response {
     StatusCode::ACCEPTED.into_response()
 }
 
-async fn respond(State(state): Shared, Path(_id): Path<String>, body: Bytes) -> Response {
-    record(&state, true, body)
+async fn respond(State(shared): SharedState, Path(_id): Path<String>, body: Bytes) -> Response {
+    record(&shared, true, body)
 }
 
-async fn fail(State(state): Shared, Path(_id): Path<String>, body: Bytes) -> Response {
-    record(&state, false, body)
+async fn fail(State(shared): SharedState, Path(_id): Path<String>, body: Bytes) -> Response {
+    record(&shared, false, body)
 }
 
-async fn init_error(State(state): Shared, body: Bytes) -> Response {
-    record(&state, false, body)
+async fn init_error(State(shared): SharedState, body: Bytes) -> Response {
+    record(&shared, false, body)
 }

@@ -22,7 +22,9 @@ use url::Url;
 
 pub use self::http_server::HttpServerConfig;
 pub use self::keys::{Key32, KeyConfig, KeySource, decode_key, local_key_file_for};
-pub use self::providers::{DonationAlertsConfig, PollingConfig, TwitchConfig};
+pub use self::providers::{
+    DonationAlertsConfig, PollingConfig, TokenLifecycleConfig, TwitchConfig,
+};
 pub use self::redis::{RedisConfig, RedisUrl};
 pub use self::sqlite::{JournalMode, SqliteConfig};
 use crate::secret::Secret;
@@ -46,6 +48,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub sqlite: SqliteConfig,
     pub polling: PollingConfig,
+    pub tokens: TokenLifecycleConfig,
     /// Where the keys come from; [`KeySource::load`] reads them (and creates the local key
     /// file).
     pub keys: KeySource,
@@ -244,6 +247,7 @@ impl Reader<'_> {
         let redis = self.redis();
         let sqlite = self.sqlite(deployment);
         let polling = self.polling();
+        let tokens = self.token_lifecycle();
         let provider_timeout =
             Duration::from_millis(self.number("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000));
         let health_max_age =
@@ -266,6 +270,7 @@ impl Reader<'_> {
             redis,
             sqlite,
             polling,
+            tokens,
             keys: keys?,
             oauth_state_ttl,
             secrets_arn: self.string("SECRETS_ARN"),

@@ -26,6 +26,20 @@ pub struct DonationAlertsConfig {
     pub base_url: Url,
 }
 
+/// The stored tokens' lifecycle: refresh before expiry, hourly validation of Twitch tokens.
+#[derive(Debug, Clone)]
+pub struct TokenLifecycleConfig {
+    /// Tokens expiring sooner than this are refreshed before use (`TOKEN_REFRESH_MARGIN_MS`).
+    pub refresh_margin: Duration,
+    /// Requests per second to Twitch's `/validate` (`TWITCH_VALIDATE_RATE_PER_SEC`).
+    pub validate_rate_per_sec: u32,
+    /// Validations in flight at once (`TWITCH_VALIDATE_CONCURRENCY`).
+    pub validate_concurrency: usize,
+    /// A token last validated this long ago is due (`TWITCH_VALIDATE_DUE_AFTER_MS`). Runs
+    /// come every 10 minutes, so 50 minutes keeps every token validated within the hour.
+    pub validate_due_after: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct PollingConfig {
     pub interval: Duration,
@@ -61,6 +75,26 @@ impl Reader<'_> {
                 &format!("{base}/auth/donationalerts/callback"),
             ),
             base_url: self.http_url("DA_BASE_URL", "https://www.donationalerts.com"),
+        }
+    }
+
+    pub(super) fn token_lifecycle(&mut self) -> TokenLifecycleConfig {
+        TokenLifecycleConfig {
+            refresh_margin: Duration::from_millis(self.number(
+                "TOKEN_REFRESH_MARGIN_MS",
+                300_000,
+                0,
+                86_400_000,
+            )),
+            validate_rate_per_sec: self.number("TWITCH_VALIDATE_RATE_PER_SEC", 50, 1, 10_000)
+                as u32,
+            validate_concurrency: self.number("TWITCH_VALIDATE_CONCURRENCY", 8, 1, 256) as usize,
+            validate_due_after: Duration::from_millis(self.number(
+                "TWITCH_VALIDATE_DUE_AFTER_MS",
+                3_000_000,
+                1_000,
+                3_600_000,
+            )),
         }
     }
 

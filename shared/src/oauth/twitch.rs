@@ -356,15 +356,12 @@ impl TwitchClient {
         Ok(live)
     }
 
-    /// `POST /revoke`: the token stops working at Twitch.
-    pub async fn revoke(&self, access_token: &str) -> Result<(), ProviderError> {
+    /// `POST /revoke`: the token (access or refresh) stops working at Twitch.
+    pub async fn revoke(&self, token: &str) -> Result<(), ProviderError> {
         let response = self
             .http
             .post(format!("{}/revoke", self.auth_base))
-            .form(&[
-                ("client_id", self.client_id.as_str()),
-                ("token", access_token),
-            ])
+            .form(&[("client_id", self.client_id.as_str()), ("token", token)])
             .send()
             .await
             .map_err(ProviderError::from_transport)?;

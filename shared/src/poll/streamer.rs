@@ -29,9 +29,6 @@ use crate::store::donationalerts::{NewDonation, PollRecorded, PollResult};
 use crate::store::{StoreError, now_ms};
 use crate::tokens::{self, Provider, TokenError, TwitchUserId, UsableTokens};
 
-/// Tokens expiring sooner than this are refreshed before polling.
-const REFRESH_MARGIN: Duration = Duration::from_secs(60);
-
 /// The app-wide DonationAlerts request budget, shared by every instance.
 pub const DA_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts";
 
@@ -154,7 +151,7 @@ async fn poll_holding_lock(
         }
     };
     let mut lock = lock.clone();
-    if !tokens.valid_for(REFRESH_MARGIN) {
+    if !tokens.valid_for(app.config.tokens.refresh_margin) {
         take_budget(app, &lock, stats).await?;
         tokens = tokens::refresh(app, streamer, Provider::DonationAlerts, &tokens).await?;
         cache.put(streamer, tokens.clone());
@@ -181,7 +178,7 @@ async fn poll_holding_lock(
                 continue;
             }
             Err(e) if e.is_unauthorized() => {
-                tokens::mark_need_reauth(app, streamer, Provider::DonationAlerts).await?;
+                tokens::connection_lost(app, streamer, Provider::DonationAlerts, &tokens).await?;
                 return Ok(PollOutcome::NeedsReauth);
             }
             other => other?,
@@ -199,7 +196,7 @@ async fn poll_holding_lock(
             _ => break,
         }
     }
-    let received_at = rfc3339_now();
+    let received_at = crate::store::rfc3339_utc(now_ms());
     let donations: Vec<NewDonation> = found
         .into_iter()
         .map(|d| new_donation(d, &received_at))
@@ -287,14 +284,6 @@ fn new_donation(donation: DaDonation, received_at: &str) -> NewDonation {
         amount: donation.amount,
         currency: donation.currency,
     }
-}
-
-fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// DonationAlerts writes `YYYY-MM-DD HH:MM:SS` in UTC without a zone; the event carries

@@ -214,6 +214,19 @@ impl Store {
         .await
     }
 
+    /// The login name of a known user.
+    pub async fn user_login(&self, twitch_user_id: String) -> Result<Option<String>, StoreError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT login FROM users WHERE twitch_user_id = ?1",
+                [&twitch_user_id],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
     /// Ends one session (logout). Its cookie no longer opens anything.
     pub async fn revoke_session(&self, id_hash: Vec<u8>) -> Result<(), StoreError> {
         self.write(move |conn| {

@@ -14,7 +14,7 @@
 use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError, now_ms};
-use crate::events::{Donation, DonationPayload};
+use crate::events::{BusEvent, Donation, DonationPayload};
 
 /// A donation as the poller read it, ready to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,15 +310,7 @@ impl Store {
                     },
                     received_at: poll.received_at.clone(),
                 };
-                let payload_json = serde_json::to_string(&payload)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                conn.execute(
-                    "INSERT INTO event_outbox (event_id, streamer_twitch_id, kind, payload,
-                            created_at)
-                     VALUES (?1, ?2, 'donation', ?3, ?4)
-                     ON CONFLICT (event_id) DO NOTHING",
-                    params![payload.event_id, poll.streamer_twitch_id, payload_json, now],
-                )?;
+                super::outbox::record_event(conn, &BusEvent::donation(&payload), now)?;
                 new_donation_ids.push(donation.da_donation_id);
             }
             let high_water = poll

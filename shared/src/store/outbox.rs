@@ -4,7 +4,7 @@
 use rusqlite::params;
 
 use super::{Store, StoreError, now_ms};
-use crate::events::{BusEvent, DonationPayload};
+use crate::events::BusEvent;
 
 /// An event waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,28 +18,31 @@ impl Store {
     pub async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvent>, StoreError> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT event_id, payload FROM event_outbox
+                "SELECT event_id, streamer_twitch_id, kind, payload FROM event_outbox
                  WHERE published_at IS NULL ORDER BY created_at, event_id LIMIT ?1",
             )?;
             let rows = statement.query_map([limit as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
             let mut pending = Vec::new();
             for row in rows {
-                let (event_id, payload) = row?;
+                let (event_id, streamer_id, kind, payload) = row?;
                 // A row that no longer parses is a bug; it stays pending and is logged by the
                 // relay rather than dropped silently.
-                let payload: DonationPayload = serde_json::from_str(&payload).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Text,
-                        e.into(),
-                    )
-                })?;
-                pending.push(PendingEvent {
-                    event_id,
-                    event: BusEvent::donation(&payload),
-                });
+                let event =
+                    BusEvent::recorded(&event_id, &streamer_id, &kind, payload).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            3,
+                            rusqlite::types::Type::Text,
+                            e.into(),
+                        )
+                    })?;
+                pending.push(PendingEvent { event_id, event });
             }
             Ok(pending)
         })
@@ -64,4 +67,26 @@ impl Store {
         })
         .await
     }
+}
+
+/// Records `event` in the outbox inside the caller's write, so that it is published if and
+/// only if that write commits. An event already recorded is left as it is.
+pub(super) fn record_event(
+    conn: &rusqlite::Connection,
+    event: &BusEvent,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO event_outbox (event_id, streamer_twitch_id, kind, payload, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (event_id) DO NOTHING",
+        params![
+            event.event_id,
+            event.streamer_id,
+            event.kind,
+            event.data,
+            now
+        ],
+    )?;
+    Ok(())
 }

@@ -13,8 +13,8 @@ use super::donationalerts::ConnectionStatus;
 use super::session::{self, CurrentSession};
 use super::{ApiError, Texts, WebError, html, redirect, texts};
 use crate::app::App;
-use crate::oauth::error_chain;
 use crate::store::accounts::SessionUser;
+use crate::tokens::{self, Provider, TwitchUserId};
 
 pub const STYLESHEET: &str = include_str!("../../static/style.css");
 
@@ -209,8 +209,8 @@ pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-/// `POST /auth/twitch/disconnect`: revokes the token at Twitch, deletes the stored tokens
-/// and ends every session of the user.
+/// `POST /auth/twitch/disconnect`: revokes both tokens at Twitch, deletes them here and ends
+/// every session of the user.
 #[tracing::instrument(name = "pages.disconnect_twitch", skip_all)]
 pub async fn disconnect_twitch(
     State(app): State<App>,
@@ -223,7 +223,9 @@ pub async fn disconnect_twitch(
             return Ok(());
         };
         let user_id = current.user.twitch_user_id.clone();
-        revoke_at_twitch(&app, &user_id).await;
+        if let Some(user) = TwitchUserId::parse(&user_id) {
+            tokens::revoke_at_provider(&app, &user, Provider::Twitch).await;
+        }
         app.store.forget_twitch_connection(user_id.clone()).await?;
         tracing::info!(twitch_user_id = user_id, "twitch disconnected");
         Ok::<_, WebError>(())
@@ -232,32 +234,6 @@ pub async fn disconnect_twitch(
     match result {
         Ok(()) => signed_out(&app),
         Err(e) => e.into_page(&app, t, "/"),
-    }
-}
-
-/// Best effort: the user wants to disconnect even if Twitch cannot be reached; the token is
-/// deleted here either way and expires there within hours.
-async fn revoke_at_twitch(app: &App, user_id: &str) {
-    let Some(twitch) = app.twitch.as_ref() else {
-        return;
-    };
-    let stored = match app.store.twitch_tokens(user_id.to_owned()).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(error = %error_chain(&e), "could not read the tokens to revoke");
-            return;
-        }
-    };
-    let access = match stored.open_access(&app.cipher) {
-        Ok(access) => access,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not open the stored token to revoke it");
-            return;
-        }
-    };
-    if let Err(e) = twitch.revoke(access.expose()).await {
-        tracing::warn!(error = %error_chain(&e), "Twitch did not revoke the token; deleted here anyway");
     }
 }
 

@@ -1,6 +1,9 @@
 //! Stored provider tokens, for both providers: load and open them, refresh them before they
-//! expire or after a provider refused them, re-seal and store the new pair, and mark a
-//! connection `need_reauth` when the provider will not refresh it any more.
+//! expire or after a provider refused them, re-seal and store the new pair, and end a
+//! connection (`need_reauth`, tokens deleted, `token.revoked` published) when the provider
+//! will not refresh it any more. [`validation`] is the hourly check of every Twitch token;
+//! [`chat_token`] hands a fresh Twitch token to the chat bots; [`revoke`] ends both tokens at
+//! the provider on disconnect.
 //!
 //! A refresh runs under the lock `locks:tokens:{provider}:{twitchUserId}` (node-redlock
 //! format), and only if the stored tokens are still the ones the caller saw: when several
@@ -8,16 +11,19 @@
 //! result. Providers rotate refresh tokens, so two refreshes racing would leave one of them
 //! holding a dead token; the rotated refresh token is always stored.
 
+pub mod validation;
+
 use std::time::Duration;
 
 use crate::app::App;
 use crate::coordination::CoordinationError;
 use crate::crypto::CryptoError;
-use crate::oauth::{ProviderError, TokenSet};
+use crate::events::{BusEvent, TokenRevokedPayload};
+use crate::oauth::{ProviderError, TokenSet, error_chain};
 use crate::secret::Secret;
 use crate::store::accounts::{StoredTokens, TokenKind, seal_token};
 use crate::store::tokens::RefreshedTokens;
-use crate::store::{StoreError, now_ms};
+use crate::store::{StoreError, now_ms, rfc3339_utc};
 
 /// A provider whose tokens are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,6 +124,8 @@ impl std::fmt::Display for TwitchUserId {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    #[error("no such user")]
+    UnknownUser,
     #[error("no {0} tokens are stored for this user")]
     NotFound(&'static str),
     #[error("the {0} connection must be renewed by the streamer")]
@@ -200,6 +208,83 @@ pub async fn fresh(
     refresh(app, user, provider, &tokens).await
 }
 
+/// A chat bot's token is valid for at least this long when handed out (SPEC §5).
+pub const CHAT_TOKEN_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
+
+/// What a chat bot gets to read (and write) chat as the streamer.
+#[derive(Debug, Clone)]
+pub struct ChatToken {
+    pub access_token: Secret<String>,
+    /// Unix ms; `None` for a token without a lifetime.
+    pub expires_at: Option<i64>,
+    pub scopes: Vec<String>,
+    pub login: String,
+}
+
+/// The streamer's Twitch token, valid for at least [`CHAT_TOKEN_MIN_VALIDITY`] (or the
+/// refresh margin, if longer): refreshed first when it expires sooner. `UnknownUser` for a
+/// user who never logged in; `NeedsReauth` when the tokens are gone (disconnected, refused).
+#[tracing::instrument(name = "tokens.chat_token", skip_all, fields(user = %user))]
+pub async fn chat_token(app: &App, user: &TwitchUserId) -> Result<ChatToken, TokenError> {
+    let login = app
+        .store
+        .user_login(user.as_str().to_owned())
+        .await?
+        .ok_or(TokenError::UnknownUser)?;
+    let margin = CHAT_TOKEN_MIN_VALIDITY.max(app.config.tokens.refresh_margin);
+    let tokens = match fresh(app, user, Provider::Twitch, margin).await {
+        Err(TokenError::NotFound(provider)) => return Err(TokenError::NeedsReauth(provider)),
+        other => other?,
+    };
+    Ok(ChatToken {
+        access_token: tokens.access_token,
+        expires_at: tokens.expires_at,
+        scopes: tokens.scopes,
+        login,
+    })
+}
+
+/// Disconnect: makes both stored tokens stop working at the provider before they are deleted
+/// here. Twitch: each is revoked (its documentation names access tokens; the refresh token is
+/// revoked too so that it cannot mint new ones). DonationAlerts has no revocation endpoint:
+/// its tokens stop being used here and die when the streamer removes the app there. Best
+/// effort: the streamer wants to disconnect even when the provider cannot be reached.
+#[tracing::instrument(name = "tokens.revoke", skip_all, fields(provider = provider.as_str(), user = %user))]
+pub async fn revoke_at_provider(app: &App, user: &TwitchUserId, provider: Provider) {
+    let Provider::Twitch = provider else {
+        tracing::info!("DonationAlerts has no revocation endpoint; the tokens are deleted here");
+        return;
+    };
+    let Some(twitch) = app.twitch.as_ref() else {
+        return;
+    };
+    let stored = match app.store.provider_tokens(user, provider).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "could not read the tokens to revoke");
+            return;
+        }
+    };
+    let tokens = [
+        ("access", Some(stored.open_access(&app.cipher))),
+        ("refresh", stored.open_refresh(&app.cipher)),
+    ];
+    for (kind, token) in tokens {
+        let token = match token {
+            Some(Ok(token)) => token,
+            None => continue,
+            Some(Err(e)) => {
+                tracing::warn!(kind, error = %e, "a stored token does not open; not revoked");
+                continue;
+            }
+        };
+        if let Err(e) = twitch.revoke(token.expose()).await {
+            tracing::warn!(kind, error = %error_chain(&e), "Twitch did not revoke the token; deleted here anyway");
+        }
+    }
+}
+
 /// Replaces `seen` (refused by the provider, or about to expire) with fresh tokens. When
 /// another instance already replaced them, its tokens are returned without asking the
 /// provider again. A refresh the provider refuses marks the connection `need_reauth`.
@@ -244,7 +329,7 @@ async fn refresh_holding_lock(
         return Err(TokenError::NeedsReauth(provider.as_str()));
     }
     let Some(refresh_token) = stored.open_refresh(&app.cipher).transpose()? else {
-        mark_need_reauth(app, user, provider).await?;
+        end_connection(app, user, provider, stored.access_token_sealed.clone()).await?;
         return Err(TokenError::NeedsReauth(provider.as_str()));
     };
     let answer = match provider {
@@ -275,7 +360,7 @@ async fn refresh_holding_lock(
                 status,
                 "the provider refused the refresh: the streamer must reconnect"
             );
-            mark_need_reauth(app, user, provider).await?;
+            end_connection(app, user, provider, stored.access_token_sealed.clone()).await?;
             return Err(TokenError::NeedsReauth(provider.as_str()));
         }
         Err(e) => return Err(e.into()),
@@ -316,15 +401,52 @@ async fn replaced_meanwhile(
         .filter(|now| now.access_token_sealed != seen.access_token_sealed))
 }
 
-/// Marks a connection as needing the streamer to connect again.
-pub async fn mark_need_reauth(
+/// The provider refused tokens that were just refreshed (or will not refresh them): the
+/// connection is over until the streamer connects again. See [`end_connection`].
+pub async fn connection_lost(
     app: &App,
     user: &TwitchUserId,
     provider: Provider,
+    dead: &UsableTokens,
 ) -> Result<(), TokenError> {
-    app.store
-        .set_token_status(user, provider, TokenStatus::NeedReauth)
+    end_connection(app, user, provider, dead.sealed_access.clone()).await
+}
+
+/// Deletes the dead tokens (the row stays, `need_reauth`), ends the streamer's sessions when
+/// they were their Twitch login, and publishes `token.revoked` so that bots holding a copy stop
+/// using it. The event is recorded with the change and relayed at once (or by the next relay
+/// run if the bus is down). Nothing happens when the row holds other tokens by now (a new
+/// login replaced them).
+#[tracing::instrument(name = "tokens.end_connection", skip_all, fields(provider = provider.as_str(), user = %user))]
+async fn end_connection(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    dead_access: Vec<u8>,
+) -> Result<(), TokenError> {
+    let at = now_ms();
+    let payload = TokenRevokedPayload {
+        event_id: format!("token.revoked:{}:{}:{at}", provider.as_str(), user.as_str()),
+        streamer_id: user.as_str().to_owned(),
+        provider: provider.as_str().to_owned(),
+        reason: "refresh_refused".to_owned(),
+        revoked_at: rfc3339_utc(at),
+    };
+    let ended = app
+        .store
+        .end_connection(
+            user,
+            provider,
+            dead_access,
+            BusEvent::token_revoked(&payload),
+        )
         .await?;
+    if ended {
+        tracing::warn!("tokens deleted: the streamer must connect again");
+        if let Err(e) = crate::outbox::relay_pending(&app.store, &app.coordinator).await {
+            tracing::warn!(error = %error_chain(&e), "token.revoked waits in the outbox for the bus");
+        }
+    }
     Ok(())
 }
 
@@ -360,7 +482,7 @@ fn seal(
     }
 }
 
-fn open_active(
+pub(crate) fn open_active(
     app: &App,
     provider: Provider,
     stored: &StoredTokens,

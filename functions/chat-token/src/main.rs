@@ -1,0 +1,7 @@
+//! Lambda `chat-token`: GET /internal/chat-token/{twitchUserId}, behind API Gateway's AWS_IAM
+//! authorizer: a Twitch token valid for at least five more minutes, for the chat bots.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::lambda::run_http_function(shared::http::Function::ChatToken).await
+}

@@ -1,0 +1,108 @@
+//! The `token-validate` binary as Lambda runs it: under a Runtime API emulator, given a real
+//! EventBridge scheduled event and a short deadline, it validates what it can, answers before
+//! the deadline, and the next (warm) invocation continues with the tokens it did not reach.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use avatar_tests::runtime_api::RuntimeApi;
+use avatar_tests::twitch_users::seed_twitch_users;
+use avatar_tests::{ChildProcess, RedisServer, base_vars};
+use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
+use shared::app::App;
+use shared::config::Config;
+
+const SCHEDULED_EVENT: &str = include_str!("../../../tests/events/eventbridge-schedule.json");
+const TOKENS: usize = 150;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cut_off_by_its_deadline_answers_in_time_and_the_next_invocation_continues() {
+    // Arrange: 150 tokens, at most 50 validations a second, a 3 s deadline (2 s of work).
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let twitch = FakeTwitch::new(FakeTwitchConfig::demo(
+        "https://avatar.example/auth/twitch/callback",
+    ));
+    twitch.set_validate_latency(Duration::from_millis(20));
+    let (twitch_address, _twitch_server) = twitch.spawn(0).await.unwrap();
+    let mut vars: HashMap<String, String> = base_vars(dir.path());
+    vars.extend([
+        ("REDIS_URL".to_owned(), redis.url()),
+        (
+            "PUBLIC_BASE_URL".to_owned(),
+            "https://avatar.example".to_owned(),
+        ),
+        ("PROVIDER_TIMEOUT_MS".to_owned(), "500".to_owned()),
+        ("TWITCH_VALIDATE_RATE_PER_SEC".to_owned(), "50".to_owned()),
+        ("TWITCH_VALIDATE_CONCURRENCY".to_owned(), "4".to_owned()),
+        ("SQLITE_JOURNAL_MODE".to_owned(), "delete".to_owned()),
+    ]);
+    vars.extend(twitch.app_variables(twitch_address));
+    let seeding = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
+    seed_twitch_users(&seeding, &twitch, 3_000_000, TOKENS).await;
+    let deadline = Duration::from_secs(3);
+    let runtime = RuntimeApi::start(SCHEDULED_EVENT, deadline).await;
+
+    // Act: a cold invocation, then a warm one.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_token-validate"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(vars.iter())
+        .envs(runtime.environment("token-validate"))
+        .stdin(Stdio::null());
+    let _function = ChildProcess::spawn(&mut command);
+    let first = runtime
+        .nth_result(0, Duration::from_secs(30))
+        .await
+        .expect("the function answered");
+    runtime.invoke(SCHEDULED_EVENT, deadline);
+    let second = runtime
+        .nth_result(1, Duration::from_secs(30))
+        .await
+        .expect("the function answered again");
+
+    // Assert: both in time …
+    for (n, result) in [&first, &second].into_iter().enumerate() {
+        assert!(result.ok, "{}", result.body);
+        let invoked = runtime.nth_handed_out_at(n).expect("handed out");
+        assert!(
+            result.at < invoked + deadline,
+            "invocation {n} answered {:?} after it was handed out, past its {deadline:?} deadline",
+            result.at - invoked
+        );
+    }
+    // … the first cut off, the second continuing without validating anything twice.
+    let first: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&second.body).unwrap();
+    assert_eq!(first["cutOff"], true, "{first}");
+    let (n1, n2) = (
+        first["validated"].as_u64().unwrap(),
+        second["validated"].as_u64().unwrap(),
+    );
+    assert!(n1 > 0 && n2 > 0, "{first} {second}");
+    let validated: u64 = seeding
+        .store
+        .read(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM provider_tokens WHERE last_validated_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        validated,
+        n1 + n2,
+        "no token validated twice: {first} {second}"
+    );
+    let mut conn = redis.connection().await;
+    let lock: Option<String> = redis::cmd("GET")
+        .arg("locks:tokens:validate")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lock, None, "the validation lock was released");
+}
