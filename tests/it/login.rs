@@ -818,3 +818,39 @@ async fn without_twitch_credentials_the_landing_page_and_the_login_say_both_ways
     assert_eq!(login_status, 503);
     assert_eq!(error_code(&login), "not_configured");
 }
+
+#[tokio::test]
+async fn the_dashboard_offers_a_consent_login_when_the_token_lacks_a_configured_scope() {
+    let app = TestApp::spawn(&[("TWITCH_SCOPES", "chat:read chat:edit")]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let page = browser.get("/success").await.text().await.unwrap();
+    assert!(!page.contains("missing-scopes"), "all scopes granted");
+
+    // The token was issued before chat:edit was configured.
+    app.app
+        .store
+        .write(|conn| {
+            conn.execute("UPDATE provider_tokens SET scopes = 'chat:read'", [])
+                .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let page = browser.get("/success").await.text().await.unwrap();
+
+    assert!(page.contains("id=\"missing-scopes\""), "{page}");
+    assert!(page.contains("<code>chat:edit</code>"), "{page}");
+    assert!(page.contains("href=\"/auth/twitch?reauth=1\""), "{page}");
+    let start = app.get("/auth/twitch?reauth=1").await;
+    assert_eq!(start.status(), 302);
+    assert!(location(&start).contains("force_verify=true"));
+    let plain = app.get("/auth/twitch").await;
+    assert!(!location(&plain).contains("force_verify"));
+
+    browser.log_in().await;
+    let page = browser.get("/success").await.text().await.unwrap();
+    assert!(
+        !page.contains("missing-scopes"),
+        "granted again at the new login"
+    );
+}

@@ -91,6 +91,13 @@ pub const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE donationalerts_links ADD COLUMN last_polled_at INTEGER;
     ",
+    // 4: the token validation's order (least recently validated first, never-validated as
+    // 0) read from an index, not a scan of every token; an empty access_token_enc is a
+    // token deleted because its connection ended (need_reauth).
+    r"
+    CREATE INDEX provider_tokens_validation
+        ON provider_tokens (provider, status, coalesce(last_validated_at, 0), twitch_user_id);
+    ",
 ];
 
 #[cfg(test)]

@@ -17,6 +17,18 @@ pub type ValidationCursor = (i64, String);
 const TOKEN_COLUMNS: &str =
     "twitch_user_id, access_token_enc, refresh_token_enc, scopes, expires_at, status";
 
+/// Active tokens of provider ?1 due at ?2 after the cursor (?3, ?4), at most ?5, in order.
+fn due_query() -> String {
+    format!(
+        "SELECT {TOKEN_COLUMNS}, coalesce(last_validated_at, 0) AS validated
+         FROM provider_tokens
+         WHERE provider = ?1 AND status = 'active'
+           AND coalesce(last_validated_at, 0) <= ?2
+           AND (coalesce(last_validated_at, 0), twitch_user_id) > (?3, ?4)
+         ORDER BY validated, twitch_user_id LIMIT ?5"
+    )
+}
+
 fn stored_tokens_from(
     row: &rusqlite::Row<'_>,
     provider: Provider,
@@ -82,14 +94,7 @@ impl Store {
     ) -> Result<Vec<(ValidationCursor, StoredTokens)>, StoreError> {
         let (after_time, after_user) = after.unwrap_or((-1, String::new()));
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {TOKEN_COLUMNS}, coalesce(last_validated_at, 0) AS validated
-                 FROM provider_tokens
-                 WHERE provider = ?1 AND status = 'active'
-                   AND coalesce(last_validated_at, 0) <= ?2
-                   AND (coalesce(last_validated_at, 0), twitch_user_id) > (?3, ?4)
-                 ORDER BY validated, twitch_user_id LIMIT ?5"
-            ))?;
+            let mut statement = conn.prepare_cached(&due_query())?;
             let rows = statement.query_map(
                 params![
                     provider.as_str(),
@@ -201,5 +206,28 @@ impl Store {
             Ok(changed > 0)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_due_tokens_are_read_from_the_validation_index_in_its_order() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        for migration in super::super::schema::MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", due_query()))
+            .unwrap()
+            .query_map(params!["twitch", 0, -1, "", 10], |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join(" | ");
+        assert!(plan.contains("provider_tokens_validation"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort step: {plan}");
     }
 }

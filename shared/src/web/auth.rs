@@ -23,16 +23,25 @@ use crate::tokens::Provider;
 /// Longest callback query accepted (real ones are a few hundred bytes).
 const MAX_QUERY_LEN: usize = 4096;
 
-/// `GET /auth/twitch`: 302 to Twitch's authorize page.
+/// `GET /auth/twitch`: 302 to Twitch's authorize page (with `force_verify=true` after a logout
+/// or with `?reauth=1`).
 #[tracing::instrument(name = "auth.twitch.start", skip_all)]
-pub async fn start_twitch(State(app): State<App>, headers: HeaderMap) -> Response {
-    match begin_twitch_login(&app, &headers) {
+pub async fn start_twitch(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    // `?reauth=1` (the dashboard's button when scopes are missing) shows the consent screen.
+    let reauth = query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "reauth" && v == "1")
+    });
+    match begin_twitch_login(&app, &headers, reauth) {
         Ok(response) => response,
         Err(e) => e.into_page(&app, texts::negotiate(&headers), "/"),
     }
 }
 
-fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, WebError> {
+fn begin_twitch_login(app: &App, headers: &HeaderMap, reauth: bool) -> Result<Response, WebError> {
     if let Some(canonical) = canonical_local_start(app, headers) {
         return Ok(redirect(app, StatusCode::FOUND, &canonical, []));
     }
@@ -41,7 +50,7 @@ fn begin_twitch_login(app: &App, headers: &HeaderMap) -> Result<Response, WebErr
         .as_ref()
         .ok_or(WebError::NotConfigured(Provider::Twitch))?;
     let started = TWITCH_LOGIN.start(app);
-    let force_verify = cookie(headers, LOGGED_OUT_COOKIE).is_some();
+    let force_verify = reauth || cookie(headers, LOGGED_OUT_COOKIE).is_some();
     let location = twitch.authorize_url(&started.state, force_verify);
     Ok(redirect(
         app,

@@ -37,6 +37,9 @@ struct Dashboard<'a> {
     /// `connected`, `need_reauth` or `not_connected`: which buttons the page offers.
     donationalerts_state: &'static str,
     donations: Vec<DonationRow>,
+    /// Scopes of TWITCH_SCOPES the stored token was not granted (asked for after it was
+    /// issued): the page offers a login that shows Twitch's consent screen again.
+    missing_scopes: Vec<&'a str>,
     csrf: String,
 }
 
@@ -123,6 +126,14 @@ pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
             donationalerts_status,
             donationalerts_state,
             donations,
+            missing_scopes: app
+                .config
+                .twitch
+                .scopes
+                .iter()
+                .map(String::as_str)
+                .filter(|wanted| !current.user.scopes.iter().any(|had| had == wanted))
+                .collect(),
             csrf: current.csrf_token(&app),
         },
     )
