@@ -17,4 +17,5 @@ mod pollers;
 mod routes;
 mod secrets;
 mod store;
+mod template;
 mod tokens;
