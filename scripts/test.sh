@@ -2,7 +2,7 @@
 # Runs every test. On a fresh Debian machine with the Rust toolchain it first installs what
 # is missing (redis-server, Node.js, the Node packages of the interop test, the moto
 # server standing in for AWS Secrets Manager, Chromium and ChromeDriver for the browser
-# test, the SAM CLI for linting template.yaml). The tests start
+# test, the SAM CLI and cfn-lint for linting template.yaml). The tests start
 # their own private redis-server processes on free loopback ports (never 6379) and stop them
 # when they finish, also when a test fails.
 set -euo pipefail
@@ -33,11 +33,13 @@ if [ ! -d tests/node/node_modules/redlock ] || [ tests/node/package-lock.json -n
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# The deployment template, checked by SAM's own linter (as `sam deploy` would read it).
-if [ ! -x .venv-tools/bin/sam ]; then
+# The deployment template, checked by cfn-lint and by SAM's own linter (as `sam deploy` would
+# read it). Both pinned in one venv (cfn-lint within the range this SAM CLI release accepts).
+if [ ! -x .venv-tools/bin/sam ] || [ "$(.venv-tools/bin/cfn-lint --version 2>/dev/null)" != "cfn-lint 1.58.0" ]; then
   python3 -m venv .venv-tools
-  .venv-tools/bin/pip install --quiet aws-sam-cli==1.170.0
+  .venv-tools/bin/pip install --quiet aws-sam-cli==1.170.0 cfn-lint==1.58.0
 fi
+.venv-tools/bin/cfn-lint template.yaml
 SAM_CLI_TELEMETRY=0 .venv-tools/bin/sam validate --lint --template template.yaml
 
 cargo fmt --all -- --check

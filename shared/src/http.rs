@@ -1,7 +1,7 @@
 //! The one route table. `avatar-local` serves all of it on a TCP listener (see
 //! [`crate::server`]); each HTTP Lambda hands its own slice of it to `lambda_http::run`, so
 //! local and deployed behaviour cannot differ. [`ROUTES`] is the only list of routes: the
-//! routers are built from it, and a test checks it against template.yaml's HttpApi events.
+//! routers are built from it, and a test checks it against template.yaml's HTTP API routes.
 
 use std::future::Future;
 
@@ -33,7 +33,7 @@ pub enum Function {
 /// What invokes a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FunctionKind {
-    /// API Gateway HttpApi events: the function serves its routes of [`ROUTES`].
+    /// The HTTP API's routes: the function serves its routes of [`ROUTES`].
     Http,
     /// A schedule (EventBridge): the function serves no route.
     Scheduled,

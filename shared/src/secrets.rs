@@ -1,7 +1,7 @@
 //! `SECRETS_ARN`: secret settings kept in AWS Secrets Manager rather than in the function's
 //! environment. The secret is a JSON object whose keys are variable names (any of
 //! [`SECRET_VARIABLES`]); it is read once per process (per cold start), before the
-//! configuration is parsed. A variable set in the environment wins over the secret.
+//! configuration is parsed. A variable set (not blank) in the environment wins over the secret.
 
 use std::collections::HashMap;
 
@@ -49,10 +49,19 @@ pub async fn merge_into(
     let text = output
         .secret_string()
         .ok_or_else(|| problem("the secret has no string value (a JSON object is expected)"))?;
-    for (name, value) in parse(text)? {
-        vars.entry(name).or_insert(value);
-    }
+    merge(vars, parse(text)?);
     Ok(())
+}
+
+/// Adds the secret's values where the environment sets none. A blank variable counts as
+/// unset, as everywhere in the configuration: an empty declaration in a function's
+/// environment (one `sam local` can fill in) must not hide the secret's value.
+fn merge(vars: &mut HashMap<String, String>, secret: Vec<(String, String)>) {
+    for (name, value) in secret {
+        if vars.get(&name).is_none_or(|set| set.trim().is_empty()) {
+            vars.insert(name, value);
+        }
+    }
 }
 
 /// The secret's JSON object as variables. Values never appear in an error.
@@ -84,6 +93,28 @@ mod tests {
         let vars = parse(r#"{"TWITCH_CLIENT_SECRET":"s1","SESSION_SECRET":"s2"}"#).unwrap();
         assert_eq!(vars.len(), 2);
         assert!(vars.contains(&("TWITCH_CLIENT_SECRET".into(), "s1".into())));
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_secret_unless_it_is_blank() {
+        let mut vars: HashMap<String, String> = [
+            ("TWITCH_CLIENT_ID", "from-env"),
+            ("TWITCH_CLIENT_SECRET", ""),
+            ("SESSION_SECRET", "  "),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let secret =
+            parse(r#"{"TWITCH_CLIENT_ID":"id","TWITCH_CLIENT_SECRET":"s1","SESSION_SECRET":"s2","DA_CLIENT_ID":"da"}"#)
+                .unwrap();
+
+        merge(&mut vars, secret);
+
+        assert_eq!(vars["TWITCH_CLIENT_ID"], "from-env");
+        assert_eq!(vars["TWITCH_CLIENT_SECRET"], "s1");
+        assert_eq!(vars["SESSION_SECRET"], "s2");
+        assert_eq!(vars["DA_CLIENT_ID"], "da");
     }
 
     #[test]

@@ -18,5 +18,6 @@ mod pollers;
 mod routes;
 mod secrets;
 mod store;
+mod template;
 mod tokens;
 mod validation;

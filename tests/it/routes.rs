@@ -1,80 +1,29 @@
 //! The deployed API and the local server list the same routes: every route of the shared
-//! route table is an HttpApi event of the function that serves it in template.yaml, and
-//! nothing else is; every function of the bundle has its crate and its template resource;
-//! each function's router answers its routes; the Lambda handlers answer real API Gateway
-//! v2 events.
+//! route table is a route of template.yaml's HTTP API, integrated with the function that
+//! serves it, and nothing else is; every function of the bundle has its crate and its
+//! template resource; each function's router answers its routes; the Lambda handlers answer
+//! real API Gateway v2 events.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use shared::http::{Function, FunctionKind, ROUTES, function_router};
 use tower::ServiceExt as _;
 
-fn workspace_file(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
-
-fn template() -> serde_yaml::Value {
-    let text = std::fs::read_to_string(workspace_file("template.yaml")).expect("template.yaml");
-    serde_yaml::from_str(&text).expect("template.yaml is YAML")
-}
-
-/// (binary, event types) of every function resource in template.yaml.
-fn template_functions() -> Vec<(String, BTreeSet<String>)> {
-    let template = template();
-    let mut functions = Vec::new();
-    for (_, resource) in template["Resources"].as_mapping().expect("Resources") {
-        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
-            continue;
-        }
-        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
-        let events = resource["Properties"]["Events"]
-            .as_mapping()
-            .map(|events| {
-                events
-                    .values()
-                    .filter_map(|e| e["Type"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        functions.push((binary, events));
-    }
-    functions
-}
-
-/// (method, path, binary) of every HttpApi event in template.yaml.
-fn template_routes() -> BTreeSet<(String, String, String)> {
-    let template = template();
-    let mut routes = BTreeSet::new();
-    for (_, resource) in template["Resources"].as_mapping().expect("Resources") {
-        let Some(events) = resource["Properties"]["Events"].as_mapping() else {
-            continue;
-        };
-        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
-        for (_, event) in events {
-            if event["Type"].as_str() == Some("HttpApi") {
-                let properties = &event["Properties"];
-                routes.insert((
-                    properties["Method"].as_str().unwrap().to_uppercase(),
-                    properties["Path"].as_str().unwrap().to_owned(),
-                    binary.clone(),
-                ));
-            }
-        }
-    }
-    routes
-}
+use crate::template::Template;
 
 #[test]
-fn template_http_events_match_the_route_table_function_by_function() {
+fn template_routes_match_the_route_table_function_by_function() {
+    let template = Template::load();
+    let binaries: std::collections::BTreeMap<String, String> = template
+        .functions()
+        .into_iter()
+        .map(|(binary, id)| (id, binary))
+        .collect();
+    let deployed: BTreeSet<(String, String, String)> = template
+        .routes()
+        .into_iter()
+        .map(|(method, path, id)| (method, path, binaries[&id].clone()))
+        .collect();
     let local: BTreeSet<(String, String, String)> = ROUTES
         .iter()
         .map(|route| {
@@ -85,7 +34,7 @@ fn template_http_events_match_the_route_table_function_by_function() {
             )
         })
         .collect();
-    assert_eq!(template_routes(), local);
+    assert_eq!(deployed, local);
 }
 
 #[test]
@@ -95,30 +44,27 @@ fn every_function_of_the_bundle_has_its_crate_and_its_template_resource_and_noth
         .iter()
         .map(|f| f.binary().to_owned())
         .collect();
-    let crates: BTreeSet<String> = std::fs::read_dir(workspace_file("functions"))
-        .expect("functions/")
-        .map(|entry| entry.expect("entry").file_name().into_string().unwrap())
-        .collect();
-    let template = template_functions();
-    let resources: BTreeSet<String> = template.iter().map(|(b, _)| b.clone()).collect();
+    let crates: BTreeSet<String> = std::fs::read_dir(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions"),
+    )
+    .expect("functions/")
+    .map(|entry| entry.expect("entry").file_name().into_string().unwrap())
+    .collect();
+    let template = Template::load();
+    let resources: BTreeSet<String> = template.functions().into_keys().collect();
 
     // Assert: the same functions everywhere...
     assert_eq!(crates, listed, "functions/ against Function::ALL");
     assert_eq!(resources, listed, "template.yaml against Function::ALL");
-    // ...HTTP ones triggered by their routes only, scheduled ones by a schedule only.
+    // ...HTTP ones reached through their routes only (no SAM events: the API's routes are
+    // resources of their own), scheduled ones by a schedule only.
     for function in Function::ALL {
-        let (_, events) = template
-            .iter()
-            .find(|(b, _)| b == function.binary())
-            .expect("in the template");
+        let events = template.event_types(&template.function_id(*function));
         let routes = function.routes().count();
         match function.kind() {
             FunctionKind::Http => {
                 assert!(routes > 0, "{function:?} serves no route");
-                assert!(
-                    events.iter().all(|e| e == "HttpApi"),
-                    "{function:?}: {events:?}"
-                );
+                assert!(events.is_empty(), "{function:?}: {events:?}");
             }
             FunctionKind::Scheduled => {
                 assert_eq!(routes, 0, "{function:?} is scheduled but has routes");
@@ -231,4 +177,29 @@ async fn the_pages_lambda_renders_the_landing_page_for_an_api_gateway_v2_event()
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&bytes).contains("Вход"));
+}
+
+#[tokio::test]
+async fn the_chat_token_lambda_serves_an_iam_authorized_event_without_a_bearer_token() {
+    // API Gateway's AWS_IAM authorizer checked the SigV4 signature before the function runs;
+    // the function needs no INTERNAL_API_TOKEN and reads nothing into the Authorization header.
+    let app = avatar_tests::TestApp::spawn(&[]).await;
+    app.browser().log_in().await;
+    let request =
+        lambda_http::request::from_str(include_str!("../events/apigw-v2-get-chat-token-iam.json"))
+            .expect("fixture parses as a Lambda HTTP request");
+
+    let response = function_router(Function::ChatToken, app.app.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["login"], "demo_streamer");
+    assert_eq!(body["accessToken"], app.twitch.issued_tokens()[0].as_str());
 }

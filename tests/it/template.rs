@@ -1,0 +1,646 @@
+//! The deployment (template.yaml) read as CloudFormation: it has no dependency cycle (so the
+//! functions may be given the API's own URL), every function mounts only the database's
+//! access point and reads only the one secret, every HTTP function is invoked only through
+//! its integration, scheduled functions fire on their schedule, the alarms watch every
+//! function, the app's metric alarms match what the functions are given, and the outputs
+//! name the redirect URIs the callbacks serve. The routes themselves are checked against the
+//! route table in `routes.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde_json::{Map, Value, json};
+use shared::http::{Function, FunctionKind, ROUTES};
+
+/// template.yaml as CloudFormation JSON: short-form intrinsics (`!Ref X`, `!GetAtt A.B`,
+/// `!Sub …`) become their long forms (`{"Ref": "X"}`, `{"Fn::GetAtt": ["A", "B"]}`, …), so
+/// checks compare plain values whichever form the template uses.
+pub struct Template(Value);
+
+impl Template {
+    pub fn load() -> Self {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+        let text = std::fs::read_to_string(path).expect("template.yaml");
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("template.yaml is YAML");
+        Self(from_yaml(yaml))
+    }
+
+    pub fn resources(&self) -> &Map<String, Value> {
+        self.0["Resources"].as_object().expect("Resources")
+    }
+
+    /// Logical id and resource of every resource of `kind`, in template order.
+    pub fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a str, &'a Value)> {
+        self.resources()
+            .iter()
+            .filter(move |(_, resource)| resource["Type"] == kind)
+            .map(|(id, resource)| (id.as_str(), resource))
+    }
+
+    /// Binary name → logical id of every function resource.
+    pub fn functions(&self) -> BTreeMap<String, String> {
+        self.of_type("AWS::Serverless::Function")
+            .map(|(id, resource)| {
+                let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{id} names no Binary"));
+                (binary.to_owned(), id.to_owned())
+            })
+            .collect()
+    }
+
+    /// The logical id of the function resource of `function`.
+    pub fn function_id(&self, function: Function) -> String {
+        self.functions()
+            .remove(function.binary())
+            .unwrap_or_else(|| panic!("{} has no resource", function.binary()))
+    }
+
+    /// The event types of a function resource (SAM events: Schedule, HttpApi, …).
+    pub fn event_types(&self, function_id: &str) -> BTreeSet<String> {
+        self.resources()[function_id]["Properties"]["Events"]
+            .as_object()
+            .map(|events| {
+                events
+                    .values()
+                    .filter_map(|event| event["Type"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// (method, path, function logical id) of every route of the HTTP API.
+    pub fn routes(&self) -> BTreeSet<(String, String, String)> {
+        self.of_type("AWS::ApiGatewayV2::Route")
+            .map(|(id, route)| {
+                let key = route["Properties"]["RouteKey"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{id} has no RouteKey"));
+                let (method, path) = key
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("{id}: route key {key:?}"));
+                let integration = self.route_integration(id);
+                (
+                    method.to_owned(),
+                    path.to_owned(),
+                    self.integrated_function(&integration),
+                )
+            })
+            .collect()
+    }
+
+    /// The integration a route targets (`!Sub integrations/${X}`).
+    fn route_integration(&self, route_id: &str) -> String {
+        let target = &self.resources()[route_id]["Properties"]["Target"];
+        target["Fn::Sub"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("integrations/${"))
+            .and_then(|s| s.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{route_id} targets {target}, not one integration"))
+            .to_owned()
+    }
+
+    /// The function an integration invokes (`!GetAtt F.Arn`).
+    fn integrated_function(&self, integration_id: &str) -> String {
+        let integration = &self.resources()[integration_id];
+        assert_eq!(
+            integration["Type"], "AWS::ApiGatewayV2::Integration",
+            "{integration_id}"
+        );
+        integration["Properties"]["IntegrationUri"]["Fn::GetAtt"]
+            .get(0)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{integration_id} invokes no function by !GetAtt F.Arn"))
+            .to_owned()
+    }
+
+    pub fn globals(&self) -> &Value {
+        &self.0["Globals"]["Function"]
+    }
+
+    pub fn output(&self, name: &str) -> &Value {
+        &self.0["Outputs"][name]["Value"]
+    }
+}
+
+/// Converts YAML to JSON, turning CloudFormation's short-form tags into long-form objects.
+fn from_yaml(yaml: serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match yaml {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => serde_json::to_value(n).expect("a YAML number is a JSON number"),
+        Y::String(s) => Value::String(s),
+        Y::Sequence(items) => Value::Array(items.into_iter().map(from_yaml).collect()),
+        Y::Mapping(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    let key = match key {
+                        Y::String(s) => s,
+                        other => serde_yaml::to_string(&other).unwrap().trim().to_owned(),
+                    };
+                    (key, from_yaml(value))
+                })
+                .collect(),
+        ),
+        Y::Tagged(tagged) => {
+            let tag = tagged.tag.to_string();
+            let name = tag.trim_start_matches('!');
+            let value = from_yaml(tagged.value);
+            match name {
+                "Ref" | "Condition" => json!({ name: value }),
+                "GetAtt" => {
+                    let parts = match value {
+                        Value::String(s) => {
+                            let (resource, attribute) = s
+                                .split_once('.')
+                                .unwrap_or_else(|| panic!("!GetAtt {s}: no attribute"));
+                            json!([resource, attribute])
+                        }
+                        list => list,
+                    };
+                    json!({ "Fn::GetAtt": parts })
+                }
+                _ => json!({ format!("Fn::{name}"): value }),
+            }
+        }
+    }
+}
+
+/// Logical ids that `value` refers to (Ref, GetAtt, Sub, DependsOn), among `resources`.
+fn references(value: &Value, resources: &Map<String, Value>, found: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                let named: Vec<&str> = match (key.as_str(), inner) {
+                    ("Ref" | "DependsOn", Value::String(name)) => vec![name],
+                    ("DependsOn", Value::Array(names)) => {
+                        names.iter().filter_map(Value::as_str).collect()
+                    }
+                    ("Fn::GetAtt", Value::Array(parts)) => {
+                        parts.first().and_then(Value::as_str).into_iter().collect()
+                    }
+                    ("Fn::Sub", sub) => sub
+                        .as_str()
+                        .or_else(|| sub.get(0).and_then(Value::as_str))
+                        .unwrap_or("")
+                        .split("${")
+                        .skip(1)
+                        .filter_map(|piece| piece.split(['}', '.']).next())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                found.extend(
+                    named
+                        .into_iter()
+                        .filter(|name| resources.contains_key(*name))
+                        .map(str::to_owned),
+                );
+                references(inner, resources, found);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                references(item, resources, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each resource and what it depends on, as CloudFormation will see it once SAM has applied
+/// the Globals to every function and turned API events into definitions that refer to
+/// their function.
+fn dependencies(template: &Template) -> BTreeMap<String, BTreeSet<String>> {
+    let resources = template.resources();
+    let mut globals = BTreeSet::new();
+    references(template.globals(), resources, &mut globals);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (id, resource) in resources {
+        let mut deps = BTreeSet::new();
+        if resource["Type"] == "AWS::Serverless::Function" {
+            // SAM turns an API event into a route of that API, which refers to the function.
+            let mut function = resource.clone();
+            let events = function["Properties"]
+                .as_object_mut()
+                .and_then(|properties| properties.remove("Events"));
+            for event in events
+                .iter()
+                .filter_map(Value::as_object)
+                .flat_map(|e| e.values())
+            {
+                let mut apis = BTreeSet::new();
+                references(&event["Properties"]["ApiId"], resources, &mut apis);
+                for api in apis {
+                    graph.entry(api).or_default().insert(id.clone());
+                }
+            }
+            references(&function, resources, &mut deps);
+            deps.extend(globals.iter().cloned());
+        } else {
+            references(resource, resources, &mut deps);
+        }
+        deps.remove(id);
+        graph.entry(id.clone()).or_default().extend(deps);
+    }
+    graph
+}
+
+/// A dependency cycle, if there is one.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        done: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, done, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut done, &mut Vec::new()))
+}
+
+#[test]
+fn the_cycle_check_finds_a_function_given_the_url_of_an_api_defined_by_its_events() {
+    // The shape SAM HttpApi events would give: the API's definition refers to the function.
+    let yaml = r#"
+Globals:
+  Function:
+    Environment:
+      Variables:
+        PUBLIC_BASE_URL: !GetAtt Api.ApiEndpoint
+Resources:
+  Api:
+    Type: AWS::Serverless::HttpApi
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      Events:
+        Health:
+          Type: HttpApi
+          Properties:
+            ApiId: !Ref Api
+"#;
+    let template = Template(from_yaml(serde_yaml::from_str(yaml).unwrap()));
+
+    let cycle = find_cycle(&dependencies(&template));
+
+    assert!(cycle.is_some(), "{:?}", dependencies(&template));
+}
+
+#[test]
+fn the_template_has_no_dependency_cycle() {
+    let template = Template::load();
+    let graph = dependencies(&template);
+    // The case that would close one: every function is given the API's own URL.
+    for function in template.functions().values() {
+        assert!(graph[function].contains("HttpApi"), "{function}");
+    }
+    assert_eq!(find_cycle(&graph), None);
+}
+
+#[test]
+fn sam_local_start_api_meets_the_http_api_before_any_function() {
+    // `sam local start-api` reads the routes of the first kind of API it meets in the
+    // template: SAM events when a function comes first, and this template has none.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let first = yaml["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .values()
+        .find_map(|resource| {
+            let kind = resource["Type"].as_str()?;
+            (kind.starts_with("AWS::Serverless::") || kind.starts_with("AWS::ApiGateway"))
+                .then_some(kind)
+        })
+        .expect("an API or a function");
+    assert_eq!(first, "AWS::ApiGatewayV2::Api");
+}
+
+#[test]
+fn every_http_function_is_invoked_through_one_integration_and_one_permission_of_this_api() {
+    let template = Template::load();
+    let integrations: Vec<(&str, String)> = template
+        .of_type("AWS::ApiGatewayV2::Integration")
+        .map(|(id, _)| (id, template.integrated_function(id)))
+        .collect();
+    let permissions: Vec<(&str, &Value)> = template.of_type("AWS::Lambda::Permission").collect();
+    for function in Function::ALL {
+        let id = template.function_id(*function);
+        let its_integrations: Vec<&str> = integrations
+            .iter()
+            .filter(|(_, target)| *target == id)
+            .map(|(integration, _)| *integration)
+            .collect();
+        let its_permissions: Vec<&Value> = permissions
+            .iter()
+            .filter(|(_, p)| p["Properties"]["FunctionName"] == json!({ "Ref": id }))
+            .map(|(_, p)| &p["Properties"])
+            .collect();
+        match function.kind() {
+            FunctionKind::Http => {
+                assert_eq!(its_integrations.len(), 1, "{id}: {its_integrations:?}");
+                let integration = &template.resources()[its_integrations[0]]["Properties"];
+                assert_eq!(integration["IntegrationType"], "AWS_PROXY", "{id}");
+                assert_eq!(integration["PayloadFormatVersion"], "2.0", "{id}");
+                assert_eq!(integration["ApiId"], json!({ "Ref": "HttpApi" }), "{id}");
+                assert_eq!(its_permissions.len(), 1, "{id}: {its_permissions:?}");
+                let permission = its_permissions[0];
+                assert_eq!(permission["Principal"], "apigateway.amazonaws.com", "{id}");
+                assert_eq!(permission["Action"], "lambda:InvokeFunction", "{id}");
+                let source = permission["SourceArn"]["Fn::Sub"].as_str().unwrap_or("");
+                assert!(
+                    source.starts_with("arn:${AWS::Partition}:execute-api:")
+                        && source.ends_with(":${HttpApi}/*"),
+                    "{id} may be invoked by more than this API: {source:?}"
+                );
+            }
+            FunctionKind::Scheduled => {
+                assert!(its_integrations.is_empty(), "{id}: {its_integrations:?}");
+                assert!(its_permissions.is_empty(), "{id}: {its_permissions:?}");
+            }
+        }
+    }
+    assert_eq!(
+        permissions.len(),
+        integrations.len(),
+        "a permission or an integration belongs to no function"
+    );
+}
+
+#[test]
+fn only_internal_routes_need_iam_and_every_other_route_is_public() {
+    let template = Template::load();
+    for (id, route) in template.of_type("AWS::ApiGatewayV2::Route") {
+        let properties = &route["Properties"];
+        let key = properties["RouteKey"].as_str().unwrap();
+        let authorization = properties["AuthorizationType"].as_str().unwrap_or("NONE");
+        let expected = if key.split(' ').nth(1).unwrap().starts_with("/internal/") {
+            "AWS_IAM"
+        } else {
+            "NONE"
+        };
+        assert_eq!(authorization, expected, "{id} ({key})");
+        assert_eq!(properties["ApiId"], json!({ "Ref": "HttpApi" }), "{id}");
+    }
+}
+
+/// Each scheduled function's schedule (SPEC §2: da-poll every minute).
+const SCHEDULES: &[(&str, &str)] = &[
+    ("da-poll", "rate(1 minute)"),
+    ("token-validate", "rate(10 minutes)"),
+];
+
+#[test]
+fn scheduled_functions_fire_on_their_schedule_and_no_other_function_does() {
+    let template = Template::load();
+    let scheduled: BTreeSet<&str> = Function::ALL
+        .iter()
+        .filter(|f| f.kind() == FunctionKind::Scheduled)
+        .map(|f| f.binary())
+        .collect();
+    let expected: BTreeSet<&str> = SCHEDULES.iter().map(|(binary, _)| *binary).collect();
+    assert_eq!(scheduled, expected, "Function::ALL against SCHEDULES");
+
+    let mut found = BTreeMap::new();
+    for (binary, id) in template.functions() {
+        let events = &template.resources()[&id]["Properties"]["Events"];
+        for event in events.as_object().into_iter().flat_map(|e| e.values()) {
+            let properties = &event["Properties"];
+            let expression = match event["Type"].as_str() {
+                Some("Schedule") => &properties["Schedule"],
+                Some("ScheduleV2") => &properties["ScheduleExpression"],
+                _ => continue,
+            };
+            let previous = found.insert(binary.clone(), expression.as_str().unwrap().to_owned());
+            assert!(previous.is_none(), "{binary} has two schedules");
+        }
+    }
+    let expected: BTreeMap<String, String> = SCHEDULES
+        .iter()
+        .map(|(binary, expression)| (binary.to_string(), expression.to_string()))
+        .collect();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn every_function_mounts_only_the_access_point_and_reads_only_the_secret() {
+    // Arrange
+    let template = Template::load();
+    let access_point = json!([{
+        "Arn": { "Fn::GetAtt": ["EfsAccessPoint", "Arn"] },
+        "LocalMountPath": "/mnt/data",
+    }]);
+    let secret =
+        json!({ "Fn::If": ["CreateSecret", { "Ref": "AppSecret" }, { "Ref": "SecretsArn" }] });
+    let globals = template.globals();
+
+    // Assert: the functions are told where the database and the secret are...
+    let variables = &globals["Environment"]["Variables"];
+    assert_eq!(variables["SQLITE_PATH"], "/mnt/data/data.sqlite");
+    assert_eq!(variables["SECRETS_ARN"], secret);
+    assert!(globals.get("FileSystemConfigs").is_none());
+    assert!(globals.get("Policies").is_none() && globals.get("Role").is_none());
+
+    // ...each mounts the access point and has the one data access policy, nothing more...
+    for (binary, id) in template.functions() {
+        let properties = &template.resources()[&id]["Properties"];
+        assert_eq!(properties["FileSystemConfigs"], access_point, "{binary}");
+        assert_eq!(
+            properties["Policies"],
+            json!([{ "Ref": "FunctionDataAccessPolicy" }]),
+            "{binary}"
+        );
+        assert!(
+            properties.get("Role").is_none(),
+            "{binary} has its own role"
+        );
+    }
+
+    // ...which allows reading that secret, and mounting and writing through that access point.
+    let policy = &template.resources()["FunctionDataAccessPolicy"];
+    assert_eq!(policy["Type"], "AWS::IAM::ManagedPolicy");
+    let statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        .as_array()
+        .expect("statements");
+    assert_eq!(statements.len(), 2, "{statements:?}");
+    let read = &statements[0];
+    assert_eq!(read["Effect"], "Allow");
+    assert_eq!(read["Action"], "secretsmanager:GetSecretValue");
+    assert_eq!(read["Resource"], secret);
+    let mount = &statements[1];
+    assert_eq!(mount["Effect"], "Allow");
+    assert_eq!(
+        mount["Action"],
+        json!([
+            "elasticfilesystem:ClientMount",
+            "elasticfilesystem:ClientWrite"
+        ])
+    );
+    assert_eq!(
+        mount["Resource"],
+        json!({ "Fn::GetAtt": ["EfsFileSystem", "Arn"] })
+    );
+    assert_eq!(
+        mount["Condition"],
+        json!({ "StringEquals": { "elasticfilesystem:AccessPointArn": { "Fn::GetAtt": ["EfsAccessPoint", "Arn"] } } })
+    );
+}
+
+#[test]
+fn functions_keep_sqlite_off_wal_require_redis_and_log_json() {
+    let template = Template::load();
+    let globals = template.globals();
+    let variables = &globals["Environment"]["Variables"];
+    assert_eq!(variables["SQLITE_JOURNAL_MODE"], "delete");
+    assert_eq!(variables["REDIS_REQUIRED"], "true");
+    assert_eq!(globals["LoggingConfig"]["LogFormat"], "JSON");
+    for (binary, id) in template.functions() {
+        let properties = &template.resources()[&id]["Properties"];
+        let environment = &properties["Environment"]["Variables"];
+        for name in [
+            "SQLITE_JOURNAL_MODE",
+            "REDIS_REQUIRED",
+            "SQLITE_PATH",
+            "SECRETS_ARN",
+        ] {
+            assert!(environment.get(name).is_none(), "{binary} overrides {name}");
+        }
+    }
+}
+
+#[test]
+fn the_outputs_name_both_redirect_uris_under_the_base_url_the_functions_use() {
+    let template = Template::load();
+    let base = &template.globals()["Environment"]["Variables"]["PUBLIC_BASE_URL"];
+    assert_eq!(template.output("PublicBaseUrl"), base);
+    let mut named = BTreeSet::new();
+    for output in ["TwitchRedirectUri", "DonationAlertsRedirectUri"] {
+        let join = &template.output(output)["Fn::Join"];
+        assert_eq!(join[0], "", "{output}");
+        assert_eq!(&join[1][0], base, "{output}");
+        named.insert(join[1][1].as_str().expect("a path").to_owned());
+    }
+    let callbacks: BTreeSet<String> = ROUTES
+        .iter()
+        .filter(|route| route.function == Function::AuthCallback)
+        .map(|route| route.path.to_owned())
+        .collect();
+    assert_eq!(named, callbacks);
+}
+
+fn alarm_functions(template: &Template, alarm: &str, metric: &str) -> BTreeSet<String> {
+    let queries = template.resources()[alarm]["Properties"]["Metrics"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{alarm} has no metrics"));
+    assert!(
+        queries
+            .iter()
+            .any(|q| q["Expression"] == "SUM(METRICS())" && q["ReturnData"] == true),
+        "{alarm} does not alarm on the sum"
+    );
+    queries
+        .iter()
+        .filter(|q| q.get("MetricStat").is_some())
+        .map(|q| {
+            let stat = &q["MetricStat"];
+            assert_eq!(stat["Metric"]["Namespace"], "AWS/Lambda", "{alarm}");
+            assert_eq!(stat["Metric"]["MetricName"], metric, "{alarm}");
+            assert_eq!(stat["Stat"], "Sum", "{alarm}");
+            let dimension = &stat["Metric"]["Dimensions"][0];
+            assert_eq!(dimension["Name"], "FunctionName", "{alarm}");
+            dimension["Value"]["Ref"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn every_function_is_watched_for_errors_and_throttles() {
+    let template = Template::load();
+    let functions: BTreeSet<String> = template.functions().into_values().collect();
+    assert_eq!(
+        alarm_functions(&template, "FunctionErrorsAlarm", "Errors"),
+        functions
+    );
+    assert_eq!(
+        alarm_functions(&template, "FunctionThrottlesAlarm", "Throttles"),
+        functions
+    );
+}
+
+#[test]
+fn the_app_metric_alarms_watch_the_namespace_and_stack_the_functions_are_given() {
+    let template = Template::load();
+    let stack = json!({ "Ref": "AWS::StackName" });
+    assert_eq!(
+        template.globals()["Environment"]["Variables"]["STACK_NAME"],
+        stack
+    );
+    for (alarm, metric) in [
+        ("PollErrorsAlarm", "PollErrors"),
+        ("NeedReauthAlarm", "NeedReauth"),
+    ] {
+        let properties = &template.resources()[alarm]["Properties"];
+        assert_eq!(properties["Namespace"], "AvatarTwitchOAuth", "{alarm}");
+        assert_eq!(properties["MetricName"], metric, "{alarm}");
+        assert_eq!(
+            properties["Dimensions"],
+            json!([{ "Name": "Stack", "Value": stack }]),
+            "{alarm}"
+        );
+        assert_eq!(properties["TreatMissingData"], "notBreaching", "{alarm}");
+    }
+    for (id, alarm) in template.of_type("AWS::CloudWatch::Alarm") {
+        assert_eq!(
+            alarm["Properties"]["AlarmActions"],
+            json!([{ "Ref": "AlarmTopic" }]),
+            "{id} notifies nobody"
+        );
+    }
+}
+
+#[test]
+fn the_created_secret_holds_the_variables_the_functions_need_and_nothing_the_app_refuses() {
+    let template = Template::load();
+    let text = template.resources()["AppSecret"]["Properties"]["SecretString"]
+        .as_str()
+        .expect("a SecretString");
+
+    let variables = shared::secrets::parse(text).expect("the app accepts the created secret");
+
+    let names: BTreeSet<String> = variables.iter().map(|(name, _)| name.clone()).collect();
+    for needed in [
+        "TWITCH_CLIENT_ID",
+        "TWITCH_CLIENT_SECRET",
+        "DA_CLIENT_ID",
+        "DA_CLIENT_SECRET",
+        "TOKEN_ENCRYPTION_KEY",
+        "SESSION_SECRET",
+    ] {
+        assert!(names.contains(needed), "{needed} is missing from {names:?}");
+    }
+    assert!(
+        variables.iter().all(|(_, value)| value.is_empty()),
+        "the template must carry no secret value"
+    );
+}
