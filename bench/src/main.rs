@@ -13,9 +13,12 @@
 //!    virtual clock against round robin (`poll_schedule`); its CPU per poll and peak RSS at
 //!    100 to 10,000 streamers, and donations per second through the writer and outbox to the
 //!    stream (`poll_cost`).
+//! 6. The token lifecycle (`tokens`): a validation run's achieved rate against the
+//!    configured one and its memory, and the server time of the chat-token API.
 
 mod poll_cost;
 mod poll_schedule;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +42,8 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
-    // `avatar-bench [writer] [locks] [login] [http] [poll] [outbox] [pollcost]`: the named
-    // groups; all without arguments.
+    // `avatar-bench [writer] [locks] [login] [http] [poll] [outbox] [pollcost] [validate]
+    // [chattoken]`: the named groups; all without arguments.
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let mut rows = Vec::new();
@@ -64,6 +67,12 @@ async fn main() {
     }
     if wanted("pollcost") {
         rows.extend(poll_cost::cost_rows().await);
+    }
+    if wanted("validate") {
+        rows.extend(tokens::validation_rows().await);
+    }
+    if wanted("chattoken") {
+        rows.extend(tokens::chat_token_rows().await);
     }
 
     println!("| benchmark | result | detail |");
