@@ -21,6 +21,26 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
+/// The configuration a function gets in AWS, scaled to a test: `dir`'s database in `delete`
+/// journal mode (as on EFS), the private Redis at `redis_url`, an https public URL and short
+/// provider timeouts. Add the providers' variables and the test's own.
+pub fn lambda_vars(
+    dir: &std::path::Path,
+    redis_url: &str,
+) -> std::collections::HashMap<String, String> {
+    let mut vars = crate::base_vars(dir);
+    vars.extend(
+        [
+            ("REDIS_URL", redis_url),
+            ("PUBLIC_BASE_URL", "https://avatar.example"),
+            ("PROVIDER_TIMEOUT_MS", "500"),
+            ("SQLITE_JOURNAL_MODE", "delete"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned())),
+    );
+    vars
+}
+
 /// What the function answered.
 #[derive(Debug, Clone)]
 pub struct InvocationResult {
@@ -116,6 +136,24 @@ impl RuntimeApi {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+
+    /// Starts the function binary at `binary` as Lambda would: a clean environment with
+    /// `vars` and the runtime's variables pointing at this emulator. Killed on drop.
+    pub fn spawn_function(
+        &self,
+        binary: &str,
+        function_name: &str,
+        vars: &std::collections::HashMap<String, String>,
+    ) -> crate::ChildProcess {
+        let mut command = std::process::Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars.iter())
+            .envs(self.environment(function_name))
+            .stdin(std::process::Stdio::null());
+        crate::ChildProcess::spawn(&mut command)
     }
 
     /// When the function received the first invocation.

@@ -2,13 +2,11 @@
 //! EventBridge scheduled event and a short deadline, it polls, publishes, and answers
 //! before the deadline with no poll lock left in Redis.
 
-use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use avatar_tests::runtime_api::RuntimeApi;
+use avatar_tests::RedisServer;
+use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::streamers::link_streamer;
-use avatar_tests::{ChildProcess, RedisServer, base_vars};
 use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation};
 use shared::app::App;
 use shared::config::Config;
@@ -24,19 +22,12 @@ async fn a_scheduled_invocation_polls_and_returns_before_its_deadline_with_no_lo
         "http://localhost:3000/auth/donationalerts/callback",
     ));
     let (fake_address, _fake_server) = fake.spawn(0).await.unwrap();
-    let mut vars: HashMap<String, String> = base_vars(dir.path());
+    let mut vars = lambda_vars(dir.path(), &redis.url());
     vars.extend([
-        ("REDIS_URL".to_owned(), redis.url()),
-        (
-            "PUBLIC_BASE_URL".to_owned(),
-            "https://avatar.example".to_owned(),
-        ),
-        ("PROVIDER_TIMEOUT_MS".to_owned(), "500".to_owned()),
         ("DA_POLL_LOCK_TTL_MS".to_owned(), "1000".to_owned()),
         ("DA_POLL_INTERVAL_MS".to_owned(), "200".to_owned()),
         // The budget is not what this test is about: ten grants a second.
         ("DA_RATE_LIMIT_PER_MIN".to_owned(), "600".to_owned()),
-        ("SQLITE_JOURNAL_MODE".to_owned(), "delete".to_owned()),
     ]);
     vars.extend(fake.app_variables(fake_address));
     let seeding = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
@@ -57,14 +48,7 @@ async fn a_scheduled_invocation_polls_and_returns_before_its_deadline_with_no_lo
     let runtime = RuntimeApi::start(SCHEDULED_EVENT, deadline).await;
 
     // Act
-    let mut command = Command::new(env!("CARGO_BIN_EXE_da-poll"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars.iter())
-        .envs(runtime.environment("da-poll"))
-        .stdin(Stdio::null());
-    let _function = ChildProcess::spawn(&mut command);
+    let _function = runtime.spawn_function(env!("CARGO_BIN_EXE_da-poll"), "da-poll", &vars);
     let result = runtime
         .result(Duration::from_secs(30))
         .await

@@ -180,17 +180,25 @@ pub fn refresh_lock(provider: Provider, user: &TwitchUserId) -> String {
     format!("locks:tokens:{}:{}", provider.as_str(), user.as_str())
 }
 
+/// The stored (still sealed) tokens of `user` for `provider`.
+async fn stored(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+) -> Result<StoredTokens, TokenError> {
+    app.store
+        .provider_tokens(user, provider)
+        .await?
+        .ok_or(TokenError::NotFound(provider.as_str()))
+}
+
 /// The stored tokens of `user` for `provider`, opened; refused unless `active`.
 pub async fn load(
     app: &App,
     user: &TwitchUserId,
     provider: Provider,
 ) -> Result<UsableTokens, TokenError> {
-    let stored = app
-        .store
-        .provider_tokens(user, provider)
-        .await?
-        .ok_or(TokenError::NotFound(provider.as_str()))?;
+    let stored = stored(app, user, provider).await?;
     open_active(app, provider, &stored)
 }
 
@@ -316,11 +324,7 @@ async fn refresh_holding_lock(
     provider: Provider,
     seen: &UsableTokens,
 ) -> Result<UsableTokens, TokenError> {
-    let stored = app
-        .store
-        .provider_tokens(user, provider)
-        .await?
-        .ok_or(TokenError::NotFound(provider.as_str()))?;
+    let stored = stored(app, user, provider).await?;
     if stored.access_token_sealed != seen.sealed_access {
         // Refreshed by someone else while we waited for the lock.
         return open_active(app, provider, &stored);
