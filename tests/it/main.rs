@@ -4,6 +4,7 @@ mod browser;
 mod bus;
 mod callback_fuzz;
 mod connect;
+mod deployment;
 mod donations;
 mod edge;
 mod health;

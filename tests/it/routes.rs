@@ -16,7 +16,8 @@ fn workspace_file(path: &str) -> PathBuf {
         .join(path)
 }
 
-fn template() -> serde_yaml::Value {
+/// template.yaml, parsed (intrinsics such as `!Ref` are tagged values).
+pub(crate) fn template() -> serde_yaml::Value {
     let text = std::fs::read_to_string(workspace_file("template.yaml")).expect("template.yaml");
     serde_yaml::from_str(&text).expect("template.yaml is YAML")
 }
