@@ -2,13 +2,12 @@
 # Runs every test. On a fresh Debian machine with the Rust toolchain it first installs what
 # is missing (redis-server, Node.js, the Node packages of the interop test, the moto
 # server standing in for AWS Secrets Manager, Chromium and ChromeDriver for the browser
-# test, the SAM CLI for linting template.yaml). The tests start
+# test, the SAM CLI, cfn-lint and cargo-lambda). The tests start
 # their own private redis-server processes on free loopback ports (never 6379) and stop them
 # when they finish, also when a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+. scripts/lib.sh
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -33,12 +32,11 @@ if [ ! -d tests/node/node_modules/redlock ] || [ tests/node/package-lock.json -n
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# The deployment template, checked by SAM's own linter (as `sam deploy` would read it).
-if [ ! -x .venv-tools/bin/sam ]; then
-  python3 -m venv .venv-tools
-  .venv-tools/bin/pip install --quiet aws-sam-cli==1.170.0
-fi
+# The deployment template, checked by SAM's own linter (as `sam deploy` would read it) and
+# by cfn-lint, both pinned in .venv-tools/.
+ensure_tools_venv
 SAM_CLI_TELEMETRY=0 .venv-tools/bin/sam validate --lint --template template.yaml
+.venv-tools/bin/cfn-lint template.yaml
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
