@@ -2,9 +2,10 @@
 # Runs every test. On a fresh Debian machine with the Rust toolchain it first installs what
 # is missing (redis-server, Node.js, the Node packages of the interop test, the moto
 # server standing in for AWS Secrets Manager, Chromium and ChromeDriver for the browser
-# test, the SAM CLI, cfn-lint and cargo-lambda). The tests start
+# test, the SAM CLI, cfn-lint and cargo-lambda; Docker for the last step). The tests start
 # their own private redis-server processes on free loopback ports (never 6379) and stop them
-# when they finish, also when a test fails.
+# when they finish, also when a test fails. The last step builds the functions with
+# `sam build` and drives them through `sam local start-api` in Docker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -46,6 +47,18 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+
+# sam local start-api: Docker (installed and started when missing), the base image (cached)
+# and the x86_64 `sam build` (cargo's incremental build), then the test that drives it.
+started=$SECONDS
+scripts/sam-local.sh prepare
+set +e
+# --workspace: the features of the run above, so nothing is built again.
+cargo test --workspace --test sam_local --locked -- --ignored 2>&1 | tee -a "$log"
+sam_status=${PIPESTATUS[0]}
+set -e
+echo "sam local step: $((SECONDS - started)) s"
+[ "$status" -ne 0 ] || status=$sam_status
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$log"
 exit "$status"
