@@ -2,13 +2,13 @@
 # Runs every test. On a fresh Debian machine with the Rust toolchain it first installs what
 # is missing (redis-server, Node.js, the Node packages of the interop test, the moto
 # server standing in for AWS Secrets Manager, Chromium and ChromeDriver for the browser
-# test, the SAM CLI and cfn-lint for linting template.yaml). The tests start
+# test, the SAM CLI, cfn-lint and cargo-lambda; Docker for the last step). The tests start
 # their own private redis-server processes on free loopback ports (never 6379) and stop them
-# when they finish, also when a test fails.
+# when they finish, also when a test fails. The last step builds the functions with
+# `sam build` and drives them through `sam local start-api` in Docker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+. scripts/lib.sh
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -33,14 +33,11 @@ if [ ! -d tests/node/node_modules/redlock ] || [ tests/node/package-lock.json -n
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# The deployment template, checked by cfn-lint and by SAM's own linter (as `sam deploy` would
-# read it). Both pinned in one venv (cfn-lint within the range this SAM CLI release accepts).
-if [ ! -x .venv-tools/bin/sam ] || [ "$(.venv-tools/bin/cfn-lint --version 2>/dev/null)" != "cfn-lint 1.58.0" ]; then
-  python3 -m venv .venv-tools
-  .venv-tools/bin/pip install --quiet aws-sam-cli==1.170.0 cfn-lint==1.58.0
-fi
-.venv-tools/bin/cfn-lint template.yaml
+# The deployment template, checked by SAM's own linter (as `sam deploy` would read it) and
+# by cfn-lint, both pinned in .venv-tools/.
+ensure_tools_venv
 SAM_CLI_TELEMETRY=0 .venv-tools/bin/sam validate --lint --template template.yaml
+.venv-tools/bin/cfn-lint template.yaml
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -50,6 +47,18 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+
+# sam local start-api: Docker (installed and started when missing), the base image (cached)
+# and the x86_64 `sam build` (cargo's incremental build), then the test that drives it.
+started=$SECONDS
+scripts/sam-local.sh prepare
+set +e
+# --workspace: the features of the run above, so nothing is built again.
+cargo test --workspace --test sam_local --locked -- --ignored 2>&1 | tee -a "$log"
+sam_status=${PIPESTATUS[0]}
+set -e
+echo "sam local step: $((SECONDS - started)) s"
+[ "$status" -ne 0 ] || status=$sam_status
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$log"
 exit "$status"

@@ -293,7 +293,8 @@ impl FakeDonationAlerts {
     ///
     /// The bind error, e.g. when the port is taken.
     pub async fn spawn(&self, port: u16) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-        crate::spawn_router(self.router(), port, "DonationAlerts").await
+        let loopback = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        crate::spawn_router(self.router(), loopback, "DonationAlerts").await
     }
 
     /// `DA_BASE_URL` for this fake served on `addr`.

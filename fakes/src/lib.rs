@@ -18,14 +18,14 @@ mod random;
 mod request;
 pub mod twitch;
 
-/// Binds `127.0.0.1:port` (0 picks a free port) and serves `router` in a spawned task until
+/// Binds `address` (port 0 picks a free port) and serves `router` in a spawned task until
 /// the task is aborted or its runtime shuts down; returns the bound address and the task.
 async fn spawn_router(
     router: axum::Router,
-    port: u16,
+    address: std::net::SocketAddr,
     name: &'static str,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await?;
+    let listener = tokio::net::TcpListener::bind(address).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {

@@ -247,7 +247,18 @@ impl FakeTwitch {
     ///
     /// The bind error, e.g. when the port is taken.
     pub async fn spawn(&self, port: u16) -> io::Result<(SocketAddr, JoinHandle<()>)> {
-        crate::spawn_router(self.router(), port, "Twitch").await
+        self.spawn_on(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)))
+            .await
+    }
+
+    /// Like [`spawn`](Self::spawn) on another local address, e.g. the Docker bridge's
+    /// gateway, where functions running in containers (`sam local`) reach the host.
+    ///
+    /// # Errors
+    ///
+    /// The bind error, e.g. when the address is not one of this machine's.
+    pub async fn spawn_on(&self, address: SocketAddr) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+        crate::spawn_router(self.router(), address, "Twitch").await
     }
 
     /// The base URL of the OAuth endpoints, for `TWITCH_AUTH_BASE_URL`:

@@ -1,7 +1,9 @@
 //! `SECRETS_ARN`: secret settings kept in AWS Secrets Manager rather than in the function's
 //! environment. The secret is a JSON object whose keys are variable names (any of
 //! [`SECRET_VARIABLES`]); it is read once per process (per cold start), before the
-//! configuration is parsed. A variable set (not blank) in the environment wins over the secret.
+//! configuration is parsed. A variable set in the environment wins over the secret; one
+//! declared blank (template.yaml declares the secret variables empty, so that `sam local`
+//! can give them values) counts as unset, as everywhere in the configuration.
 
 use std::collections::HashMap;
 
@@ -49,17 +51,16 @@ pub async fn merge_into(
     let text = output
         .secret_string()
         .ok_or_else(|| problem("the secret has no string value (a JSON object is expected)"))?;
-    merge(vars, parse(text)?);
+    fill_unset(vars, parse(text)?);
     Ok(())
 }
 
-/// Adds the secret's values where the environment sets none. A blank variable counts as
-/// unset, as everywhere in the configuration: an empty declaration in a function's
-/// environment (one `sam local` can fill in) must not hide the secret's value.
-fn merge(vars: &mut HashMap<String, String>, secret: Vec<(String, String)>) {
-    for (name, value) in secret {
-        if vars.get(&name).is_none_or(|set| set.trim().is_empty()) {
-            vars.insert(name, value);
+/// Adds `secret_vars` to `vars` where `vars` has no value: unset or blank.
+pub fn fill_unset(vars: &mut HashMap<String, String>, secret_vars: Vec<(String, String)>) {
+    for (name, value) in secret_vars {
+        let slot = vars.entry(name).or_default();
+        if slot.trim().is_empty() {
+            *slot = value;
         }
     }
 }
@@ -96,25 +97,26 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_wins_over_the_secret_unless_it_is_blank() {
+    fn the_secret_fills_unset_and_blank_variables_and_the_environment_wins_otherwise() {
         let mut vars: HashMap<String, String> = [
-            ("TWITCH_CLIENT_ID", "from-env"),
+            ("TWITCH_CLIENT_ID", "from-environment"),
             ("TWITCH_CLIENT_SECRET", ""),
             ("SESSION_SECRET", "  "),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let secret =
-            parse(r#"{"TWITCH_CLIENT_ID":"id","TWITCH_CLIENT_SECRET":"s1","SESSION_SECRET":"s2","DA_CLIENT_ID":"da"}"#)
-                .unwrap();
+        let secret = parse(
+            r#"{"TWITCH_CLIENT_ID":"s0","TWITCH_CLIENT_SECRET":"s1","SESSION_SECRET":"s2","DA_CLIENT_ID":"s3"}"#,
+        )
+        .unwrap();
 
-        merge(&mut vars, secret);
+        fill_unset(&mut vars, secret);
 
-        assert_eq!(vars["TWITCH_CLIENT_ID"], "from-env");
+        assert_eq!(vars["TWITCH_CLIENT_ID"], "from-environment");
         assert_eq!(vars["TWITCH_CLIENT_SECRET"], "s1");
         assert_eq!(vars["SESSION_SECRET"], "s2");
-        assert_eq!(vars["DA_CLIENT_ID"], "da");
+        assert_eq!(vars["DA_CLIENT_ID"], "s3");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod bus;
 mod callback_fuzz;
 mod chat_token;
 mod connect;
+mod deployment;
 mod donations;
 mod edge;
 mod health;

@@ -23,6 +23,9 @@ async fn a_lambda_configuration_takes_its_keys_from_the_secret() {
     let mut vars: HashMap<String, String> = [
         ("AWS_LAMBDA_FUNCTION_NAME", "health"),
         ("TWITCH_CLIENT_SECRET", "from-environment"),
+        // Declared empty in template.yaml (so that sam local can set them): still unset.
+        ("TOKEN_ENCRYPTION_KEY", ""),
+        ("SESSION_SECRET", ""),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

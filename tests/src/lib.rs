@@ -12,6 +12,8 @@
 //! - `aws`: [`MotoServer`], a local Secrets Manager.
 //! - `samples`: donation rows and bus events.
 //! - [`runtime_api`]: a Lambda Runtime API emulator; [`streamers`]: connected streamers.
+//! - `sam_local`: [`SamLocal`], `sam local start-api` serving the built functions in
+//!   Docker, and [`docker_bridge_address`], where its containers reach this machine.
 
 pub mod runtime_api;
 pub mod streamers;
@@ -22,6 +24,7 @@ mod aws;
 mod browser;
 mod process;
 mod redis_server;
+mod sam_local;
 mod samples;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -30,8 +33,9 @@ use std::time::{Duration, Instant};
 pub use self::app::{TestApp, base_vars, init_test_logging};
 pub use self::aws::MotoServer;
 pub use self::browser::{AuthorizePage, Browser, csrf_field, location, raw_get_status};
-pub use self::process::{ChildProcess, LocalServer, signal, workspace_binary};
+pub use self::process::{ChildProcess, LocalServer, signal, signal_group, workspace_binary};
 pub use self::redis_server::{RedisServer, redis_coordinator};
+pub use self::sam_local::{SamLocal, docker_bridge_address};
 pub use self::samples::{insert_test_donation, sample_donation_event};
 
 /// Waits for `condition` to hold, checking every few milliseconds, and panics with `what`

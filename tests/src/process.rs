@@ -16,6 +16,15 @@ pub fn signal(pid: u32, signal: libc::c_int) {
     }
 }
 
+/// Sends a signal to every process of the group `leader` leads (a child spawned with
+/// `process_group(0)` and whatever it started).
+pub fn signal_group(leader: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on the group of a child we spawned; failure (already gone) is harmless.
+    unsafe {
+        libc::kill(-(leader as libc::pid_t), signal);
+    }
+}
+
 /// Path of a binary built from this workspace (`avatar-local`), next to the test binary.
 /// `cargo test --workspace` builds it because the avatar-local package has tests of its own.
 pub fn workspace_binary(name: &str) -> PathBuf {

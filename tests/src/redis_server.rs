@@ -17,27 +17,36 @@ pub struct RedisServer {
     /// Appends every write to a file synced at once, so a killed server comes back with
     /// its data (the default keeps nothing, like the machine's shared Redis).
     durable: bool,
+    /// A local address it listens on besides loopback (the Docker bridge's, for containers).
+    also_on: Option<Ipv4Addr>,
     _dir: TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
     /// A server that keeps its data across a kill and restart (append-only file, fsync on
     /// every write).
     pub fn start_durable() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(durable: bool) -> Self {
+    /// A server that also listens on `address`, one of this machine's (the Docker bridge's
+    /// gateway, where functions running in containers reach the host; see [`Self::url_on`]).
+    pub fn start_also_on(address: Ipv4Addr) -> Self {
+        Self::start_with(false, Some(address))
+    }
+
+    fn start_with(durable: bool, also_on: Option<Ipv4Addr>) -> Self {
         for _ in 0..5 {
             let port = free_port();
             let mut server = Self {
                 port,
                 child: None,
                 durable,
+                also_on,
                 _dir: tempfile::tempdir().expect("temp dir for redis"),
             };
             if server.spawn() {
@@ -50,9 +59,16 @@ impl RedisServer {
     /// Starts the process on `self.port`; false if it did not come up (port taken).
     fn spawn(&mut self) -> bool {
         assert_ne!(self.port, 6379, "tests never use the shared Redis");
+        // Protected mode refuses clients from any address but loopback; the other address
+        // is one only this machine's containers reach.
+        let (bind, protected_mode) = match self.also_on {
+            Some(address) => (format!("127.0.0.1 {address}"), "no"),
+            None => ("127.0.0.1".to_owned(), "yes"),
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+            .args(["--bind", &bind])
+            .args(["--protected-mode", protected_mode])
             .args(["--save", ""])
             .args(if self.durable {
                 ["--appendonly", "yes", "--appendfsync", "always"]
@@ -100,6 +116,12 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL at `address`, which must be the one given to [`Self::start_also_on`].
+    pub fn url_on(&self, address: Ipv4Addr) -> String {
+        assert_eq!(self.also_on, Some(address), "not listening on {address}");
+        format!("redis://{address}:{}", self.port)
     }
 
     pub fn is_running(&self) -> bool {
