@@ -19,10 +19,12 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument as _;
 
 use super::{Provider, TokenError, TwitchUserId, open_active, refresh};
 use crate::app::App;
 use crate::jobs::ScheduledJob;
+use crate::metrics::ValidationOutcome;
 use crate::oauth::error_chain;
 use crate::oauth::twitch::TwitchClient;
 use crate::store::accounts::StoredTokens;
@@ -91,6 +93,13 @@ impl ValidationReport {
             Outcome::Error => self.errors += 1,
             Outcome::CutOff => self.cut_off = true,
         }
+    }
+
+    fn count_into(&self, metrics: &crate::metrics::TokenMetrics) {
+        metrics.validated(ValidationOutcome::Valid, self.validated as u64);
+        metrics.validated(ValidationOutcome::Refreshed, self.refreshed as u64);
+        metrics.validated(ValidationOutcome::Revoked, self.revoked as u64);
+        metrics.validated(ValidationOutcome::Error, self.errors as u64);
     }
 }
 
@@ -161,6 +170,7 @@ impl TokenValidator {
             tracing::warn!(error = %error_chain(&e), "the validation lock was not released; it expires by itself");
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        report.count_into(&app.metrics.tokens);
         tracing::info!(
             validated = report.validated,
             refreshed = report.refreshed,
@@ -216,11 +226,15 @@ impl TokenValidator {
                     }
                 }
                 let (app, twitch) = (app.clone(), self.twitch.clone());
-                in_flight.spawn(async move {
-                    let outcome = validate_one(&app, &twitch, stored, now, stop_at).await;
-                    drop(permit);
-                    outcome
-                });
+                in_flight.spawn(
+                    async move {
+                        let outcome = validate_one(&app, &twitch, stored, now, stop_at).await;
+                        drop(permit);
+                        outcome
+                    }
+                    // Its log lines keep the run's span fields (request id, function).
+                    .in_current_span(),
+                );
                 while let Some(done) = in_flight.try_join_next() {
                     report.count(done.unwrap_or(Outcome::Error));
                 }
@@ -255,7 +269,7 @@ async fn validate_one(
     let tokens = match open_active(app, Provider::Twitch, &stored) {
         Ok(tokens) => tokens,
         Err(e) => {
-            tracing::warn!(user = %user, error = %error_chain(&e), "a stored token could not be opened for validation");
+            tracing::warn!(streamer = %user, error = %error_chain(&e), "a stored token could not be opened for validation");
             return Outcome::Error;
         }
     };
@@ -276,7 +290,7 @@ async fn validate_one(
                 // `false`: replaced meanwhile (a new login or refresh), which counts as validated.
                 Ok(_) => Outcome::Validated,
                 Err(e) => {
-                    tracing::warn!(user = %user, error = %error_chain(&e), "a validation could not be recorded");
+                    tracing::warn!(streamer = %user, error = %error_chain(&e), "a validation could not be recorded");
                     Outcome::Error
                 }
             }
@@ -289,13 +303,13 @@ async fn validate_one(
                 Ok(_) => Outcome::Refreshed,
                 Err(TokenError::NeedsReauth(_)) => Outcome::Revoked,
                 Err(e) => {
-                    tracing::warn!(user = %user, error = %error_chain(&e), "a refused token could not be refreshed");
+                    tracing::warn!(streamer = %user, error = %error_chain(&e), "a refused token could not be refreshed");
                     Outcome::Error
                 }
             }
         }
         Err(e) => {
-            tracing::warn!(user = %user, error = %error_chain(&e), "Twitch did not validate a token");
+            tracing::warn!(streamer = %user, error = %error_chain(&e), "Twitch did not validate a token");
             Outcome::Error
         }
     }
