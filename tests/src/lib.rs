@@ -12,7 +12,9 @@
 //! - `aws`: [`MotoServer`], a local Secrets Manager.
 //! - `samples`: donation rows and bus events.
 //! - [`runtime_api`]: a Lambda Runtime API emulator; [`streamers`]: connected streamers.
+//! - [`emf`]: the checks CloudWatch applies to an Embedded Metric Format record.
 
+pub mod emf;
 pub mod runtime_api;
 pub mod streamers;
 pub mod twitch_users;
