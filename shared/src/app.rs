@@ -10,6 +10,7 @@ use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
 use crate::health::HealthProbes;
+use crate::metrics::Metrics;
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::oauth::twitch::TwitchClient;
 use crate::poll::PollStats;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub donationalerts: Option<Arc<DonationAlertsClient>>,
     /// What this process's poller has done (zeros where none runs), for `/health`.
     pub poll_stats: Arc<PollStats>,
+    /// Every figure, for `/metrics` and the functions' EMF lines.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -119,12 +122,18 @@ impl App {
             tracing::warn!("TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET unset: Twitch login is off");
         }
         let health = Arc::new(HealthProbes::new(config.health_max_age));
+        let poll_stats = Arc::<PollStats>::default();
+        let metrics = Arc::new(Metrics::new(
+            poll_stats.clone(),
+            &store.writer_stats().batches,
+        ));
         Ok(Self(Arc::new(AppState {
             cipher: Arc::new(TokenCipher::new(&keys)),
             signer: Arc::new(Signer::new(&keys)),
             twitch,
             donationalerts,
-            poll_stats: Arc::default(),
+            poll_stats,
+            metrics,
             config: Arc::new(config),
             coordinator,
             store,

@@ -1,7 +1,8 @@
 //! The one route table. `avatar-local` serves all of it on a TCP listener (see
 //! [`crate::server`]); each HTTP Lambda hands its own slice of it to `lambda_http::run`, so
-//! local and deployed behaviour cannot differ. [`ROUTES`] is the only list of routes: the
-//! routers are built from it, and a test checks it against template.yaml's HTTP API routes.
+//! local and deployed behaviour cannot differ. [`ROUTES`] is the only list of deployed routes:
+//! the routers are built from it, and a test checks it against template.yaml's HTTP API
+//! routes. [`LOCAL_ONLY_ROUTES`] adds what only `avatar-local` serves (`/metrics`).
 
 use std::future::Future;
 
@@ -122,10 +123,19 @@ impl Route {
     }
 
     fn method_router(&self) -> MethodRouter<App> {
-        let filter = MethodFilter::try_from(self.method.clone())
-            .unwrap_or_else(|_| panic!("{} {}: no method filter", self.method, self.path));
-        (self.handler)(filter)
+        method_router(&self.method, self.path, self.handler)
     }
+}
+
+/// `handler` registered for `method` (a static table's entry: a bad one fails every test).
+fn method_router(
+    method: &Method,
+    path: &str,
+    handler: fn(MethodFilter) -> MethodRouter<App>,
+) -> MethodRouter<App> {
+    let filter = MethodFilter::try_from(method.clone())
+        .unwrap_or_else(|_| panic!("{method} {path}: no method filter"));
+    handler(filter)
 }
 
 /// Every route this build serves. A capability whose issue has not landed is absent here
@@ -195,6 +205,24 @@ pub static ROUTES: &[Route] = &[
     .internal(),
 ];
 
+/// A route only `avatar-local` serves: no function and no API Gateway route exist for it.
+pub struct LocalRoute {
+    pub method: Method,
+    pub path: &'static str,
+    handler: fn(MethodFilter) -> MethodRouter<App>,
+}
+
+/// The local server's own routes (SPEC §5). `/metrics` is Prometheus' scrape target; a
+/// function's figures leave it as EMF lines instead (a scrape through API Gateway would
+/// reach one arbitrary instance of one function). Public, like `/health`, whose kind of
+/// figures it carries (counts, no streamer, no token): requiring INTERNAL_API_TOKEN would
+/// put the credential that hands out streamers' chat tokens into every scraper's settings.
+pub static LOCAL_ONLY_ROUTES: &[LocalRoute] = &[LocalRoute {
+    method: Method::GET,
+    path: "/metrics",
+    handler: |m| on(m, metrics_route),
+}];
+
 /// Where a router runs: it decides who checks the callers of internal routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Edge {
@@ -204,19 +232,30 @@ enum Edge {
     ApiGateway,
 }
 
-/// All routes (the local server).
+/// All routes and the local-only ones (the local server).
 pub fn router(app: App) -> Router {
-    build(ROUTES.iter(), app, Edge::LocalServer)
+    build(ROUTES.iter(), LOCAL_ONLY_ROUTES, app, Edge::LocalServer)
 }
 
 /// The routes of one Lambda function.
 pub fn function_router(function: Function, app: App) -> Router {
-    build(function.routes(), app, Edge::ApiGateway)
+    build(function.routes(), &[], app, Edge::ApiGateway)
 }
 
-fn build<'a>(routes: impl Iterator<Item = &'a Route>, app: App, edge: Edge) -> Router {
+fn build<'a>(
+    routes: impl Iterator<Item = &'a Route>,
+    local_only: &[LocalRoute],
+    app: App,
+    edge: Edge,
+) -> Router {
     let headers = SecurityHeaders::for_config(&app.config);
     let mut router = Router::new();
+    for route in local_only {
+        router = router.route(
+            route.path,
+            method_router(&route.method, route.path, route.handler),
+        );
+    }
     for route in routes {
         let method_router = match (route.access, edge) {
             (Access::Public, _) | (Access::Internal, Edge::ApiGateway) => route.method_router(),
@@ -283,6 +322,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     crate::server::serve(listener, app, shutdown).await
+}
+
+async fn metrics_route(State(app): State<App>) -> Response {
+    let headers = [
+        (
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::PROMETHEUS_CONTENT_TYPE,
+        ),
+        (axum::http::header::CACHE_CONTROL, "no-store"),
+    ];
+    (StatusCode::OK, headers, app.metrics.prometheus_text()).into_response()
 }
 
 async fn health_route(State(app): State<App>) -> Response {

@@ -39,7 +39,10 @@
 //!   runtime until shortly before each invocation's deadline, and by `avatar-local` on timers.
 //! - `lambda` (feature `lambda`): the entry points every function's `main` calls (HTTP and
 //!   scheduled).
-//! - [`telemetry`]: logging setup.
+//! - [`metrics`]: the figures (polls, tokens, the writer), counted once, read as Prometheus
+//!   text by `avatar-local`'s `/metrics` and as CloudWatch EMF lines by the functions.
+//! - [`telemetry`]: logging setup; in Lambda JSON lines carrying the request id, the function
+//!   and the streamer of the spans they happen in.
 
 pub mod app;
 pub mod config;
@@ -51,6 +54,7 @@ pub mod http;
 pub mod jobs;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod metrics;
 pub mod oauth;
 pub mod outbox;
 pub mod poll;

@@ -14,6 +14,7 @@ mod limiter;
 mod locks;
 mod login;
 mod login_state;
+mod metrics;
 mod poller;
 mod pollers;
 mod routes;

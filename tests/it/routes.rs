@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use shared::http::{Function, FunctionKind, ROUTES, function_router};
+use shared::http::{Function, FunctionKind, LOCAL_ONLY_ROUTES, ROUTES, function_router, router};
 use tower::ServiceExt as _;
 
 use crate::template::Template;
@@ -99,6 +99,46 @@ async fn each_function_router_serves_exactly_its_routes() {
                 route.method,
                 route.path
             );
+        }
+    }
+}
+
+#[tokio::test]
+async fn local_only_routes_are_served_by_the_local_server_alone_and_deployed_nowhere() {
+    let template = Template::load();
+    let deployed: BTreeSet<String> = template
+        .routes()
+        .into_iter()
+        .map(|(_, path, _)| path)
+        .collect();
+    let app = avatar_tests::TestApp::spawn(&[]).await;
+    assert!(!LOCAL_ONLY_ROUTES.is_empty());
+    for route in LOCAL_ONLY_ROUTES {
+        assert!(
+            !deployed.contains(route.path),
+            "{} in template.yaml",
+            route.path
+        );
+        assert!(
+            ROUTES.iter().all(|r| r.path != route.path),
+            "{} in the deployed route table",
+            route.path
+        );
+        let request = || {
+            axum::http::Request::builder()
+                .method(route.method.clone())
+                .uri(route.path)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let local = router(app.app.clone()).oneshot(request()).await.unwrap();
+        assert_eq!(local.status(), 200, "{} on the local server", route.path);
+        for function in Function::ALL {
+            let response = function_router(*function, app.app.clone())
+                .oneshot(request())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{} on {function:?}", route.path);
         }
     }
 }

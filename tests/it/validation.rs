@@ -236,3 +236,43 @@ async fn runs_cut_off_by_their_deadline_continue_and_no_token_waits_more_than_an
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avatar_local_validates_at_start_and_refreshes_a_refused_token_with_default_timeouts() {
+    // Arrange: a streamer logged in an hour ago; then Twitch stopped accepting the access
+    // token.
+    let app = TestApp::spawn(&[]).await;
+    app.browser().log_in().await;
+    app.app
+        .store
+        .write(|conn| {
+            conn.execute("UPDATE provider_tokens SET last_validated_at = 0", [])
+                .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let issued = app.twitch.issued_tokens();
+    app.twitch.expire_access_token(&issued[0]);
+    let mut vars: Vec<(String, String)> = avatar_tests::base_vars(app.dir.path())
+        .into_iter()
+        .filter(|(name, _)| name != "RUST_LOG")
+        .collect();
+    vars.extend(app.twitch.app_variables(app.twitch_address));
+
+    // Act: avatar-local starts over the same database, PROVIDER_TIMEOUT_MS at its default.
+    let server = avatar_tests::LocalServer::start(&["--port", "0"], &vars, "info").await;
+
+    // Assert: its first validation run refreshed the token and stored the new one.
+    avatar_tests::wait_until(
+        "a live token to be stored",
+        Duration::from_secs(20),
+        || async {
+            let stored = app.demo_user_tokens().await;
+            let access = stored.open_access(&app.app.cipher).unwrap();
+            app.twitch.access_token_is_live(access.expose())
+        },
+    )
+    .await;
+    assert_eq!(app.twitch.token_requests(), 2, "one exchange, one refresh");
+    server.stop();
+}

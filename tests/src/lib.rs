@@ -14,7 +14,9 @@
 //! - [`runtime_api`]: a Lambda Runtime API emulator; [`streamers`]: connected streamers.
 //! - `sam_local`: [`SamLocal`], `sam local start-api` serving the built functions in
 //!   Docker, and [`docker_bridge_address`], where its containers reach this machine.
+//! - [`emf`]: the checks CloudWatch applies to an Embedded Metric Format record.
 
+pub mod emf;
 pub mod runtime_api;
 pub mod streamers;
 pub mod twitch_users;

@@ -113,6 +113,23 @@ impl LocalServer {
 pub struct ChildProcess {
     pub child: Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Its stderr (its log), when captured.
+    log: Option<std::sync::mpsc::Receiver<String>>,
+}
+
+/// Reads `output` line by line on a thread of its own.
+fn line_reader(output: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 impl ChildProcess {
@@ -127,24 +144,45 @@ impl ChildProcess {
         Self::adopt(child, stdout)
     }
 
+    /// Like [`ChildProcess::spawn`], also reading the child's stderr (its log) line by line.
+    pub fn spawn_with_log(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("child process starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        Self {
+            child,
+            lines: line_reader(stdout),
+            log: Some(line_reader(stderr)),
+        }
+    }
+
     /// Wraps an already spawned child, reading lines from `output` (its stdout or stderr).
     pub fn adopt(child: Child, output: impl Read + Send + 'static) -> Self {
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(output).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
+        Self {
+            child,
+            lines: line_reader(output),
+            log: None,
+        }
     }
 
     /// The next stdout line, or `None` when the child closed stdout or `deadline` passed.
     pub fn next_line(&self, deadline: Duration) -> Option<String> {
         self.lines.recv_timeout(deadline).ok()
+    }
+
+    /// The next line of the child's log (see [`ChildProcess::spawn_with_log`]), or `None`
+    /// when it closed stderr or `deadline` passed.
+    pub fn next_log_line(&self, deadline: Duration) -> Option<String> {
+        self.log
+            .as_ref()
+            .expect("spawned with spawn_with_log")
+            .recv_timeout(deadline)
+            .ok()
     }
 
     /// Every remaining line until the child closes stdout (bounded by `deadline`).

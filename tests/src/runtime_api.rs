@@ -113,10 +113,15 @@ impl RuntimeApi {
         {
             let mut state = self.shared.state.lock().unwrap();
             state.invocations += 1;
-            let id = format!("8476a536-e9f4-11e8-9739-{:012}", state.invocations);
+            let id = Self::request_id(state.invocations - 1);
             state.pending.push_back((id, event.to_owned(), timeout));
         }
         self.shared.queued.notify_one();
+    }
+
+    /// The request id of invocation `n` (0 is the first), as the runtime hands it out.
+    pub fn request_id(n: usize) -> String {
+        format!("8476a536-e9f4-11e8-9739-{:012}", n + 1)
     }
 
     /// The environment Lambda gives a function, pointing its runtime at this emulator.

@@ -1,12 +1,15 @@
 //! The `token-validate` binary as Lambda runs it: under a Runtime API emulator, given a real
 //! EventBridge scheduled event and a short deadline, it validates what it can, answers before
 //! the deadline, and the next (warm) invocation continues with the tokens it did not reach.
+//! Each invocation prints a valid CloudWatch EMF record of what it validated.
 
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use avatar_tests::RedisServer;
-use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
+use avatar_tests::runtime_api::RuntimeApi;
 use avatar_tests::twitch_users::seed_twitch_users;
+use avatar_tests::{ChildProcess, RedisServer, base_vars};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::app::App;
 use shared::config::Config;
@@ -24,10 +27,18 @@ async fn a_run_cut_off_by_its_deadline_answers_in_time_and_the_next_invocation_c
     ));
     twitch.set_validate_latency(Duration::from_millis(20));
     let (twitch_address, _twitch_server) = twitch.spawn(0).await.unwrap();
-    let mut vars = lambda_vars(dir.path(), &redis.url());
+    let mut vars: HashMap<String, String> = base_vars(dir.path());
     vars.extend([
+        ("REDIS_URL".to_owned(), redis.url()),
+        (
+            "PUBLIC_BASE_URL".to_owned(),
+            "https://avatar.example".to_owned(),
+        ),
+        ("PROVIDER_TIMEOUT_MS".to_owned(), "500".to_owned()),
         ("TWITCH_VALIDATE_RATE_PER_SEC".to_owned(), "50".to_owned()),
         ("TWITCH_VALIDATE_CONCURRENCY".to_owned(), "4".to_owned()),
+        ("SQLITE_JOURNAL_MODE".to_owned(), "delete".to_owned()),
+        ("STACK_NAME".to_owned(), "avatar-test-stack".to_owned()),
     ]);
     vars.extend(twitch.app_variables(twitch_address));
     let seeding = App::build(Config::from_vars(&vars).unwrap()).await.unwrap();
@@ -36,11 +47,14 @@ async fn a_run_cut_off_by_its_deadline_answers_in_time_and_the_next_invocation_c
     let runtime = RuntimeApi::start(SCHEDULED_EVENT, deadline).await;
 
     // Act: a cold invocation, then a warm one.
-    let _function = runtime.spawn_function(
-        env!("CARGO_BIN_EXE_token-validate"),
-        "token-validate",
-        &vars,
-    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_token-validate"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(vars.iter())
+        .envs(runtime.environment("token-validate"))
+        .stdin(Stdio::null());
+    let function = ChildProcess::spawn(&mut command);
     let first = runtime
         .nth_result(0, Duration::from_secs(30))
         .await
@@ -93,4 +107,23 @@ async fn a_run_cut_off_by_its_deadline_answers_in_time_and_the_next_invocation_c
         .await
         .unwrap();
     assert_eq!(lock, None, "the validation lock was released");
+
+    // Each invocation printed one EMF record (stdout carries nothing else), counting the
+    // tokens it checked.
+    for (n, report) in [&first, &second].into_iter().enumerate() {
+        let line = function
+            .next_line(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no EMF record for invocation {n}"));
+        let record =
+            avatar_tests::emf::parse_record(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(record["Stack"], "avatar-test-stack");
+        assert_eq!(record["Function"], "token-validate");
+        let checked: u64 = ["validated", "refreshed", "revoked", "errors"]
+            .iter()
+            .map(|k| report[*k].as_u64().unwrap())
+            .sum();
+        assert_eq!(record["TokenValidations"], checked, "{line} {report}");
+        assert_eq!(record["TokensRevoked"], report["revoked"], "{line}");
+        assert_eq!(record["NeedReauth"], 0, "{line}");
+    }
 }

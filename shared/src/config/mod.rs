@@ -63,7 +63,13 @@ pub struct Config {
     /// Timeouts and connection cap of the local server (`HTTP_*`).
     pub http: HttpServerConfig,
     pub log_filter: String,
+    /// The `Stack` dimension of the functions' CloudWatch metrics (`STACK_NAME`, which
+    /// template.yaml sets to the stack's name; its alarms select on it).
+    pub stack_name: String,
 }
+
+/// `STACK_NAME` when unset: the stack name the README deploys under.
+pub const DEFAULT_STACK_NAME: &str = "avatar-twitch-oauth";
 
 /// One problem with one variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +285,9 @@ impl Reader<'_> {
             health_max_age,
             http,
             log_filter,
+            stack_name: self
+                .string("STACK_NAME")
+                .unwrap_or_else(|| DEFAULT_STACK_NAME.to_owned()),
         })
     }
 }

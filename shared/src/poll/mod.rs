@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::app::App;
 use crate::jobs::ScheduledJob;
@@ -47,6 +48,9 @@ pub struct PollStats {
     pub skipped_locked: AtomicU64,
     pub donations_found: AtomicU64,
     pub errors: AtomicU64,
+    /// Failed polls whose cause was DonationAlerts (an error answer, garbage, no answer in
+    /// time); also counted in `errors`.
+    pub provider_errors: AtomicU64,
     pub budget_waits: AtomicU64,
     /// Polls whose record a newer lock holder had overtaken (refused by the fencing check).
     pub stale_fences: AtomicU64,
@@ -130,6 +134,7 @@ pub struct PollCounts {
     pub skipped_locked: u64,
     pub donations_found: u64,
     pub errors: u64,
+    pub provider_errors: u64,
     pub budget_waits: u64,
 }
 
@@ -140,6 +145,7 @@ impl PollStats {
             skipped_locked: self.skipped_locked.load(Ordering::Relaxed),
             donations_found: self.donations_found.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            provider_errors: self.provider_errors.load(Ordering::Relaxed),
             budget_waits: self.budget_waits.load(Ordering::Relaxed),
         }
     }
@@ -156,6 +162,10 @@ impl PollStats {
 
     fn count_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_provider_error(&self) {
+        self.provider_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     fn count_stale_fence(&self) {
@@ -442,13 +452,17 @@ impl Poller {
             let client = self.client.clone();
             let cache = self.cache.clone();
             let stats = self.stats.clone();
-            in_flight.spawn(async move {
-                let started = Instant::now();
-                let outcome =
-                    streamer::poll_streamer(&app, &client, &cache, &streamer, min_gap, &stats)
-                        .await;
-                (streamer, outcome, started.elapsed())
-            });
+            in_flight.spawn(
+                async move {
+                    let started = Instant::now();
+                    let outcome =
+                        streamer::poll_streamer(&app, &client, &cache, &streamer, min_gap, &stats)
+                            .await;
+                    (streamer, outcome, started.elapsed())
+                }
+                // Its log lines keep the run's span fields (request id, function).
+                .in_current_span(),
+            );
         }
     }
 

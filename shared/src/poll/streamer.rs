@@ -54,6 +54,14 @@ pub enum PollError {
 }
 
 impl PollError {
+    /// DonationAlerts failed (also while refreshing the tokens), rather than this side.
+    fn is_provider_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Provider(_) | Self::Tokens(TokenError::Provider(_))
+        )
+    }
+
     /// How this failure reschedules the streamer.
     fn outcome(&self) -> PollOutcome {
         match self {
@@ -117,6 +125,9 @@ pub async fn poll_streamer(
                 tracing::warn!(error = %crate::oauth::error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
             } else if outcome != PollOutcome::Locked {
                 stats.count_error();
+                if e.is_provider_failure() {
+                    stats.count_provider_error();
+                }
                 tracing::warn!(error = %crate::oauth::error_chain(&e), "poll failed; the streamer backs off");
             }
             outcome

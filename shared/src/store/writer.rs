@@ -116,6 +116,8 @@ pub struct WriterStats {
     /// newer token meanwhile (this process was paused past its lease); each was retried
     /// under a fresh lease.
     pub stale_leases: AtomicU64,
+    /// Each committed batch's size and commit time, for the metrics.
+    pub batches: crate::metrics::WriterBatches,
 }
 
 /// Cheap to clone; every clone feeds the same writer thread.
@@ -390,9 +392,11 @@ impl Writer {
         let started = Instant::now();
         let outcome = self.commit();
         if outcome.is_ok() {
+            let took = started.elapsed();
             self.stats
                 .last_commit_us
-                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .store(took.as_micros() as u64, Ordering::Relaxed);
+            self.stats.batches.record(count, took);
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.stats.writes.fetch_add(count, Ordering::Relaxed);
         }

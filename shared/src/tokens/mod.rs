@@ -232,7 +232,7 @@ pub struct ChatToken {
 /// The streamer's Twitch token, valid for at least [`CHAT_TOKEN_MIN_VALIDITY`] (or the
 /// refresh margin, if longer): refreshed first when it expires sooner. `UnknownUser` for a
 /// user who never logged in; `NeedsReauth` when the tokens are gone (disconnected, refused).
-#[tracing::instrument(name = "tokens.chat_token", skip_all, fields(user = %user))]
+#[tracing::instrument(name = "tokens.chat_token", skip_all, fields(streamer = %user))]
 pub async fn chat_token(app: &App, user: &TwitchUserId) -> Result<ChatToken, TokenError> {
     let login = app
         .store
@@ -257,7 +257,7 @@ pub async fn chat_token(app: &App, user: &TwitchUserId) -> Result<ChatToken, Tok
 /// revoked too so that it cannot mint new ones). DonationAlerts has no revocation endpoint:
 /// its tokens stop being used here and die when the streamer removes the app there. Best
 /// effort: the streamer wants to disconnect even when the provider cannot be reached.
-#[tracing::instrument(name = "tokens.revoke", skip_all, fields(provider = provider.as_str(), user = %user))]
+#[tracing::instrument(name = "tokens.revoke", skip_all, fields(provider = provider.as_str(), streamer = %user))]
 pub async fn revoke_at_provider(app: &App, user: &TwitchUserId, provider: Provider) {
     let Provider::Twitch = provider else {
         tracing::info!("DonationAlerts has no revocation endpoint; the tokens are deleted here");
@@ -296,7 +296,7 @@ pub async fn revoke_at_provider(app: &App, user: &TwitchUserId, provider: Provid
 /// Replaces `seen` (refused by the provider, or about to expire) with fresh tokens. When
 /// another instance already replaced them, its tokens are returned without asking the
 /// provider again. A refresh the provider refuses marks the connection `need_reauth`.
-#[tracing::instrument(name = "tokens.refresh", skip_all, fields(provider = provider.as_str(), user = %user))]
+#[tracing::instrument(name = "tokens.refresh", skip_all, fields(provider = provider.as_str(), streamer = %user))]
 pub async fn refresh(
     app: &App,
     user: &TwitchUserId,
@@ -388,6 +388,7 @@ async fn refresh_holding_lock(
         };
     }
     tracing::info!("tokens refreshed");
+    app.metrics.tokens.refreshed(provider);
     Ok(usable)
 }
 
@@ -421,7 +422,7 @@ pub async fn connection_lost(
 /// using it. The event is recorded with the change and relayed at once (or by the next relay
 /// run if the bus is down). Nothing happens when the row holds other tokens by now (a new
 /// login replaced them).
-#[tracing::instrument(name = "tokens.end_connection", skip_all, fields(provider = provider.as_str(), user = %user))]
+#[tracing::instrument(name = "tokens.end_connection", skip_all, fields(provider = provider.as_str(), streamer = %user))]
 async fn end_connection(
     app: &App,
     user: &TwitchUserId,
@@ -446,6 +447,7 @@ async fn end_connection(
         )
         .await?;
     if ended {
+        app.metrics.tokens.connection_ended(provider);
         tracing::warn!("tokens deleted: the streamer must connect again");
         if let Err(e) = crate::outbox::relay_pending(&app.store, &app.coordinator).await {
             tracing::warn!(error = %error_chain(&e), "token.revoked waits in the outbox for the bus");

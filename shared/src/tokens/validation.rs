@@ -19,10 +19,12 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument as _;
 
 use super::{Provider, TokenError, TwitchUserId, open_active, refresh};
 use crate::app::App;
 use crate::jobs::ScheduledJob;
+use crate::metrics::ValidationOutcome;
 use crate::oauth::error_chain;
 use crate::oauth::twitch::TwitchClient;
 use crate::store::accounts::StoredTokens;
@@ -92,6 +94,13 @@ impl ValidationReport {
             Outcome::CutOff => self.cut_off = true,
         }
     }
+
+    fn count_into(&self, metrics: &crate::metrics::TokenMetrics) {
+        metrics.validated(ValidationOutcome::Valid, self.validated as u64);
+        metrics.validated(ValidationOutcome::Refreshed, self.refreshed as u64);
+        metrics.validated(ValidationOutcome::Revoked, self.revoked as u64);
+        metrics.validated(ValidationOutcome::Error, self.errors as u64);
+    }
 }
 
 impl ScheduledJob for TokenValidator {
@@ -126,16 +135,21 @@ impl TokenValidator {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = ticks.tick() => {
-                    self.run_at(now_ms(), Instant::now() + slice).await;
+                    self.run(now_ms(), Instant::now() + slice, Deadline::Soft).await;
                 }
             }
         }
     }
 
     /// One run as if the time were `now` (Unix ms; tests pass a virtual clock): validates the
-    /// tokens due at `now` until none is left or `stop_at` comes.
-    #[tracing::instrument(name = "tokens.validate_run", skip_all)]
+    /// tokens due at `now` until none is left or `stop_at` comes. `stop_at` is a hard
+    /// deadline, as a Lambda invocation's: a refresh starts only if it can finish before it.
     pub async fn run_at(&self, now: i64, stop_at: Instant) -> ValidationReport {
+        self.run(now, stop_at, Deadline::Hard).await
+    }
+
+    #[tracing::instrument(name = "tokens.validate_run", skip_all)]
+    async fn run(&self, now: i64, stop_at: Instant, deadline: Deadline) -> ValidationReport {
         let started = Instant::now();
         let mut report = ValidationReport::default();
         let app = &self.app;
@@ -153,7 +167,7 @@ impl TokenValidator {
                 return report;
             }
         };
-        self.validate_due(now, stop_at, &mut report).await;
+        self.validate_due(now, stop_at, deadline, &mut report).await;
         if let Err(e) = crate::outbox::relay_pending(&app.store, &app.coordinator).await {
             tracing::warn!(error = %error_chain(&e), "events wait in the outbox for the bus");
         }
@@ -161,6 +175,7 @@ impl TokenValidator {
             tracing::warn!(error = %error_chain(&e), "the validation lock was not released; it expires by itself");
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        report.count_into(&app.metrics.tokens);
         tracing::info!(
             validated = report.validated,
             refreshed = report.refreshed,
@@ -172,7 +187,13 @@ impl TokenValidator {
         report
     }
 
-    async fn validate_due(&self, now: i64, stop_at: Instant, report: &mut ValidationReport) {
+    async fn validate_due(
+        &self,
+        now: i64,
+        stop_at: Instant,
+        deadline: Deadline,
+        report: &mut ValidationReport,
+    ) {
         let app = &self.app;
         let config = &app.config.tokens;
         let due_before = now - config.validate_due_after.as_millis() as i64;
@@ -216,11 +237,16 @@ impl TokenValidator {
                     }
                 }
                 let (app, twitch) = (app.clone(), self.twitch.clone());
-                in_flight.spawn(async move {
-                    let outcome = validate_one(&app, &twitch, stored, now, stop_at).await;
-                    drop(permit);
-                    outcome
-                });
+                in_flight.spawn(
+                    async move {
+                        let outcome =
+                            validate_one(&app, &twitch, stored, now, stop_at, deadline).await;
+                        drop(permit);
+                        outcome
+                    }
+                    // Its log lines keep the run's span fields (request id, function).
+                    .in_current_span(),
+                );
                 while let Some(done) = in_flight.try_join_next() {
                     report.count(done.unwrap_or(Outcome::Error));
                 }
@@ -233,6 +259,16 @@ impl TokenValidator {
             report.count(done.unwrap_or(Outcome::Error));
         }
     }
+}
+
+/// What happens at a run's `stop_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// The process is stopped then (a Lambda invocation's deadline): a refresh must fit
+    /// before it.
+    Hard,
+    /// Only new work stops then (`avatar-local`'s slices): a refresh in time or not finishes.
+    Soft,
 }
 
 /// The longest a refresh may take: it is never cut off half-way (Twitch would have rotated
@@ -248,6 +284,7 @@ async fn validate_one(
     stored: StoredTokens,
     now: i64,
     stop_at: Instant,
+    deadline: Deadline,
 ) -> Outcome {
     let Some(user) = TwitchUserId::parse(&stored.twitch_user_id) else {
         return Outcome::Error;
@@ -255,7 +292,7 @@ async fn validate_one(
     let tokens = match open_active(app, Provider::Twitch, &stored) {
         Ok(tokens) => tokens,
         Err(e) => {
-            tracing::warn!(user = %user, error = %error_chain(&e), "a stored token could not be opened for validation");
+            tracing::warn!(streamer = %user, error = %error_chain(&e), "a stored token could not be opened for validation");
             return Outcome::Error;
         }
     };
@@ -276,26 +313,28 @@ async fn validate_one(
                 // `false`: replaced meanwhile (a new login or refresh), which counts as validated.
                 Ok(_) => Outcome::Validated,
                 Err(e) => {
-                    tracing::warn!(user = %user, error = %error_chain(&e), "a validation could not be recorded");
+                    tracing::warn!(streamer = %user, error = %error_chain(&e), "a validation could not be recorded");
                     Outcome::Error
                 }
             }
         }
         Err(e) if e.is_unauthorized() => {
-            if stop_at.saturating_duration_since(Instant::now()) < refresh_budget(app) {
+            if deadline == Deadline::Hard
+                && stop_at.saturating_duration_since(Instant::now()) < refresh_budget(app)
+            {
                 return Outcome::CutOff;
             }
             match refresh(app, &user, Provider::Twitch, &tokens).await {
                 Ok(_) => Outcome::Refreshed,
                 Err(TokenError::NeedsReauth(_)) => Outcome::Revoked,
                 Err(e) => {
-                    tracing::warn!(user = %user, error = %error_chain(&e), "a refused token could not be refreshed");
+                    tracing::warn!(streamer = %user, error = %error_chain(&e), "a refused token could not be refreshed");
                     Outcome::Error
                 }
             }
         }
         Err(e) => {
-            tracing::warn!(user = %user, error = %error_chain(&e), "Twitch did not validate a token");
+            tracing::warn!(streamer = %user, error = %error_chain(&e), "Twitch did not validate a token");
             Outcome::Error
         }
     }

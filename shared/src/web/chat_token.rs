@@ -104,9 +104,9 @@ fn refusal(user: &TwitchUserId, e: &TokenError) -> Response {
     };
     let chain = error_chain(e);
     if status.is_server_error() {
-        tracing::warn!(user = %user, error = %chain, code, "chat token not handed out");
+        tracing::warn!(streamer = %user, error = %chain, code, "chat token not handed out");
     } else {
-        tracing::info!(user = %user, error = %chain, code, "chat token refused");
+        tracing::info!(streamer = %user, error = %chain, code, "chat token refused");
     }
     let mut response = error(status, code, message);
     if code == "refresh_busy" {
