@@ -10,5 +10,9 @@ command -v wrk >/dev/null 2>&1 || {
   as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 }
+# The samlocal group needs Docker, the base image and the functions built (as the tests do).
+if [ $# -eq 0 ] || printf '%s\n' "$@" | grep -qx samlocal; then
+  scripts/sam-local.sh prepare
+fi
 cargo build --release --locked -p avatar-local -p avatar-bench
 target/release/avatar-bench "$@"

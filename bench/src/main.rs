@@ -15,9 +15,12 @@
 //!    stream (`poll_cost`).
 //! 6. The token lifecycle (`tokens`): a validation run's achieved rate against the
 //!    configured one and its memory, and the server time of the chat-token API.
+//! 7. `sam local start-api` (`sam_local`): first and warm request latency through SAM's
+//!    local API Gateway.
 
 mod poll_cost;
 mod poll_schedule;
+mod sam_local;
 mod tokens;
 
 use std::sync::Arc;
@@ -43,7 +46,7 @@ struct Row {
 #[tokio::main]
 async fn main() {
     // `avatar-bench [writer] [locks] [login] [http] [poll] [outbox] [pollcost] [validate]
-    // [chattoken]`: the named groups; all without arguments.
+    // [chattoken] [samlocal]`: the named groups; all without arguments.
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let mut rows = Vec::new();
@@ -73,6 +76,9 @@ async fn main() {
     }
     if wanted("chattoken") {
         rows.extend(tokens::chat_token_rows().await);
+    }
+    if wanted("samlocal") {
+        rows.extend(sam_local::rows().await);
     }
 
     println!("| benchmark | result | detail |");

@@ -53,6 +53,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), StartupError> {
+    let shutdown = shutdown_signal();
     let mut vars = Config::load_vars().await?;
     if let Some(port) = cli.port {
         vars.insert("PORT".into(), port.to_string());
@@ -124,7 +125,7 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
                 .await
         })
     });
-    let served = shared::http::serve(listener, app, shutdown_signal()).await;
+    let served = shared::http::serve(listener, app, shutdown).await;
     drop(stop_background);
     let _ = heartbeat.await;
     if let Some(validator) = validator {
@@ -192,21 +193,21 @@ async fn start_demo_providers(
     ))
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Ctrl-C (SIGINT) or SIGTERM. The handlers are installed here, at once, not when the future
+/// is first polled: a signal that arrives as soon as the server answers must already stop it
+/// cleanly rather than kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = (interrupt, terminate) else {
+            tracing::warn!("no signal handler could be installed: stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }

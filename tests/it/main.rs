@@ -10,6 +10,7 @@ mod donations;
 mod edge;
 mod health;
 mod interop;
+mod lambda_binaries;
 mod limiter;
 mod locks;
 mod login;
