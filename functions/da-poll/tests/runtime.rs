@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use avatar_tests::runtime_api::RuntimeApi;
+use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::streamers::link_streamer;
-use avatar_tests::{ChildProcess, RedisServer, base_vars};
+use avatar_tests::{ChildProcess, RedisServer};
 use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation};
 use shared::app::App;
 use shared::config::Config;
@@ -34,19 +34,12 @@ async fn three_streamers_with_two_donations_each() -> Arranged {
         "http://localhost:3000/auth/donationalerts/callback",
     ));
     let (fake_address, fake_server) = fake.spawn(0).await.unwrap();
-    let mut vars: HashMap<String, String> = base_vars(dir.path());
+    let mut vars: HashMap<String, String> = lambda_vars(dir.path(), &redis.url());
     vars.extend([
-        ("REDIS_URL".to_owned(), redis.url()),
-        (
-            "PUBLIC_BASE_URL".to_owned(),
-            "https://avatar.example".to_owned(),
-        ),
-        ("PROVIDER_TIMEOUT_MS".to_owned(), "500".to_owned()),
         ("DA_POLL_LOCK_TTL_MS".to_owned(), "1000".to_owned()),
         ("DA_POLL_INTERVAL_MS".to_owned(), "200".to_owned()),
         // The budget is not what this test is about: ten grants a second.
         ("DA_RATE_LIMIT_PER_MIN".to_owned(), "600".to_owned()),
-        ("SQLITE_JOURNAL_MODE".to_owned(), "delete".to_owned()),
         ("STACK_NAME".to_owned(), STACK.to_owned()),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use avatar_tests::runtime_api::RuntimeApi;
+use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::twitch_users::seed_twitch_users;
-use avatar_tests::{ChildProcess, RedisServer, base_vars};
+use avatar_tests::{ChildProcess, RedisServer};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::app::App;
 use shared::config::Config;
@@ -27,17 +27,10 @@ async fn a_run_cut_off_by_its_deadline_answers_in_time_and_the_next_invocation_c
     ));
     twitch.set_validate_latency(Duration::from_millis(20));
     let (twitch_address, _twitch_server) = twitch.spawn(0).await.unwrap();
-    let mut vars: HashMap<String, String> = base_vars(dir.path());
+    let mut vars: HashMap<String, String> = lambda_vars(dir.path(), &redis.url());
     vars.extend([
-        ("REDIS_URL".to_owned(), redis.url()),
-        (
-            "PUBLIC_BASE_URL".to_owned(),
-            "https://avatar.example".to_owned(),
-        ),
-        ("PROVIDER_TIMEOUT_MS".to_owned(), "500".to_owned()),
         ("TWITCH_VALIDATE_RATE_PER_SEC".to_owned(), "50".to_owned()),
         ("TWITCH_VALIDATE_CONCURRENCY".to_owned(), "4".to_owned()),
-        ("SQLITE_JOURNAL_MODE".to_owned(), "delete".to_owned()),
         ("STACK_NAME".to_owned(), "avatar-test-stack".to_owned()),
     ]);
     vars.extend(twitch.app_variables(twitch_address));
