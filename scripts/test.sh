@@ -41,6 +41,9 @@ SAM_CLI_TELEMETRY=0 .venv-tools/bin/sam validate --lint --template template.yaml
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The function binaries themselves (cargo test builds only their test harnesses): the
+# runtime tests run them as Lambda would.
+cargo build --workspace --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
