@@ -144,7 +144,8 @@ impl RuntimeApi {
     }
 
     /// Starts the function binary at `binary` as Lambda would: a clean environment with
-    /// `vars` and the runtime's variables pointing at this emulator. Killed on drop.
+    /// `vars` and the runtime's variables pointing at this emulator. Its stdout (EMF records)
+    /// and stderr (its log) are read line by line. Killed on drop.
     pub fn spawn_function(
         &self,
         binary: &str,
@@ -156,9 +157,8 @@ impl RuntimeApi {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(vars.iter())
-            .envs(self.environment(function_name))
-            .stdin(std::process::Stdio::null());
-        crate::ChildProcess::spawn(&mut command)
+            .envs(self.environment(function_name));
+        crate::ChildProcess::spawn_with_log(&mut command)
     }
 
     /// When the function received the first invocation.

@@ -3,12 +3,11 @@
 //! token had to be refreshed prints one valid CloudWatch EMF record counting the refresh.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use avatar_tests::base_vars;
 use avatar_tests::runtime_api::RuntimeApi;
 use avatar_tests::twitch_users::seed_twitch_users;
-use avatar_tests::{ChildProcess, base_vars};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::app::App;
 use shared::config::Config;
@@ -42,14 +41,7 @@ async fn only_a_request_that_changed_a_figure_prints_an_emf_record() {
     let runtime = RuntimeApi::start(&unknown_user_event, Duration::from_secs(10)).await;
 
     // Act: a cold invocation for a user nobody knows, then a warm one for the stored user.
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-token"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars.iter())
-        .envs(runtime.environment("chat-token"))
-        .stdin(Stdio::null());
-    let function = ChildProcess::spawn(&mut command);
+    let function = runtime.spawn_function(env!("CARGO_BIN_EXE_chat-token"), "chat-token", &vars);
     let unknown = runtime
         .nth_result(0, Duration::from_secs(30))
         .await

@@ -4,12 +4,11 @@
 //! CloudWatch EMF and its log JSON lines naming the invocation, the function and the streamer.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use avatar_tests::RedisServer;
 use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::streamers::link_streamer;
-use avatar_tests::{ChildProcess, RedisServer};
 use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfig, NewDonation};
 use shared::app::App;
 use shared::config::Config;
@@ -67,18 +66,6 @@ async fn three_streamers_with_two_donations_each() -> Arranged {
     }
 }
 
-/// The function binary under `runtime`, its stdout and log read line by line.
-fn start_function(vars: &HashMap<String, String>, runtime: &RuntimeApi) -> ChildProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_da-poll"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars.iter())
-        .envs(runtime.environment("da-poll"))
-        .stdin(Stdio::null());
-    ChildProcess::spawn_with_log(&mut command)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_invocation_polls_and_returns_before_its_deadline_with_no_lock_held() {
     // Arrange
@@ -88,7 +75,7 @@ async fn a_scheduled_invocation_polls_and_returns_before_its_deadline_with_no_lo
     let runtime = RuntimeApi::start(SCHEDULED_EVENT, deadline).await;
 
     // Act
-    let _function = start_function(vars, &runtime);
+    let _function = runtime.spawn_function(env!("CARGO_BIN_EXE_da-poll"), "da-poll", vars);
     let result = runtime
         .result(Duration::from_secs(30))
         .await
@@ -129,7 +116,7 @@ async fn a_scheduled_invocation_prints_valid_emf_and_logs_its_request_function_a
     let runtime = RuntimeApi::start(SCHEDULED_EVENT, Duration::from_secs(4)).await;
 
     // Act
-    let function = start_function(&arranged.vars, &runtime);
+    let function = runtime.spawn_function(env!("CARGO_BIN_EXE_da-poll"), "da-poll", &arranged.vars);
     let result = runtime
         .result(Duration::from_secs(30))
         .await

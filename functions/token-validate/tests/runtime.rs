@@ -4,12 +4,11 @@
 //! Each invocation prints a valid CloudWatch EMF record of what it validated.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use avatar_tests::RedisServer;
 use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::twitch_users::seed_twitch_users;
-use avatar_tests::{ChildProcess, RedisServer};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::app::App;
 use shared::config::Config;
@@ -40,14 +39,11 @@ async fn a_run_cut_off_by_its_deadline_answers_in_time_and_the_next_invocation_c
     let runtime = RuntimeApi::start(SCHEDULED_EVENT, deadline).await;
 
     // Act: a cold invocation, then a warm one.
-    let mut command = Command::new(env!("CARGO_BIN_EXE_token-validate"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars.iter())
-        .envs(runtime.environment("token-validate"))
-        .stdin(Stdio::null());
-    let function = ChildProcess::spawn(&mut command);
+    let function = runtime.spawn_function(
+        env!("CARGO_BIN_EXE_token-validate"),
+        "token-validate",
+        &vars,
+    );
     let first = runtime
         .nth_result(0, Duration::from_secs(30))
         .await
