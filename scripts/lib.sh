@@ -16,6 +16,16 @@ apt_install_missing() {
   fi
 }
 
+# moto (a local AWS API standing in for Secrets Manager, checking request signatures) and
+# boto3, which the tests use to set it up.
+ensure_moto() {
+  if ! python3 -c 'import moto.server, boto3' >/dev/null 2>&1; then
+    command -v pip3 >/dev/null 2>&1 || apt_install_missing python3-pip
+    python3 -m pip install --quiet 'moto[server]' boto3 ||
+      python3 -m pip install --quiet --break-system-packages 'moto[server]' boto3
+  fi
+}
+
 # The pinned Python tools, in one venv (.venv-tools/): the SAM CLI (sam), cfn-lint (the version
 # this SAM CLI release accepts)
 # and cargo-lambda with zig. cargo-lambda finds zig through the first python3 on PATH, so

@@ -23,10 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The SECRETS_ARN tests talk to a local Secrets Manager (moto).
-if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
-  command -v pip3 >/dev/null 2>&1 || as_root apt-get install -y -qq python3-pip >/dev/null
-  python3 -m pip install --quiet 'moto[server]' || python3 -m pip install --quiet --break-system-packages 'moto[server]'
-fi
+ensure_moto
 
 # The interop test drives the npm redlock package; versions are pinned by the lock file.
 if [ ! -d tests/node/node_modules/redlock ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then

@@ -115,7 +115,7 @@ impl App {
             journal_mode = store.journal_mode().as_str(),
             "store ready"
         );
-        let http = crate::oauth::http_client(config.provider_timeout);
+        let http = crate::oauth::ProviderHttp::new(config.provider_timeout);
         let twitch = TwitchClient::new(&config.twitch, http.clone()).map(Arc::new);
         let donationalerts = DonationAlertsClient::new(&config.donationalerts, http).map(Arc::new);
         if twitch.is_none() {

@@ -6,7 +6,8 @@
 //! - [`config`]: every environment variable of the contract, typed and validated at start;
 //!   a bad value names its variable and the process exits non-zero.
 //! - [`secret`]: a wrapper that prints `[redacted]`, for tokens, keys and Redis passwords.
-//! - [`secrets`]: `SECRETS_ARN`, secret settings read from AWS Secrets Manager at start.
+//! - [`secrets`]: `SECRETS_ARN`, secret settings read from AWS Secrets Manager at start, in
+//!   one SigV4-signed request (`secrets::sigv4`) with no AWS SDK.
 //! - [`store`]: SQLite. One writer thread owns the only write connection and commits queued
 //!   writes in batches (group commit); callers return only once their batch is durable.
 //!   Across instances the writer holds the fenced Redis lease `locks:sqlite:writer`. WAL on

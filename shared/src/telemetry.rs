@@ -13,27 +13,39 @@ use std::fmt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{Config, Deployment};
 
 pub fn init(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // `Targets` (levels per target) rather than `EnvFilter`: the latter's span and field
+    // filters bring a regex engine into every function's binary.
+    let filter: Targets = config
+        .log_filter
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    // The builder's own level (INFO unless set) would cut below the filter: let it pass all.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_writer(std::io::stderr);
     // `try_init` fails only if a subscriber is already set (tests): keep that one.
     let _ = match config.deployment {
         Deployment::Lambda => builder
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson)
+            .finish()
+            .with(filter)
             .try_init(),
         Deployment::Local => builder
             .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(filter)
             .try_init(),
     };
 }

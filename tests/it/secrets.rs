@@ -1,5 +1,6 @@
-//! SECRETS_ARN against a local Secrets Manager (moto): the secret's values fill the
-//! configuration; a bad secret is refused naming SECRETS_ARN.
+//! SECRETS_ARN against a local Secrets Manager (moto, checking every request's SigV4
+//! signature): the secret's values fill the configuration; a bad secret, a wrong key or no
+//! credentials are refused naming SECRETS_ARN, without echoing a secret.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -13,13 +14,12 @@ const KEY: &str = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
 #[tokio::test]
 async fn a_lambda_configuration_takes_its_keys_from_the_secret() {
     // Arrange
-    let moto = MotoServer::start();
-    let arn = moto
-        .create_secret(
-            "avatar/config",
-            &format!(r#"{{"TOKEN_ENCRYPTION_KEY":"{KEY}","SESSION_SECRET":"{KEY}","TWITCH_CLIENT_SECRET":"from-secret"}}"#),
-        )
-        .await;
+    let moto = MotoServer::start_with_secret(
+        "avatar/config",
+        &format!(
+            r#"{{"TOKEN_ENCRYPTION_KEY":"{KEY}","SESSION_SECRET":"{KEY}","TWITCH_CLIENT_SECRET":"from-secret"}}"#
+        ),
+    );
     let mut vars: HashMap<String, String> = [
         ("AWS_LAMBDA_FUNCTION_NAME", "health"),
         ("TWITCH_CLIENT_SECRET", "from-environment"),
@@ -30,9 +30,14 @@ async fn a_lambda_configuration_takes_its_keys_from_the_secret() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    vars.extend(
+        moto.environment()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
 
     // Act
-    shared::secrets::merge_into(&mut vars, &arn, &moto.sdk_config())
+    shared::secrets::merge_into(&mut vars, &moto.arn)
         .await
         .unwrap();
     let config = Config::from_vars(&vars).unwrap();
@@ -53,36 +58,92 @@ async fn a_lambda_configuration_takes_its_keys_from_the_secret() {
     );
 }
 
+fn vars_of(environment: Vec<(&'static str, String)>) -> HashMap<String, String> {
+    environment
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
 #[tokio::test]
 async fn an_unreadable_secret_is_reported_as_secrets_arn() {
-    let moto = MotoServer::start();
-    let mut vars = HashMap::new();
+    let moto = MotoServer::start_with_secret("avatar/config", "{}");
+    let mut vars = vars_of(moto.environment());
     let error = shared::secrets::merge_into(
         &mut vars,
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing",
-        &moto.sdk_config(),
     )
     .await
     .unwrap_err();
     assert_eq!(error.variable, "SECRETS_ARN");
+    assert!(
+        error.problem.contains("ResourceNotFoundException"),
+        "{}",
+        error.problem
+    );
 }
 
 #[tokio::test]
-async fn avatar_local_reads_secrets_arn_through_the_default_aws_chain() {
+async fn a_request_signed_with_the_wrong_key_is_refused_and_the_key_is_not_echoed() {
+    // Arrange: the right key id and session token, a different secret key.
+    let moto =
+        MotoServer::start_with_secret("avatar/config", &format!(r#"{{"SESSION_SECRET":"{KEY}"}}"#));
+    let mut vars = vars_of(moto.environment());
+    let wrong_key = format!("{}x", moto.secret_access_key);
+    vars.insert("AWS_SECRET_ACCESS_KEY".into(), wrong_key.clone());
+
+    // Act
+    let error = shared::secrets::merge_into(&mut vars, &moto.arn)
+        .await
+        .unwrap_err();
+
+    // Assert: moto recomputed the signature and refused it; nothing was filled in.
+    assert_eq!(error.variable, "SECRETS_ARN");
+    assert!(
+        error.problem.contains("SignatureDoesNotMatch"),
+        "{}",
+        error.problem
+    );
+    for secret in [wrong_key.as_str(), moto.session_token.as_str(), KEY] {
+        assert!(!error.to_string().contains(secret));
+    }
+    assert!(!vars.contains_key("SESSION_SECRET"));
+}
+
+#[tokio::test]
+async fn without_credentials_the_secret_is_not_requested() {
+    let mut vars = vars_of(vec![(
+        "AWS_ENDPOINT_URL",
+        // Nothing listens here: asking would fail differently.
+        "http://127.0.0.1:9".to_owned(),
+    )]);
+    let error = shared::secrets::merge_into(
+        &mut vars,
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:avatar",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.variable, "SECRETS_ARN");
+    assert!(
+        error.problem.contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        error.problem
+    );
+}
+
+#[tokio::test]
+async fn avatar_local_reads_secrets_arn_with_credentials_from_its_environment() {
     // Arrange: keys only in the secret.
-    let moto = MotoServer::start();
-    let arn = moto
-        .create_secret(
-            "avatar/local",
-            &format!(r#"{{"TOKEN_ENCRYPTION_KEY":"{KEY}","SESSION_SECRET":"{KEY}"}}"#),
-        )
-        .await;
+    let moto = MotoServer::start_with_secret(
+        "avatar/local",
+        &format!(r#"{{"TOKEN_ENCRYPTION_KEY":"{KEY}","SESSION_SECRET":"{KEY}"}}"#),
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(workspace_binary("avatar-local"));
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SECRETS_ARN", &arn)
+        .env("SECRETS_ARN", &moto.arn)
         .env("RUST_LOG", "info")
         .envs(moto.environment())
         .current_dir(dir.path())

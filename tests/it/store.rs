@@ -669,3 +669,67 @@ fn a_writer_stopped_and_resumed_twenty_times_fails_no_write() {
         &[("stopped", &stopped_lines), ("steady", &steady_lines)],
     );
 }
+
+/// Commands the server has run so far, less the INFO that asks.
+async fn commands_processed(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_commands_processed in INFO stats")
+}
+
+/// Open descriptors of this process on `path`.
+fn open_descriptors(path: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_finds_the_schema_current_asks_redis_nothing_and_opens_readers_when_needed() {
+    // Arrange: a first start creates the schema under the writer lease.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig {
+        path: dir.path().join("data.sqlite"),
+        journal_mode: JournalMode::Delete,
+        read_connections: 4,
+    };
+    let before_first = commands_processed(&redis).await;
+    let first = Store::open(&config, &redis_coordinator(&[redis.url()]))
+        .await
+        .unwrap();
+    drop(first);
+    let before_second = commands_processed(&redis).await;
+
+    // Act: a second start (a cold start of a function in AWS).
+    let second = Store::open(&config, &redis_coordinator(&[redis.url()]))
+        .await
+        .unwrap();
+    let after_second = commands_processed(&redis).await;
+    let descriptors_at_start = open_descriptors(&config.path);
+    let users: i64 = second
+        .read(|conn| conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0)))
+        .await
+        .unwrap();
+
+    // Assert: the first start took and released the lease (so the counts see Redis work);
+    // the second sent nothing (the one command counted is the INFO before it) and opened
+    // only the writer's connection until a read needed one.
+    assert!(
+        before_second - before_first > 2,
+        "the first start should have used the writer lease"
+    );
+    assert_eq!(after_second - before_second, 1);
+    assert_eq!(descriptors_at_start, 1);
+    assert_eq!(users, 0);
+    assert_eq!(open_descriptors(&config.path), 2);
+}

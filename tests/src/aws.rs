@@ -1,4 +1,4 @@
-//! A local AWS API (moto) for the Secrets Manager tests.
+//! A local AWS API (moto) for the Secrets Manager tests, checking signatures as AWS does.
 
 use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -6,14 +6,25 @@ use std::time::{Duration, Instant};
 
 use crate::free_port;
 
-/// A private moto server (a local AWS API) for the Secrets Manager tests.
+/// The set-up script: a role, its temporary credentials and one secret.
+const SETUP_SCRIPT: &str = include_str!("scripts/moto_setup.py");
+
+/// A private moto server holding one secret, readable with the temporary credentials of a
+/// role allowed `secretsmanager:GetSecretValue`. After its set-up every call must be signed
+/// (SigV4) with those credentials: moto recomputes each signature and refuses a mismatch.
 pub struct MotoServer {
     pub endpoint: String,
+    /// The ARN of the secret.
+    pub arn: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
     child: Child,
 }
 
 impl MotoServer {
-    pub fn start() -> Self {
+    /// Starts moto with the secret `name` holding `json`.
+    pub fn start_with_secret(name: &str, json: &str) -> Self {
         let port = free_port();
         let child = Command::new("python3")
             .args([
@@ -24,63 +35,58 @@ impl MotoServer {
                 "-p",
                 &port.to_string(),
             ])
+            // The set-up script's four calls go unsigned; every later one is checked.
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "4")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 with moto is not installed: run scripts/test.sh, which installs it");
-        let server = Self {
-            endpoint: format!("http://127.0.0.1:{port}"),
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut server = Self {
+            endpoint: endpoint.clone(),
+            arn: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: String::new(),
             child,
         };
         let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return server;
-            }
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(
+                Instant::now() < end,
+                "moto server did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("moto server did not start on port {port}");
+        let output = Command::new("python3")
+            .args(["-c", SETUP_SCRIPT, &endpoint, name, json])
+            .output()
+            .expect("run the moto set-up script");
+        assert!(
+            output.status.success(),
+            "moto set-up failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let setup: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("the set-up script prints JSON");
+        let field = |name: &str| setup[name].as_str().expect("set-up field").to_owned();
+        server.arn = field("arn");
+        server.access_key_id = field("accessKeyId");
+        server.secret_access_key = field("secretAccessKey");
+        server.session_token = field("sessionToken");
+        server
     }
 
-    /// An AWS SDK configuration pointed at this server with throwaway credentials.
-    pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::SdkConfig::builder()
-            .endpoint_url(&self.endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(
-                aws_credential_types::provider::SharedCredentialsProvider::new(
-                    aws_credential_types::Credentials::new("test", "test", None, None, "tests"),
-                ),
-            )
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .build()
-    }
-
-    /// The environment a process needs to reach this server through the default AWS chain.
+    /// The environment Lambda gives a function (its role's temporary credentials and its
+    /// region), with the endpoint pointed at this server.
     pub fn environment(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.clone()),
+            ("AWS_SESSION_TOKEN", self.session_token.clone()),
             ("AWS_REGION", "us-east-1".into()),
-            // Never fall through to the instance metadata address.
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ]
-    }
-
-    /// Creates a secret holding `json`; returns its ARN.
-    pub async fn create_secret(&self, name: &str, json: &str) -> String {
-        let client = aws_sdk_secretsmanager::Client::new(&self.sdk_config());
-        client
-            .create_secret()
-            .name(name)
-            .secret_string(json)
-            .send()
-            .await
-            .expect("create secret in moto")
-            .arn()
-            .expect("secret arn")
-            .to_owned()
     }
 }
 

@@ -109,22 +109,24 @@ impl ConfigErrors {
 impl Config {
     /// Reads `.env` (when present; real environment variables win), the environment, and
     /// with `SECRETS_ARN` set the Secrets Manager secret (credentials and region from the
-    /// usual AWS sources). What every process does once at start.
+    /// environment, as Lambda sets them). What every process does once at start.
     pub async fn load() -> Result<Self, ConfigErrors> {
         Self::from_vars(&Self::load_vars().await?)
     }
 
     /// The variables [`Config::load`] reads, before parsing (`avatar-local` adjusts a few).
     pub async fn load_vars() -> Result<HashMap<String, String>, ConfigErrors> {
-        let _ = dotenvy::dotenv();
+        // A function has no `.env`: skip the search for one up the directory tree.
+        if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_none() {
+            let _ = dotenvy::dotenv();
+        }
         let mut vars: HashMap<String, String> = std::env::vars().collect();
         if let Some(arn) = vars
             .get("SECRETS_ARN")
             .map(|a| a.trim().to_owned())
             .filter(|a| !a.is_empty())
         {
-            let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            crate::secrets::merge_into(&mut vars, &arn, &aws)
+            crate::secrets::merge_into(&mut vars, &arn)
                 .await
                 .map_err(|e| ConfigErrors(vec![e]))?;
         }
@@ -149,6 +151,32 @@ impl Config {
     pub fn is_distributed(&self) -> bool {
         self.redis.url.is_some()
     }
+}
+
+/// `RUST_LOG` as the functions read it: a level and/or `target=level` pairs, comma-separated
+/// (`info`, `warn,shared::poll=debug`). Span and field filters (`target[span{field}]`) are
+/// refused rather than read as a strange target name: the filter that would understand
+/// them brings a regex engine into every function.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    let usage = "give a level (error, warn, info, debug, trace, off) and/or comma-separated \
+                 target=level pairs";
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let target = directive
+            .split_once('=')
+            .map_or(directive, |(target, _)| target);
+        if !target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+        {
+            return Err(format!(
+                "{directive:?}: span and field filters are not supported; {usage}"
+            ));
+        }
+    }
+    filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .map(|_| ())
+        .map_err(|e| format!("not a valid filter ({e}): {usage}"))
 }
 
 struct Reader<'a> {
@@ -263,8 +291,8 @@ impl Reader<'_> {
         let oauth_state_ttl =
             Duration::from_millis(self.number("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000));
         let log_filter = self.string("RUST_LOG").unwrap_or_else(|| "info".into());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
-            self.fail("RUST_LOG", format!("not a valid tracing filter ({e})"));
+        if let Err(problem) = check_log_filter(&log_filter) {
+            self.fail("RUST_LOG", problem);
         }
 
         Some(Config {
@@ -395,6 +423,8 @@ mod tests {
             ("SESSION_SECRET", "!!!"),
             ("TOKEN_ENCRYPTION_OLD_KEYS", "c2hvcnQ="),
             ("RUST_LOG", "info,[[["),
+            ("RUST_LOG", "shared[poll{streamer=1}]=debug"),
+            ("RUST_LOG", "shared=loud"),
             ("HTTP_HEADER_TIMEOUT_MS", "10s"),
             ("HTTP_IDLE_TIMEOUT_MS", "0"),
             ("HTTP_BODY_TIMEOUT_MS", "-5"),

@@ -76,7 +76,7 @@ pub struct PageLinks {
 }
 
 pub struct DonationAlertsClient {
-    http: reqwest::Client,
+    http: super::ProviderHttp,
     client_id: String,
     client_secret: Secret<String>,
     redirect_uri: Url,
@@ -87,7 +87,7 @@ pub struct DonationAlertsClient {
 impl DonationAlertsClient {
     /// `None` when `DA_CLIENT_ID`/`DA_CLIENT_SECRET` are unset (connecting is then refused
     /// with a page saying so).
-    pub fn new(config: &DonationAlertsConfig, http: reqwest::Client) -> Option<Self> {
+    pub fn new(config: &DonationAlertsConfig, http: super::ProviderHttp) -> Option<Self> {
         Some(Self {
             http,
             client_id: config.client_id.clone()?,
@@ -155,6 +155,7 @@ impl DonationAlertsClient {
         form.extend_from_slice(grant);
         let response = self
             .http
+            .client()
             .post(self.endpoint("/oauth/token"))
             .form(&form)
             .send()
@@ -174,6 +175,7 @@ impl DonationAlertsClient {
     pub async fn user(&self, access_token: &str) -> Result<DaUser, ProviderError> {
         let response = self
             .http
+            .client()
             .get(self.endpoint("/api/v1/user/oauth"))
             .bearer_auth(access_token)
             .send()
@@ -216,6 +218,7 @@ impl DonationAlertsClient {
     ) -> Result<DonationPage, ProviderError> {
         let response = self
             .http
+            .client()
             .get(url)
             .bearer_auth(access_token)
             .send()

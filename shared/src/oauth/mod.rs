@@ -4,6 +4,7 @@
 pub mod donationalerts;
 pub mod twitch;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -147,4 +148,21 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .user_agent(concat!("avatar-twitch-oauth/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("the TLS backend initialises")
+}
+
+/// [`http_client`], built on first use and shared by the provider clients. Building it
+/// (the TLS roots, the connection pool) is a cold start's largest piece of CPU work, and
+/// most functions (health, pages) never call a provider.
+#[derive(Clone)]
+pub struct ProviderHttp(Arc<(Duration, OnceLock<reqwest::Client>)>);
+
+impl ProviderHttp {
+    pub fn new(timeout: Duration) -> Self {
+        Self(Arc::new((timeout, OnceLock::new())))
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        let (timeout, client) = &*self.0;
+        client.get_or_init(|| http_client(*timeout))
+    }
 }

@@ -158,7 +158,7 @@ struct Stream {
 pub const STREAMS_PER_REQUEST: usize = 100;
 
 pub struct TwitchClient {
-    http: reqwest::Client,
+    http: super::ProviderHttp,
     /// The app access token (client credentials) for Helix calls made for no user, with
     /// when it stops being used.
     app_token: tokio::sync::Mutex<Option<(Secret<String>, std::time::Instant)>>,
@@ -174,7 +174,7 @@ pub struct TwitchClient {
 impl TwitchClient {
     /// `None` when `TWITCH_CLIENT_ID`/`TWITCH_CLIENT_SECRET` are unset (login is then refused
     /// with a page saying so).
-    pub fn new(config: &TwitchConfig, http: reqwest::Client) -> Option<Self> {
+    pub fn new(config: &TwitchConfig, http: super::ProviderHttp) -> Option<Self> {
         let client_id = config.client_id.clone()?;
         let secret = config.client_secret.as_ref()?;
         let auth_base = config
@@ -231,7 +231,7 @@ impl TwitchClient {
     pub async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
         self.oauth
             .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .request_async(&self.http)
+            .request_async(self.http.client())
             .await
             .map(TokenSet::from)
             .map_err(token_error)
@@ -243,7 +243,7 @@ impl TwitchClient {
         let refresh_token = RefreshToken::new(refresh_token.to_owned());
         self.oauth
             .exchange_refresh_token(&refresh_token)
-            .request_async(&self.http)
+            .request_async(self.http.client())
             .await
             .map(TokenSet::from)
             .map_err(token_error)
@@ -253,6 +253,7 @@ impl TwitchClient {
     pub async fn validate(&self, access_token: &str) -> Result<Validation, ProviderError> {
         let response = self
             .http
+            .client()
             .get(format!("{}/validate", self.auth_base))
             .header("Authorization", format!("OAuth {access_token}"))
             .send()
@@ -265,6 +266,7 @@ impl TwitchClient {
     pub async fn user(&self, access_token: &str) -> Result<HelixUser, ProviderError> {
         let response = self
             .http
+            .client()
             .get(format!("{}/users", self.api_base))
             .bearer_auth(access_token)
             .header("Client-Id", &self.client_id)
@@ -293,6 +295,7 @@ impl TwitchClient {
         }
         let response = self
             .http
+            .client()
             .post(format!("{}/token", self.auth_base))
             .form(&[
                 ("client_id", self.client_id.as_str()),
@@ -334,6 +337,7 @@ impl TwitchClient {
             }
             let response = self
                 .http
+                .client()
                 .get(url)
                 .bearer_auth(token.expose())
                 .header("Client-Id", &self.client_id)
@@ -360,6 +364,7 @@ impl TwitchClient {
     pub async fn revoke(&self, token: &str) -> Result<(), ProviderError> {
         let response = self
             .http
+            .client()
             .post(format!("{}/revoke", self.auth_base))
             .form(&[("client_id", self.client_id.as_str()), ("token", token)])
             .send()
@@ -455,7 +460,11 @@ mod tests {
             auth_base_url: Url::parse("https://id.twitch.tv/oauth2").unwrap(),
             api_base_url: Url::parse("https://api.twitch.tv/helix").unwrap(),
         };
-        let client = TwitchClient::new(&config, reqwest::Client::new()).unwrap();
+        let client = TwitchClient::new(
+            &config,
+            super::super::ProviderHttp::new(Duration::from_secs(1)),
+        )
+        .unwrap();
         let url = client.authorize_url("st", true);
         assert_eq!(url.path(), "/oauth2/authorize");
         let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();

@@ -109,7 +109,7 @@ impl Store {
             lease,
         })
         .await?;
-        let readers = ReadPool::open(&config.path, config.read_connections)?;
+        let readers = ReadPool::new(&config.path, config.read_connections);
         Ok(Self {
             writer,
             readers: Arc::new(readers),
@@ -156,32 +156,39 @@ impl Store {
     }
 }
 
-/// `DB_CONCURRENCY` read-only connections; a semaphore hands them out.
+/// Up to `DB_CONCURRENCY` read-only connections; a semaphore hands them out. Each is opened
+/// when first needed, not at start: a cold start that serves one request opens one (the
+/// health function: none before its first probe), and opening on EFS costs round trips.
 struct ReadPool {
+    path: std::path::PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
     reads: AtomicU64,
 }
 
 impl ReadPool {
-    fn open(path: &std::path::Path, size: usize) -> Result<Self, StoreError> {
-        let mut idle = Vec::with_capacity(size);
-        for _ in 0..size.max(1) {
-            let conn = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .and_then(|c| writer::configure(&c).map(|_| c))
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-            idle.push(conn);
-        }
-        Ok(Self {
-            permits: Arc::new(Semaphore::new(idle.len())),
-            idle: Mutex::new(idle),
+    fn new(path: &std::path::Path, size: usize) -> Self {
+        Self {
+            path: path.to_owned(),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+            idle: Mutex::new(Vec::with_capacity(size)),
             reads: AtomicU64::new(0),
+        }
+    }
+
+    /// An idle connection, or a new one while fewer than the permits exist.
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(conn);
+        }
+        Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| writer::configure(&c).map(|_| c))
+        .map_err(|source| StoreError::Open {
+            path: self.path.display().to_string(),
+            source,
         })
     }
 
@@ -200,12 +207,7 @@ impl ReadPool {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             pool.reads.fetch_add(1, Ordering::Relaxed);
-            let conn = pool
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop()
-                .ok_or_else(|| StoreError::ReadInterrupted("no idle connection".into()))?;
+            let conn = pool.take()?;
             let result =
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&conn))) {
                     Ok(result) => result.map_err(StoreError::Read),

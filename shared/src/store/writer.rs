@@ -319,6 +319,16 @@ impl Writer {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
+        // Nearly every start finds the schema current: then it needs neither the lease (a
+        // Redis round trip each way, on a cold start's path) nor a write transaction.
+        // Migrations only move forward, so a current schema stays current.
+        let applied: u32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|source| StoreError::Migration { version: 0, source })?;
+        if applied as usize >= MIGRATIONS.len() {
+            return Ok(());
+        }
         if let Err(failure) = self.take_lease() {
             // Migrations are idempotent (user_version is checked inside an IMMEDIATE
             // transaction), so SQLite's own lock is enough to serialize them; starting lets

@@ -15,9 +15,10 @@ use clap::Parser;
 use shared::app::App;
 use shared::poll::Poller;
 use tracing::field::{Field, Visit};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser)]
 struct Cli {
@@ -28,7 +29,10 @@ struct Cli {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let log_filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|filter| filter.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
