@@ -17,7 +17,11 @@
 //!    configured one and its memory, and the server time of the chat-token API.
 //! 7. `sam local start-api` (`sam_local`): first and warm request latency through SAM's
 //!    local API Gateway.
+//! 8. The functions as Lambda starts and ships them (`coldstart`, `size`): init time, answer
+//!    time and peak RSS of each release binary under the Runtime API emulator beside the
+//!    smallest `lambda_http` function, also with `SECRETS_ARN`; each zipped `bootstrap`.
 
+mod coldstart;
 mod poll_cost;
 mod poll_schedule;
 mod sam_local;
@@ -46,7 +50,7 @@ struct Row {
 #[tokio::main]
 async fn main() {
     // `avatar-bench [writer] [locks] [login] [http] [poll] [outbox] [pollcost] [validate]
-    // [chattoken] [samlocal]`: the named groups; all without arguments.
+    // [chattoken] [samlocal] [coldstart] [size]`: the named groups; all without arguments.
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let mut rows = Vec::new();
@@ -79,6 +83,12 @@ async fn main() {
     }
     if wanted("samlocal") {
         rows.extend(sam_local::rows().await);
+    }
+    if wanted("coldstart") {
+        rows.extend(coldstart::coldstart_rows().await);
+    }
+    if wanted("size") {
+        rows.extend(coldstart::size_rows());
     }
 
     println!("| benchmark | result | detail |");
