@@ -1,8 +1,9 @@
 //! The one route table. `avatar-local` serves all of it on a TCP listener (see
-//! [`crate::server`]); each HTTP Lambda hands its own slice of it to `lambda_http::run`, so
-//! local and deployed behaviour cannot differ. [`ROUTES`] is the only list of deployed routes:
-//! the routers are built from it, and a test checks it against template.yaml's HTTP API
-//! routes. [`LOCAL_ONLY_ROUTES`] adds what only `avatar-local` serves (`/metrics`).
+//! [`crate::server`]); each HTTP Lambda hands its own part of it to `lambda_http::run`, so
+//! local and deployed behaviour cannot differ. [`ROUTE_TABLES`] (one table per function) is
+//! the only list of deployed routes: the routers are built from it, and a test checks it
+//! against template.yaml's HTTP API routes. [`LOCAL_ONLY_ROUTES`] adds what only
+//! `avatar-local` serves (`/metrics`).
 
 use std::future::Future;
 
@@ -34,7 +35,7 @@ pub enum Function {
 /// What invokes a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FunctionKind {
-    /// The HTTP API's routes: the function serves its routes of [`ROUTES`].
+    /// The HTTP API's routes: the function serves its table of [`ROUTE_TABLES`].
     Http,
     /// A schedule (EventBridge): the function serves no route.
     Scheduled,
@@ -76,7 +77,7 @@ impl Function {
 
     /// The routes this function serves (none for a scheduled function).
     pub fn routes(self) -> impl Iterator<Item = &'static Route> {
-        ROUTES.iter().filter(move |route| route.function == self)
+        all_routes().filter(move |route| route.function == self)
     }
 }
 
@@ -138,15 +139,41 @@ fn method_router(
     handler(filter)
 }
 
-/// Every route this build serves. A capability whose issue has not landed is absent here
-/// rather than stubbed.
-pub static ROUTES: &[Route] = &[
-    Route::new(Method::GET, "/health", Function::Health, |m| {
-        on(m, health_route)
-    }),
+/// The route table: every route this build serves, one table per HTTP function. A function's
+/// binary names only its own table ([`crate::lambda::run_http_function`]), so the linker
+/// leaves every other function's handlers, pages and provider flows out of it; the local
+/// server, the route tests and the template test read them all ([`all_routes`]). A
+/// capability whose issue has not landed is absent here rather than stubbed.
+pub static ROUTE_TABLES: &[&[Route]] = &[
+    HEALTH_ROUTES,
+    AUTH_START_ROUTES,
+    AUTH_CALLBACK_ROUTES,
+    PAGES_ROUTES,
+    CHAT_TOKEN_ROUTES,
+];
+
+/// Every route of every function, in table order.
+pub fn all_routes() -> impl Iterator<Item = &'static Route> {
+    ROUTE_TABLES.iter().flat_map(|table| table.iter())
+}
+
+pub static HEALTH_ROUTES: &[Route] = &[Route::new(Method::GET, "/health", Function::Health, |m| {
+    on(m, health_route)
+})];
+
+pub static AUTH_START_ROUTES: &[Route] = &[
     Route::new(Method::GET, "/auth/twitch", Function::AuthStart, |m| {
         on(m, auth::start_twitch)
     }),
+    Route::new(
+        Method::GET,
+        "/auth/donationalerts",
+        Function::AuthStart,
+        |m| on(m, donationalerts::start),
+    ),
+];
+
+pub static AUTH_CALLBACK_ROUTES: &[Route] = &[
     Route::new(
         Method::GET,
         "/auth/twitch/callback",
@@ -155,16 +182,13 @@ pub static ROUTES: &[Route] = &[
     ),
     Route::new(
         Method::GET,
-        "/auth/donationalerts",
-        Function::AuthStart,
-        |m| on(m, donationalerts::start),
-    ),
-    Route::new(
-        Method::GET,
         "/auth/donationalerts/callback",
         Function::AuthCallback,
         |m| on(m, donationalerts::callback),
     ),
+];
+
+pub static PAGES_ROUTES: &[Route] = &[
     Route::new(Method::GET, "/", Function::Pages, |m| on(m, pages::landing)),
     Route::new(Method::GET, "/success", Function::Pages, |m| {
         on(m, pages::dashboard)
@@ -196,14 +220,15 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/static/style.css", Function::Pages, |m| {
         on(m, pages::stylesheet)
     }),
-    Route::new(
-        Method::GET,
-        "/internal/chat-token/{twitchUserId}",
-        Function::ChatToken,
-        |m| on(m, chat_token::chat_token),
-    )
-    .internal(),
 ];
+
+pub static CHAT_TOKEN_ROUTES: &[Route] = &[Route::new(
+    Method::GET,
+    "/internal/chat-token/{twitchUserId}",
+    Function::ChatToken,
+    |m| on(m, chat_token::chat_token),
+)
+.internal()];
 
 /// A route only `avatar-local` serves: no function and no API Gateway route exist for it.
 pub struct LocalRoute {
@@ -234,12 +259,18 @@ enum Edge {
 
 /// All routes and the local-only ones (the local server).
 pub fn router(app: App) -> Router {
-    build(ROUTES.iter(), LOCAL_ONLY_ROUTES, app, Edge::LocalServer)
+    build(all_routes(), LOCAL_ONLY_ROUTES, app, Edge::LocalServer)
 }
 
 /// The routes of one Lambda function.
 pub fn function_router(function: Function, app: App) -> Router {
     build(function.routes(), &[], app, Edge::ApiGateway)
+}
+
+/// A Lambda function's router from its own table (one of [`ROUTE_TABLES`]), which is all its
+/// binary links; the same router as [`function_router`] gives for that function.
+pub fn table_router(table: &'static [Route], app: App) -> Router {
+    build(table.iter(), &[], app, Edge::ApiGateway)
 }
 
 fn build<'a>(

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::app::App;
-use crate::http::{Function, function_router};
+use crate::http::{Route, table_router};
 use crate::jobs::ScheduledJob;
 use crate::metrics::Metrics;
 use crate::metrics::emf::EmfContext;
@@ -28,14 +28,20 @@ use crate::store::now_ms;
 /// return its result.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
-pub async fn run_http_function(function: Function) -> Result<(), lambda_http::Error> {
+/// Serves `table`, one function's table of [`crate::http::ROUTE_TABLES`]. Its `main` names
+/// the table itself, so the binary links that function's handlers and no other's.
+pub async fn run_http_function(table: &'static [Route]) -> Result<(), lambda_http::Error> {
+    let function = table.first().map(|route| route.function);
+    let Some(function) = function.filter(|f| table.iter().all(|route| route.function == *f)) else {
+        return Err("a function's route table names one function and at least one route".into());
+    };
     let app = App::from_env().await?;
     let name = function.binary();
     tracing::info!(function = name, "cold start complete");
     let emf = EmfOutput::new(&app, name);
     // The response is built, so the request's figures are counted; most requests change
     // none and print nothing.
-    let router = function_router(function, app).layer(tower::util::MapResponseLayer::new(
+    let router = table_router(table, app).layer(tower::util::MapResponseLayer::new(
         move |response: Response| {
             emf.print(false);
             response

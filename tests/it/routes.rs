@@ -6,7 +6,10 @@
 
 use std::collections::BTreeSet;
 
-use shared::http::{Function, FunctionKind, LOCAL_ONLY_ROUTES, ROUTES, function_router, router};
+use shared::http::{
+    Function, FunctionKind, LOCAL_ONLY_ROUTES, ROUTE_TABLES, all_routes, function_router, router,
+    table_router,
+};
 use tower::ServiceExt as _;
 
 use crate::template::Template;
@@ -24,8 +27,7 @@ fn template_routes_match_the_route_table_function_by_function() {
         .into_iter()
         .map(|(method, path, id)| (method, path, binaries[&id].clone()))
         .collect();
-    let local: BTreeSet<(String, String, String)> = ROUTES
-        .iter()
+    let local: BTreeSet<(String, String, String)> = all_routes()
         .map(|route| {
             (
                 route.method.to_string(),
@@ -77,10 +79,60 @@ fn every_function_of_the_bundle_has_its_crate_and_its_template_resource_and_noth
     }
 }
 
+#[test]
+fn each_http_function_has_one_table_and_the_table_names_it_alone() {
+    let http: Vec<Function> = Function::ALL
+        .iter()
+        .copied()
+        .filter(|f| f.kind() == FunctionKind::Http)
+        .collect();
+    assert_eq!(ROUTE_TABLES.len(), http.len());
+    for function in http {
+        let tables: Vec<&&[shared::http::Route]> = ROUTE_TABLES
+            .iter()
+            .filter(|table| table.iter().any(|route| route.function == function))
+            .collect();
+        assert_eq!(tables.len(), 1, "{function:?} in {} tables", tables.len());
+        assert!(
+            tables[0].iter().all(|route| route.function == function),
+            "{function:?}'s table names another function"
+        );
+    }
+}
+
+/// The router a function's binary builds from its own table serves what that function's
+/// part of the whole table does.
+#[tokio::test]
+async fn each_table_router_serves_exactly_its_functions_routes() {
+    let app = avatar_tests::TestApp::spawn(&[]).await;
+    for table in ROUTE_TABLES {
+        let function = table[0].function;
+        for route in all_routes() {
+            let request = axum::http::Request::builder()
+                .method(route.method.clone())
+                .uri(route.path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = table_router(table, app.app.clone())
+                .oneshot(request)
+                .await
+                .unwrap();
+            let served = response.status() != 404 && response.status() != 405;
+            assert_eq!(
+                served,
+                route.function == function,
+                "{} {} on {function:?}'s table",
+                route.method,
+                route.path
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn each_function_router_serves_exactly_its_routes() {
     let app = avatar_tests::TestApp::spawn(&[]).await;
-    for route in ROUTES {
+    for route in all_routes() {
         for other in Function::ALL {
             let request = axum::http::Request::builder()
                 .method(route.method.clone())
@@ -120,7 +172,7 @@ async fn local_only_routes_are_served_by_the_local_server_alone_and_deployed_now
             route.path
         );
         assert!(
-            ROUTES.iter().all(|r| r.path != route.path),
+            all_routes().all(|r| r.path != route.path),
             "{} in the deployed route table",
             route.path
         );

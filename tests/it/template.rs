@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
-use shared::http::{Function, FunctionKind, ROUTES};
+use shared::http::{Function, FunctionKind, all_routes};
 
 /// template.yaml as CloudFormation JSON: short-form intrinsics (`!Ref X`, `!GetAtt A.B`,
 /// `!Sub …`) become their long forms (`{"Ref": "X"}`, `{"Fn::GetAtt": ["A", "B"]}`, …), so
@@ -541,8 +541,7 @@ fn the_outputs_name_both_redirect_uris_under_the_base_url_the_functions_use() {
         assert_eq!(&join[1][0], base, "{output}");
         named.insert(join[1][1].as_str().expect("a path").to_owned());
     }
-    let callbacks: BTreeSet<String> = ROUTES
-        .iter()
+    let callbacks: BTreeSet<String> = all_routes()
         .filter(|route| route.function == Function::AuthCallback)
         .map(|route| route.path.to_owned())
         .collect();

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::lambda::run_http_function(shared::http::Function::ChatToken).await
+    shared::lambda::run_http_function(shared::http::CHAT_TOKEN_ROUTES).await
 }
