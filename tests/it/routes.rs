@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use shared::http::{
-    Function, FunctionKind, LOCAL_ONLY_ROUTES, ROUTE_TABLES, all_routes, function_router, router,
-    table_router,
+    Function, FunctionKind, LOCAL_ONLY_ROUTES, ROUTE_TABLES, Route, all_routes, function_router,
+    router, table_router,
 };
 use tower::ServiceExt as _;
 
@@ -100,6 +100,17 @@ fn each_http_function_has_one_table_and_the_table_names_it_alone() {
     }
 }
 
+/// Whether `router` serves `route` (answers it with something other than 404 or 405).
+async fn serves(router: axum::Router, route: &Route) -> bool {
+    let request = axum::http::Request::builder()
+        .method(route.method.clone())
+        .uri(route.path)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let status = router.oneshot(request).await.unwrap().status();
+    status != 404 && status != 405
+}
+
 /// The router a function's binary builds from its own table serves what that function's
 /// part of the whole table does.
 #[tokio::test]
@@ -108,16 +119,7 @@ async fn each_table_router_serves_exactly_its_functions_routes() {
     for table in ROUTE_TABLES {
         let function = table[0].function;
         for route in all_routes() {
-            let request = axum::http::Request::builder()
-                .method(route.method.clone())
-                .uri(route.path)
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let response = table_router(table, app.app.clone())
-                .oneshot(request)
-                .await
-                .unwrap();
-            let served = response.status() != 404 && response.status() != 405;
+            let served = serves(table_router(table, app.app.clone()), route).await;
             assert_eq!(
                 served,
                 route.function == function,
@@ -134,16 +136,7 @@ async fn each_function_router_serves_exactly_its_routes() {
     let app = avatar_tests::TestApp::spawn(&[]).await;
     for route in all_routes() {
         for other in Function::ALL {
-            let request = axum::http::Request::builder()
-                .method(route.method.clone())
-                .uri(route.path)
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let response = function_router(*other, app.app.clone())
-                .oneshot(request)
-                .await
-                .unwrap();
-            let served = response.status() != 404 && response.status() != 405;
+            let served = serves(function_router(*other, app.app.clone()), route).await;
             assert_eq!(
                 served,
                 *other == route.function,
