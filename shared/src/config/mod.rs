@@ -121,11 +121,7 @@ impl Config {
             let _ = dotenvy::dotenv();
         }
         let mut vars: HashMap<String, String> = std::env::vars().collect();
-        if let Some(arn) = vars
-            .get("SECRETS_ARN")
-            .map(|a| a.trim().to_owned())
-            .filter(|a| !a.is_empty())
-        {
+        if let Some(arn) = value(&vars, "SECRETS_ARN").map(str::to_owned) {
             crate::secrets::merge_into(&mut vars, &arn)
                 .await
                 .map_err(|e| ConfigErrors(vec![e]))?;
@@ -184,13 +180,16 @@ struct Reader<'a> {
     errors: Vec<ConfigError>,
 }
 
+/// `name`'s value, trimmed, or `None` when unset or blank: everywhere in the configuration a
+/// variable set to an empty value counts as unset.
+pub fn value<'a>(vars: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
 impl Reader<'_> {
     /// The value, or `None` when unset or blank.
     fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
+        value(self.vars, name)
     }
 
     fn fail(&mut self, variable: &'static str, problem: impl Into<String>) {

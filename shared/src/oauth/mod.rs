@@ -138,8 +138,9 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     })
 }
 
-/// The HTTP client for provider calls: bounded time, no redirects (a provider endpoint
-/// never needs one, and following them could leak a token to another host).
+/// The HTTP client for calls to other services (the providers, Secrets Manager at start):
+/// bounded time, no redirects (none of their endpoints needs one, and following them could
+/// leak a token to another host).
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(timeout.min(Duration::from_secs(3)))

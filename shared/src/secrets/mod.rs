@@ -57,11 +57,7 @@ pub struct AwsEnvironment {
 
 impl AwsEnvironment {
     pub fn from_vars(vars: &HashMap<String, String>, arn: &str) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            vars.get(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |name: &str| crate::config::value(vars, name).map(str::to_owned);
         let (Some(access_key_id), Some(secret_access_key)) =
             (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
         else {
@@ -137,13 +133,9 @@ pub async fn get_secret_string(
             body: &body,
         },
     );
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(SECRETS_MANAGER_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| problem(format!("no HTTP client: {e}")))?;
-    let mut request = client.post(aws.endpoint.clone()).body(body);
+    let mut request = crate::oauth::http_client(SECRETS_MANAGER_TIMEOUT)
+        .post(aws.endpoint.clone())
+        .body(body);
     for (name, value) in &headers {
         request = request.header(*name, *value);
     }
@@ -208,9 +200,8 @@ fn refusal(body: &str) -> String {
 /// Adds `secret_vars` to `vars` where `vars` has no value: unset or blank.
 pub fn fill_unset(vars: &mut HashMap<String, String>, secret_vars: Vec<(String, String)>) {
     for (name, value) in secret_vars {
-        let slot = vars.entry(name).or_default();
-        if slot.trim().is_empty() {
-            *slot = value;
+        if crate::config::value(vars, &name).is_none() {
+            vars.insert(name, value);
         }
     }
 }
