@@ -212,10 +212,7 @@ async fn eight_instances_asking_for_one_expired_token_refresh_it_once_and_agree(
     let app = logged_in_app(&[("REDIS_URL", &redis.url())]).await;
     app.set_twitch_token_expiry(&demo_id(), now_ms() - 1000)
         .await;
-    let mut vars: Vec<(String, String)> = base_vars(app.dir.path())
-        .into_iter()
-        .filter(|(name, _)| name != "RUST_LOG")
-        .collect();
+    let mut vars: Vec<(String, String)> = base_vars(app.dir.path()).into_iter().collect();
     vars.extend(app.twitch.app_variables(app.twitch_address));
     vars.push(("REDIS_URL".into(), redis.url()));
     vars.push(("INTERNAL_API_TOKEN".into(), INTERNAL_TOKEN.into()));

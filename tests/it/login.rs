@@ -433,15 +433,9 @@ pub(crate) async fn session_cookie(app: &TestApp) -> String {
 }
 
 pub(crate) fn set_cookie_value(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.split(';').next())
-        .expect("the cookie is set")
-        .to_owned()
+    let header = avatar_tests::set_cookie(response, name).expect("the cookie is set");
+    let pair = header.split(';').next().unwrap_or_default();
+    pair[name.len() + 1..].to_owned()
 }
 
 #[tokio::test]

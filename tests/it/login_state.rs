@@ -117,15 +117,9 @@ async fn logging_in_again_from_the_same_browser_ends_its_previous_session() {
 
     // Assert: the new session works, the previous one is refused, the other browser's stays.
     assert_eq!(location(&callback), "/success");
-    let new = callback
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("avatar_session="))
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_owned();
+    let new = avatar_tests::set_cookie(&callback, "avatar_session")
+        .and_then(|v| v.split(';').next().map(str::to_owned))
+        .unwrap();
     assert_eq!(app.status_with_cookie(&new).await["authenticated"], true);
     assert_eq!(
         app.status_with_cookie(&previous).await["authenticated"],

@@ -198,10 +198,7 @@ async fn no_token_reaches_the_debug_log_or_the_metrics_of_logins_refreshes_and_a
     )));
     let (da_address, _da_server) = donationalerts.spawn(0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut vars: Vec<(String, String)> = base_vars(dir.path())
-        .into_iter()
-        .filter(|(name, _)| name != "RUST_LOG")
-        .collect();
+    let mut vars: Vec<(String, String)> = base_vars(dir.path()).into_iter().collect();
     vars.extend(twitch.app_variables(twitch_address));
     vars.extend(donationalerts.app_variables(da_address));
     for (name, value) in [

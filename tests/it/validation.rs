@@ -255,7 +255,6 @@ async fn avatar_local_validates_at_start_and_refreshes_a_refused_token_with_defa
     app.twitch.expire_access_token(&issued[0]);
     let mut vars: Vec<(String, String)> = avatar_tests::base_vars(app.dir.path())
         .into_iter()
-        .filter(|(name, _)| name != "RUST_LOG")
         .collect();
     vars.extend(app.twitch.app_variables(app.twitch_address));
 

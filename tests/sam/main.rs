@@ -5,6 +5,7 @@
 
 use avatar_tests::{
     AuthorizePage, Browser, RedisServer, SamLocal, docker_bridge_address, free_port, location,
+    set_cookie,
 };
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 
@@ -48,14 +49,7 @@ async fn health_and_the_twitch_login_work_through_sam_local_start_api() {
     // GET /auth/twitch: 302 to the fake's authorize page, the state in a signed cookie.
     let start = browser.get("/auth/twitch").await;
     assert_eq!(start.status(), 302);
-    let state_cookie = start
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("avatar_oauth_twitch="))
-        .expect("the state cookie")
-        .to_owned();
+    let state_cookie = set_cookie(&start, "avatar_oauth_twitch").expect("the state cookie");
     assert!(state_cookie.contains("HttpOnly"), "{state_cookie}");
     assert!(
         state_cookie.contains("Path=/auth/twitch/callback"),
@@ -96,14 +90,7 @@ async fn health_and_the_twitch_login_work_through_sam_local_start_api() {
     // browser sent to the dashboard with a session.
     assert_eq!(response.status(), 302);
     assert_eq!(location(&response), "/success");
-    let session = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("avatar_session="))
-        .expect("a session cookie")
-        .to_owned();
+    let session = set_cookie(&response, "avatar_session").expect("a session cookie");
     assert!(session.contains("HttpOnly"), "{session}");
     assert_eq!(twitch.token_requests(), 1, "one code exchange");
     assert_eq!(

@@ -148,6 +148,18 @@ pub fn csrf_field(html: &str) -> String {
         .to_owned()
 }
 
+/// The Set-Cookie header that sets the cookie `name`, whole (value and attributes).
+pub fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&prefix))
+        .map(str::to_owned)
+}
+
 /// The Location header of a redirect.
 pub fn location(response: &reqwest::Response) -> String {
     response

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 pub use self::app::{TestApp, base_vars, init_test_logging};
 pub use self::aws::MotoServer;
-pub use self::browser::{AuthorizePage, Browser, csrf_field, location, raw_get_status};
+pub use self::browser::{AuthorizePage, Browser, csrf_field, location, raw_get_status, set_cookie};
 pub use self::process::{ChildProcess, LocalServer, signal, signal_group, workspace_binary};
 pub use self::redis_server::{RedisServer, redis_coordinator};
 pub use self::sam_local::{SamLocal, docker_bridge_address};

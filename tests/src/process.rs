@@ -43,8 +43,9 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// `avatar-local` started as a user would, in a fresh directory, with only PATH, `RUST_LOG`
-/// and `vars` in its environment; its log is kept for the test to search. Killed on drop.
+/// `avatar-local` started as a user would, in a fresh directory, with only PATH, `vars` and
+/// `RUST_LOG` (the `log_filter` given, also over one in `vars`) in its environment; its log
+/// is kept for the test to search. Killed on drop.
 pub struct LocalServer {
     process: ChildProcess,
     /// `http://localhost:PORT`, the default public URL (cookies are bound to it).
@@ -61,8 +62,8 @@ impl LocalServer {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", log_filter)
             .envs(vars.iter().cloned())
+            .env("RUST_LOG", log_filter)
             .current_dir(dir.path())
             .args(args)
             .stdout(Stdio::null())
