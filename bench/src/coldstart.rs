@@ -15,7 +15,6 @@
 //! of their own, so no test-only feature reaches them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
@@ -25,7 +24,7 @@ use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::http::{Function, FunctionKind};
 use tokio::time::Instant;
 
-use crate::{Row, micros, percentile};
+use crate::{Row, micros, percentile, release_binary};
 
 /// Starts per binary (the medians are reported).
 const STARTS: usize = 15;
@@ -45,19 +44,6 @@ fn event(function: Function) -> &'static str {
         Function::ChatToken => include_str!("../../tests/events/apigw-v2-get-chat-token-iam.json"),
         Function::DaPoll | Function::TokenValidate => SCHEDULED_EVENT,
     }
-}
-
-/// A release binary beside this one (`target/release/…`).
-fn release_binary(name: &str) -> PathBuf {
-    let path = std::env::current_exe()
-        .expect("current exe")
-        .with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/bench.sh, which builds it",
-        path.display()
-    );
-    path
 }
 
 struct Start {
@@ -129,7 +115,7 @@ struct Subject {
 }
 
 impl Subject {
-    fn summary(&mut self) -> Summary {
+    fn summary(&self) -> Summary {
         let mut inits: Vec<Duration> = self.starts.iter().map(|s| s.init).collect();
         let mut answers: Vec<Duration> = self.starts.iter().map(|s| s.answer).collect();
         let mut peaks: Vec<u64> = self.starts.iter().map(|s| s.peak_rss_kib).collect();
@@ -245,7 +231,7 @@ pub async fn coldstart_rows() -> Vec<Row> {
 
     let floor = subjects[0].summary();
     let mut rows = Vec::new();
-    for subject in subjects.iter_mut() {
+    for subject in &subjects {
         let summary = subject.summary();
         let secret = subject.vars.contains_key("SECRETS_ARN");
         let (answer, event) = match subject.function.map(Function::kind) {

@@ -254,6 +254,19 @@ async fn lock_round_trips() -> Vec<Row> {
 const AUTH_START_ROUNDS: usize = 2_000;
 const CALLBACK_ROUNDS: usize = 300;
 
+/// A release binary beside this one (`target/release/…`), which scripts/bench.sh builds.
+fn release_binary(name: &str) -> std::path::PathBuf {
+    let path = std::env::current_exe()
+        .expect("current exe")
+        .with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/bench.sh, which builds it",
+        path.display()
+    );
+    path
+}
+
 fn micros(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
@@ -413,9 +426,7 @@ struct ReleaseServer {
 
 impl ReleaseServer {
     async fn start(redis_url: Option<&str>) -> Self {
-        let binary = std::env::current_exe()
-            .expect("current exe")
-            .with_file_name("avatar-local");
+        let binary = release_binary("avatar-local");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = avatar_tests::free_port();
         let mut command = std::process::Command::new(&binary);
