@@ -1,22 +1,54 @@
 //! `avatar-local` as a user runs it: invalid configuration is refused at start, naming the
 //! variable, before anything is written.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every wait below gives up after this, so a server that hangs fails the test.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs avatar-local in an empty directory with only `vars` set (no .env, no inherited
-/// configuration).
+/// configuration), expecting it to refuse them and exit; panics (after killing it) when it
+/// is still running after [`DEADLINE`], which means it accepted them and started.
 fn run_with(vars: &[(&str, &str)]) -> (Output, tempfile::TempDir) {
+    use std::io::Read as _;
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_avatar-local"));
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .current_dir(dir.path())
-        .args(["--port", "0"]);
+        .args(["--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in vars {
         command.env(k, v);
     }
-    (command.output().unwrap(), dir)
+    let mut child = command.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("avatar-local was still running after {DEADLINE:?} with {vars:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let output = Output {
+        status,
+        stdout: Vec::new(),
+        stderr: reader.join().unwrap(),
+    };
+    (output, dir)
 }
 
 #[test]
@@ -37,6 +69,8 @@ fn each_invalid_variable_stops_the_start_and_is_named() {
         ("HTTP_IDLE_TIMEOUT_MS", "0"),
         ("HTTP_BODY_TIMEOUT_MS", "forever"),
         ("HTTP_MAX_CONNECTIONS", "unlimited"),
+        ("HTTP_MAX_CONNECTIONS_PER_IP", "0"),
+        ("INTERNAL_API_TOKEN", "only-31-characters-long-0123456"),
     ];
     for (name, value) in cases {
         let (output, dir) = run_with(&[(name, value)]);
@@ -64,6 +98,22 @@ fn a_key_is_never_echoed_in_the_error() {
 }
 
 #[test]
+fn a_short_internal_api_token_is_refused_without_being_echoed() {
+    let token = "0123456789abcdef0123456789abcde"; // 31 characters
+    let (output, _dir) = run_with(&[("INTERNAL_API_TOKEN", token)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a 31-character token was accepted"
+    );
+    assert!(
+        stderr.contains("INTERNAL_API_TOKEN: must be at least 32 characters"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token), "{stderr}");
+}
+
+#[test]
 fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() {
     use std::io::{BufRead as _, Read as _, Write as _};
     // Arrange: a fresh directory, no .env, no variables beyond PATH.
@@ -73,27 +123,38 @@ fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() 
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .current_dir(dir.path())
         .args(["--port", "0"])
-        .stderr(std::process::Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    // Its log, read on a thread so that waiting for a line can have a deadline.
+    let (log_tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if log_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
 
     // Act: wait for the address it logs, then ask for /health over plain HTTP.
-    let mut address = None;
+    let end = Instant::now() + DEADLINE;
     let mut lines = Vec::new();
-    for _ in 0..50 {
-        let mut line = String::new();
-        if log.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
+    let address = loop {
+        let left = end
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("no listening line within {DEADLINE:?}: {lines:?}"));
+        let line = log
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no listening line in {lines:?}"));
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            address = Some(rest.trim().to_owned());
-            break;
+            break rest.trim().to_owned();
         }
         lines.push(line);
-    }
-    let address = address.unwrap_or_else(|| panic!("no listening line in {lines:?}"));
+    };
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -114,6 +175,16 @@ fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() 
     assert!(dir.path().join("data.sqlite.keys").exists());
     // SAFETY: kill(2) on the child we spawned.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            panic!("avatar-local did not stop within {DEADLINE:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(status.success(), "{status:?}");
 }

@@ -289,6 +289,7 @@ impl Reader<'_> {
         let keys = self.keys(deployment, &sqlite.path);
         let oauth_state_ttl =
             Duration::from_millis(self.number("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000));
+        let internal_api_token = self.internal_api_token();
         let log_filter = self.string("RUST_LOG").unwrap_or_else(|| "info".into());
         if let Err(problem) = check_log_filter(&log_filter) {
             self.fail("RUST_LOG", problem);
@@ -307,7 +308,7 @@ impl Reader<'_> {
             keys: keys?,
             oauth_state_ttl,
             secrets_arn: self.string("SECRETS_ARN"),
-            internal_api_token: self.secret("INTERNAL_API_TOKEN"),
+            internal_api_token,
             provider_timeout,
             health_max_age,
             http,
@@ -316,6 +317,28 @@ impl Reader<'_> {
                 .string("STACK_NAME")
                 .unwrap_or_else(|| DEFAULT_STACK_NAME.to_owned()),
         })
+    }
+}
+
+/// The shortest `INTERNAL_API_TOKEN` accepted: the token hands out every streamer's chat
+/// token, so it must not be guessable (`openssl rand -hex 32` makes 64 characters).
+pub const MIN_INTERNAL_API_TOKEN_CHARS: usize = 32;
+
+impl Reader<'_> {
+    fn internal_api_token(&mut self) -> Option<Secret<String>> {
+        let token = self.secret("INTERNAL_API_TOKEN")?;
+        let length = token.expose().chars().count();
+        if length < MIN_INTERNAL_API_TOKEN_CHARS {
+            self.fail(
+                "INTERNAL_API_TOKEN",
+                format!(
+                    "must be at least {MIN_INTERNAL_API_TOKEN_CHARS} characters (got {length}); \
+                     generate one with: openssl rand -hex 32"
+                ),
+            );
+            return None;
+        }
+        Some(token)
     }
 }
 
@@ -389,6 +412,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 body_timeout: Duration::from_secs(30),
                 max_connections: 4096,
+                max_connections_per_ip: 256,
             }
         );
     }
@@ -428,6 +452,8 @@ mod tests {
             ("HTTP_IDLE_TIMEOUT_MS", "0"),
             ("HTTP_BODY_TIMEOUT_MS", "-5"),
             ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_MAX_CONNECTIONS_PER_IP", "0"),
+            ("INTERNAL_API_TOKEN", "c2hvcnQ="),
         ];
         for (name, value) in cases {
             let errors = Config::from_vars(&with_keys(&[(name, value)])).unwrap_err();
@@ -437,5 +463,21 @@ mod tests {
                 "the value leaked: {errors}"
             );
         }
+    }
+
+    #[test]
+    fn an_internal_api_token_shorter_than_32_characters_is_refused_without_echoing_it() {
+        let short = "x".repeat(MIN_INTERNAL_API_TOKEN_CHARS - 1);
+        let errors = Config::from_vars(&with_keys(&[("INTERNAL_API_TOKEN", &short)])).unwrap_err();
+        assert!(errors.names("INTERNAL_API_TOKEN"), "{errors}");
+        assert!(errors.to_string().contains("at least 32"), "{errors}");
+        assert!(
+            !errors.to_string().contains(&short),
+            "the value leaked: {errors}"
+        );
+
+        let long = "y".repeat(MIN_INTERNAL_API_TOKEN_CHARS);
+        let config = Config::from_vars(&with_keys(&[("INTERNAL_API_TOKEN", &long)])).unwrap();
+        assert_eq!(config.internal_api_token.unwrap().expose(), &long);
     }
 }
