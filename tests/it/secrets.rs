@@ -154,12 +154,19 @@ async fn avatar_local_reads_secrets_arn_with_credentials_from_its_environment() 
     let mut child = command.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let process = ChildProcess::adopt(child, stderr);
-    let started = (0..20)
-        .filter_map(|_| process.next_line(Duration::from_secs(30)))
-        .any(|line| line.contains("listening on http://127.0.0.1:"));
+    let mut log = Vec::new();
+    process.read_until(
+        &mut log,
+        "avatar-local to listen",
+        Duration::from_secs(30),
+        |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("listening on http://127.0.0.1:"))
+        },
+    );
 
     // Assert: it started with the secret's keys, so it generated none.
-    assert!(started, "avatar-local did not start");
     assert!(dir.path().join("data.sqlite").exists());
     assert!(!dir.path().join("data.sqlite.keys").exists());
 }

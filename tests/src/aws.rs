@@ -58,10 +58,10 @@ impl MotoServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let output = Command::new("python3")
-            .args(["-c", SETUP_SCRIPT, &endpoint, name, json])
-            .output()
-            .expect("run the moto set-up script");
+        let output = crate::output_within(
+            Command::new("python3").args(["-c", SETUP_SCRIPT, &endpoint, name, json]),
+            Duration::from_secs(60),
+        );
         assert!(
             output.status.success(),
             "moto set-up failed: {}",
