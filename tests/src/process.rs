@@ -216,28 +216,20 @@ impl ChildProcess {
         deadline: Duration,
         done: impl Fn(&[String]) -> bool,
     ) {
-        use std::sync::mpsc::RecvTimeoutError;
-        let end = Instant::now() + deadline;
-        let last_lines = |lines: &[String]| lines[lines.len().saturating_sub(5)..].join("\n");
-        while !done(lines) {
-            let Some(left) = end.checked_duration_since(Instant::now()) else {
-                panic!(
-                    "timed out after {deadline:?} waiting for {what}; the last lines:\n{}",
-                    last_lines(lines)
-                );
-            };
-            match self.lines.recv_timeout(left) {
-                Ok(line) => lines.push(line),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "timed out after {deadline:?} waiting for {what}; the last lines:\n{}",
-                    last_lines(lines)
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "the child closed its output before {what}; the last lines:\n{}",
-                    last_lines(lines)
-                ),
-            }
-        }
+        read_until(&self.lines, lines, what, deadline, done);
+    }
+
+    /// [`ChildProcess::read_until`] for the child's log (see
+    /// [`ChildProcess::spawn_with_log`]).
+    pub fn read_log_until(
+        &self,
+        lines: &mut Vec<String>,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&[String]) -> bool,
+    ) {
+        let log = self.log.as_ref().expect("spawned with spawn_with_log");
+        read_until(log, lines, what, deadline, done);
     }
 
     pub fn send_line(&mut self, line: &str) {
@@ -256,6 +248,37 @@ impl ChildProcess {
             std::thread::sleep(Duration::from_millis(5));
         }
         None
+    }
+}
+
+/// The lines of `output` into `lines` until `done` holds for them; panics on `deadline`,
+/// checked before every line (lines already queued must not keep the loop going past it).
+fn read_until(
+    output: &std::sync::mpsc::Receiver<String>,
+    lines: &mut Vec<String>,
+    what: &str,
+    deadline: Duration,
+    done: impl Fn(&[String]) -> bool,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let end = Instant::now() + deadline;
+    let last_lines = |lines: &[String]| lines[lines.len().saturating_sub(5)..].join("\n");
+    while !done(lines) {
+        let received = match end.checked_duration_since(Instant::now()) {
+            Some(left) => output.recv_timeout(left),
+            None => Err(RecvTimeoutError::Timeout),
+        };
+        match received {
+            Ok(line) => lines.push(line),
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "timed out after {deadline:?} waiting for {what}; the last lines:\n{}",
+                last_lines(lines)
+            ),
+            Err(RecvTimeoutError::Disconnected) => panic!(
+                "the child closed its output before {what}; the last lines:\n{}",
+                last_lines(lines)
+            ),
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub use self::providers::{
 pub use self::redis::{RedisConfig, RedisUrl};
 pub use self::sqlite::{JournalMode, SqliteConfig};
 use crate::secret::Secret;
+use crate::secrets::SecretPurpose;
 
 /// Where the process runs: decides a few defaults and which secrets are mandatory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +109,17 @@ impl ConfigErrors {
 
 impl Config {
     /// Reads `.env` (when present; real environment variables win), the environment, and
-    /// with `SECRETS_ARN` set the Secrets Manager secret (credentials and region from the
+    /// with `SECRETS_ARN` set the Secrets Manager secrets (credentials and region from the
     /// environment, as Lambda sets them). What every process does once at start.
     pub async fn load() -> Result<Self, ConfigErrors> {
-        Self::from_vars(&Self::load_vars().await?)
+        Self::load_given(SecretPurpose::ALL).await
+    }
+
+    /// [`Config::load`] for a process given only the secrets of `given`: in AWS a function
+    /// is given those its handlers use ([`crate::secrets::needed_by`]), and requires no
+    /// other.
+    pub async fn load_given(given: &'static [SecretPurpose]) -> Result<Self, ConfigErrors> {
+        Self::from_vars_given(&Self::load_vars().await?, given)
     }
 
     /// The variables [`Config::load`] reads, before parsing (`avatar-local` adjusts a few).
@@ -121,18 +129,30 @@ impl Config {
             let _ = dotenvy::dotenv();
         }
         let mut vars: HashMap<String, String> = std::env::vars().collect();
-        if let Some(arn) = value(&vars, "SECRETS_ARN").map(str::to_owned) {
-            crate::secrets::merge_into(&mut vars, &arn)
+        if let Some(arns) = value(&vars, "SECRETS_ARN").map(str::to_owned) {
+            crate::secrets::merge_into(&mut vars, &arns)
                 .await
                 .map_err(|e| ConfigErrors(vec![e]))?;
         }
         Ok(vars)
     }
 
-    /// Builds the configuration from a map of variables; tests call this directly.
+    /// Builds the configuration of a process given every secret from a map of variables;
+    /// tests call this directly.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
+        Self::from_vars_given(vars, SecretPurpose::ALL)
+    }
+
+    /// Builds the configuration of a process given the secrets of `given` only: in AWS
+    /// (`AWS_LAMBDA_FUNCTION_NAME` set) a key outside them is not required, and a client
+    /// secret outside them is not expected (see [`TwitchConfig::client_secret_given`]).
+    pub fn from_vars_given(
+        vars: &HashMap<String, String>,
+        given: &'static [SecretPurpose],
+    ) -> Result<Self, ConfigErrors> {
         let mut reader = Reader {
             vars,
+            given,
             errors: Vec::new(),
         };
         let config = reader.read();
@@ -177,6 +197,8 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
 
 struct Reader<'a> {
     vars: &'a HashMap<String, String>,
+    /// The secrets this process is given.
+    given: &'static [SecretPurpose],
     errors: Vec<ConfigError>,
 }
 
@@ -190,6 +212,11 @@ impl Reader<'_> {
     /// The value, or `None` when unset or blank.
     fn get(&self, name: &str) -> Option<&str> {
         value(self.vars, name)
+    }
+
+    /// Whether this process is given the secret of `purpose`.
+    fn is_given(&self, purpose: SecretPurpose) -> bool {
+        self.given.contains(&purpose)
     }
 
     fn fail(&mut self, variable: &'static str, problem: impl Into<String>) {
