@@ -2,53 +2,28 @@
 //! variable, before anything is written.
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use avatar_tests::{ChildProcess, output_within};
 
 /// Every wait below gives up after this, so a server that hangs fails the test.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs avatar-local in an empty directory with only `vars` set (no .env, no inherited
-/// configuration), expecting it to refuse them and exit; panics (after killing it) when it
-/// is still running after [`DEADLINE`], which means it accepted them and started.
+/// configuration), expecting it to refuse them and exit: still running after [`DEADLINE`]
+/// means it accepted them, and fails the test.
 fn run_with(vars: &[(&str, &str)]) -> (Output, tempfile::TempDir) {
-    use std::io::Read as _;
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_avatar-local"));
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .current_dir(dir.path())
-        .args(["--port", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .args(["--port", "0"]);
     for (k, v) in vars {
         command.env(k, v);
     }
-    let mut child = command.spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("avatar-local was still running after {DEADLINE:?} with {vars:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let output = Output {
-        status,
-        stdout: Vec::new(),
-        stderr: reader.join().unwrap(),
-    };
-    (output, dir)
+    (output_within(&mut command, DEADLINE), dir)
 }
 
 #[test]
@@ -115,7 +90,7 @@ fn a_short_internal_api_token_is_refused_without_being_echoed() {
 
 #[test]
 fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead as _, Read as _, Write as _};
+    use std::io::{Read as _, Write as _};
     // Arrange: a fresh directory, no .env, no variables beyond PATH.
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_avatar-local"))
@@ -126,33 +101,20 @@ fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Its log, read on a thread so that waiting for a line can have a deadline.
-    let (log_tx, log) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if log_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let log = child.stderr.take().unwrap();
+    let mut process = ChildProcess::adopt(child, log);
 
     // Act: wait for the address it logs, then ask for /health over plain HTTP.
-    let end = Instant::now() + DEADLINE;
     let mut lines = Vec::new();
-    let address = loop {
-        let left = end
-            .checked_duration_since(Instant::now())
-            .unwrap_or_else(|| panic!("no listening line within {DEADLINE:?}: {lines:?}"));
-        let line = log
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no listening line in {lines:?}"));
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.trim().to_owned();
-        }
-        lines.push(line);
-    };
+    process.read_until(&mut lines, "the listening line", DEADLINE, |lines| {
+        lines
+            .last()
+            .is_some_and(|l| l.contains("listening on http://"))
+    });
+    let address = lines
+        .pop()
+        .and_then(|line| Some(line.split("listening on http://").nth(1)?.trim().to_owned()))
+        .expect("an address");
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     stream
@@ -173,18 +135,6 @@ fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() 
     );
     assert!(dir.path().join("data.sqlite").exists());
     assert!(dir.path().join("data.sqlite.keys").exists());
-    // SAFETY: kill(2) on the child we spawned.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            panic!("avatar-local did not stop within {DEADLINE:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success(), "{status:?}");
+    avatar_tests::signal(process.child.id(), libc::SIGTERM);
+    assert_eq!(process.wait(DEADLINE), Some(0), "a clean stop on SIGTERM");
 }

@@ -173,6 +173,11 @@ fn from_yaml(yaml: serde_yaml::Value) -> Value {
 
 /// Logical ids that `value` refers to (Ref, GetAtt, Sub, DependsOn), among `resources`.
 fn references(value: &Value, resources: &Map<String, Value>, found: &mut BTreeSet<String>) {
+    names_referred_to(value, &|name| resources.contains_key(name), found);
+}
+
+/// The names `value` refers to (Ref, GetAtt, Sub, DependsOn) for which `known` holds.
+fn names_referred_to(value: &Value, known: &dyn Fn(&str) -> bool, found: &mut BTreeSet<String>) {
     match value {
         Value::Object(map) => {
             for (key, inner) in map {
@@ -197,15 +202,15 @@ fn references(value: &Value, resources: &Map<String, Value>, found: &mut BTreeSe
                 found.extend(
                     named
                         .into_iter()
-                        .filter(|name| resources.contains_key(*name))
+                        .filter(|name| known(name))
                         .map(str::to_owned),
                 );
-                references(inner, resources, found);
+                names_referred_to(inner, known, found);
             }
         }
         Value::Array(items) => {
             for item in items {
-                references(item, resources, found);
+                names_referred_to(item, known, found);
             }
         }
         _ => {}
@@ -630,12 +635,14 @@ fn redis_requires_tls_and_an_auth_token_and_an_existing_redis_url_travels_only_i
     assert_eq!(url[0], "CreateRedis");
     assert!(url[1]["Fn::Sub"].as_str().unwrap().starts_with("rediss://"));
     assert_eq!(url[2], "");
-    let mut mentions = BTreeSet::new();
-    references_to_parameter(template.globals(), "RedisUrl", "Globals", &mut mentions);
-    for (id, resource) in template.of_type("AWS::Serverless::Function") {
-        references_to_parameter(resource, "RedisUrl", id, &mut mentions);
+    let is_redis_url = |name: &str| name == "RedisUrl";
+    let mut reached = vec![("Globals", template.globals())];
+    reached.extend(template.of_type("AWS::Serverless::Function"));
+    for (id, environment) in reached {
+        let mut found = BTreeSet::new();
+        names_referred_to(environment, &is_redis_url, &mut found);
+        assert!(found.is_empty(), "RedisUrl reaches {id}");
     }
-    assert!(mentions.is_empty(), "RedisUrl reaches {mentions:?}");
 
     // An existing Redis's URL (TLS only) goes into the secret, as the app reads it.
     let parameter = &template.0["Parameters"]["RedisUrl"];
@@ -660,39 +667,6 @@ fn redis_requires_tls_and_an_auth_token_and_an_existing_redis_url_travels_only_i
             "rediss://:pw@redis.example:6380".to_owned()
         )]
     );
-}
-
-/// Adds `found_in` to `found` when `value` refers to the parameter `name`.
-fn references_to_parameter(
-    value: &Value,
-    name: &str,
-    found_in: &str,
-    found: &mut BTreeSet<String>,
-) {
-    match value {
-        Value::Object(map) => {
-            for (key, inner) in map {
-                let refers = match (key.as_str(), inner) {
-                    ("Ref", Value::String(target)) => target == name,
-                    ("Fn::Sub", sub) => sub
-                        .as_str()
-                        .or_else(|| sub.get(0).and_then(Value::as_str))
-                        .is_some_and(|text| text.contains(&format!("${{{name}}}"))),
-                    _ => false,
-                };
-                if refers {
-                    found.insert(found_in.to_owned());
-                }
-                references_to_parameter(inner, name, found_in, found);
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                references_to_parameter(item, name, found_in, found);
-            }
-        }
-        _ => {}
-    }
 }
 
 #[test]
