@@ -435,6 +435,9 @@ impl ReleaseServer {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
+            // wrk and the slow client both connect from 127.0.0.1: one address stands for
+            // every client here, so it may hold as many connections as the server serves.
+            .env("HTTP_MAX_CONNECTIONS_PER_IP", "4096")
             .args(["--demo", "--port", &port.to_string(), "--demo-ports"])
             .arg(format!(
                 "{},{}",

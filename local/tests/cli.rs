@@ -1,10 +1,17 @@
 //! `avatar-local` as a user runs it: invalid configuration is refused at start, naming the
 //! variable, before anything is written.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use avatar_tests::{ChildProcess, output_within};
+
+/// Every wait below gives up after this, so a server that hangs fails the test.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs avatar-local in an empty directory with only `vars` set (no .env, no inherited
-/// configuration).
+/// configuration), expecting it to refuse them and exit: still running after [`DEADLINE`]
+/// means it accepted them, and fails the test.
 fn run_with(vars: &[(&str, &str)]) -> (Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_avatar-local"));
@@ -16,7 +23,7 @@ fn run_with(vars: &[(&str, &str)]) -> (Output, tempfile::TempDir) {
     for (k, v) in vars {
         command.env(k, v);
     }
-    (command.output().unwrap(), dir)
+    (output_within(&mut command, DEADLINE), dir)
 }
 
 #[test]
@@ -37,6 +44,8 @@ fn each_invalid_variable_stops_the_start_and_is_named() {
         ("HTTP_IDLE_TIMEOUT_MS", "0"),
         ("HTTP_BODY_TIMEOUT_MS", "forever"),
         ("HTTP_MAX_CONNECTIONS", "unlimited"),
+        ("HTTP_MAX_CONNECTIONS_PER_IP", "0"),
+        ("INTERNAL_API_TOKEN", "only-31-characters-long-0123456"),
     ];
     for (name, value) in cases {
         let (output, dir) = run_with(&[(name, value)]);
@@ -64,8 +73,24 @@ fn a_key_is_never_echoed_in_the_error() {
 }
 
 #[test]
+fn a_short_internal_api_token_is_refused_without_being_echoed() {
+    let token = "0123456789abcdef0123456789abcde"; // 31 characters
+    let (output, _dir) = run_with(&[("INTERNAL_API_TOKEN", token)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a 31-character token was accepted"
+    );
+    assert!(
+        stderr.contains("INTERNAL_API_TOKEN: must be at least 32 characters"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token), "{stderr}");
+}
+
+#[test]
 fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead as _, Read as _, Write as _};
+    use std::io::{Read as _, Write as _};
     // Arrange: a fresh directory, no .env, no variables beyond PATH.
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_avatar-local"))
@@ -73,27 +98,25 @@ fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() 
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .current_dir(dir.path())
         .args(["--port", "0"])
-        .stderr(std::process::Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let log = child.stderr.take().unwrap();
+    let mut process = ChildProcess::adopt(child, log);
 
     // Act: wait for the address it logs, then ask for /health over plain HTTP.
-    let mut address = None;
     let mut lines = Vec::new();
-    for _ in 0..50 {
-        let mut line = String::new();
-        if log.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            address = Some(rest.trim().to_owned());
-            break;
-        }
-        lines.push(line);
-    }
-    let address = address.unwrap_or_else(|| panic!("no listening line in {lines:?}"));
+    process.read_until(&mut lines, "the listening line", DEADLINE, |lines| {
+        lines
+            .last()
+            .is_some_and(|l| l.contains("listening on http://"))
+    });
+    let address = lines
+        .pop()
+        .and_then(|line| Some(line.split("listening on http://").nth(1)?.trim().to_owned()))
+        .expect("an address");
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -112,8 +135,6 @@ fn with_no_configuration_at_all_it_serves_health_and_stops_cleanly_on_sigterm() 
     );
     assert!(dir.path().join("data.sqlite").exists());
     assert!(dir.path().join("data.sqlite.keys").exists());
-    // SAFETY: kill(2) on the child we spawned.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    avatar_tests::signal(process.child.id(), libc::SIGTERM);
+    assert_eq!(process.wait(DEADLINE), Some(0), "a clean stop on SIGTERM");
 }

@@ -15,6 +15,7 @@ use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::oauth::twitch::TwitchClient;
 use crate::poll::PollStats;
 use crate::secret::random_hex;
+use crate::secrets::SecretPurpose;
 use crate::store::{Store, StoreError};
 
 /// How often a long-running process (avatar-local) announces itself.
@@ -71,7 +72,13 @@ impl App {
     /// Reads the configuration from the environment, starts logging and builds the app:
     /// what every `main` does first.
     pub async fn from_env() -> Result<Self, StartupError> {
-        let config = Config::load().await?;
+        Self::from_env_given(SecretPurpose::ALL).await
+    }
+
+    /// [`App::from_env`] for a process given only the secrets of `given` (a Lambda function:
+    /// [`crate::secrets::needed_by`]).
+    pub async fn from_env_given(given: &'static [SecretPurpose]) -> Result<Self, StartupError> {
+        let config = Config::load_given(given).await?;
         crate::telemetry::init(&config);
         Self::build(config).await
     }

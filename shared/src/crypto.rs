@@ -32,6 +32,18 @@ pub enum CryptoError {
     UnknownKey(String),
     #[error("the sealed value does not open: wrong key, wrong row, or tampered")]
     Tampered,
+    /// This function is not given TOKEN_ENCRYPTION_KEY (see `crate::secrets::needed_by`).
+    #[error("TOKEN_ENCRYPTION_KEY is not given to this function")]
+    NotGiven,
+}
+
+/// What a function not given a key tells whoever reached for it: the table of what each
+/// function is given (`crate::secrets::needed_by`) is wrong.
+fn not_given(variable: &str) -> String {
+    format!(
+        "{variable} is not given to this function: add it to the function's secrets in \
+         shared::secrets::needed_by and template.yaml"
+    )
 }
 
 struct SealingKey {
@@ -53,14 +65,15 @@ impl SealingKey {
 
 /// Seals and opens tokens (see the module docs).
 pub struct TokenCipher {
-    current: SealingKey,
+    /// `None` in a function not given TOKEN_ENCRYPTION_KEY: it seals and opens nothing.
+    current: Option<SealingKey>,
     old: Vec<SealingKey>,
 }
 
 impl TokenCipher {
     pub fn new(keys: &KeyConfig) -> Self {
         Self {
-            current: SealingKey::new(&keys.token_encryption_key),
+            current: keys.token_encryption_key.as_ref().map(SealingKey::new),
             old: keys
                 .token_encryption_old_keys
                 .iter()
@@ -70,7 +83,16 @@ impl TokenCipher {
     }
 
     /// Seals `plaintext` with the current key; `context` names where it is stored.
+    ///
+    /// # Panics
+    ///
+    /// In a function not given TOKEN_ENCRYPTION_KEY: sealing with any other key would store
+    /// a token nobody can open.
     pub fn seal(&self, plaintext: &str, context: &str) -> Vec<u8> {
+        let current = self
+            .current
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}", not_given("TOKEN_ENCRYPTION_KEY")));
         let nonce_bytes = random_bytes(NONCE_LEN);
         let nonce = Nonce::from_slice(&nonce_bytes);
         let payload = Payload {
@@ -78,14 +100,13 @@ impl TokenCipher {
             aad: context.as_bytes(),
         };
         // Encryption fails only for inputs beyond GCM's size limit (64 GiB).
-        let ciphertext = self
-            .current
+        let ciphertext = current
             .cipher
             .encrypt(nonce, payload)
             .expect("a token is far below AES-GCM's size limit");
         let mut sealed = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + ciphertext.len());
         sealed.push(FORMAT);
-        sealed.extend_from_slice(&self.current.id);
+        sealed.extend_from_slice(&current.id);
         sealed.extend_from_slice(&nonce_bytes);
         sealed.extend_from_slice(&ciphertext);
         sealed
@@ -98,7 +119,12 @@ impl TokenCipher {
             return Err(CryptoError::Malformed);
         }
         let id = &sealed[1..1 + KEY_ID_LEN];
-        let key = std::iter::once(&self.current)
+        if self.current.is_none() {
+            return Err(CryptoError::NotGiven);
+        }
+        let key = self
+            .current
+            .iter()
             .chain(&self.old)
             .find(|k| k.id == id)
             .ok_or_else(|| CryptoError::UnknownKey(hex::encode(id)))?;
@@ -118,13 +144,17 @@ impl TokenCipher {
 
     /// Whether `sealed` was sealed with the current key (else it is re-sealed on next write).
     pub fn is_current(&self, sealed: &[u8]) -> bool {
-        sealed.get(1..1 + KEY_ID_LEN) == Some(&self.current.id[..])
+        self.current
+            .as_ref()
+            .is_some_and(|current| sealed.get(1..1 + KEY_ID_LEN) == Some(&current.id[..]))
     }
 }
 
 /// HMAC-SHA256 signatures with `SESSION_SECRET`, for cookies and CSRF tokens.
 pub struct Signer {
-    key: Key32,
+    /// `None` in a function not given SESSION_SECRET: it signs nothing and accepts no
+    /// signature.
+    key: Option<Key32>,
 }
 
 impl Signer {
@@ -134,39 +164,48 @@ impl Signer {
         }
     }
 
-    fn mac(&self, purpose: &str, value: &str) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.expose())
+    fn mac(&self, purpose: &str, value: &str) -> Option<Hmac<Sha256>> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_ref()?.expose())
             .expect("HMAC takes keys of any length");
         // The purpose keeps a signature made for one use from being accepted for another.
         mac.update(purpose.as_bytes());
         mac.update(b"\0");
         mac.update(value.as_bytes());
-        mac
+        Some(mac)
+    }
+
+    /// [`Signer::mac`] for signing, which a function not given the key must never do.
+    fn signing_mac(&self, purpose: &str, value: &str) -> Hmac<Sha256> {
+        self.mac(purpose, value)
+            .unwrap_or_else(|| panic!("{}", not_given("SESSION_SECRET")))
     }
 
     /// `value.signature` (URL-safe base64).
     pub fn sign(&self, purpose: &str, value: &str) -> String {
-        let tag = self.mac(purpose, value).finalize().into_bytes();
+        let tag = self.signing_mac(purpose, value).finalize().into_bytes();
         format!("{value}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
     /// The bare signature of `value` (a CSRF token: proves knowledge of the session).
     pub fn tag(&self, purpose: &str, value: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac(purpose, value).finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(self.signing_mac(purpose, value).finalize().into_bytes())
     }
 
     /// Whether `tag` is the signature of `value` (constant-time).
     pub fn verify_tag(&self, purpose: &str, value: &str, tag: &str) -> bool {
+        let Some(mac) = self.mac(purpose, value) else {
+            return false;
+        };
         URL_SAFE_NO_PAD
             .decode(tag)
-            .is_ok_and(|tag| self.mac(purpose, value).verify_slice(&tag).is_ok())
+            .is_ok_and(|tag| mac.verify_slice(&tag).is_ok())
     }
 
     /// The value of a `sign`ed string whose signature checks out (constant-time).
     pub fn verify<'a>(&self, purpose: &str, signed: &'a str) -> Option<&'a str> {
         let (value, tag) = signed.rsplit_once('.')?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        self.mac(purpose, value).verify_slice(&tag).ok()?;
+        self.mac(purpose, value)?.verify_slice(&tag).ok()?;
         Some(value)
     }
 }
@@ -194,9 +233,9 @@ mod tests {
 
     fn keys(current: u8, old: &[u8]) -> KeyConfig {
         KeyConfig {
-            token_encryption_key: Secret::new([current; 32]),
+            token_encryption_key: Some(Secret::new([current; 32])),
             token_encryption_old_keys: old.iter().map(|b| Secret::new([*b; 32])).collect(),
-            session_secret: Secret::new([9; 32]),
+            session_secret: Some(Secret::new([9; 32])),
             generated_key_file: None,
         }
     }
@@ -262,6 +301,34 @@ mod tests {
         assert!(signer.verify_tag("csrf", "session-id", &tag));
         assert!(!signer.verify_tag("csrf", "other-session", &tag));
         assert!(!signer.verify_tag("csrf", "session-id", "garbage"));
+    }
+
+    #[test]
+    fn a_function_not_given_the_keys_opens_nothing_and_accepts_no_signature() {
+        let given = keys(1, &[]);
+        let sealed = TokenCipher::new(&given).seal("t", "c");
+        let signed = Signer::new(&given).sign("session", "abc");
+        let without = KeyConfig {
+            token_encryption_key: None,
+            token_encryption_old_keys: Vec::new(),
+            session_secret: None,
+            generated_key_file: None,
+        };
+
+        let cipher = TokenCipher::new(&without);
+        let signer = Signer::new(&without);
+
+        assert_eq!(cipher.open(&sealed, "c"), Err(CryptoError::NotGiven));
+        assert!(!cipher.is_current(&sealed));
+        assert_eq!(signer.verify("session", &signed), None);
+        let sealing =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cipher.seal("t", "c")))
+                .unwrap_err();
+        let message = sealing.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("TOKEN_ENCRYPTION_KEY is not given"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::app::App;
-use crate::http::{Route, table_router};
+use crate::http::{Function, Route, table_router};
 use crate::jobs::ScheduledJob;
 use crate::metrics::Metrics;
 use crate::metrics::emf::EmfContext;
@@ -35,7 +35,7 @@ pub async fn run_http_function(table: &'static [Route]) -> Result<(), lambda_htt
     let Some(function) = function.filter(|f| table.iter().all(|route| route.function == *f)) else {
         return Err("a function's route table names one function and at least one route".into());
     };
-    let app = App::from_env().await?;
+    let app = App::from_env_given(crate::secrets::needed_by(function)).await?;
     let name = function.binary();
     tracing::info!(function = name, "cold start complete");
     let emf = EmfOutput::new(&app, name);
@@ -62,7 +62,11 @@ where
     J: ScheduledJob,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let app = App::from_env().await?;
+    let function = Function::ALL
+        .iter()
+        .find(|function| function.binary() == name)
+        .ok_or_else(|| format!("{name} is not a function of this bundle"))?;
+    let app = App::from_env_given(crate::secrets::needed_by(*function)).await?;
     let job = Arc::new(build(&app)?);
     tracing::info!(function = name, "cold start complete");
     let emf = EmfOutput::new(&app, name);

@@ -8,17 +8,24 @@
 //! - a request body must arrive within the body timeout of the server starting to wait for
 //!   it, else the answer is 408 and the connection closes;
 //! - at most `max_connections` are served at once: the next one is accepted only when one
-//!   closes, so the others wait in the kernel's listen backlog instead of holding memory.
+//!   closes, so the others wait in the kernel's listen backlog instead of holding memory;
+//! - at most `max_connections_per_ip` of them come from one client address (an IPv6
+//!   client's /64): one more from that address is closed as soon as it is accepted, so a
+//!   single client holding idle sockets cannot take every slot from everyone else. It is
+//!   closed rather than answered 503: a client over its share is holding sockets open, not
+//!   reading answers, and writing one would spend a write on every attempt.
 //!
 //! A connection past its deadline is closed; every other connection is unaffected, since
 //! each runs in its own task. Lambdas do not come here: API Gateway fronts them.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -56,6 +63,7 @@ pub async fn serve(
     ensure_open_file_limit(limits.max_connections);
     let router = crate::http::router(app);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = Arc::new(ClientConnections::new(limits.max_connections_per_ip));
     let (stop, stopping) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     loop {
@@ -64,15 +72,20 @@ pub async fn serve(
             _ = &mut shutdown => break,
             slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     on_accept_error(e).await;
                     continue;
                 }
             },
+        };
+        // Dropping the stream closes it, and the slot goes back to the others.
+        let Some(client) = clients.admit(peer.ip()) else {
+            tracing::debug!(client = %peer.ip(), "connection closed: its address has HTTP_MAX_CONNECTIONS_PER_IP open");
+            continue;
         };
         // Responses are written whole; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
@@ -81,6 +94,7 @@ pub async fn serve(
             limits,
             headers,
             _slot: slot,
+            _client: client,
         };
         tokio::spawn(connection.serve(stream, stopping.clone()));
     }
@@ -139,12 +153,77 @@ fn ensure_open_file_limit(max_connections: usize) {
     }
 }
 
-/// One accepted connection, holding its slot until it closes.
+/// How many connections each client address has open, against the per-address cap.
+struct ClientConnections {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ClientConnections {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A hold on one of `peer`'s connections, or `None` when its address has the cap open.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ClientHold> {
+        let client = client_address(peer);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientHold {
+            clients: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+/// What a connection counts against: an IPv4 address, or an IPv6 client's /64 (a host is
+/// commonly given a whole /64, so counting single IPv6 addresses would limit nothing).
+fn client_address(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// One connection of a client address, given back when the connection closes.
+struct ClientHold {
+    clients: Arc<ClientConnections>,
+    client: IpAddr,
+}
+
+impl Drop for ClientHold {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                // Addresses with nothing open are forgotten, so the map stays small.
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// One accepted connection, holding its slot (and its address's) until it closes.
 struct Connection {
     router: Router,
     limits: HttpServerConfig,
     headers: SecurityHeaders,
     _slot: OwnedSemaphorePermit,
+    _client: ClientHold,
 }
 
 impl Connection {
@@ -477,5 +556,44 @@ impl http_body::Body for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let address = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(client_address(address("192.0.2.7")), address("192.0.2.7"));
+        assert_eq!(
+            client_address(address("2001:db8:1:2:aaaa::1")),
+            client_address(address("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            client_address(address("2001:db8:1:2::1")),
+            client_address(address("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            client_address(address("::ffff:192.0.2.7")),
+            address("192.0.2.7")
+        );
+    }
+
+    #[test]
+    fn an_address_gets_its_connections_back_as_they_close() {
+        let clients = Arc::new(ClientConnections::new(2));
+        let one = "192.0.2.1".parse().unwrap();
+        let other = "192.0.2.2".parse().unwrap();
+        let first = clients.admit(one).expect("first");
+        let _second = clients.admit(one).expect("second");
+        assert!(
+            clients.admit(one).is_none(),
+            "a third from the same address"
+        );
+        assert!(clients.admit(other).is_some(), "another address");
+        drop(first);
+        assert!(clients.admit(one).is_some(), "a slot freed by a close");
     }
 }

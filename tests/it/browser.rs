@@ -61,7 +61,10 @@ impl ChromeDriver {
 
     /// Polls `/status` until it reports `ready`.
     async fn wait_until_ready(&mut self) {
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder()
+            .timeout(STEP)
+            .build()
+            .expect("http client");
         let end = Instant::now() + STEP;
         loop {
             if let Ok(response) = http.get(format!("{}/status", self.url)).send().await

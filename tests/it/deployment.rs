@@ -78,7 +78,6 @@ fn variables_declared_empty_for_sam_local_are_unset_in_aws() {
         .map(|(name, _)| (name.as_str().unwrap().to_owned(), String::new()))
         .collect();
     for needed in [
-        "TWITCH_CLIENT_ID",
         "TWITCH_CLIENT_SECRET",
         "TOKEN_ENCRYPTION_KEY",
         "SESSION_SECRET",

@@ -1,6 +1,6 @@
 //! The local server's edge over real sockets: slow and idle clients are closed on the
-//! configured deadlines while everyone else is served, the connection cap holds, and every
-//! response carries the security headers.
+//! configured deadlines while everyone else is served, the connection cap and the cap per
+//! client address hold, and every response carries the security headers.
 
 use std::time::Duration;
 
@@ -106,7 +106,12 @@ async fn a_thousand_half_open_requests_neither_block_others_nor_outlive_the_head
     // Arrange: 1,000 connections that send a request line and then nothing (the timeout
     // leaves time to open them all before the first is closed).
     allow_open_files(4096);
-    let app = TestApp::spawn(&[("HTTP_HEADER_TIMEOUT_MS", "2000")]).await;
+    let app = TestApp::spawn(&[
+        ("HTTP_HEADER_TIMEOUT_MS", "2000"),
+        // They all come from 127.0.0.1, standing for a thousand clients.
+        ("HTTP_MAX_CONNECTIONS_PER_IP", "4096"),
+    ])
+    .await;
     let mut half_open = Vec::new();
     for _ in 0..1000 {
         let mut stream = connect(&app).await;
@@ -262,6 +267,53 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot_while_the_others_are_se
         .await
         .expect("served once a slot freed");
     assert_eq!(status, 200);
+}
+
+/// A connection to `app` from `local`, one of this machine's loopback addresses (Linux routes
+/// the whole of 127.0.0.0/8 to loopback), so the server sees another client address.
+async fn connect_from(app: &TestApp, local: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind((std::net::Ipv4Addr::from(local), 0).into())
+        .expect("bind a loopback address");
+    let server = app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .expect("a socket address");
+    socket.connect(server).await.expect("connect")
+}
+
+#[tokio::test]
+async fn one_address_holding_silent_sockets_gets_its_share_of_slots_and_others_are_still_served() {
+    // Arrange: room for ten connections, three per client address; headers may take long.
+    let app = TestApp::spawn(&[
+        ("HTTP_MAX_CONNECTIONS", "10"),
+        ("HTTP_MAX_CONNECTIONS_PER_IP", "3"),
+        ("HTTP_HEADER_TIMEOUT_MS", "60000"),
+        ("HTTP_IDLE_TIMEOUT_MS", "60000"),
+    ])
+    .await;
+
+    // Act: 127.0.0.1 opens twenty connections and sends nothing on them.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from(&app, [127, 0, 0, 1]).await);
+    }
+
+    // Assert: every connection beyond its three is closed at once, unanswered...
+    let mut held = silent;
+    let mut beyond = held.split_off(3);
+    for (n, stream) in beyond.iter_mut().enumerate() {
+        assert_eq!(closed_by_server(stream).await, "", "connection {}", n + 4);
+    }
+    // ...a client at 127.0.0.2 is served while they are held...
+    let mut other = connect_from(&app, [127, 0, 0, 2]).await;
+    assert_eq!(get_on(&mut other, "/health").await.0, 200);
+    // ...and the three held connections are live ones.
+    for stream in &mut held {
+        assert_eq!(get_on(stream, "/health").await.0, 200);
+    }
 }
 
 #[tokio::test]

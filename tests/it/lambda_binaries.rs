@@ -1,6 +1,7 @@
 //! Every HTTP function's binary as Lambda runs it: under the Runtime API emulator, given a
-//! real API Gateway v2 event, with a private Redis on loopback and the database in `delete`
-//! journal mode (as on EFS), it answers what the route should. (The scheduled functions'
+//! real API Gateway v2 event, with a private Redis on loopback, the database in `delete`
+//! journal mode (as on EFS) and only the secret settings its handlers use (as template.yaml
+//! gives them), it answers what the route should. (The scheduled functions'
 //! binaries have their own runtime tests in their crates.)
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::{RedisServer, workspace_binary};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::http::{Function, FunctionKind};
+use shared::secrets::{SecretPurpose, needed_by};
 
 /// (function, event, the status its answer must carry, a piece of its body or location).
 const CASES: &[(Function, &str, u16, &str)] = &[
@@ -64,6 +66,13 @@ async fn every_http_function_binary_answers_its_api_gateway_event_under_the_runt
         let dir = tempfile::tempdir().unwrap();
         let mut vars = lambda_vars(dir.path(), &redis.url());
         vars.extend(twitch.app_variables(twitch_address));
+        // As in AWS: the variables of the secrets the function is not given are unset.
+        let given = needed_by(*function);
+        for purpose in SecretPurpose::ALL.iter().filter(|p| !given.contains(p)) {
+            for name in purpose.variables() {
+                vars.remove(*name);
+            }
+        }
         let runtime = RuntimeApi::start(event, Duration::from_secs(10)).await;
         let binary = workspace_binary(function.binary());
         let _process = runtime.spawn_function(

@@ -8,6 +8,7 @@ mod connect;
 mod deployment;
 mod donations;
 mod edge;
+mod harness;
 mod health;
 mod interop;
 mod lambda_binaries;

@@ -203,7 +203,7 @@ async fn no_token_reaches_the_debug_log_or_the_metrics_of_logins_refreshes_and_a
     vars.extend(donationalerts.app_variables(da_address));
     for (name, value) in [
         ("PUBLIC_BASE_URL", base.as_str()),
-        ("INTERNAL_API_TOKEN", "internal-test-token"),
+        ("INTERNAL_API_TOKEN", "internal-test-token-0123456789abcdef"),
         ("TOKEN_REFRESH_MARGIN_MS", "86400000"),
         ("TWITCH_VALIDATE_DUE_AFTER_MS", "1000"),
         ("DA_POLL_INTERVAL_MS", "200"),
@@ -226,7 +226,7 @@ async fn no_token_reaches_the_debug_log_or_the_metrics_of_logins_refreshes_and_a
     );
     let chat_token = reqwest::Client::new()
         .get(format!("{base}/internal/chat-token/{}", demo_twitch_id()))
-        .bearer_auth("internal-test-token")
+        .bearer_auth("internal-test-token-0123456789abcdef")
         .send()
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! SECRETS_ARN against a local Secrets Manager (moto, checking every request's SigV4
-//! signature): the secret's values fill the configuration; a bad secret, a wrong key or no
-//! credentials are refused naming SECRETS_ARN, without echoing a secret.
+//! signature): the secrets' values fill the configuration, several secrets are merged; a bad
+//! secret, a variable in two secrets, a wrong key or no credentials are refused naming
+//! SECRETS_ARN, without echoing a secret.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -48,7 +49,7 @@ async fn a_lambda_configuration_takes_its_keys_from_the_secret() {
         panic!("expected the secret's keys, got {:?}", config.keys);
     };
     assert_eq!(
-        keys.token_encryption_key.expose(),
+        keys.token_encryption_key.as_ref().unwrap().expose(),
         b"01234567890123456789012345678901"
     );
     assert!(keys.generated_key_file.is_none());
@@ -56,6 +57,67 @@ async fn a_lambda_configuration_takes_its_keys_from_the_secret() {
         config.twitch.client_secret.as_ref().unwrap().expose(),
         "from-environment"
     );
+}
+
+#[tokio::test]
+async fn a_function_given_two_secrets_reads_both_and_takes_its_settings_from_each() {
+    // Arrange: the session key in one secret, the token key and a client secret in another,
+    // as template.yaml splits them.
+    let moto = MotoServer::start_with_secrets(&[
+        (
+            "avatar/session",
+            &format!(r#"{{"SESSION_SECRET":"{KEY}"}}"#),
+        ),
+        (
+            "avatar/tokens",
+            &format!(r#"{{"TOKEN_ENCRYPTION_KEY":"{KEY}","TWITCH_CLIENT_SECRET":"from-secret"}}"#),
+        ),
+    ]);
+    let mut vars = vars_of(moto.environment());
+    vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), "auth-callback".into());
+    let arns = moto.arns.join(",");
+
+    // Act
+    shared::secrets::merge_into(&mut vars, &arns).await.unwrap();
+    let config = Config::from_vars(&vars).unwrap();
+
+    // Assert
+    let KeySource::Configured(keys) = &config.keys else {
+        panic!("expected the secrets' keys, got {:?}", config.keys);
+    };
+    assert!(keys.session_secret.is_some() && keys.token_encryption_key.is_some());
+    assert_eq!(
+        config.twitch.client_secret.as_ref().unwrap().expose(),
+        "from-secret"
+    );
+}
+
+#[tokio::test]
+async fn a_variable_in_two_secrets_is_refused_naming_both_without_its_values() {
+    // Arrange
+    let moto = MotoServer::start_with_secrets(&[
+        ("avatar/one", &format!(r#"{{"SESSION_SECRET":"{KEY}"}}"#)),
+        (
+            "avatar/two",
+            r#"{"SESSION_SECRET":"c2Vjb25kLXZhbHVlLW9mLXRoZS1rZXk="}"#,
+        ),
+    ]);
+    let mut vars = vars_of(moto.environment());
+
+    // Act
+    let error = shared::secrets::merge_into(&mut vars, &moto.arns.join(","))
+        .await
+        .unwrap_err();
+
+    // Assert
+    assert_eq!(error.variable, "SECRETS_ARN");
+    for named in ["SESSION_SECRET", "avatar/one", "avatar/two"] {
+        assert!(error.problem.contains(named), "{named}: {}", error.problem);
+    }
+    for value in [KEY, "c2Vjb25kLXZhbHVlLW9mLXRoZS1rZXk"] {
+        assert!(!error.to_string().contains(value), "{error}");
+    }
+    assert!(!vars.contains_key("SESSION_SECRET"), "nothing is filled in");
 }
 
 fn vars_of(environment: Vec<(&'static str, String)>) -> HashMap<String, String> {
@@ -154,12 +216,19 @@ async fn avatar_local_reads_secrets_arn_with_credentials_from_its_environment() 
     let mut child = command.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let process = ChildProcess::adopt(child, stderr);
-    let started = (0..20)
-        .filter_map(|_| process.next_line(Duration::from_secs(30)))
-        .any(|line| line.contains("listening on http://127.0.0.1:"));
+    let mut log = Vec::new();
+    process.read_until(
+        &mut log,
+        "avatar-local to listen",
+        Duration::from_secs(30),
+        |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("listening on http://127.0.0.1:"))
+        },
+    );
 
     // Assert: it started with the secret's keys, so it generated none.
-    assert!(started, "avatar-local did not start");
     assert!(dir.path().join("data.sqlite").exists());
     assert!(!dir.path().join("data.sqlite.keys").exists());
 }

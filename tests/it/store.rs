@@ -62,7 +62,10 @@ async fn hold_the_writer(
             .await
             .unwrap();
     });
-    started_rx.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), started_rx)
+        .await
+        .expect("the writer took the held write within 30 s")
+        .unwrap();
     (release, holder)
 }
 
@@ -319,21 +322,13 @@ fn a_writer_killed_at_random_moments_keeps_every_acknowledged_write() {
             // Act: SIGKILL after a random number of acknowledgements (at least one).
             let kill_after = 1 + random_below(400) as usize;
             let mut lines = Vec::new();
-            while lines
-                .iter()
-                .filter(|l: &&String| l.starts_with("ok "))
-                .count()
-                < kill_after
-            {
-                let line = child
-                    .next_line(Duration::from_secs(30))
-                    .expect("the writer child keeps acknowledging");
-                assert!(
-                    !line.starts_with("err") && !line.starts_with("open-failed"),
-                    "{line}"
-                );
-                lines.push(line);
-            }
+            child.read_until(
+                &mut lines,
+                &format!("{kill_after} acknowledgements"),
+                Duration::from_secs(60),
+                |lines| !failures(lines).is_empty() || acknowledged(lines).len() >= kill_after,
+            );
+            assert!(failures(&lines).is_empty(), "{:?}", failures(&lines));
             avatar_tests::signal(child.child.id(), libc::SIGKILL);
             lines.extend(child.remaining_lines(Duration::from_secs(10)));
             acked.extend(acknowledged(&lines));
@@ -484,24 +479,6 @@ fn is_stopped(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Reads `child`'s lines into `lines` until `done` holds for them (bounded by `deadline`).
-fn read_until(
-    child: &ChildProcess,
-    lines: &mut Vec<String>,
-    what: &str,
-    deadline: Duration,
-    done: impl Fn(&[String]) -> bool,
-) {
-    let end = std::time::Instant::now() + deadline;
-    while !done(lines) {
-        let left = end.saturating_duration_since(std::time::Instant::now());
-        let line = child
-            .next_line(left)
-            .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"));
-        lines.push(line);
-    }
-}
-
 fn failures(lines: &[String]) -> Vec<&String> {
     lines
         .iter()
@@ -542,8 +519,7 @@ fn a_writer_paused_past_its_lease_is_fenced_out_and_loses_nothing() {
     let paused = spawn("paused", &["--stop-holding-lease-after", "50"]);
     let steady = spawn("steady", &[]);
     let mut paused_lines = Vec::new();
-    read_until(
-        &paused,
+    paused.read_until(
         &mut paused_lines,
         "the paused writer to stop holding the lease",
         Duration::from_secs(60),
@@ -575,8 +551,7 @@ fn a_writer_paused_past_its_lease_is_fenced_out_and_loses_nothing() {
     // Act: the paused writer resumes into its batch with the stale token.
     avatar_tests::signal(paused_pid, libc::SIGCONT);
     let resumed_at = acknowledged(&paused_lines).len();
-    read_until(
-        &paused,
+    paused.read_until(
         &mut paused_lines,
         "the resumed writer to be fenced out and to write 50 more",
         Duration::from_secs(60),
@@ -632,8 +607,7 @@ fn a_writer_stopped_and_resumed_twenty_times_fails_no_write() {
     // twenty times, each time after it has acknowledged a few more writes.
     for round in 0..20 {
         let before = acknowledged(&stopped_lines).len();
-        read_until(
-            &stopped,
+        stopped.read_until(
             &mut stopped_lines,
             &format!("writes before stop {round}"),
             Duration::from_secs(60),
@@ -647,8 +621,7 @@ fn a_writer_stopped_and_resumed_twenty_times_fails_no_write() {
         avatar_tests::signal(stopped.child.id(), libc::SIGCONT);
     }
     let before = acknowledged(&stopped_lines).len();
-    read_until(
-        &stopped,
+    stopped.read_until(
         &mut stopped_lines,
         "writes after the last stop",
         Duration::from_secs(60),

@@ -1,7 +1,10 @@
 //! The deployment (template.yaml) read as CloudFormation: it has no dependency cycle (so the
 //! functions may be given the API's own URL), every function mounts only the database's
-//! access point and reads only the one secret, every HTTP function is invoked only through
-//! its integration, scheduled functions fire on their schedule, the alarms watch every
+//! access point and is given (and may read) only the secrets its handlers use, the network
+//! lets the functions out on HTTPS and to the database and Redis only, Redis needs TLS and
+//! an AUTH token, the file system only IAM-authorized mounts through an access point over
+//! TLS, every HTTP function is invoked only through its integration, the access log names
+//! the IAM caller, scheduled functions fire on their schedule, the alarms watch every
 //! function, the app's metric alarms match what the functions are given, and the outputs
 //! name the redirect URIs the callbacks serve. The routes themselves are checked against the
 //! route table in `routes.rs`.
@@ -11,6 +14,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 use shared::http::{Function, FunctionKind, all_routes};
+use shared::secrets::{SecretPurpose, needed_by};
 
 /// template.yaml as CloudFormation JSON: short-form intrinsics (`!Ref X`, `!GetAtt A.B`,
 /// `!Sub …`) become their long forms (`{"Ref": "X"}`, `{"Fn::GetAtt": ["A", "B"]}`, …), so
@@ -169,6 +173,11 @@ fn from_yaml(yaml: serde_yaml::Value) -> Value {
 
 /// Logical ids that `value` refers to (Ref, GetAtt, Sub, DependsOn), among `resources`.
 fn references(value: &Value, resources: &Map<String, Value>, found: &mut BTreeSet<String>) {
+    names_referred_to(value, &|name| resources.contains_key(name), found);
+}
+
+/// The names `value` refers to (Ref, GetAtt, Sub, DependsOn) for which `known` holds.
+fn names_referred_to(value: &Value, known: &dyn Fn(&str) -> bool, found: &mut BTreeSet<String>) {
     match value {
         Value::Object(map) => {
             for (key, inner) in map {
@@ -193,15 +202,15 @@ fn references(value: &Value, resources: &Map<String, Value>, found: &mut BTreeSe
                 found.extend(
                     named
                         .into_iter()
-                        .filter(|name| resources.contains_key(*name))
+                        .filter(|name| known(name))
                         .map(str::to_owned),
                 );
-                references(inner, resources, found);
+                names_referred_to(inner, known, found);
             }
         }
         Value::Array(items) => {
             for item in items {
-                references(item, resources, found);
+                names_referred_to(item, known, found);
             }
         }
         _ => {}
@@ -443,52 +452,79 @@ fn scheduled_functions_fire_on_their_schedule_and_no_other_function_does() {
     assert_eq!(found, expected);
 }
 
+/// The logical id of the secret of each purpose.
+fn secret_resource(purpose: SecretPurpose) -> &'static str {
+    match purpose {
+        SecretPurpose::SessionKey => "SessionKeySecret",
+        SecretPurpose::TokenKeys => "TokenKeysSecret",
+        SecretPurpose::TwitchClient => "TwitchClientSecret",
+        SecretPurpose::DonationAlertsClient => "DonationAlertsClientSecret",
+        SecretPurpose::Redis => "RedisSecret",
+    }
+}
+
 #[test]
-fn every_function_mounts_only_the_access_point_and_reads_only_the_secret() {
+fn every_function_mounts_only_the_access_point_and_is_given_only_the_secrets_it_uses() {
     // Arrange
     let template = Template::load();
     let access_point = json!([{
         "Arn": { "Fn::GetAtt": ["EfsAccessPoint", "Arn"] },
         "LocalMountPath": "/mnt/data",
     }]);
-    let secret =
-        json!({ "Fn::If": ["CreateSecret", { "Ref": "AppSecret" }, { "Ref": "SecretsArn" }] });
     let globals = template.globals();
 
-    // Assert: the functions are told where the database and the secret are...
+    // Assert: the functions are told where the database is, and each where its own secrets
+    // are...
     let variables = &globals["Environment"]["Variables"];
     assert_eq!(variables["SQLITE_PATH"], "/mnt/data/data.sqlite");
-    assert_eq!(variables["SECRETS_ARN"], secret);
+    assert!(variables.get("SECRETS_ARN").is_none(), "no secret for all");
     assert!(globals.get("FileSystemConfigs").is_none());
     assert!(globals.get("Policies").is_none() && globals.get("Role").is_none());
 
-    // ...each mounts the access point and has the one data access policy, nothing more...
-    for (binary, id) in template.functions() {
+    // ...each mounts the access point, has the data access policy, and may read exactly the
+    // secrets its SECRETS_ARN lists, which are the ones its handlers use...
+    for function in Function::ALL {
+        let id = template.function_id(*function);
         let properties = &template.resources()[&id]["Properties"];
-        assert_eq!(properties["FileSystemConfigs"], access_point, "{binary}");
+        let secrets: Vec<Value> = needed_by(*function)
+            .iter()
+            .map(|purpose| json!({ "Ref": secret_resource(*purpose) }))
+            .collect();
+        assert_eq!(properties["FileSystemConfigs"], access_point, "{id}");
         assert_eq!(
-            properties["Policies"],
-            json!([{ "Ref": "FunctionDataAccessPolicy" }]),
-            "{binary}"
+            properties["Environment"]["Variables"]["SECRETS_ARN"],
+            json!({ "Fn::Join": [",", secrets] }),
+            "{id}"
         );
-        assert!(
-            properties.get("Role").is_none(),
-            "{binary} has its own role"
-        );
+        let mut policies = vec![json!({ "Ref": "FunctionDataAccessPolicy" })];
+        policies.extend(secrets.iter().map(
+            |secret| json!({ "AWSSecretsManagerGetSecretValuePolicy": { "SecretArn": secret } }),
+        ));
+        assert_eq!(properties["Policies"], Value::Array(policies), "{id}");
+        assert!(properties.get("Role").is_none(), "{id} has its own role");
+    }
+    // (health and auth-start, above all, never read a key that opens tokens or a client
+    // secret.)
+    for function in [Function::Health, Function::AuthStart] {
+        let given = needed_by(function);
+        for purpose in [
+            SecretPurpose::TokenKeys,
+            SecretPurpose::TwitchClient,
+            SecretPurpose::DonationAlertsClient,
+        ] {
+            assert!(!given.contains(&purpose), "{function:?} reads {purpose:?}");
+        }
     }
 
-    // ...which allows reading that secret, and mounting and writing through that access point.
+    // ...and the data access policy allows mounting and writing through that access point,
+    // nothing else.
     let policy = &template.resources()["FunctionDataAccessPolicy"];
     assert_eq!(policy["Type"], "AWS::IAM::ManagedPolicy");
     let statements = policy["Properties"]["PolicyDocument"]["Statement"]
         .as_array()
         .expect("statements");
-    assert_eq!(statements.len(), 2, "{statements:?}");
-    let read = &statements[0];
-    assert_eq!(read["Effect"], "Allow");
-    assert_eq!(read["Action"], "secretsmanager:GetSecretValue");
-    assert_eq!(read["Resource"], secret);
-    let mount = &statements[1];
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    let mount = &statements[0];
     assert_eq!(mount["Effect"], "Allow");
     assert_eq!(
         mount["Action"],
@@ -507,6 +543,201 @@ fn every_function_mounts_only_the_access_point_and_reads_only_the_secret() {
     );
 }
 
+/// The security group rules that let the functions out: the group's own and the standalone
+/// egress resources attached to it.
+fn function_egress(template: &Template) -> Vec<Value> {
+    let group = &template.resources()["FunctionSecurityGroup"]["Properties"];
+    let mut rules: Vec<Value> = group["SecurityGroupEgress"]
+        .as_array()
+        .expect("FunctionSecurityGroup lists its egress, which drops the allow-all default")
+        .clone();
+    for (id, resource) in template.of_type("AWS::EC2::SecurityGroupEgress") {
+        let properties = &resource["Properties"];
+        assert_eq!(
+            properties["GroupId"],
+            json!({ "Fn::GetAtt": ["FunctionSecurityGroup", "GroupId"] }),
+            "{id}"
+        );
+        let mut rule = properties.clone();
+        rule["Condition"] = resource.get("Condition").cloned().unwrap_or(Value::Null);
+        rules.push(rule);
+    }
+    rules
+}
+
+#[test]
+fn the_functions_may_connect_out_on_https_and_to_the_database_and_redis_only() {
+    let template = Template::load();
+    let rules = function_egress(&template);
+    let summary: BTreeSet<String> = rules
+        .iter()
+        .map(|rule| {
+            assert_eq!(rule["IpProtocol"], "tcp", "{rule}");
+            let to = rule
+                .get("DestinationSecurityGroupId")
+                .map(|group| group["Fn::GetAtt"][0].as_str().unwrap().to_owned())
+                .or_else(|| rule["CidrIp"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| panic!("a rule to nowhere: {rule}"));
+            format!(
+                "{} {}-{} to {to} ({})",
+                rule["IpProtocol"].as_str().unwrap(),
+                rule["FromPort"],
+                rule["ToPort"],
+                rule["Condition"].as_str().unwrap_or("always")
+            )
+        })
+        .collect();
+    let expected: BTreeSet<String> = [
+        "tcp 443-443 to 0.0.0.0/0 (always)",
+        "tcp 2049-2049 to EfsSecurityGroup (always)",
+        r#"tcp 6379-6379 to RedisSecurityGroup (CreateRedis)"#,
+        r#"tcp {"Ref":"RedisPort"}-{"Ref":"RedisPort"} to 0.0.0.0/0 (UseExistingRedis)"#,
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .collect();
+    assert_eq!(summary, expected);
+    // The other end admits them on the same ports.
+    for (group, port) in [("EfsSecurityGroup", 2049), ("RedisSecurityGroup", 6379)] {
+        let ingress = &template.resources()[group]["Properties"]["SecurityGroupIngress"];
+        assert_eq!(ingress[0]["FromPort"], port, "{group}");
+        assert_eq!(
+            ingress[0]["SourceSecurityGroupId"],
+            json!({ "Ref": "FunctionSecurityGroup" }),
+            "{group}"
+        );
+    }
+}
+
+#[test]
+fn redis_requires_tls_and_an_auth_token_and_an_existing_redis_url_travels_only_in_its_secret() {
+    let template = Template::load();
+    let resources = template.resources();
+
+    // The stack's ElastiCache: TLS, and the AUTH token the Redis secret generates.
+    let cluster = &resources["RedisReplicationGroup"]["Properties"];
+    assert_eq!(cluster["TransitEncryptionEnabled"], true);
+    assert_eq!(
+        cluster["AuthToken"],
+        json!({ "Fn::Sub": "{{resolve:secretsmanager:${RedisSecret}:SecretString:REDIS_AUTH_TOKEN}}" })
+    );
+    let secret = &resources["RedisSecret"]["Properties"];
+    let generated = &secret["GenerateSecretString"]["Fn::If"];
+    assert_eq!(generated[0], "CreateRedis");
+    assert_eq!(generated[1]["GenerateStringKey"], "REDIS_AUTH_TOKEN");
+    assert_eq!(
+        generated[1]["ExcludePunctuation"], true,
+        "a token AUTH accepts"
+    );
+
+    // The functions get its address over TLS, and no URL of an existing Redis.
+    let url = &template.globals()["Environment"]["Variables"]["REDIS_URL"]["Fn::If"];
+    assert_eq!(url[0], "CreateRedis");
+    assert!(url[1]["Fn::Sub"].as_str().unwrap().starts_with("rediss://"));
+    assert_eq!(url[2], "");
+    let is_redis_url = |name: &str| name == "RedisUrl";
+    let mut reached = vec![("Globals", template.globals())];
+    reached.extend(template.of_type("AWS::Serverless::Function"));
+    for (id, environment) in reached {
+        let mut found = BTreeSet::new();
+        names_referred_to(environment, &is_redis_url, &mut found);
+        assert!(found.is_empty(), "RedisUrl reaches {id}");
+    }
+
+    // An existing Redis's URL (TLS only) goes into the secret, as the app reads it.
+    let parameter = &template.0["Parameters"]["RedisUrl"];
+    assert_eq!(parameter["NoEcho"], true);
+    assert!(
+        parameter["AllowedPattern"]
+            .as_str()
+            .unwrap()
+            .starts_with("^(rediss://")
+    );
+    let stored = &secret["SecretString"]["Fn::If"];
+    assert_eq!(stored[0], "CreateRedis");
+    let text = stored[2]["Fn::Sub"]
+        .as_str()
+        .expect("!Sub of RedisUrl")
+        .replace("${RedisUrl}", "rediss://:pw@redis.example:6380");
+    let variables = shared::secrets::parse(&text).expect("the app reads the secret");
+    assert_eq!(
+        variables,
+        vec![(
+            "REDIS_URL".to_owned(),
+            "rediss://:pw@redis.example:6380".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn the_file_system_admits_only_iam_authorized_mounts_through_an_access_point_over_tls() {
+    let template = Template::load();
+    let policy = &template.resources()["EfsFileSystem"]["Properties"]["FileSystemPolicy"];
+    let statements = policy["Statement"]
+        .as_array()
+        .expect("a file system policy");
+    let deny = |condition: Value| {
+        statements
+            .iter()
+            .find(|s| s["Effect"] == "Deny" && s["Condition"] == condition)
+            .unwrap_or_else(|| panic!("no Deny on {condition}"))
+    };
+
+    let insecure = deny(json!({ "Bool": { "aws:SecureTransport": "false" } }));
+    assert_eq!(insecure["Action"], "*");
+    let beside = deny(json!({ "Null": { "elasticfilesystem:AccessPointArn": "true" } }));
+    for action in [
+        "elasticfilesystem:ClientMount",
+        "elasticfilesystem:ClientWrite",
+    ] {
+        assert!(
+            beside["Action"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(action)),
+            "{action}"
+        );
+    }
+    // Every Deny applies to everyone; no Allow admits anyone outside the account (an
+    // anonymous, unauthenticated mount included).
+    for statement in statements {
+        let principal = &statement["Principal"]["AWS"];
+        if statement["Effect"] == "Deny" {
+            assert_eq!(principal, "*", "{statement}");
+        } else {
+            assert_eq!(
+                principal,
+                &json!({ "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" }),
+                "{statement}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_api_access_log_names_the_iam_caller_and_carries_no_query_string() {
+    let template = Template::load();
+    let format = template.resources()["HttpApiStage"]["Properties"]["AccessLogSettings"]["Format"]
+        .as_str()
+        .expect("a format");
+
+    let fields: Map<String, Value> = serde_json::from_str(format).expect("a JSON line");
+
+    assert_eq!(
+        fields.get("caller").and_then(Value::as_str),
+        Some("$context.identity.userArn"),
+        "{format}"
+    );
+    assert!(
+        fields.values().all(|v| !v
+            .as_str()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .contains("query")),
+        "{format}"
+    );
+}
+
 #[test]
 fn functions_keep_sqlite_off_wal_require_redis_and_log_json() {
     let template = Template::load();
@@ -518,12 +749,7 @@ fn functions_keep_sqlite_off_wal_require_redis_and_log_json() {
     for (binary, id) in template.functions() {
         let properties = &template.resources()[&id]["Properties"];
         let environment = &properties["Environment"]["Variables"];
-        for name in [
-            "SQLITE_JOURNAL_MODE",
-            "REDIS_REQUIRED",
-            "SQLITE_PATH",
-            "SECRETS_ARN",
-        ] {
+        for name in ["SQLITE_JOURNAL_MODE", "REDIS_REQUIRED", "SQLITE_PATH"] {
             assert!(environment.get(name).is_none(), "{binary} overrides {name}");
         }
     }
@@ -619,27 +845,53 @@ fn the_app_metric_alarms_watch_the_namespace_and_stack_the_functions_are_given()
 }
 
 #[test]
-fn the_created_secret_holds_the_variables_the_functions_need_and_nothing_the_app_refuses() {
+fn each_created_secret_holds_only_its_purposes_variables_and_no_value() {
     let template = Template::load();
-    let text = template.resources()["AppSecret"]["Properties"]["SecretString"]
-        .as_str()
-        .expect("a SecretString");
-
-    let variables = shared::secrets::parse(text).expect("the app accepts the created secret");
-
-    let names: BTreeSet<String> = variables.iter().map(|(name, _)| name.clone()).collect();
-    for needed in [
-        "TWITCH_CLIENT_ID",
-        "TWITCH_CLIENT_SECRET",
-        "DA_CLIENT_ID",
-        "DA_CLIENT_SECRET",
-        "TOKEN_ENCRYPTION_KEY",
-        "SESSION_SECRET",
-    ] {
-        assert!(names.contains(needed), "{needed} is missing from {names:?}");
+    let mut held = BTreeSet::new();
+    for purpose in SecretPurpose::ALL {
+        let id = secret_resource(*purpose);
+        let resource = template
+            .resources()
+            .get(id)
+            .unwrap_or_else(|| panic!("no secret {id} for {purpose:?}"));
+        assert_eq!(resource["Type"], "AWS::SecretsManager::Secret", "{id}");
+        let names: Vec<String> = match resource["Properties"]["SecretString"].as_str() {
+            Some(text) => {
+                let variables = shared::secrets::parse(text)
+                    .unwrap_or_else(|e| panic!("{id}: the app refuses it: {e}"));
+                assert!(
+                    variables.iter().all(|(_, value)| value.is_empty()),
+                    "{id}: the template must carry no secret value"
+                );
+                variables.into_iter().map(|(name, _)| name).collect()
+            }
+            // The Redis secret: generated, or the URL given (checked with Redis above).
+            None => {
+                let generated = &resource["Properties"]["GenerateSecretString"]["Fn::If"][1];
+                vec![
+                    generated["GenerateStringKey"]
+                        .as_str()
+                        .expect(id)
+                        .to_owned(),
+                ]
+            }
+        };
+        for name in names {
+            assert!(purpose.variables().contains(&name.as_str()), "{id}: {name}");
+            held.insert(name);
+        }
     }
-    assert!(
-        variables.iter().all(|(_, value)| value.is_empty()),
-        "the template must carry no secret value"
-    );
+    for needed in [
+        "SESSION_SECRET",
+        "TOKEN_ENCRYPTION_KEY",
+        "TWITCH_CLIENT_SECRET",
+        "DA_CLIENT_SECRET",
+        "REDIS_AUTH_TOKEN",
+    ] {
+        assert!(held.contains(needed), "no secret holds {needed}: {held:?}");
+    }
+    // The keys that open the stored tokens outlive the stack, with the database.
+    let keys = &template.resources()["TokenKeysSecret"];
+    assert_eq!(keys["DeletionPolicy"], "Retain");
+    assert_eq!(keys["UpdateReplacePolicy"], "Retain");
 }

@@ -111,6 +111,7 @@ impl TestApp {
             dir,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .timeout(crate::REQUEST_DEADLINE)
                 .build()
                 .expect("http client"),
             twitch,

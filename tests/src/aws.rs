@@ -6,16 +6,18 @@ use std::time::{Duration, Instant};
 
 use crate::free_port;
 
-/// The set-up script: a role, its temporary credentials and one secret.
+/// The set-up script: a role, its temporary credentials and the secrets.
 const SETUP_SCRIPT: &str = include_str!("scripts/moto_setup.py");
 
-/// A private moto server holding one secret, readable with the temporary credentials of a
-/// role allowed `secretsmanager:GetSecretValue`. After its set-up every call must be signed
+/// A private moto server holding secrets, readable with the temporary credentials of a role
+/// allowed `secretsmanager:GetSecretValue`. After its set-up every call must be signed
 /// (SigV4) with those credentials: moto recomputes each signature and refuses a mismatch.
 pub struct MotoServer {
     pub endpoint: String,
-    /// The ARN of the secret.
+    /// The ARN of the (first) secret.
     pub arn: String,
+    /// The ARNs of all the secrets, in the order given.
+    pub arns: Vec<String>,
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: String,
@@ -25,6 +27,11 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts moto with the secret `name` holding `json`.
     pub fn start_with_secret(name: &str, json: &str) -> Self {
+        Self::start_with_secrets(&[(name, json)])
+    }
+
+    /// Starts moto with one secret per `(name, json)`.
+    pub fn start_with_secrets(secrets: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new("python3")
             .args([
@@ -35,8 +42,12 @@ impl MotoServer {
                 "-p",
                 &port.to_string(),
             ])
-            // The set-up script's four calls go unsigned; every later one is checked.
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "4")
+            // The set-up script's calls (three, and one per secret) go unsigned; every later
+            // one is checked.
+            .env(
+                "INITIAL_NO_AUTH_ACTION_COUNT",
+                (3 + secrets.len()).to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,6 +56,7 @@ impl MotoServer {
         let mut server = Self {
             endpoint: endpoint.clone(),
             arn: String::new(),
+            arns: Vec::new(),
             access_key_id: String::new(),
             secret_access_key: String::new(),
             session_token: String::new(),
@@ -58,10 +70,12 @@ impl MotoServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let output = Command::new("python3")
-            .args(["-c", SETUP_SCRIPT, &endpoint, name, json])
-            .output()
-            .expect("run the moto set-up script");
+        let mut setup = Command::new("python3");
+        setup.args(["-c", SETUP_SCRIPT, &endpoint]);
+        for (name, json) in secrets {
+            setup.args([name, json]);
+        }
+        let output = crate::output_within(&mut setup, Duration::from_secs(60));
         assert!(
             output.status.success(),
             "moto set-up failed: {}",
@@ -70,7 +84,13 @@ impl MotoServer {
         let setup: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("the set-up script prints JSON");
         let field = |name: &str| setup[name].as_str().expect("set-up field").to_owned();
-        server.arn = field("arn");
+        server.arns = setup["arns"]
+            .as_array()
+            .expect("set-up arns")
+            .iter()
+            .map(|arn| arn.as_str().expect("an ARN").to_owned())
+            .collect();
+        server.arn = server.arns.first().cloned().expect("at least one secret");
         server.access_key_id = field("accessKeyId");
         server.secret_access_key = field("secretAccessKey");
         server.session_token = field("sessionToken");

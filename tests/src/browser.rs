@@ -25,6 +25,7 @@ impl Browser {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .cookie_store(true)
+                .timeout(crate::REQUEST_DEADLINE)
                 .build()
                 .expect("http client"),
         }

@@ -1,7 +1,8 @@
 //! Test harness: private `redis-server` processes on free loopback ports (never the
 //! machine's shared 6379), temporary SQLite directories, the app served on port 0, and
 //! helpers to run this crate's child-process binaries. Everything it starts is stopped on
-//! drop, also when a test fails.
+//! drop, also when a test fails. Every wait it offers (for a line, a port, a process, an
+//! answer, a condition) has a deadline it checks itself, so a test fails rather than hangs.
 //!
 //! - `redis_server`: [`RedisServer`], a private Redis, and [`redis_coordinator`].
 //! - `app`: [`TestApp`], the app served in-process, and [`base_vars`], a valid configuration.
@@ -35,13 +36,20 @@ use std::time::{Duration, Instant};
 pub use self::app::{TestApp, base_vars, init_test_logging};
 pub use self::aws::MotoServer;
 pub use self::browser::{AuthorizePage, Browser, csrf_field, location, raw_get_status, set_cookie};
-pub use self::process::{ChildProcess, LocalServer, signal, signal_group, workspace_binary};
+pub use self::process::{
+    ChildProcess, LocalServer, output_within, signal, signal_group, workspace_binary,
+};
 pub use self::redis_server::{RedisServer, redis_coordinator};
 pub use self::sam_local::{SamLocal, docker_bridge_address};
 pub use self::samples::{insert_test_donation, sample_donation_event};
 
+/// The longest one HTTP request of the harness's clients may take: far beyond any answer a
+/// test expects, so a server that never answers fails the test instead of hanging it.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Waits for `condition` to hold, checking every few milliseconds, and panics with `what`
-/// when `deadline` passes. Tests wait on conditions, never on fixed sleeps.
+/// when `deadline` passes, also while one check of the condition is still running. Tests
+/// wait on conditions, never on fixed sleeps.
 pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
@@ -49,8 +57,11 @@ where
 {
     let end = Instant::now() + deadline;
     loop {
-        if condition().await {
-            return;
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, condition()).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => panic!("timed out after {deadline:?} waiting for {what} (a check hung)"),
         }
         assert!(
             Instant::now() < end,

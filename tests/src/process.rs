@@ -72,19 +72,22 @@ impl LocalServer {
         let stderr = child.stderr.take().expect("piped stderr");
         let process = ChildProcess::adopt(child, stderr);
         let mut log = Vec::new();
-        let address = loop {
-            let line = process
-                .next_line(Duration::from_secs(30))
-                .unwrap_or_else(|| panic!("avatar-local did not start: {log:?}"));
-            let found = line
-                .split("listening on http://")
-                .nth(1)
-                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned());
-            log.push(line);
-            if let Some(address) = found {
-                break address;
-            }
-        };
+        process.read_until(
+            &mut log,
+            "avatar-local to log its address",
+            Duration::from_secs(30),
+            |lines| {
+                lines
+                    .last()
+                    .is_some_and(|l| l.contains("listening on http://"))
+            },
+        );
+        let address = log
+            .last()
+            .and_then(|line| line.split("listening on http://").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the listening line names an address")
+            .to_owned();
         let port: u16 = address
             .rsplit(':')
             .next()
@@ -186,14 +189,47 @@ impl ChildProcess {
             .ok()
     }
 
-    /// Every remaining line until the child closes stdout (bounded by `deadline`).
+    /// Every remaining line until the child closes stdout or `deadline` passes, whichever
+    /// comes first: a child that never stops printing is read for `deadline`, no longer.
     pub fn remaining_lines(&self, deadline: Duration) -> Vec<String> {
         let end = Instant::now() + deadline;
         let mut lines = Vec::new();
-        while let Some(line) = self.next_line(end.saturating_duration_since(Instant::now())) {
-            lines.push(line);
+        // The deadline is checked before every line, not only while waiting for one: lines
+        // already queued would otherwise keep the loop going past it.
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
         }
         lines
+    }
+
+    /// Reads stdout lines into `lines` until `done` holds for them, and panics, naming
+    /// `what` and showing the last lines read, when the child closes stdout first or when
+    /// `deadline` passes, also while the child keeps printing lines that do not satisfy
+    /// `done`.
+    pub fn read_until(
+        &self,
+        lines: &mut Vec<String>,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&[String]) -> bool,
+    ) {
+        read_until(&self.lines, lines, what, deadline, done);
+    }
+
+    /// [`ChildProcess::read_until`] for the child's log (see
+    /// [`ChildProcess::spawn_with_log`]).
+    pub fn read_log_until(
+        &self,
+        lines: &mut Vec<String>,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&[String]) -> bool,
+    ) {
+        let log = self.log.as_ref().expect("spawned with spawn_with_log");
+        read_until(log, lines, what, deadline, done);
     }
 
     pub fn send_line(&mut self, line: &str) {
@@ -212,6 +248,84 @@ impl ChildProcess {
             std::thread::sleep(Duration::from_millis(5));
         }
         None
+    }
+}
+
+/// The lines of `output` into `lines` until `done` holds for them; panics on `deadline`,
+/// checked before every line (lines already queued must not keep the loop going past it).
+fn read_until(
+    output: &std::sync::mpsc::Receiver<String>,
+    lines: &mut Vec<String>,
+    what: &str,
+    deadline: Duration,
+    done: impl Fn(&[String]) -> bool,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let end = Instant::now() + deadline;
+    let last_lines = |lines: &[String]| lines[lines.len().saturating_sub(5)..].join("\n");
+    while !done(lines) {
+        let received = match end.checked_duration_since(Instant::now()) {
+            Some(left) => output.recv_timeout(left),
+            None => Err(RecvTimeoutError::Timeout),
+        };
+        match received {
+            Ok(line) => lines.push(line),
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "timed out after {deadline:?} waiting for {what}; the last lines:\n{}",
+                last_lines(lines)
+            ),
+            Err(RecvTimeoutError::Disconnected) => panic!(
+                "the child closed its output before {what}; the last lines:\n{}",
+                last_lines(lines)
+            ),
+        }
+    }
+}
+
+/// Runs `command` to completion like [`Command::output`], but kills it and panics when it has
+/// not exited within `deadline`.
+pub fn output_within(command: &mut Command, deadline: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    // Read on threads of their own, so that a child filling a pipe cannot block its exit.
+    let collect = |mut output: Box<dyn Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = output.read_to_end(&mut bytes);
+            let _ = tx.send(bytes);
+        });
+        rx
+    };
+    let stdout = collect(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = collect(Box::new(child.stderr.take().expect("piped stderr")));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Something the child started may still hold its output open: wait for that within the
+    // deadline too.
+    let rest = |output: std::sync::mpsc::Receiver<Vec<u8>>| {
+        output
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("{command:?} left its output open past {deadline:?}"))
+    };
+    std::process::Output {
+        status,
+        stdout: rest(stdout),
+        stderr: rest(stderr),
     }
 }
 

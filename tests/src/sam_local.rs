@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::process::{signal, signal_group};
+use crate::process::{output_within, signal, signal_group};
 
 /// How long SAM may take to answer its first request: it builds its emulator image over
 /// the base image on a first run, then starts one warm container per function.
 const START_DEADLINE: Duration = Duration::from_secs(300);
 /// How long SAM may take to stop its containers after SIGTERM.
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one `docker` command may take.
+const DOCKER_DEADLINE: Duration = Duration::from_secs(60);
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -29,11 +31,12 @@ fn sam_local_script() -> PathBuf {
 
 /// Ids of SAM's function containers (running or not) that mount this workspace's build.
 fn function_containers() -> BTreeSet<String> {
-    let listed = Command::new("docker")
-        .args(["ps", "--all", "--quiet", "--no-trunc"])
-        .args(["--filter", "label=sam.cli.container.type=lambda"])
-        .output()
-        .expect("docker runs");
+    let listed = output_within(
+        Command::new("docker")
+            .args(["ps", "--all", "--quiet", "--no-trunc"])
+            .args(["--filter", "label=sam.cli.container.type=lambda"]),
+        DOCKER_DEADLINE,
+    );
     assert!(listed.status.success(), "docker ps failed");
     let build = workspace()
         .join(".aws-sam/build")
@@ -42,19 +45,18 @@ fn function_containers() -> BTreeSet<String> {
     String::from_utf8_lossy(&listed.stdout)
         .split_whitespace()
         .filter(|id| {
-            Command::new("docker")
-                .args([
+            let inspected = output_within(
+                Command::new("docker").args([
                     "inspect",
                     "--format",
                     "{{range .Mounts}}{{.Source}} {{end}}",
                     id,
-                ])
-                .output()
-                .is_ok_and(|inspected| {
-                    String::from_utf8_lossy(&inspected.stdout)
-                        .split_whitespace()
-                        .any(|source| Path::new(source).starts_with(&build))
-                })
+                ]),
+                DOCKER_DEADLINE,
+            );
+            String::from_utf8_lossy(&inspected.stdout)
+                .split_whitespace()
+                .any(|source| Path::new(source).starts_with(&build))
         })
         .map(str::to_owned)
         .collect()
@@ -63,14 +65,14 @@ fn function_containers() -> BTreeSet<String> {
 /// The address of the Docker bridge on this machine, where containers reach the host: a
 /// private Redis and the fake providers listen there for the functions under `sam local`.
 pub fn docker_bridge_address() -> Ipv4Addr {
-    let output = Command::new(sam_local_script())
-        .arg("bridge-address")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/sam-local.sh runs");
+    let output = output_within(
+        Command::new(sam_local_script()).arg("bridge-address"),
+        DOCKER_DEADLINE,
+    );
     assert!(
         output.status.success(),
-        "no Docker bridge: run scripts/sam-local.sh prepare"
+        "no Docker bridge: run scripts/sam-local.sh prepare ({})",
+        String::from_utf8_lossy(&output.stderr).trim()
     );
     String::from_utf8_lossy(&output.stdout)
         .trim()
@@ -180,11 +182,10 @@ impl SamLocal {
             .cloned()
             .collect();
         if !left.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "--force"])
-                .args(&left)
-                .stdout(Stdio::null())
-                .status();
+            output_within(
+                Command::new("docker").args(["rm", "--force"]).args(&left),
+                DOCKER_DEADLINE,
+            );
         }
         left
     }

@@ -17,6 +17,9 @@ pub struct HttpServerConfig {
     /// Connections served at once; further ones wait in the listen backlog
     /// (`HTTP_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Connections served at once for one client address (an IPv6 client: its /64); one
+    /// more from that address is closed at once (`HTTP_MAX_CONNECTIONS_PER_IP`).
+    pub max_connections_per_ip: usize,
 }
 
 impl Reader<'_> {
@@ -28,6 +31,8 @@ impl Reader<'_> {
             idle_timeout: millis("HTTP_IDLE_TIMEOUT_MS", 60_000),
             body_timeout: millis("HTTP_BODY_TIMEOUT_MS", 30_000),
             max_connections: self.number("HTTP_MAX_CONNECTIONS", 4096, 1, 1_000_000) as usize,
+            max_connections_per_ip: self.number("HTTP_MAX_CONNECTIONS_PER_IP", 256, 1, 1_000_000)
+                as usize,
         }
     }
 }

@@ -11,15 +11,18 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{ConfigError, ConfigErrors, Deployment, Reader};
 use crate::secret::{Secret, random_bytes};
+use crate::secrets::SecretPurpose;
 
 /// An AES-256 key.
 pub type Key32 = Secret<[u8; 32]>;
 
 #[derive(Debug, Clone)]
 pub struct KeyConfig {
-    pub token_encryption_key: Key32,
+    /// `None` only in a function not given it (see [`crate::secrets::needed_by`]).
+    pub token_encryption_key: Option<Key32>,
     pub token_encryption_old_keys: Vec<Key32>,
-    pub session_secret: Key32,
+    /// `None` only in a function not given it.
+    pub session_secret: Option<Key32>,
     /// Set when the keys came from the generated local key file.
     pub generated_key_file: Option<PathBuf>,
 }
@@ -27,7 +30,8 @@ pub struct KeyConfig {
 /// Where the keys come from, as parsing decides it without touching any file.
 #[derive(Debug, Clone)]
 pub enum KeySource {
-    /// Both keys are set (in the environment or the `SECRETS_ARN` secret).
+    /// Both keys are set (in the environment or the `SECRETS_ARN` secrets), or, in AWS, the
+    /// ones the function is given.
     Configured(KeyConfig),
     /// A local run with a key unset: the unset keys come from the key file beside the
     /// database, generated the first time [`KeySource::load`] runs.
@@ -52,11 +56,15 @@ impl KeySource {
                 session_secret,
             } => match LocalKeyFile::load_or_create(path) {
                 Ok(generated) => Ok(KeyConfig {
-                    token_encryption_key: token_encryption_key
-                        .clone()
-                        .unwrap_or(generated.token_encryption_key),
+                    token_encryption_key: Some(
+                        token_encryption_key
+                            .clone()
+                            .unwrap_or(generated.token_encryption_key),
+                    ),
                     token_encryption_old_keys: token_encryption_old_keys.clone(),
-                    session_secret: session_secret.clone().unwrap_or(generated.session_secret),
+                    session_secret: Some(
+                        session_secret.clone().unwrap_or(generated.session_secret),
+                    ),
                     generated_key_file: Some(path.clone()),
                 }),
                 Err(problem) => Err(ConfigErrors(vec![ConfigError {
@@ -108,22 +116,33 @@ impl Reader<'_> {
             .map(|raw| self.key("SESSION_SECRET", raw));
         if let (Some(token), Some(session)) = (&token, &session) {
             return Some(KeySource::Configured(KeyConfig {
-                token_encryption_key: token.clone()?,
+                token_encryption_key: Some(token.clone()?),
                 token_encryption_old_keys: old,
-                session_secret: session.clone()?,
+                session_secret: Some(session.clone()?),
                 generated_key_file: None,
             }));
         }
         if deployment == Deployment::Lambda {
-            for (name, value) in [
-                ("TOKEN_ENCRYPTION_KEY", &token),
-                ("SESSION_SECRET", &session),
+            // A function requires the keys it is given, and goes without the others.
+            let mut missing = false;
+            for (name, value, purpose) in [
+                ("TOKEN_ENCRYPTION_KEY", &token, SecretPurpose::TokenKeys),
+                ("SESSION_SECRET", &session, SecretPurpose::SessionKey),
             ] {
-                if value.is_none() {
+                if value.is_none() && self.is_given(purpose) {
                     self.fail(name, "is required in AWS (a base64-encoded 32-byte key)");
+                    missing = true;
                 }
             }
-            return None;
+            if missing {
+                return None;
+            }
+            return Some(KeySource::Configured(KeyConfig {
+                token_encryption_key: token.flatten(),
+                token_encryption_old_keys: old,
+                session_secret: session.flatten(),
+                generated_key_file: None,
+            }));
         }
         Some(KeySource::LocalFile {
             path: local_key_file_for(sqlite_path),
@@ -235,6 +254,33 @@ mod tests {
     }
 
     #[test]
+    fn a_function_requires_only_the_keys_it_is_given() {
+        use crate::http::Function;
+        use crate::secrets::needed_by;
+        let lambda = |name: &str| vars(&[("AWS_LAMBDA_FUNCTION_NAME", name)]);
+
+        // health is given neither key, auth-start only the session key...
+        let health = Config::from_vars_given(&lambda("health"), needed_by(Function::Health))
+            .expect("health starts without keys");
+        assert!(
+            matches!(health.keys, KeySource::Configured(_)),
+            "no key file in AWS"
+        );
+        let keys = health.keys.load().unwrap();
+        assert!(keys.token_encryption_key.is_none() && keys.session_secret.is_none());
+        let errors = Config::from_vars_given(&lambda("auth-start"), needed_by(Function::AuthStart))
+            .unwrap_err();
+        assert!(errors.names("SESSION_SECRET"), "{errors}");
+        assert!(!errors.names("TOKEN_ENCRYPTION_KEY"), "{errors}");
+
+        // ...and chat-token the token keys only.
+        let errors = Config::from_vars_given(&lambda("chat-token"), needed_by(Function::ChatToken))
+            .unwrap_err();
+        assert!(errors.names("TOKEN_ENCRYPTION_KEY"), "{errors}");
+        assert!(!errors.names("SESSION_SECRET"), "{errors}");
+    }
+
+    #[test]
     fn parsing_a_local_configuration_without_keys_names_the_key_file_but_writes_nothing() {
         // Arrange
         let dir = tempfile::tempdir().unwrap();
@@ -265,14 +311,12 @@ mod tests {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let second = Config::from_vars(&map).unwrap().keys.load().unwrap();
+        let key = |key: &Option<super::Key32>| *key.as_ref().expect("a key").expose();
         assert_eq!(
-            first.token_encryption_key.expose(),
-            second.token_encryption_key.expose()
+            key(&first.token_encryption_key),
+            key(&second.token_encryption_key)
         );
-        assert_ne!(
-            first.token_encryption_key.expose(),
-            first.session_secret.expose()
-        );
+        assert_ne!(key(&first.token_encryption_key), key(&first.session_secret));
     }
 
     #[test]

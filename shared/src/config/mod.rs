@@ -28,6 +28,7 @@ pub use self::providers::{
 pub use self::redis::{RedisConfig, RedisUrl};
 pub use self::sqlite::{JournalMode, SqliteConfig};
 use crate::secret::Secret;
+use crate::secrets::SecretPurpose;
 
 /// Where the process runs: decides a few defaults and which secrets are mandatory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +109,17 @@ impl ConfigErrors {
 
 impl Config {
     /// Reads `.env` (when present; real environment variables win), the environment, and
-    /// with `SECRETS_ARN` set the Secrets Manager secret (credentials and region from the
+    /// with `SECRETS_ARN` set the Secrets Manager secrets (credentials and region from the
     /// environment, as Lambda sets them). What every process does once at start.
     pub async fn load() -> Result<Self, ConfigErrors> {
-        Self::from_vars(&Self::load_vars().await?)
+        Self::load_given(SecretPurpose::ALL).await
+    }
+
+    /// [`Config::load`] for a process given only the secrets of `given`: in AWS a function
+    /// is given those its handlers use ([`crate::secrets::needed_by`]), and requires no
+    /// other.
+    pub async fn load_given(given: &'static [SecretPurpose]) -> Result<Self, ConfigErrors> {
+        Self::from_vars_given(&Self::load_vars().await?, given)
     }
 
     /// The variables [`Config::load`] reads, before parsing (`avatar-local` adjusts a few).
@@ -121,18 +129,30 @@ impl Config {
             let _ = dotenvy::dotenv();
         }
         let mut vars: HashMap<String, String> = std::env::vars().collect();
-        if let Some(arn) = value(&vars, "SECRETS_ARN").map(str::to_owned) {
-            crate::secrets::merge_into(&mut vars, &arn)
+        if let Some(arns) = value(&vars, "SECRETS_ARN").map(str::to_owned) {
+            crate::secrets::merge_into(&mut vars, &arns)
                 .await
                 .map_err(|e| ConfigErrors(vec![e]))?;
         }
         Ok(vars)
     }
 
-    /// Builds the configuration from a map of variables; tests call this directly.
+    /// Builds the configuration of a process given every secret from a map of variables;
+    /// tests call this directly.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
+        Self::from_vars_given(vars, SecretPurpose::ALL)
+    }
+
+    /// Builds the configuration of a process given the secrets of `given` only: in AWS
+    /// (`AWS_LAMBDA_FUNCTION_NAME` set) a key outside them is not required, and a client
+    /// secret outside them is not expected (see [`TwitchConfig::client_secret_given`]).
+    pub fn from_vars_given(
+        vars: &HashMap<String, String>,
+        given: &'static [SecretPurpose],
+    ) -> Result<Self, ConfigErrors> {
         let mut reader = Reader {
             vars,
+            given,
             errors: Vec::new(),
         };
         let config = reader.read();
@@ -177,6 +197,8 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
 
 struct Reader<'a> {
     vars: &'a HashMap<String, String>,
+    /// The secrets this process is given.
+    given: &'static [SecretPurpose],
     errors: Vec<ConfigError>,
 }
 
@@ -190,6 +212,11 @@ impl Reader<'_> {
     /// The value, or `None` when unset or blank.
     fn get(&self, name: &str) -> Option<&str> {
         value(self.vars, name)
+    }
+
+    /// Whether this process is given the secret of `purpose`.
+    fn is_given(&self, purpose: SecretPurpose) -> bool {
+        self.given.contains(&purpose)
     }
 
     fn fail(&mut self, variable: &'static str, problem: impl Into<String>) {
@@ -289,6 +316,7 @@ impl Reader<'_> {
         let keys = self.keys(deployment, &sqlite.path);
         let oauth_state_ttl =
             Duration::from_millis(self.number("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000));
+        let internal_api_token = self.internal_api_token();
         let log_filter = self.string("RUST_LOG").unwrap_or_else(|| "info".into());
         if let Err(problem) = check_log_filter(&log_filter) {
             self.fail("RUST_LOG", problem);
@@ -307,7 +335,7 @@ impl Reader<'_> {
             keys: keys?,
             oauth_state_ttl,
             secrets_arn: self.string("SECRETS_ARN"),
-            internal_api_token: self.secret("INTERNAL_API_TOKEN"),
+            internal_api_token,
             provider_timeout,
             health_max_age,
             http,
@@ -316,6 +344,28 @@ impl Reader<'_> {
                 .string("STACK_NAME")
                 .unwrap_or_else(|| DEFAULT_STACK_NAME.to_owned()),
         })
+    }
+}
+
+/// The shortest `INTERNAL_API_TOKEN` accepted: the token hands out every streamer's chat
+/// token, so it must not be guessable (`openssl rand -hex 32` makes 64 characters).
+pub const MIN_INTERNAL_API_TOKEN_CHARS: usize = 32;
+
+impl Reader<'_> {
+    fn internal_api_token(&mut self) -> Option<Secret<String>> {
+        let token = self.secret("INTERNAL_API_TOKEN")?;
+        let length = token.expose().chars().count();
+        if length < MIN_INTERNAL_API_TOKEN_CHARS {
+            self.fail(
+                "INTERNAL_API_TOKEN",
+                format!(
+                    "must be at least {MIN_INTERNAL_API_TOKEN_CHARS} characters (got {length}); \
+                     generate one with: openssl rand -hex 32"
+                ),
+            );
+            return None;
+        }
+        Some(token)
     }
 }
 
@@ -389,6 +439,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 body_timeout: Duration::from_secs(30),
                 max_connections: 4096,
+                max_connections_per_ip: 256,
             }
         );
     }
@@ -428,6 +479,8 @@ mod tests {
             ("HTTP_IDLE_TIMEOUT_MS", "0"),
             ("HTTP_BODY_TIMEOUT_MS", "-5"),
             ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_MAX_CONNECTIONS_PER_IP", "0"),
+            ("INTERNAL_API_TOKEN", "c2hvcnQ="),
         ];
         for (name, value) in cases {
             let errors = Config::from_vars(&with_keys(&[(name, value)])).unwrap_err();
@@ -437,5 +490,21 @@ mod tests {
                 "the value leaked: {errors}"
             );
         }
+    }
+
+    #[test]
+    fn an_internal_api_token_shorter_than_32_characters_is_refused_without_echoing_it() {
+        let short = "x".repeat(MIN_INTERNAL_API_TOKEN_CHARS - 1);
+        let errors = Config::from_vars(&with_keys(&[("INTERNAL_API_TOKEN", &short)])).unwrap_err();
+        assert!(errors.names("INTERNAL_API_TOKEN"), "{errors}");
+        assert!(errors.to_string().contains("at least 32"), "{errors}");
+        assert!(
+            !errors.to_string().contains(&short),
+            "the value leaked: {errors}"
+        );
+
+        let long = "y".repeat(MIN_INTERNAL_API_TOKEN_CHARS);
+        let config = Config::from_vars(&with_keys(&[("INTERNAL_API_TOKEN", &long)])).unwrap();
+        assert_eq!(config.internal_api_token.unwrap().expose(), &long);
     }
 }

@@ -6,11 +6,17 @@ use url::Url;
 
 use super::Reader;
 use crate::secret::Secret;
+use crate::secrets::SecretPurpose;
 
 #[derive(Debug, Clone)]
 pub struct TwitchConfig {
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
+    /// Whether this process is given `TWITCH_CLIENT_SECRET`: every process but a function
+    /// whose handlers never use it ([`crate::secrets::needed_by`]). Such a function builds
+    /// its client from the client ID alone, which is all an authorize URL or a revocation
+    /// needs; elsewhere the client exists only with both.
+    pub client_secret_given: bool,
     pub scopes: Vec<String>,
     pub redirect_uri: Url,
     pub auth_base_url: Url,
@@ -21,6 +27,8 @@ pub struct TwitchConfig {
 pub struct DonationAlertsConfig {
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
+    /// Like [`TwitchConfig::client_secret_given`], for `DA_CLIENT_SECRET`.
+    pub client_secret_given: bool,
     pub scopes: Vec<String>,
     pub redirect_uri: Url,
     pub base_url: Url,
@@ -54,6 +62,7 @@ impl Reader<'_> {
         TwitchConfig {
             client_id: self.string("TWITCH_CLIENT_ID"),
             client_secret: self.secret("TWITCH_CLIENT_SECRET"),
+            client_secret_given: self.is_given(SecretPurpose::TwitchClient),
             scopes: self.scopes("TWITCH_SCOPES", "chat:read"),
             redirect_uri: self.http_url(
                 "TWITCH_REDIRECT_URI",
@@ -69,6 +78,7 @@ impl Reader<'_> {
         DonationAlertsConfig {
             client_id: self.string("DA_CLIENT_ID"),
             client_secret: self.secret("DA_CLIENT_SECRET"),
+            client_secret_given: self.is_given(SecretPurpose::DonationAlertsClient),
             scopes: self.scopes("DA_SCOPES", "oauth-user-show oauth-donation-index"),
             redirect_uri: self.http_url(
                 "DA_REDIRECT_URI",

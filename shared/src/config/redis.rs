@@ -1,4 +1,5 @@
-//! Redis: the coordination server (`REDIS_URL`) and the lock quorum (`REDIS_LOCK_URLS`).
+//! Redis: the coordination server (`REDIS_URL`, with `REDIS_AUTH_TOKEN` as its password when
+//! the URL carries none) and the lock quorum (`REDIS_LOCK_URLS`).
 
 use std::fmt;
 
@@ -38,6 +39,17 @@ impl RedisUrl {
         Ok(Self(Secret::new(url)))
     }
 
+    /// The same server with `password` for AUTH; refused when the URL carries one already.
+    fn with_password(&self, password: &str) -> Result<Self, &'static str> {
+        let mut url = self.0.expose().clone();
+        if url.password().is_some() {
+            return Err("REDIS_URL carries a password of its own: give one or the other");
+        }
+        url.set_password(Some(password))
+            .map_err(|()| "cannot be added to REDIS_URL")?;
+        Ok(Self(Secret::new(url)))
+    }
+
     /// The URL to connect with, upgraded to `rediss://` when TLS is forced.
     pub fn connection_url(&self, force_tls: bool) -> String {
         let mut url = self.0.expose().clone();
@@ -74,6 +86,21 @@ impl Reader<'_> {
                 self.fail("REDIS_URL", problem);
                 None
             }
+        };
+        // The stack's ElastiCache: its address in REDIS_URL, its AUTH token in a secret.
+        let url = match (url, self.get("REDIS_AUTH_TOKEN").map(str::to_owned)) {
+            (Some(url), Some(token)) => match url.with_password(&token) {
+                Ok(url) => Some(url),
+                Err(problem) => {
+                    self.fail("REDIS_AUTH_TOKEN", problem);
+                    None
+                }
+            },
+            (None, Some(_)) if !self.errors.iter().any(|e| e.variable == "REDIS_URL") => {
+                self.fail("REDIS_AUTH_TOKEN", "needs REDIS_URL to be set as well");
+                None
+            }
+            (url, _) => url,
         };
         let required = self.bool("REDIS_REQUIRED", false);
         if required && url.is_none() && !self.errors.iter().any(|e| e.variable == "REDIS_URL") {
@@ -133,5 +160,41 @@ mod tests {
                 .connection_url(true)
                 .starts_with("rediss://")
         );
+    }
+
+    #[test]
+    fn the_auth_token_becomes_the_password_of_a_url_without_one() {
+        let config = Config::from_vars(&with_keys(&[
+            ("REDIS_URL", "rediss://cache.example:6379"),
+            ("REDIS_AUTH_TOKEN", "s3cretToken0123456789"),
+        ]))
+        .unwrap();
+        let url = config.redis.url.as_ref().unwrap();
+        assert_eq!(
+            url.connection_url(false),
+            "rediss://:s3cretToken0123456789@cache.example:6379"
+        );
+        assert_eq!(
+            config.redis.lock_urls[0].connection_url(false),
+            url.connection_url(false)
+        );
+        assert!(!format!("{config:?}").contains("s3cretToken"));
+    }
+
+    #[test]
+    fn an_auth_token_without_a_url_or_beside_a_password_is_refused_unechoed() {
+        for (url, token) in [
+            (None, "t0ken-of-the-stack"),
+            (
+                Some("rediss://:other@cache.example:6379"),
+                "t0ken-of-the-stack",
+            ),
+        ] {
+            let mut pairs = vec![("REDIS_AUTH_TOKEN", token)];
+            pairs.extend(url.map(|url| ("REDIS_URL", url)));
+            let errors = Config::from_vars(&with_keys(&pairs)).unwrap_err();
+            assert!(errors.names("REDIS_AUTH_TOKEN"), "{url:?}: {errors}");
+            assert!(!errors.to_string().contains(token), "{errors}");
+        }
     }
 }

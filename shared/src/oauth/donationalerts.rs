@@ -78,7 +78,8 @@ pub struct PageLinks {
 pub struct DonationAlertsClient {
     http: super::ProviderHttp,
     client_id: String,
-    client_secret: Secret<String>,
+    /// `None` in a function not given it: see `DonationAlertsConfig::client_secret_given`.
+    client_secret: Option<Secret<String>>,
     redirect_uri: Url,
     scopes: Vec<String>,
     base: Url,
@@ -86,12 +87,15 @@ pub struct DonationAlertsClient {
 
 impl DonationAlertsClient {
     /// `None` when `DA_CLIENT_ID`/`DA_CLIENT_SECRET` are unset (connecting is then refused
-    /// with a page saying so).
+    /// with a page saying so); a function not given the secret needs only the client ID.
     pub fn new(config: &DonationAlertsConfig, http: super::ProviderHttp) -> Option<Self> {
+        if config.client_secret.is_none() && config.client_secret_given {
+            return None;
+        }
         Some(Self {
             http,
             client_id: config.client_id.clone()?,
-            client_secret: config.client_secret.clone()?,
+            client_secret: config.client_secret.clone(),
             redirect_uri: config.redirect_uri.clone(),
             scopes: config.scopes.clone(),
             base: config.base_url.clone(),
@@ -148,9 +152,13 @@ impl DonationAlertsClient {
     }
 
     async fn token(&self, grant: &[(&str, &str)]) -> Result<TokenSet, ProviderError> {
+        let client_secret = self
+            .client_secret
+            .as_ref()
+            .ok_or(ProviderError::SecretNotGiven("DA_CLIENT_SECRET"))?;
         let mut form: Vec<(&str, &str)> = vec![
             ("client_id", &self.client_id),
-            ("client_secret", self.client_secret.expose()),
+            ("client_secret", client_secret.expose()),
         ];
         form.extend_from_slice(grant);
         let response = self

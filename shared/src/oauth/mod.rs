@@ -50,6 +50,10 @@ pub enum ProviderError {
         #[source]
         source: Option<Cause>,
     },
+    /// The call needs the client secret, which this function is not given (see
+    /// `crate::secrets::needed_by`); nothing was sent.
+    #[error("{0} is not given to this function")]
+    SecretNotGiven(&'static str),
 }
 
 impl ProviderError {

@@ -162,7 +162,8 @@ pub struct TwitchClient {
     /// The app access token (client credentials) for Helix calls made for no user, with
     /// when it stops being used.
     app_token: tokio::sync::Mutex<Option<(Secret<String>, std::time::Instant)>>,
-    client_secret: Secret<String>,
+    /// `None` in a function not given it: see [`TwitchConfig::client_secret_given`].
+    client_secret: Option<Secret<String>>,
     oauth: OAuthClient,
     client_id: String,
     redirect_uri: Url,
@@ -173,10 +174,13 @@ pub struct TwitchClient {
 
 impl TwitchClient {
     /// `None` when `TWITCH_CLIENT_ID`/`TWITCH_CLIENT_SECRET` are unset (login is then refused
-    /// with a page saying so).
+    /// with a page saying so); a function not given the secret needs only the client ID.
     pub fn new(config: &TwitchConfig, http: super::ProviderHttp) -> Option<Self> {
         let client_id = config.client_id.clone()?;
-        let secret = config.client_secret.as_ref()?;
+        let secret = config.client_secret.as_ref();
+        if secret.is_none() && config.client_secret_given {
+            return None;
+        }
         let auth_base = config
             .auth_base_url
             .as_str()
@@ -184,14 +188,17 @@ impl TwitchClient {
             .to_owned();
         let token_url = TokenUrl::new(format!("{auth_base}/token")).ok()?;
         let oauth = oauth2::Client::new(ClientId::new(client_id.clone()))
-            .set_client_secret(ClientSecret::new(secret.expose().clone()))
             .set_auth_type(AuthType::RequestBody)
             .set_token_uri(token_url)
             .set_redirect_uri(RedirectUrl::from_url(config.redirect_uri.clone()));
+        let oauth = match secret {
+            Some(secret) => oauth.set_client_secret(ClientSecret::new(secret.expose().clone())),
+            None => oauth,
+        };
         Some(Self {
             http,
             app_token: tokio::sync::Mutex::new(None),
-            client_secret: secret.clone(),
+            client_secret: secret.cloned(),
             oauth,
             client_id,
             redirect_uri: config.redirect_uri.clone(),
@@ -207,6 +214,13 @@ impl TwitchClient {
 
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// The client secret, for the calls that authenticate the application.
+    fn client_secret(&self) -> Result<&Secret<String>, ProviderError> {
+        self.client_secret
+            .as_ref()
+            .ok_or(ProviderError::SecretNotGiven("TWITCH_CLIENT_SECRET"))
     }
 
     /// Where the browser goes to approve the login.
@@ -229,6 +243,7 @@ impl TwitchClient {
     }
 
     pub async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
+        self.client_secret()?;
         self.oauth
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .request_async(self.http.client())
@@ -240,6 +255,7 @@ impl TwitchClient {
     /// Trades a refresh token for new tokens; Twitch rotates the refresh token, so the
     /// returned one must be stored.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
+        self.client_secret()?;
         let refresh_token = RefreshToken::new(refresh_token.to_owned());
         self.oauth
             .exchange_refresh_token(&refresh_token)
@@ -287,6 +303,7 @@ impl TwitchClient {
     /// An app access token (client credentials grant), reused until shortly before it
     /// expires.
     async fn app_access_token(&self) -> Result<Secret<String>, ProviderError> {
+        let client_secret = self.client_secret()?;
         let mut cached = self.app_token.lock().await;
         if let Some((token, until)) = cached.as_ref()
             && std::time::Instant::now() < *until
@@ -299,7 +316,7 @@ impl TwitchClient {
             .post(format!("{}/token", self.auth_base))
             .form(&[
                 ("client_id", self.client_id.as_str()),
-                ("client_secret", self.client_secret.expose().as_str()),
+                ("client_secret", client_secret.expose().as_str()),
                 ("grant_type", "client_credentials"),
             ])
             .send()
@@ -450,11 +467,53 @@ mod tests {
         assert!(TokenSet::from(missing).scopes.is_empty());
     }
 
+    #[tokio::test]
+    async fn without_the_client_secret_given_the_client_id_builds_urls_and_nothing_is_sent() {
+        let config = TwitchConfig {
+            client_id: Some("cid".into()),
+            client_secret: None,
+            client_secret_given: false,
+            scopes: vec!["chat:read".into()],
+            redirect_uri: Url::parse("https://a.example/auth/twitch/callback").unwrap(),
+            // Nothing listens there: a request would fail differently.
+            auth_base_url: Url::parse("http://127.0.0.1:9/oauth2").unwrap(),
+            api_base_url: Url::parse("http://127.0.0.1:9/helix").unwrap(),
+        };
+        let http = || super::super::ProviderHttp::new(Duration::from_secs(1));
+
+        let client = TwitchClient::new(&config, http()).expect("the client ID is enough");
+
+        let url = client.authorize_url("st", false);
+        assert_eq!(
+            url.query_pairs().find(|(k, _)| k == "client_id").unwrap().1,
+            "cid"
+        );
+        for answer in [
+            client.exchange_code("code").await,
+            client.refresh("refresh").await,
+        ] {
+            assert!(
+                matches!(
+                    answer,
+                    Err(ProviderError::SecretNotGiven("TWITCH_CLIENT_SECRET"))
+                ),
+                "{answer:?}"
+            );
+        }
+        // Where the secret is given but unset, there is no client (login is off).
+        let given = TwitchConfig {
+            client_secret_given: true,
+            ..config
+        };
+        assert!(TwitchClient::new(&given, http()).is_none());
+    }
+
     #[test]
     fn the_authorize_url_carries_every_parameter() {
         let config = TwitchConfig {
             client_id: Some("cid".into()),
             client_secret: Some(Secret::new("sec".into())),
+            client_secret_given: true,
             scopes: vec!["chat:read".into(), "user:read:chat".into()],
             redirect_uri: Url::parse("http://localhost:3000/auth/twitch/callback").unwrap(),
             auth_base_url: Url::parse("https://id.twitch.tv/oauth2").unwrap(),

@@ -1,15 +1,22 @@
 //! `SECRETS_ARN`: secret settings kept in AWS Secrets Manager rather than in the function's
-//! environment. The secret is a JSON object whose keys are variable names (any of
-//! [`SECRET_VARIABLES`]); it is read once per process (per cold start), before the
-//! configuration is parsed. A variable set in the environment wins over the secret; one
+//! environment. It names one secret or several, comma-separated; each is a JSON object
+//! whose keys are variable names (any of [`SECRET_VARIABLES`]). They are read once per
+//! process (per cold start), at once, before the configuration is parsed, and merged: a
+//! variable in two of them stops the start (which value would win is anyone's guess), so
+//! each lives in one secret. A variable set in the environment wins over the secrets; one
 //! declared blank (template.yaml declares the secret variables empty, so that `sam local`
 //! can give them values) counts as unset, as everywhere in the configuration.
+//!
+//! The stack keeps one secret per purpose ([`SecretPurpose`]) and gives each function only
+//! the ones it uses ([`needed_by`]).
 
+mod purpose;
 pub mod sigv4;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub use self::purpose::{SecretPurpose, needed_by};
 use crate::config::ConfigError;
 use crate::secret::Secret;
 
@@ -25,6 +32,7 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "INTERNAL_API_TOKEN",
     "REDIS_URL",
     "REDIS_LOCK_URLS",
+    "REDIS_AUTH_TOKEN",
 ];
 
 fn problem(text: impl Into<String>) -> ConfigError {
@@ -34,13 +42,52 @@ fn problem(text: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Reads the secret `arn` and adds its values to `vars` where they have none. The AWS
-/// credentials, region and endpoint come from `vars` too (see [`AwsEnvironment`]).
-pub async fn merge_into(vars: &mut HashMap<String, String>, arn: &str) -> Result<(), ConfigError> {
-    let aws = AwsEnvironment::from_vars(vars, arn)?;
-    let text = get_secret_string(&aws, arn).await?;
-    fill_unset(vars, parse(text.expose())?);
+/// Reads the secrets `arns` names (one ARN, or several comma-separated) and adds their
+/// values to `vars` where it has none. The AWS credentials, region and endpoint come from
+/// `vars` too (see [`AwsEnvironment`]).
+pub async fn merge_into(vars: &mut HashMap<String, String>, arns: &str) -> Result<(), ConfigError> {
+    let arns: Vec<&str> = arns
+        .split(',')
+        .map(str::trim)
+        .filter(|arn| !arn.is_empty())
+        .collect();
+    let Some(first) = arns.first() else {
+        return Ok(());
+    };
+    let aws = AwsEnvironment::from_vars(vars, first)?;
+    // At once: each read is a round trip a cold start waits for.
+    let texts = futures_util::future::try_join_all(arns.iter().map(|arn| async {
+        get_secret_string(&aws, arn)
+            .await
+            .map_err(|e| in_secret(arn, e))
+    }))
+    .await?;
+    let mut merged = Vec::new();
+    let mut holder: HashMap<String, &str> = HashMap::new();
+    for (arn, text) in arns.iter().zip(&texts) {
+        for (name, value) in parse(text.expose()).map_err(|e| in_secret(arn, e))? {
+            if let Some(other) = holder.insert(name.clone(), arn) {
+                return Err(problem(format!(
+                    "{name} is in two of its secrets ({} and {}); keep each variable in one",
+                    secret_name(other),
+                    secret_name(arn)
+                )));
+            }
+            merged.push((name, value));
+        }
+    }
+    fill_unset(vars, merged);
     Ok(())
+}
+
+/// The secret's name in `arn` (`arn:aws:secretsmanager:{region}:{account}:secret:{name}`),
+/// to say which secret a problem is in.
+fn secret_name(arn: &str) -> &str {
+    arn.split_once(":secret:").map_or(arn, |(_, name)| name)
+}
+
+fn in_secret(arn: &str, error: ConfigError) -> ConfigError {
+    problem(format!("{}: {}", secret_name(arn), error.problem))
 }
 
 /// Where and as whom to call Secrets Manager: the variables Lambda sets for a function
@@ -258,6 +305,32 @@ mod tests {
         assert_eq!(vars["TWITCH_CLIENT_SECRET"], "s1");
         assert_eq!(vars["SESSION_SECRET"], "s2");
         assert_eq!(vars["DA_CLIENT_ID"], "s3");
+    }
+
+    #[test]
+    fn every_purpose_holds_only_secret_variables_and_every_function_reaches_redis() {
+        for purpose in SecretPurpose::ALL {
+            for name in purpose.variables() {
+                assert!(SECRET_VARIABLES.contains(name), "{purpose:?}: {name}");
+            }
+        }
+        for function in crate::http::Function::ALL {
+            assert!(
+                needed_by(*function).contains(&SecretPurpose::Redis),
+                "{function:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_problem_names_the_secret_it_is_in() {
+        let arn = "arn:aws:secretsmanager:eu-central-1:123456789012:secret:avatar/session-AbCdEf";
+        let error = in_secret(arn, problem("the secret is not a JSON object"));
+        assert_eq!(error.variable, "SECRETS_ARN");
+        assert_eq!(
+            error.problem,
+            "avatar/session-AbCdEf: the secret is not a JSON object"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::caller::Caller;
 use crate::app::App;
 use crate::oauth::error_chain;
 use crate::secret::Secret;
@@ -29,9 +30,14 @@ struct ChatTokenBody<'a> {
     login: &'a str,
 }
 
-/// The handler.
-#[tracing::instrument(name = "api.chat_token", skip_all)]
-pub async fn chat_token(State(app): State<App>, Path(user): Path<String>) -> Response {
+/// The handler. Its span carries the caller (in AWS, the IAM identity that signed the
+/// request), so every token handed out, and every refusal, says to whom.
+#[tracing::instrument(name = "api.chat_token", skip_all, fields(caller = caller.arn()))]
+pub async fn chat_token(
+    State(app): State<App>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> Response {
     let Some(user) = TwitchUserId::parse(&user) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -41,6 +47,7 @@ pub async fn chat_token(State(app): State<App>, Path(user): Path<String>) -> Res
     };
     match tokens::chat_token(&app, &user).await {
         Ok(token) => {
+            tracing::info!(streamer = %user, "chat token handed out");
             let body = ChatTokenBody {
                 access_token: token.access_token.expose(),
                 expires_at: token.expires_at.map(rfc3339_utc),

@@ -7,6 +7,7 @@
 //! the template engine's HTML escaping.
 
 pub mod auth;
+pub mod caller;
 pub mod chat_token;
 pub mod donationalerts;
 pub mod oauth_state;
