@@ -9,6 +9,7 @@ mod deployment;
 mod donations;
 mod edge;
 mod health;
+mod hostile_provider;
 mod interop;
 mod lambda_binaries;
 mod limiter;

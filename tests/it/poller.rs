@@ -18,11 +18,11 @@ use shared::poll::{PollStats, Poller};
 use crate::bus::stream_entries;
 
 /// Streamer `i` is Twitch user `1000 + i` linked to DonationAlerts account `5000 + i`.
-fn twitch_id(i: usize) -> String {
+pub(crate) fn twitch_id(i: usize) -> String {
     (1000 + i).to_string()
 }
 
-fn da_id(i: usize) -> i64 {
+pub(crate) fn da_id(i: usize) -> i64 {
     5000 + i as i64
 }
 
@@ -30,7 +30,7 @@ pub(crate) struct PollerSetup {
     pub(crate) app: App,
     pub(crate) fake: FakeDonationAlerts,
     pub(crate) redis: RedisServer,
-    _testbed: DonationAlertsTestbed,
+    pub(crate) testbed: DonationAlertsTestbed,
 }
 
 impl PollerSetup {
@@ -54,7 +54,7 @@ impl PollerSetup {
             app,
             fake,
             redis,
-            _testbed: testbed,
+            testbed,
         }
     }
 
