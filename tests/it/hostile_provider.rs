@@ -70,10 +70,7 @@ async fn a_poll_of_pages_without_end_stops_at_the_page_cap_and_keeps_the_cursor(
         }
     );
     assert_eq!(cursor(&setup, 0), Some(0));
-    assert!(
-        setup.redis.get("locks:donationalerts:1000").await.is_none(),
-        "the lock is released"
-    );
+    assert!(!setup.poll_lock_held(0).await, "the lock is released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,14 +179,20 @@ async fn a_poll_stopped_by_the_page_cap_loses_no_donation() {
     assert_eq!(cursor(&setup, 0), Some(newest));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scheduled_run_ends_by_its_stop_time_while_pages_never_end() {
-    // Arrange: pages without end, each taking half a second
-    let setup = PollerSetup::start(2, &[]).await;
+/// `streamers` linked streamers, streamer 0's pages without end, each answered after `delay`.
+async fn slow_pages_without_end(streamers: usize, delay: Duration) -> PollerSetup {
+    let setup = PollerSetup::start(streamers, &[]).await;
     setup.fake.set_paging(da_id(0), Paging::EndlessFull);
     setup
         .fake
-        .set_failure(Some(da_id(0)), ApiFailure::Slow(Duration::from_millis(500)));
+        .set_failure(Some(da_id(0)), ApiFailure::Slow(delay));
+    setup
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_run_ends_by_its_stop_time_while_pages_never_end() {
+    // Arrange: pages without end, each taking half a second
+    let setup = slow_pages_without_end(2, Duration::from_millis(500)).await;
     let poller = Poller::new(&setup.app).unwrap();
 
     // Act: a run as the da-poll function makes one, ending in 8 s
@@ -199,21 +202,14 @@ async fn a_scheduled_run_ends_by_its_stop_time_while_pages_never_end() {
     // Assert
     assert!(ended.is_ok(), "the run did not end by its stop time");
     assert!(setup.requests_for(0) >= 2, "the endless poll was under way");
-    assert!(
-        setup.redis.get("locks:donationalerts:1000").await.is_none(),
-        "no lock left behind"
-    );
+    assert!(!setup.poll_lock_held(0).await, "no lock left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_avatar_local_while_a_poll_walks_pages_without_end() {
     // Arrange: avatar-local over the same database, Redis and fake, whose pages for the
     // streamer never end and take a moment each
-    let setup = PollerSetup::start(1, &[]).await;
-    setup.fake.set_paging(da_id(0), Paging::EndlessFull);
-    setup
-        .fake
-        .set_failure(Some(da_id(0)), ApiFailure::Slow(Duration::from_millis(300)));
+    let setup = slow_pages_without_end(1, Duration::from_millis(300)).await;
     let vars: Vec<(String, String)> = setup.testbed.vars.clone().into_iter().collect();
     let server = LocalServer::start(&["--port", "0"], &vars, "info").await;
     wait_until(
@@ -229,10 +225,7 @@ async fn sigterm_stops_avatar_local_while_a_poll_walks_pages_without_end() {
     // Assert: it exited cleanly, its lock released and the page it read recorded
     assert_eq!(code, Some(0), "avatar-local did not stop: {log:#?}");
     assert!(log.iter().any(|l| l.contains("stopped")), "{log:#?}");
-    assert!(
-        setup.redis.get("locks:donationalerts:1000").await.is_none(),
-        "no lock left behind"
-    );
+    assert!(!setup.poll_lock_held(0).await, "no lock left behind");
     assert!(recorded_for(&setup, 0) >= PER_PAGE as i64);
     assert_eq!(cursor(&setup, 0), Some(0));
 }
