@@ -23,9 +23,10 @@
 //! - API errors: 401 `{"message":"Unauthenticated."}`; 429 `{"message":"Too Many
 //!   Attempts."}` with `Retry-After` when configured to send one.
 //!
-//! Tests steer the fake through methods (accounts and tokens made directly, failures and
-//! latency per account, revocation) and read what it saw: every request with its time, so
-//! a test can check that a request budget held in every window.
+//! Tests steer the fake through methods (accounts and tokens made directly, failures,
+//! oversized answers and latency per account, paging gone wrong — endless pages, `next`
+//! links to another host or to the page itself —, revocation) and read what it saw: every
+//! request with its time, so a test can check that a request budget held in every window.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -143,7 +144,36 @@ pub enum ApiFailure {
     MalformedJson,
     /// Wait this long, then answer normally.
     Slow(Duration),
+    /// Answer normally, the JSON body grown by a `padding` field of this many spaces (an
+    /// answer too large to be a real one, yet valid).
+    Oversized { padding: usize },
 }
+
+/// How `/api/v1/alerts/donations` pages an account's list; see
+/// [`FakeDonationAlerts::set_paging`]. The misbehaving kinds stand for a DonationAlerts
+/// with a bug, or a hostile one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Paging {
+    /// As DonationAlerts: the account's donations newest first, 30 a page, `next` null on
+    /// the last page.
+    #[default]
+    Listed,
+    /// Every page empty, yet with a `next` link to the page after it.
+    EndlessEmpty,
+    /// Every page full of made-up donations, newer than any real one and older page by page
+    /// (the same ones each time a page is read), each with a `next` link: a list that never
+    /// reaches an old donation and never ends.
+    EndlessFull,
+    /// The account's pages, each with this `next` link, the last page too (e.g. a link to
+    /// another host).
+    NextLink(String),
+    /// The account's pages, each with a `next` link to the page itself.
+    NextIsSelf,
+}
+
+/// The id of the first made-up donation of [`Paging::EndlessFull`] (page 1's newest); the
+/// ids go down from there, far above any real one.
+pub const ENDLESS_NEWEST_ID: i64 = 9_000_000_000_000;
 
 /// What a request asked for, in the request log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +255,7 @@ struct Ledger {
     issued: Vec<String>,
     failures: HashMap<i64, ApiFailure>,
     failure_for_all: ApiFailure,
+    paging: HashMap<i64, Paging>,
     latency: Duration,
     requests: Vec<LoggedRequest>,
 }
@@ -372,6 +403,11 @@ impl FakeDonationAlerts {
             }
             None => ledger.failure_for_all = failure,
         }
+    }
+
+    /// Makes `/api/v1/alerts/donations` page `da_user_id`'s list this way until set again.
+    pub fn set_paging(&self, da_user_id: i64, paging: Paging) {
+        self.ledger().paging.insert(da_user_id, paging);
     }
 
     /// Adds this much latency to every request (token requests included).
@@ -580,7 +616,7 @@ fn unauthenticated() -> Response {
 /// The answer to a request that was told to fail, or `None` to answer normally.
 fn injected(failure: ApiFailure) -> Option<Response> {
     match failure {
-        ApiFailure::None | ApiFailure::Slow(_) => None,
+        ApiFailure::None | ApiFailure::Slow(_) | ApiFailure::Oversized { .. } => None,
         ApiFailure::TooManyRequests { retry_after_secs } => {
             let mut response = api_message(StatusCode::TOO_MANY_REQUESTS, "Too Many Attempts.");
             if let Some(secs) = retry_after_secs {
@@ -602,6 +638,25 @@ fn injected(failure: ApiFailure) -> Option<Response> {
                 .into_response(),
         ),
     }
+}
+
+/// `response` as it is, or with [`ApiFailure::Oversized`] its JSON object grown by a
+/// `padding` field.
+async fn oversized(response: Response, failure: ApiFailure) -> Response {
+    let ApiFailure::Oversized { padding } = failure else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    object.insert("padding".to_owned(), Value::String(" ".repeat(padding)));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let grown = serde_json::to_vec(&object).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(grown))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -722,7 +777,8 @@ async fn token(
     body: Bytes,
 ) -> Response {
     let failure = fake.admit(RequestKind::Token, None).await;
-    let mut response = injected(failure).unwrap_or_else(|| token_response(&fake, &headers, &body));
+    let response = injected(failure).unwrap_or_else(|| token_response(&fake, &headers, &body));
+    let mut response = oversized(response, failure).await;
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -818,9 +874,19 @@ fn token_response(fake: &FakeDonationAlerts, headers: &HeaderMap, body: &[u8]) -
 
 async fn user_oauth(State(fake): State<FakeDonationAlerts>, headers: HeaderMap) -> Response {
     let token = bearer(&headers);
-    if let Some(response) = injected(fake.admit(RequestKind::User, token).await) {
+    let failure = fake.admit(RequestKind::User, token).await;
+    if let Some(response) = injected(failure) {
         return response;
     }
+    let response = user_oauth_response(&fake, &headers, token);
+    oversized(response, failure).await
+}
+
+fn user_oauth_response(
+    fake: &FakeDonationAlerts,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Response {
     let ledger = fake.ledger();
     let Some(user) = token
         .and_then(|t| ledger.live_account(t))
@@ -833,7 +899,7 @@ async fn user_oauth(State(fake): State<FakeDonationAlerts>, headers: HeaderMap) 
             "id": user.id,
             "code": user.code,
             "name": user.name,
-            "avatar": format!("http://{}/avatar/{}.png", request_host(&headers), user.id),
+            "avatar": format!("http://{}/avatar/{}.png", request_host(headers), user.id),
             "email": format!("{}@example.invalid", user.code),
             "socket_connection_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.fake.fake",
         }
@@ -847,7 +913,8 @@ async fn donations(
     RawQuery(query): RawQuery,
 ) -> Response {
     let token = bearer(&headers);
-    if let Some(response) = injected(fake.admit(RequestKind::Donations, token).await) {
+    let failure = fake.admit(RequestKind::Donations, token).await;
+    if let Some(response) = injected(failure) {
         return response;
     }
     let params = pairs_to_map(query.unwrap_or_default().as_bytes());
@@ -855,6 +922,17 @@ async fn donations(
         .and_then(|p| p.parse().ok())
         .filter(|p| *p >= 1)
         .unwrap_or(1);
+    let response = donation_page(&fake, &headers, token, page);
+    oversized(response, failure).await
+}
+
+/// Page `page` of the list of the account behind `token`, paged as configured.
+fn donation_page(
+    fake: &FakeDonationAlerts,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    page: usize,
+) -> Response {
     let ledger = fake.ledger();
     let Some(da_user_id) = token.and_then(|t| ledger.live_account(t)) else {
         return unauthenticated();
@@ -863,15 +941,31 @@ async fn donations(
         .donations
         .get(&da_user_id)
         .map_or(&[][..], Vec::as_slice);
-    let total = all.len();
-    let last_page = total.div_ceil(PER_PAGE).max(1);
-    let newest_first = all.iter().rev();
-    let data: Vec<&FakeDonation> = newest_first
-        .skip((page - 1) * PER_PAGE)
-        .take(PER_PAGE)
-        .collect();
-    let path = format!("http://{}/api/v1/alerts/donations", request_host(&headers));
+    let paging = ledger.paging.get(&da_user_id).cloned().unwrap_or_default();
+    let path = format!("http://{}/api/v1/alerts/donations", request_host(headers));
     let link = |n: usize| Value::String(format!("{path}?page={n}"));
+    let (data, total, last_page, next): (Vec<FakeDonation>, usize, usize, Value) = match paging {
+        Paging::EndlessEmpty => (Vec::new(), 0, page + 1, link(page + 1)),
+        Paging::EndlessFull => (made_up_page(page), usize::MAX, page + 1, link(page + 1)),
+        Paging::Listed | Paging::NextLink(_) | Paging::NextIsSelf => {
+            let total = all.len();
+            let last_page = total.div_ceil(PER_PAGE).max(1);
+            let data = all
+                .iter()
+                .rev()
+                .skip((page - 1) * PER_PAGE)
+                .take(PER_PAGE)
+                .cloned()
+                .collect();
+            let next = match paging {
+                Paging::NextLink(url) => Value::String(url),
+                Paging::NextIsSelf => link(page),
+                _ if page < last_page => link(page + 1),
+                _ => Value::Null,
+            };
+            (data, total, last_page, next)
+        }
+    };
     let from = (!data.is_empty()).then(|| (page - 1) * PER_PAGE + 1);
     let to = from.map(|f| f + data.len() - 1);
     Json(serde_json::json!({
@@ -880,7 +974,7 @@ async fn donations(
             "first": link(1),
             "last": link(last_page),
             "prev": if page > 1 { link(page - 1) } else { Value::Null },
-            "next": if page < last_page { link(page + 1) } else { Value::Null },
+            "next": next,
         },
         "meta": {
             "current_page": page,
@@ -893,6 +987,28 @@ async fn donations(
         }
     }))
     .into_response()
+}
+
+/// Page `page` of [`Paging::EndlessFull`]: 30 made-up donations, the same each time.
+fn made_up_page(page: usize) -> Vec<FakeDonation> {
+    let first = (page - 1).saturating_mul(PER_PAGE);
+    (0..PER_PAGE)
+        .map(|k| {
+            let id = ENDLESS_NEWEST_ID - i64::try_from(first + k).unwrap_or(i64::MAX / 2);
+            FakeDonation {
+                id,
+                name: "donation".to_owned(),
+                username: Some(format!("endless {id}")),
+                message_type: "text".to_owned(),
+                message: format!("made-up donation {id}"),
+                amount: serde_json::Number::from(1),
+                currency: "RUB".to_owned(),
+                is_shown: 0,
+                created_at: now_without_zone(),
+                shown_at: None,
+            }
+        })
+        .collect()
 }
 
 async fn control_donation(State(fake): State<FakeDonationAlerts>, body: Bytes) -> Response {

@@ -42,6 +42,7 @@
 //!   scheduled).
 //! - [`metrics`]: the figures (polls, tokens, the writer), counted once, read as Prometheus
 //!   text by `avatar-local`'s `/metrics` and as CloudWatch EMF lines by the functions.
+//! - [`text`]: cutting text a provider sent to a bounded length, marked where it was cut.
 //! - [`telemetry`]: logging setup; in Lambda JSON lines carrying the request id, the function
 //!   and the streamer of the spans they happen in.
 
@@ -64,5 +65,6 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tokens;
 pub mod web;

@@ -215,6 +215,78 @@ async fn a_link_without_a_cursor_takes_a_baseline_and_reports_only_what_follows(
 }
 
 #[tokio::test]
+async fn a_partial_poll_keeps_the_cursor_until_a_poll_reaches_it() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let store = linked_store(dir.path(), &in_process()).await;
+    let page_2 = "https://www.donationalerts.com/api/v1/alerts/donations?page=2";
+    let ids = |range: std::ops::RangeInclusive<i64>| range.rev().map(donation).collect();
+
+    // Act: the first poll reads 30..=16 and stops; the next goes on from page 2, reads
+    // 15..=1 and reaches the end of the list
+    let first = store
+        .record_partial_poll(poll(1, ids(16..=30)), Some(page_2.into()))
+        .await
+        .unwrap();
+    let after_first = cursor(dir.path());
+    let resume = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+    let second = store.record_poll(poll(2, ids(1..=15))).await.unwrap();
+
+    // Assert: the first poll's donations went out at once, the cursor waited for the walk
+    // to reach it, then took the highest id of the whole walk
+    assert_eq!(
+        first,
+        PollRecorded::Recorded {
+            new_donation_ids: (16..=30).collect()
+        }
+    );
+    assert_eq!(after_first, (Some(0), 1));
+    assert_eq!(resume.resume_link.as_deref(), Some(page_2));
+    assert_eq!(
+        second,
+        PollRecorded::Recorded {
+            new_donation_ids: (1..=15).collect()
+        }
+    );
+    assert_eq!(cursor(dir.path()), (Some(30), 2));
+    let done = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+    assert_eq!(done.resume_link, None);
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM event_outbox"), 30);
+}
+
+#[tokio::test]
+async fn linking_another_account_forgets_where_a_partial_poll_stopped() {
+    // Arrange: a walk of DA_USER's list stopped half-way
+    let dir = tempfile::tempdir().unwrap();
+    let store = linked_store(dir.path(), &in_process()).await;
+    let link = "https://www.donationalerts.com/api/v1/alerts/donations?page=2";
+    store
+        .record_partial_poll(poll(1, vec![donation(40)]), Some(link.into()))
+        .await
+        .unwrap();
+
+    // Act
+    let same = store
+        .connect_donationalerts(connection(STREAMER, DA_USER, Some(99)))
+        .await
+        .unwrap();
+    let kept = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+    store
+        .connect_donationalerts(connection(STREAMER, DA_USER + 1, Some(7)))
+        .await
+        .unwrap();
+    let other = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+
+    // Assert: reconnecting the same account goes on; another account starts afresh
+    assert_eq!(same, Connected::Linked);
+    assert_eq!(
+        (kept.cursor, kept.resume_link.as_deref()),
+        (Some(0), Some(link))
+    );
+    assert_eq!((other.cursor, other.resume_link), (Some(7), None));
+}
+
+#[tokio::test]
 async fn one_donationalerts_account_links_to_one_streamer_and_disconnecting_stops_polling() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();

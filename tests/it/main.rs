@@ -10,6 +10,7 @@ mod donations;
 mod edge;
 mod harness;
 mod health;
+mod hostile_provider;
 mod interop;
 mod lambda_binaries;
 mod limiter;

@@ -18,11 +18,11 @@ use shared::poll::{PollStats, Poller};
 use crate::bus::stream_entries;
 
 /// Streamer `i` is Twitch user `1000 + i` linked to DonationAlerts account `5000 + i`.
-fn twitch_id(i: usize) -> String {
+pub(crate) fn twitch_id(i: usize) -> String {
     (1000 + i).to_string()
 }
 
-fn da_id(i: usize) -> i64 {
+pub(crate) fn da_id(i: usize) -> i64 {
     5000 + i as i64
 }
 
@@ -30,7 +30,7 @@ pub(crate) struct PollerSetup {
     pub(crate) app: App,
     pub(crate) fake: FakeDonationAlerts,
     pub(crate) redis: RedisServer,
-    _testbed: DonationAlertsTestbed,
+    pub(crate) testbed: DonationAlertsTestbed,
 }
 
 impl PollerSetup {
@@ -54,7 +54,7 @@ impl PollerSetup {
             app,
             fake,
             redis,
-            _testbed: testbed,
+            testbed,
         }
     }
 
@@ -120,6 +120,14 @@ impl PollerSetup {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// Whether streamer `i`'s poll lock is held (in Redis) now.
+    pub(crate) async fn poll_lock_held(&self, i: usize) -> bool {
+        self.redis
+            .get(&format!("locks:donationalerts:{}", twitch_id(i)))
+            .await
+            .is_some()
+    }
+
     pub(crate) fn requests_for(&self, i: usize) -> usize {
         self.fake
             .requests()
@@ -159,10 +167,7 @@ async fn every_donation_is_recorded_and_published_once_bursts_included() {
             .load(std::sync::atomic::Ordering::Relaxed),
         90
     );
-    assert!(
-        setup.redis.get("locks:donationalerts:1002").await.is_none(),
-        "no lock left behind"
-    );
+    assert!(!setup.poll_lock_held(2).await, "no lock left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

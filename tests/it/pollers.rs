@@ -257,10 +257,13 @@ async fn a_poller_paused_past_its_lock_ttl_is_fenced_out_and_duplicates_nothing(
     )
     .await;
     signal(paused_pid, libc::SIGCONT);
+    // Stopped earlier, A would end its poll before it records.
+    let fenced = a.next_line(Duration::from_secs(30));
     drop(a.child.stdin.take());
     let lines = a.remaining_lines(Duration::from_secs(30));
 
     // Assert: A's record was refused by the fencing check, and nothing repeats
+    assert_eq!(fenced.as_deref(), Some("fenced-out"), "{lines:?}");
     assert!(lines.contains(&"stale-fences 1".to_owned()), "{lines:?}");
     fleet.assert_every_donation_once().await;
 }

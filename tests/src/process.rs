@@ -113,6 +113,21 @@ impl LocalServer {
     }
 }
 
+impl LocalServer {
+    /// Stops the server (SIGTERM) and waits up to `deadline` for it to exit: its exit code
+    /// (`None` while it still runs; it is then killed on drop) and everything it logged.
+    pub fn terminate(mut self, deadline: Duration) -> (Option<i32>, Vec<String>) {
+        let end = Instant::now() + deadline;
+        signal(self.process.child.id(), libc::SIGTERM);
+        // Its log closes when it exits.
+        self.log.extend(self.process.remaining_lines(deadline));
+        let code = self
+            .process
+            .wait(end.saturating_duration_since(Instant::now()));
+        (code, std::mem::take(&mut self.log))
+    }
+}
+
 /// A child process whose stdout is read line by line; killed on drop.
 pub struct ChildProcess {
     pub child: Child,

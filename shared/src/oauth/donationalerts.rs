@@ -61,6 +61,9 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
     Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// The longest `links.next` followed (DonationAlerts' are about 60 bytes).
+pub const MAX_NEXT_LINK_BYTES: usize = 2048;
+
 /// One page of `/api/v1/alerts/donations`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DonationPage {
@@ -199,13 +202,16 @@ impl DonationAlertsClient {
             .await
     }
 
-    /// The page a previous page's `links.next` names. Only a link on the configured
-    /// DonationAlerts host is followed: the token must never travel anywhere else.
-    pub async fn next_page(
-        &self,
-        next: &str,
-        access_token: &str,
-    ) -> Result<DonationPage, ProviderError> {
+    /// Where a page's `links.next` leads, if it may be followed: only a link to the donation
+    /// list on the configured DonationAlerts host is (the token must never travel anywhere
+    /// else), and only one of at most [`MAX_NEXT_LINK_BYTES`] (it may be kept to go on from).
+    pub fn next_page_url(&self, next: &str) -> Result<Url, ProviderError> {
+        if next.len() > MAX_NEXT_LINK_BYTES {
+            return Err(ProviderError::Malformed {
+                what: "links.next is longer than 2 KiB",
+                source: None,
+            });
+        }
         let url = Url::parse(next).map_err(|e| ProviderError::Malformed {
             what: "links.next is not a URL",
             source: Some(Box::new(e)),
@@ -216,6 +222,16 @@ impl DonationAlertsClient {
                 source: None,
             });
         }
+        Ok(url)
+    }
+
+    /// The page a previous page's `links.next` names, if [`Self::next_page_url`] allows it.
+    pub async fn next_page(
+        &self,
+        next: &str,
+        access_token: &str,
+    ) -> Result<DonationPage, ProviderError> {
+        let url = self.next_page_url(next)?;
         self.donation_page(url, access_token).await
     }
 

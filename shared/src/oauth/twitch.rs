@@ -10,13 +10,13 @@ use oauth2::basic::{
 };
 use oauth2::{
     AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
-    HttpClientError, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken,
-    TokenResponse, TokenUrl,
+    HttpRequest, HttpResponse, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
-use super::{ProviderError, TokenSet, read_json};
+use super::{ProviderError, TokenSet, bounded_message, read_body, read_json};
 use crate::config::TwitchConfig;
 use crate::secret::Secret;
 
@@ -244,9 +244,10 @@ impl TwitchClient {
 
     pub async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
         self.client_secret()?;
+        let http = self.http.client();
         self.oauth
             .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .request_async(self.http.client())
+            .request_async(&CappedHttp(http))
             .await
             .map(TokenSet::from)
             .map_err(token_error)
@@ -257,9 +258,10 @@ impl TwitchClient {
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, ProviderError> {
         self.client_secret()?;
         let refresh_token = RefreshToken::new(refresh_token.to_owned());
+        let http = self.http.client();
         self.oauth
             .exchange_refresh_token(&refresh_token)
-            .request_async(self.http.client())
+            .request_async(&CappedHttp(http))
             .await
             .map(TokenSet::from)
             .map_err(token_error)
@@ -403,18 +405,50 @@ impl TwitchClient {
     }
 }
 
-fn token_error(
-    error: RequestTokenError<HttpClientError<reqwest::Error>, BasicErrorResponse>,
-) -> ProviderError {
+/// The shared client as the `oauth2` crate's HTTP client, reading answers within
+/// [`super::MAX_PROVIDER_BODY_BYTES`] (the crate's own reqwest glue reads any size).
+struct CappedHttp<'a>(&'a reqwest::Client);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for CappedHttp<'_> {
+    type Error = ProviderError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, ProviderError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(send_oauth(self.0, request))
+    }
+}
+
+async fn send_oauth(
+    http: &reqwest::Client,
+    request: HttpRequest,
+) -> Result<HttpResponse, ProviderError> {
+    let request = reqwest::Request::try_from(request).map_err(ProviderError::from_transport)?;
+    let response = http
+        .execute(request)
+        .await
+        .map_err(ProviderError::from_transport)?;
+    let mut answer = oauth2::http::Response::builder()
+        .status(response.status())
+        .version(response.version());
+    for (name, value) in response.headers() {
+        answer = answer.header(name, value);
+    }
+    let body = read_body(response).await?;
+    answer.body(body).map_err(|e| ProviderError::Malformed {
+        what: "the token response's head",
+        source: Some(Box::new(e)),
+    })
+}
+
+fn token_error(error: RequestTokenError<ProviderError, BasicErrorResponse>) -> ProviderError {
     match error {
         RequestTokenError::ServerResponse(response) => ProviderError::Rejected {
             status: 400,
-            message: response.error().to_string(),
+            message: bounded_message(response.error().as_ref()),
         },
-        RequestTokenError::Request(HttpClientError::Reqwest(e)) => {
-            ProviderError::from_transport(*e)
-        }
-        RequestTokenError::Request(other) => ProviderError::Unreachable(Box::new(other)),
+        RequestTokenError::Request(e) => e,
         RequestTokenError::Parse(e, body) => {
             // Twitch's own error shape ({"status":400,"message":…}) is not RFC 6749's.
             match serde_json::from_slice::<super::ProviderErrorBody>(&body) {
@@ -424,7 +458,7 @@ fn token_error(
                     ..
                 }) if (400..500).contains(&status) => ProviderError::Rejected {
                     status,
-                    message: message.unwrap_or_default(),
+                    message: bounded_message(&message.unwrap_or_default()),
                 },
                 Ok(super::ProviderErrorBody {
                     status: Some(status),
@@ -438,7 +472,7 @@ fn token_error(
         }
         RequestTokenError::Other(detail) => ProviderError::Malformed {
             what: "the token response was not understood",
-            source: Some(detail.into()),
+            source: Some(bounded_message(&detail).into()),
         },
     }
 }

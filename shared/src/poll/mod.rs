@@ -7,7 +7,9 @@
 //! - [`cache`]: the bounded, lazily filled cache of the streamers' opened tokens.
 //! - [`Poller`]: the loop that keeps up to a few polls in flight, earliest due first, and
 //!   relays the outbox; the `da-poll` function runs it until shortly before its deadline,
-//!   `avatar-local` for as long as it runs.
+//!   `avatar-local` for as long as it runs. When it stops, the polls in flight stop too
+//!   ([`StopSignal`]): each records what it read and releases its lock within moments,
+//!   whatever DonationAlerts does.
 
 pub mod cache;
 pub mod schedule;
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -181,6 +184,47 @@ impl PollStats {
     }
 }
 
+/// Tells polls in flight to stop: the run's stop time (a Lambda invocation's deadline) has
+/// come, or the process is shutting down. A poll looks at it between pages and while it
+/// waits for the budget or for a page; a stopped poll records what it read and releases its
+/// lock. The default never stops.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    at: Option<Instant>,
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl StopSignal {
+    /// Whether polls must stop now.
+    pub fn is_set(&self) -> bool {
+        self.at.is_some_and(|at| Instant::now() >= at)
+            || self.shutdown.as_ref().is_some_and(|flag| *flag.borrow())
+    }
+
+    /// Resolves once polls must stop.
+    pub async fn wait(&self) {
+        let deadline = async {
+            match self.at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let shutdown = async {
+            let Some(flag) = &self.shutdown else {
+                return std::future::pending().await;
+            };
+            // Its sender gone, the run is over: nobody is left to say stop.
+            if flag.clone().wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = deadline => {}
+            _ = shutdown => {}
+        }
+    }
+}
+
 /// The polling loop of one process.
 pub struct Poller {
     app: App,
@@ -249,20 +293,39 @@ impl Poller {
 
     /// Polls until `stop_at`, then waits for the polls in flight (each releases its lock)
     /// and relays what they recorded. No poll starts after `stop_at` minus the time one
-    /// could take, so a Lambda invocation ends before its deadline with no lock held.
+    /// usually takes, and one still running at `stop_at` stops there (recording what it
+    /// read), so a Lambda invocation ends before its deadline with no lock held.
     #[tracing::instrument(name = "poll.run", skip_all)]
     pub async fn run_until(&self, stop_at: Instant) {
         self.run(Some(stop_at), std::future::pending()).await;
     }
 
     /// Polls until `shutdown` resolves (or `stop_at`, when given), then finishes the way
-    /// [`Self::run_until`] does.
+    /// [`Self::run_until`] does. The polls in flight stop then too (see [`StopSignal`]).
     pub async fn run(
         &self,
         stop_at: Option<Instant>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        tokio::pin!(shutdown);
+        let (stop_polls, stopping) = watch::channel(false);
+        let stop = StopSignal {
+            at: stop_at,
+            shutdown: Some(stopping),
+        };
+        let polling = self.poll_until(stop_at, stop);
+        tokio::pin!(polling);
+        tokio::select! {
+            _ = &mut polling => return,
+            _ = shutdown => {
+                let _ = stop_polls.send(true);
+            }
+        }
+        polling.await;
+    }
+
+    /// The loop of [`Self::run`]: dispatches polls until `stop` says stop (no poll starts
+    /// later than one could take before `stop_at`), then waits for those in flight.
+    async fn poll_until(&self, stop_at: Option<Instant>, stop: StopSignal) {
         let polling = &self.app.config.polling;
         let one_poll = self.app.config.provider_timeout + polling.lock_ttl;
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
@@ -277,16 +340,25 @@ impl Poller {
         let mut report_due = Instant::now();
         loop {
             let round = Instant::now();
+            if stop.is_set() {
+                last_start = last_start.min(round);
+            }
             if targets_loaded.is_none_or(|at| round.duration_since(at) >= TARGETS_REFRESH) {
                 self.load_targets(round).await;
                 targets_loaded = Some(round);
             }
-            if live_checked.is_none_or(|at| round.duration_since(at) >= LIVE_REFRESH) {
-                self.check_live(round).await;
+            if round < last_start
+                && live_checked.is_none_or(|at| round.duration_since(at) >= LIVE_REFRESH)
+            {
+                // Twitch answering slowly must not hold up a stop.
+                tokio::select! {
+                    _ = self.check_live(round) => {}
+                    _ = stop.wait() => {}
+                }
                 live_checked = Some(round);
             }
             if round < last_start {
-                self.dispatch(&mut in_flight, &mut polling_now, round);
+                self.dispatch(&mut in_flight, &mut polling_now, round, &stop);
             }
             if round >= relay_due {
                 self.relay().await;
@@ -311,6 +383,7 @@ impl Poller {
                 .unwrap_or(round + MAX_IDLE_WAIT)
                 .clamp(round, round + MAX_IDLE_WAIT)
                 .min(last_start.max(round));
+            let stopping = round >= last_start;
             tokio::select! {
                 Some(done) = in_flight.join_next() => {
                     if let Ok((streamer, outcome, took)) = done {
@@ -319,12 +392,30 @@ impl Poller {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(1))) => {}
-                _ = &mut shutdown, if last_start > Instant::now() => last_start = Instant::now(),
+                _ = stop.wait(), if !stopping => {}
             }
         }
         self.relay().await;
         self.stats.pending.store(0, Ordering::Relaxed);
         self.report().await;
+    }
+
+    /// Polls one streamer now, outside the schedule and with no minimum gap, as a scheduled
+    /// poll does (lock, pages, record); for tests and tools.
+    pub async fn poll_now(&self, streamer: &TwitchUserId) -> PollOutcome {
+        let cx = self.poll_context(Duration::ZERO, StopSignal::default());
+        streamer::poll_streamer(&cx, streamer).await
+    }
+
+    fn poll_context(&self, min_gap: Duration, stop: StopSignal) -> streamer::PollContext {
+        streamer::PollContext {
+            app: self.app.clone(),
+            client: self.client.clone(),
+            cache: self.cache.clone(),
+            stats: self.stats.clone(),
+            min_gap,
+            stop,
+        }
     }
 
     /// Stores this poller's figures where `/health` on any instance finds them.
@@ -425,6 +516,7 @@ impl Poller {
         in_flight: &mut JoinSet<(TwitchUserId, PollOutcome, Duration)>,
         polling_now: &mut HashSet<TwitchUserId>,
         now: Instant,
+        stop: &StopSignal,
     ) {
         let concurrency = self.concurrency();
         self.stats.concurrency.store(concurrency, Ordering::Relaxed);
@@ -448,16 +540,11 @@ impl Poller {
             .collect();
         for streamer in starting {
             polling_now.insert(streamer.clone());
-            let app = self.app.clone();
-            let client = self.client.clone();
-            let cache = self.cache.clone();
-            let stats = self.stats.clone();
+            let cx = self.poll_context(min_gap, stop.clone());
             in_flight.spawn(
                 async move {
                     let started = Instant::now();
-                    let outcome =
-                        streamer::poll_streamer(&app, &client, &cache, &streamer, min_gap, &stats)
-                            .await;
+                    let outcome = streamer::poll_streamer(&cx, &streamer).await;
                     (streamer, outcome, started.elapsed())
                 }
                 // Its log lines keep the run's span fields (request id, function).

@@ -5,32 +5,52 @@
 //!    skipped this round.
 //! 2. A streamer polled by anyone less than `min_gap` ago is left alone (several instances
 //!    share one schedule this way, without spending the budget twice).
-//! 3. Page 1 of `/api/v1/alerts/donations`, then `links.next`, until a donation at or below
-//!    the stored high-water id. Every request first takes a grant from the app-wide
-//!    limiter; the lock is extended before each further page.
+//! 3. Page 1 of `/api/v1/alerts/donations` (or, when the last poll stopped short of the
+//!    cursor, the page it stopped at), then `links.next`, until a donation at or below the
+//!    stored high-water id, the end of the list or an empty page. Every request first takes
+//!    a grant from the app-wide limiter; the lock is extended before each further page.
 //!    The opened tokens come from the poller's cache when it has them (see `cache`).
-//! 4. A 401 refreshes the tokens once and retries; a second 401, or a refused refresh,
-//!    marks the connection `need_reauth`.
-//! 5. New donations, their events and the cursor go into one write carrying the lock's
+//! 4. A poll is bounded whatever DonationAlerts answers: at most [`MAX_PAGES_PER_POLL`]
+//!    pages, [`MAX_DONATIONS_PER_POLL`] donations and [`MAX_TEXT_BYTES_PER_POLL`] of text
+//!    held (each answer at most 1 MiB, see `oauth`), no `next` link followed twice, and it
+//!    stops at once when the poller stops (shutdown, a Lambda deadline), also while waiting
+//!    for the budget or for a page. A poll that stops before the cursor records what it
+//!    read and leaves the cursor where it is; the next goes on from there (see
+//!    `store::donationalerts`), so nothing is skipped.
+//! 5. A 401 refreshes the tokens once and retries; a second 401, or a refused refresh,
+//!    marks the connection `need_reauth`. A refresh is never cut short: DonationAlerts
+//!    rotates the refresh token, and the new one must be stored.
+//! 6. New donations, their events and the cursor go into one write carrying the lock's
 //!    fencing token (see `store::donationalerts`).
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::PollStats;
 use super::cache::StreamerCache;
 use super::schedule::PollOutcome;
+use super::{PollStats, StopSignal};
 use crate::app::App;
 use crate::coordination::{CoordinationError, Lock, RateLimit};
 use crate::oauth::ProviderError;
 use crate::oauth::donationalerts::{DaDonation, DonationAlertsClient, DonationPage};
-use crate::store::donationalerts::{NewDonation, PollRecorded, PollResult};
+use crate::store::donationalerts::{NewDonation, PollRecorded, PollResult, PollState};
 use crate::store::{StoreError, now_ms};
 use crate::tokens::{self, Provider, TokenError, TwitchUserId, UsableTokens};
 
 /// The app-wide DonationAlerts request budget, shared by every instance.
 pub const DA_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts";
+
+/// The most pages one poll reads: 600 donations at DonationAlerts' 30 a page, far more than
+/// arrive between two polls. A longer backlog (after an outage) takes a few polls.
+pub const MAX_PAGES_PER_POLL: usize = 20;
+/// The most donations one poll holds; it stops after the page that reaches this.
+pub const MAX_DONATIONS_PER_POLL: usize = 1_000;
+/// The most text (donor names, messages) one poll holds, in bytes; it stops after the page
+/// that reaches this. With the field caps a real poll holds a small fraction of it.
+pub const MAX_TEXT_BYTES_PER_POLL: usize = 2 * 1024 * 1024;
 
 /// The poll lock of a streamer, as the Node app names it.
 pub fn poll_lock(streamer: &TwitchUserId) -> String {
@@ -51,6 +71,8 @@ pub enum PollError {
     NoBudget,
     #[error("the poll lock was lost before the poll finished")]
     LockLost,
+    #[error("the poller is stopping")]
+    Stopped,
 }
 
 impl PollError {
@@ -71,22 +93,28 @@ impl PollError {
             Self::Provider(ProviderError::RateLimited { retry_after }) => PollOutcome::Failed {
                 retry_after: *retry_after,
             },
-            Self::LockLost | Self::NoBudget => PollOutcome::Locked,
+            Self::LockLost | Self::NoBudget | Self::Stopped => PollOutcome::Locked,
             _ => PollOutcome::Failed { retry_after: None },
         }
     }
 }
 
+/// What every poll of one poller works with.
+#[derive(Clone)]
+pub struct PollContext {
+    pub app: App,
+    pub client: Arc<DonationAlertsClient>,
+    pub cache: Arc<StreamerCache>,
+    pub stats: Arc<PollStats>,
+    /// A streamer polled by anyone less than this long ago is left alone.
+    pub min_gap: Duration,
+    pub stop: StopSignal,
+}
+
 /// Polls `streamer` once; never fails, but says how it went.
 #[tracing::instrument(name = "poll.streamer", skip_all, fields(streamer = %streamer))]
-pub async fn poll_streamer(
-    app: &App,
-    client: &DonationAlertsClient,
-    cache: &StreamerCache,
-    streamer: &TwitchUserId,
-    min_gap: Duration,
-    stats: &PollStats,
-) -> PollOutcome {
+pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOutcome {
+    let (app, stats) = (&cx.app, &cx.stats);
     let resource = poll_lock(streamer);
     let lock = match app
         .coordinator
@@ -105,21 +133,21 @@ pub async fn poll_streamer(
         }
     };
     tracing::trace!(streamer = %streamer, fence = lock.fence, "poll lock taken");
-    let result = poll_holding_lock(app, client, cache, streamer, &lock, min_gap, stats).await;
+    let result = poll_holding_lock(cx, streamer, &lock).await;
     if let Err(e) = app.coordinator.release(&lock).await {
         tracing::debug!(error = %e, "the poll lock was not released; it expires by itself");
     }
     match result {
         Ok(outcome) => {
             if outcome == PollOutcome::NeedsReauth {
-                cache.forget(streamer);
+                cx.cache.forget(streamer);
             }
             outcome
         }
         Err(e) => {
             let outcome = e.outcome();
             if outcome == PollOutcome::NeedsReauth {
-                cache.forget(streamer);
+                cx.cache.forget(streamer);
             }
             if outcome == PollOutcome::NeedsReauth {
                 tracing::warn!(error = %crate::oauth::error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
@@ -135,57 +163,118 @@ pub async fn poll_streamer(
     }
 }
 
+/// How a walk down the donation list ended.
+enum WalkEnd {
+    /// At the cursor, at the end of the list (no `next`) or at an empty page.
+    Complete,
+    /// Stopped before; the next poll goes on from `resume` (page 1 when `None`).
+    Partial { resume: Option<String> },
+}
+
+/// What a walk has read so far, each donation already within the field caps.
+struct Walk {
+    found: Vec<NewDonation>,
+    text_bytes: usize,
+    seen_high_water: Option<i64>,
+    pages: usize,
+    /// The `next` links requested, so none is requested twice.
+    followed: HashSet<String>,
+    received_at: String,
+}
+
+impl Walk {
+    fn add(&mut self, page: Vec<DaDonation>) {
+        self.pages += 1;
+        for donation in page {
+            self.seen_high_water = self.seen_high_water.max(Some(donation.id));
+            let donation = new_donation(donation, &self.received_at).within_limits();
+            self.text_bytes += donation.donor_name.as_ref().map_or(0, String::len)
+                + donation.message.len()
+                + donation.currency.len()
+                + donation.created_at.len();
+            self.found.push(donation);
+        }
+    }
+
+    /// Whether this poll has read as much as one poll may.
+    fn is_full(&self) -> bool {
+        self.pages >= MAX_PAGES_PER_POLL
+            || self.found.len() >= MAX_DONATIONS_PER_POLL
+            || self.text_bytes >= MAX_TEXT_BYTES_PER_POLL
+    }
+}
+
 async fn poll_holding_lock(
-    app: &App,
-    client: &DonationAlertsClient,
-    cache: &StreamerCache,
+    cx: &PollContext,
     streamer: &TwitchUserId,
     lock: &Lock,
-    min_gap: Duration,
-    stats: &PollStats,
 ) -> Result<PollOutcome, PollError> {
+    let (app, client, stats) = (&cx.app, &*cx.client, &*cx.stats);
     let Some(state) = app.store.poll_state(streamer.as_str().to_owned()).await? else {
         return Ok(PollOutcome::NeedsReauth);
     };
     if state
         .last_polled_at
-        .is_some_and(|at| now_ms() - at < min_gap.as_millis() as i64)
+        .is_some_and(|at| now_ms() - at < cx.min_gap.as_millis() as i64)
     {
         return Ok(PollOutcome::PolledElsewhere);
     }
-    let mut tokens = match cache.get(streamer) {
+    let mut tokens = match cx.cache.get(streamer) {
         Some(tokens) => tokens,
         None => {
             let tokens = tokens::load(app, streamer, Provider::DonationAlerts).await?;
-            cache.put(streamer, tokens.clone());
+            cx.cache.put(streamer, tokens.clone());
             tokens
         }
     };
     let mut lock = lock.clone();
     if !tokens.valid_for(app.config.tokens.refresh_margin) {
-        take_budget(app, &lock, stats).await?;
+        take_budget(cx, &lock).await?;
         tokens = tokens::refresh(app, streamer, Provider::DonationAlerts, &tokens).await?;
-        cache.put(streamer, tokens.clone());
+        cx.cache.put(streamer, tokens.clone());
     }
+    let mut walk = Walk {
+        found: Vec::new(),
+        text_bytes: 0,
+        seen_high_water: None,
+        pages: 0,
+        followed: HashSet::new(),
+        received_at: crate::store::rfc3339_utc(now_ms()),
+    };
+    let mut next = resume_link(client, &state);
     let mut refreshed = false;
-    let mut found: Vec<DaDonation> = Vec::new();
-    let mut seen_high_water = None;
-    let mut next: Option<String> = None;
-    loop {
-        if next.is_some() {
+    let end = loop {
+        if cx.stop.is_set() {
+            break WalkEnd::Partial { resume: next };
+        }
+        if walk.pages > 0 {
             lock = app
                 .coordinator
                 .extend(&lock, app.config.polling.lock_ttl)
                 .await?
                 .ok_or(PollError::LockLost)?;
         }
-        take_budget(app, &lock, stats).await?;
-        let page = match fetch(client, next.as_deref(), &tokens).await {
+        match take_budget(cx, &lock).await {
+            Err(PollError::Stopped) => break WalkEnd::Partial { resume: next },
+            other => other?,
+        }
+        if let Some(link) = &next {
+            walk.followed.insert(link.clone());
+        }
+        let fetched = tokio::select! {
+            // A page is a GET: dropping it half-way changes nothing.
+            _ = cx.stop.wait() => break WalkEnd::Partial { resume: next },
+            page = fetch(client, next.as_deref(), &tokens) => page,
+        };
+        let page = match fetched {
             Err(e) if e.is_unauthorized() && !refreshed => {
                 refreshed = true;
-                take_budget(app, &lock, stats).await?;
+                match take_budget(cx, &lock).await {
+                    Err(PollError::Stopped) => break WalkEnd::Partial { resume: next },
+                    other => other?,
+                }
                 tokens = tokens::refresh(app, streamer, Provider::DonationAlerts, &tokens).await?;
-                cache.put(streamer, tokens.clone());
+                cx.cache.put(streamer, tokens.clone());
                 continue;
             }
             Err(e) if e.is_unauthorized() => {
@@ -194,35 +283,52 @@ async fn poll_holding_lock(
             }
             other => other?,
         };
-        let page_high = page.data.iter().map(|d| d.id).max();
-        seen_high_water = seen_high_water.max(page_high);
         let reached_cursor = match state.cursor {
             // Before the baseline: page 1 tells the newest id, the rest is history.
             None => true,
             Some(cursor) => page.data.iter().any(|d| d.id <= cursor),
         };
-        found.extend(page.data);
-        match page.links.next {
-            Some(link) if !reached_cursor => next = Some(link),
-            _ => break,
+        let empty = page.data.is_empty();
+        walk.add(page.data);
+        let Some(link) = page.links.next else {
+            break WalkEnd::Complete;
+        };
+        if reached_cursor || empty {
+            break WalkEnd::Complete;
         }
+        if walk.followed.contains(&link) {
+            tracing::warn!(
+                pages = walk.pages,
+                "DonationAlerts' links.next names a page this poll read already; the next poll starts again from page 1"
+            );
+            break WalkEnd::Partial { resume: None };
+        }
+        if walk.is_full() {
+            tracing::info!(
+                pages = walk.pages,
+                donations = walk.found.len(),
+                "the poll read as much as one poll may; the next one goes on from there"
+            );
+            break WalkEnd::Partial { resume: Some(link) };
+        }
+        next = Some(link);
+    };
+    if walk.pages == 0 {
+        // Stopped before reading anything: nothing to record, no penalty.
+        return Ok(PollOutcome::Locked);
     }
-    let received_at = crate::store::rfc3339_utc(now_ms());
-    let donations: Vec<NewDonation> = found
-        .into_iter()
-        .map(|d| new_donation(d, &received_at))
-        .collect();
-    let recorded = app
-        .store
-        .record_poll(PollResult {
-            streamer_twitch_id: streamer.as_str().to_owned(),
-            da_user_id: state.da_user_id,
-            fence: lock.fence,
-            donations,
-            seen_high_water,
-            received_at,
-        })
-        .await?;
+    let result = PollResult {
+        streamer_twitch_id: streamer.as_str().to_owned(),
+        da_user_id: state.da_user_id,
+        fence: lock.fence,
+        donations: walk.found,
+        seen_high_water: walk.seen_high_water,
+        received_at: walk.received_at,
+    };
+    let recorded = match end {
+        WalkEnd::Complete => app.store.record_poll(result).await?,
+        WalkEnd::Partial { resume } => app.store.record_partial_poll(result, resume).await?,
+    };
     match recorded {
         PollRecorded::Recorded { new_donation_ids } => {
             stats.count_polled(new_donation_ids.len());
@@ -251,6 +357,20 @@ async fn poll_holding_lock(
     }
 }
 
+/// Where the last poll stopped short of the cursor, if this poll can go on from there. A
+/// link the client would not follow (the configured host changed since) is dropped: starting
+/// again from page 1 loses nothing, it only reads more.
+fn resume_link(client: &DonationAlertsClient, state: &PollState) -> Option<String> {
+    let link = state.resume_link.as_ref()?;
+    match client.next_page_url(link) {
+        Ok(_) => Some(link.clone()),
+        Err(e) => {
+            tracing::warn!(error = %crate::oauth::error_chain(&e), "the page the last poll stopped at is not followed; starting again from page 1");
+            None
+        }
+    }
+}
+
 async fn fetch(
     client: &DonationAlertsClient,
     next: Option<&str>,
@@ -263,8 +383,10 @@ async fn fetch(
     }
 }
 
-/// Waits for a grant of the app-wide budget, as long as the lock stays valid.
-async fn take_budget(app: &App, lock: &Lock, stats: &PollStats) -> Result<(), PollError> {
+/// Waits for a grant of the app-wide budget, as long as the lock stays valid and the poller
+/// is not stopping.
+async fn take_budget(cx: &PollContext, lock: &Lock) -> Result<(), PollError> {
+    let (app, stats) = (&cx.app, &cx.stats);
     let limit = RateLimit::per_minute(app.config.polling.rate_limit_per_minute);
     loop {
         let decision = app
@@ -281,7 +403,10 @@ async fn take_budget(app: &App, lock: &Lock, stats: &PollStats) -> Result<(), Po
         if Instant::now() + decision.retry_after + margin >= lock.valid_until {
             return Err(PollError::NoBudget);
         }
-        tokio::time::sleep(decision.retry_after).await;
+        tokio::select! {
+            _ = cx.stop.wait() => return Err(PollError::Stopped),
+            _ = tokio::time::sleep(decision.retry_after) => {}
+        }
     }
 }
 

@@ -8,13 +8,38 @@
 //! after a newer holder did; and since donations and events are keyed by DonationAlerts'
 //! ids, even an accepted repeat adds nothing.
 //!
+//! The cursor means "every donation up to this id is recorded", so only a poll that walked
+//! down to it moves it. A poll that stopped earlier (its page cap, a shutdown, a deadline)
+//! ends in [`Store::record_partial_poll`]: what it read is recorded (the events go out at
+//! once), the cursor stays, and the link of the first page it did not read is kept with the
+//! highest id seen. The next poll goes on from that link: DonationAlerts lists newest first
+//! and pages by offset, so donations arriving meanwhile only push older ones further down,
+//! and the page at that link starts at or above the first donation not read (what it shows
+//! again is already recorded and adds nothing). Once a poll reaches the cursor, the cursor
+//! becomes the highest id seen since the walk began; anything newer is above it and found by
+//! the next poll from page 1. Nothing between the old cursor and the pages read is skipped.
+//!
+//! Text fields are bounded when recorded ([`NewDonation::within_limits`]): a longer donor
+//! name or message is cut (ending in "…"), a currency that is no code is recorded as `???`;
+//! the donation itself is never refused for its fields.
 //! The outbox is what makes publishing exactly-once: an event is published from its row
 //! (see `outbox`), so one committed while Redis was down goes out when it returns.
+
+use std::borrow::Cow;
 
 use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError, now_ms};
 use crate::events::{BusEvent, Donation, DonationPayload};
+use crate::text::truncated;
+
+/// The longest donor name recorded, in characters. DonationAlerts' donation form takes far
+/// shorter names: this only stops a broken or hostile answer.
+pub const MAX_DONOR_NAME_CHARS: usize = 255;
+/// The longest message recorded, in characters (DonationAlerts' form takes a few hundred).
+pub const MAX_MESSAGE_CHARS: usize = 2_000;
+/// The currency recorded for a donation whose currency is not a currency code.
+pub const UNKNOWN_CURRENCY: &str = "???";
 
 /// A donation as the poller read it, ready to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +52,58 @@ pub struct NewDonation {
     pub currency: String,
     /// RFC 3339 UTC.
     pub created_at: String,
+}
+
+impl NewDonation {
+    /// This donation as it is recorded: a donor name longer than [`MAX_DONOR_NAME_CHARS`]
+    /// or a message longer than [`MAX_MESSAGE_CHARS`] cut to the limit (ending in "…"), the
+    /// currency as its upper-case code or, when it is none, [`UNKNOWN_CURRENCY`]. Each change
+    /// is logged as a warning naming the donation and the field, never the text. A donation
+    /// is never refused for its fields: losing one is worse than showing it cut or with an
+    /// unknown currency.
+    pub fn within_limits(mut self) -> Self {
+        let id = self.da_donation_id;
+        if let Some(name) = &self.donor_name
+            && let Cow::Owned(cut) = truncated(name, MAX_DONOR_NAME_CHARS)
+        {
+            tracing::warn!(
+                donation = id,
+                chars = name.chars().count(),
+                "a donor name longer than {MAX_DONOR_NAME_CHARS} characters is recorded cut"
+            );
+            self.donor_name = Some(cut);
+        }
+        if let Cow::Owned(cut) = truncated(&self.message, MAX_MESSAGE_CHARS) {
+            tracing::warn!(
+                donation = id,
+                chars = self.message.chars().count(),
+                "a donation message longer than {MAX_MESSAGE_CHARS} characters is recorded cut"
+            );
+            self.message = cut;
+        }
+        if self.currency != UNKNOWN_CURRENCY {
+            match currency_code(&self.currency) {
+                Some(code) => self.currency = code,
+                None => {
+                    tracing::warn!(
+                        donation = id,
+                        bytes = self.currency.len(),
+                        "a donation's currency is no currency code; recorded as {UNKNOWN_CURRENCY}"
+                    );
+                    self.currency = UNKNOWN_CURRENCY.to_owned();
+                }
+            }
+        }
+        self
+    }
+}
+
+/// `text` as a currency code: 3 to 5 ASCII letters (ISO 4217 codes have 3; some payment
+/// systems use longer ones), surrounding spaces dropped, in upper case.
+pub fn currency_code(text: &str) -> Option<String> {
+    let code = text.trim();
+    ((3..=5).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| code.to_ascii_uppercase())
 }
 
 /// Everything one poll of one streamer found.
@@ -42,6 +119,14 @@ pub struct PollResult {
     pub seen_high_water: Option<i64>,
     /// RFC 3339 UTC, when the poll read them.
     pub received_at: String,
+}
+
+/// How far a poll walked down the donation list.
+enum Walked {
+    /// Down to the cursor, or to the end of the list.
+    ToCursor,
+    /// It stopped before; the next poll goes on from `resume` (page 1 when `None`).
+    Partly { resume: Option<String> },
 }
 
 /// What [`Store::record_poll`] did.
@@ -90,6 +175,9 @@ pub struct PollState {
     pub cursor: Option<i64>,
     /// Unix ms of the last recorded poll, by any instance (`None` before the first).
     pub last_polled_at: Option<i64>,
+    /// Where the last poll stopped short of the cursor: the link of the first page it did
+    /// not read, where this poll goes on (see the module docs).
+    pub resume_link: Option<String>,
 }
 
 /// What [`Store::connect_donationalerts`] did.
@@ -139,6 +227,10 @@ impl Store {
                     da_name = excluded.da_name,
                     poll_cursor = CASE WHEN da_user_id = excluded.da_user_id
                                        THEN poll_cursor ELSE excluded.poll_cursor END,
+                    resume_link = CASE WHEN da_user_id = excluded.da_user_id
+                                       THEN resume_link ELSE NULL END,
+                    resume_high_water = CASE WHEN da_user_id = excluded.da_user_id
+                                       THEN resume_high_water ELSE NULL END,
                     da_user_id = excluded.da_user_id,
                     updated_at = excluded.updated_at",
                 params![
@@ -200,14 +292,15 @@ impl Store {
     ) -> Result<Option<PollState>, StoreError> {
         self.read(move |conn| {
             conn.query_row(
-                "SELECT da_user_id, poll_cursor, last_polled_at FROM donationalerts_links
-                 WHERE streamer_twitch_id = ?1",
+                "SELECT da_user_id, poll_cursor, last_polled_at, resume_link
+                 FROM donationalerts_links WHERE streamer_twitch_id = ?1",
                 [&streamer_twitch_id],
                 |r| {
                     Ok(PollState {
                         da_user_id: r.get(0)?,
                         cursor: r.get(1)?,
                         last_polled_at: r.get(2)?,
+                        resume_link: r.get(3)?,
                     })
                 },
             )
@@ -243,17 +336,41 @@ impl Store {
 
     /// Records one poll's donations, their outbox events and the new cursor in one write,
     /// refused whole when `fence` is older than the last accepted one (see the module docs).
+    /// For a poll that walked down to the cursor (or to the end of the list).
     pub async fn record_poll(&self, poll: PollResult) -> Result<PollRecorded, StoreError> {
+        self.record_walk(poll, Walked::ToCursor).await
+    }
+
+    /// Like [`Self::record_poll`], for a poll that stopped before reaching the cursor: its
+    /// donations and events are recorded, the cursor stays, and the next poll goes on from
+    /// `resume`, the link of the first page not read (`None`: from page 1 again).
+    pub async fn record_partial_poll(
+        &self,
+        poll: PollResult,
+        resume: Option<String>,
+    ) -> Result<PollRecorded, StoreError> {
+        self.record_walk(poll, Walked::Partly { resume }).await
+    }
+
+    async fn record_walk(
+        &self,
+        mut poll: PollResult,
+        walked: Walked,
+    ) -> Result<PollRecorded, StoreError> {
+        poll.donations = std::mem::take(&mut poll.donations)
+            .into_iter()
+            .map(NewDonation::within_limits)
+            .collect();
         self.write(move |conn| {
-            let link: Option<(i64, Option<i64>)> = conn
+            let link: Option<(i64, Option<i64>, Option<i64>)> = conn
                 .query_row(
-                    "SELECT cursor_fence, poll_cursor FROM donationalerts_links
+                    "SELECT cursor_fence, poll_cursor, resume_high_water FROM donationalerts_links
                      WHERE streamer_twitch_id = ?1 AND da_user_id = ?2",
                     params![poll.streamer_twitch_id, poll.da_user_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let Some((stored_fence, cursor)) = link else {
+            let Some((stored_fence, cursor, resume_high_water)) = link else {
                 return Ok(PollRecorded::NotLinked);
             };
             if (stored_fence as u64) > poll.fence {
@@ -313,18 +430,36 @@ impl Store {
                 super::outbox::record_event(conn, &BusEvent::donation(&payload), now)?;
                 new_donation_ids.push(donation.da_donation_id);
             }
-            let high_water = poll
+            // The highest id seen since the walk began, this poll included.
+            let walk_high_water = poll
                 .seen_high_water
                 .into_iter()
                 .chain(donations.last().map(|d| d.da_donation_id))
-                .chain(cursor)
-                .max()
-                .or(Some(0));
+                .chain(resume_high_water)
+                .max();
+            let (new_cursor, resume_link, resume_high_water) = match walked {
+                Walked::ToCursor => (
+                    walk_high_water.into_iter().chain(cursor).max().or(Some(0)),
+                    None,
+                    None,
+                ),
+                // From page 1 again: that walk sees every id up to the top by itself.
+                Walked::Partly { resume: None } => (cursor, None, None),
+                Walked::Partly { resume: Some(link) } => (cursor, Some(link), walk_high_water),
+            };
             conn.execute(
                 "UPDATE donationalerts_links
-                 SET poll_cursor = ?1, cursor_fence = ?2, last_polled_at = ?3, updated_at = ?3
-                 WHERE streamer_twitch_id = ?4",
-                params![high_water, poll.fence as i64, now, poll.streamer_twitch_id],
+                 SET poll_cursor = ?1, cursor_fence = ?2, last_polled_at = ?3, updated_at = ?3,
+                     resume_link = ?4, resume_high_water = ?5
+                 WHERE streamer_twitch_id = ?6",
+                params![
+                    new_cursor,
+                    poll.fence as i64,
+                    now,
+                    resume_link,
+                    resume_high_water,
+                    poll.streamer_twitch_id
+                ],
             )?;
             Ok(PollRecorded::Recorded { new_donation_ids })
         })
@@ -364,4 +499,65 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
     let at =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some((at.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn donation(name: Option<&str>, message: &str, currency: &str) -> NewDonation {
+        NewDonation {
+            da_donation_id: 1,
+            donor_name: name.map(str::to_owned),
+            message: message.to_owned(),
+            amount: serde_json::Number::from(100),
+            currency: currency.to_owned(),
+            created_at: "2026-01-01T00:00:00Z".to_owned(),
+        }
+    }
+
+    #[test]
+    fn fields_within_the_limits_are_recorded_as_they_are() {
+        let name = "n".repeat(MAX_DONOR_NAME_CHARS);
+        let message = "ё".repeat(MAX_MESSAGE_CHARS);
+        let kept = donation(Some(&name), &message, "RUB").within_limits();
+        assert_eq!(kept, donation(Some(&name), &message, "RUB"));
+        assert_eq!(
+            donation(None, "", "EUR").within_limits(),
+            donation(None, "", "EUR")
+        );
+    }
+
+    #[test]
+    fn longer_fields_are_cut_to_the_limit_and_marked() {
+        let name = "ж".repeat(MAX_DONOR_NAME_CHARS + 1);
+        let message = "m".repeat(MAX_MESSAGE_CHARS * 10);
+        let cut = donation(Some(&name), &message, "RUB").within_limits();
+        let cut_name = cut.donor_name.unwrap();
+        assert_eq!(cut_name.chars().count(), MAX_DONOR_NAME_CHARS);
+        assert!(cut_name.ends_with("жж…"));
+        assert_eq!(cut.message.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(cut.message.ends_with("mm…"));
+        assert_eq!(cut.currency, "RUB");
+    }
+
+    #[test]
+    fn a_currency_is_a_short_letter_code_in_upper_case_or_marked_unknown() {
+        for (sent, recorded) in [
+            ("RUB", "RUB"),
+            ("usd", "USD"),
+            (" EUR ", "EUR"),
+            ("USDT", "USDT"),
+            ("", UNKNOWN_CURRENCY),
+            ("RU", UNKNOWN_CURRENCY),
+            ("RUBLES", UNKNOWN_CURRENCY),
+            ("R$B", UNKNOWN_CURRENCY),
+            ("РУБ", UNKNOWN_CURRENCY),
+            ("<script>", UNKNOWN_CURRENCY),
+            (UNKNOWN_CURRENCY, UNKNOWN_CURRENCY),
+        ] {
+            let recorded_as = donation(None, "", sent).within_limits().currency;
+            assert_eq!(recorded_as, recorded, "{sent:?}");
+        }
+    }
 }

@@ -98,6 +98,14 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX provider_tokens_validation
         ON provider_tokens (provider, status, coalesce(last_validated_at, 0), twitch_user_id);
     ",
+    // 5: a poll reads a bounded number of pages. One that stopped before reaching the cursor
+    // leaves the cursor where it is and keeps here where the next poll goes on (the link of
+    // the first page not read) and the highest donation id seen since the walk began (the
+    // cursor once a poll reaches it).
+    r"
+    ALTER TABLE donationalerts_links ADD COLUMN resume_link TEXT;
+    ALTER TABLE donationalerts_links ADD COLUMN resume_high_water INTEGER;
+    ",
 ];
 
 #[cfg(test)]

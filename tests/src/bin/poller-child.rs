@@ -6,7 +6,10 @@
 //!
 //! With `--stop-holding-lock STREAMER`, the first time it takes that streamer's poll lock
 //! it prints `stopped-holding-lock FENCE` and stops itself (SIGSTOP) until the test resumes
-//! it: a poller paused past its lock's TTL, at the worst moment, on cue.
+//! it: a poller paused past its lock's TTL, at the worst moment, on cue. It then prints
+//! `fenced-out` when a poll's record is refused for a newer lock holder's, so the test can
+//! close its input only once the resumed poll has tried to record (a poller told to stop
+//! ends its polls in flight before they record).
 
 use std::io::{BufRead as _, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +108,9 @@ impl<S: tracing::Subscriber> Layer<S> for StopOnPollLock {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut fields = PollLockFields::default();
         event.record(&mut fields);
+        if fields.message == "a newer poll of this streamer won; nothing written" {
+            say("fenced-out");
+        }
         if fields.message == "poll lock taken"
             && fields.streamer == self.streamer
             && !self.done.swap(true, Ordering::SeqCst)
