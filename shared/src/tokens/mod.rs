@@ -216,6 +216,13 @@ pub async fn fresh(
     refresh(app, user, provider, &tokens).await
 }
 
+/// The expiry `/validate` reports for a token it was asked about at `asked_at` (Unix ms):
+/// `expires_in` seconds from then; `None` for `0`, Twitch's "does not expire" (legacy tokens).
+pub(crate) fn expiry_from_validation(asked_at: i64, expires_in: u64) -> Option<i64> {
+    let lifetime_ms = i64::try_from(expires_in.saturating_mul(1000)).unwrap_or(i64::MAX);
+    (expires_in > 0).then(|| asked_at.saturating_add(lifetime_ms))
+}
+
 /// A chat bot's token is valid for at least this long when handed out (SPEC §5).
 pub const CHAT_TOKEN_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 
@@ -529,6 +536,13 @@ mod tests {
             assert_eq!(TokenStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(TokenStatus::parse("ACTIVE"), None);
+    }
+
+    #[test]
+    fn validate_reports_the_lifetime_from_when_it_was_asked_and_zero_means_none() {
+        assert_eq!(expiry_from_validation(1_000, 14_124), Some(14_125_000));
+        assert_eq!(expiry_from_validation(1_000, 0), None);
+        assert_eq!(expiry_from_validation(1_000, u64::MAX), Some(i64::MAX));
     }
 
     #[test]
