@@ -136,6 +136,28 @@ impl Store {
         .await
     }
 
+    /// Whether the row still holds the access token `sealed_access` and it was validated at
+    /// or after `since`.
+    pub async fn validated_since(
+        &self,
+        user: &TwitchUserId,
+        provider: Provider,
+        sealed_access: Vec<u8>,
+        since: i64,
+    ) -> Result<bool, StoreError> {
+        let user = user.as_str().to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM provider_tokens
+                 WHERE twitch_user_id = ?1 AND provider = ?2 AND access_token_enc = ?3
+                   AND last_validated_at >= ?4)",
+                params![user, provider.as_str(), sealed_access, since],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+
     /// The provider will not refresh these tokens any more: deletes them (the row stays,
     /// `need_reauth`, so the dashboard can say so), ends the user's sessions when the tokens
     /// were their login (Twitch), and records `event` in the outbox, all in one write.
