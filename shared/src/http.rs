@@ -222,13 +222,22 @@ pub static PAGES_ROUTES: &[Route] = &[
     }),
 ];
 
-pub static CHAT_TOKEN_ROUTES: &[Route] = &[Route::new(
-    Method::GET,
-    "/internal/chat-token/{twitchUserId}",
-    Function::ChatToken,
-    |m| on(m, chat_token::chat_token),
-)
-.internal()];
+pub static CHAT_TOKEN_ROUTES: &[Route] = &[
+    Route::new(
+        Method::GET,
+        "/internal/chat-token/{twitchUserId}",
+        Function::ChatToken,
+        |m| on(m, chat_token::chat_token),
+    )
+    .internal(),
+    Route::new(
+        Method::POST,
+        "/internal/chat-token/{twitchUserId}/refused",
+        Function::ChatToken,
+        |m| on(m, chat_token::chat_token_refused),
+    )
+    .internal(),
+];
 
 /// A route only `avatar-local` serves: no function and no API Gateway route exist for it.
 pub struct LocalRoute {

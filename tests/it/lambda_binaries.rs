@@ -44,6 +44,12 @@ const CASES: &[(Function, &str, u16, &str)] = &[
         404,
         "unknown_user",
     ),
+    (
+        Function::ChatToken,
+        include_str!("../events/apigw-v2-post-chat-token-refused-iam.json"),
+        404,
+        "unknown_user",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

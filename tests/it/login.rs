@@ -728,6 +728,34 @@ async fn a_login_started_on_another_loopback_name_is_sent_to_the_configured_host
 }
 
 #[tokio::test]
+async fn the_log_in_again_button_keeps_its_reauth_across_the_redirect_to_the_configured_host() {
+    // The dashboard's «log in again» button is `/auth/twitch?reauth=1`; the browser is on
+    // localhost:PORT while the app is configured as 127.0.0.1:PORT.
+    let app = TestApp::spawn(&[]).await;
+    let port = app.address.rsplit(':').next().unwrap();
+    let on_other_host = app
+        .http
+        .get(format!("{}/auth/twitch?reauth=1", app.address))
+        .header("Host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_other_host.status(), 302);
+    let canonical = location(&on_other_host);
+    assert_eq!(canonical, format!("{}/auth/twitch?reauth=1", app.address));
+
+    // Followed on the configured host, it shows Twitch's consent screen.
+    let start = app.http.get(&canonical).send().await.unwrap();
+    let authorize = reqwest::Url::parse(&location(&start)).unwrap();
+    assert!(
+        authorize
+            .query_pairs()
+            .any(|(k, v)| k == "force_verify" && v == "true"),
+        "{authorize}"
+    );
+}
+
+#[tokio::test]
 async fn on_https_every_cookie_is_secure_and_the_session_cookie_is_host_prefixed() {
     // The public URL is https (a TLS proxy in front); the test talks to the app directly.
     let app = TestApp::spawn(&[("PUBLIC_BASE_URL", "https://avatar.example")]).await;

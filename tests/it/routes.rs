@@ -264,27 +264,58 @@ async fn the_pages_lambda_renders_the_landing_page_for_an_api_gateway_v2_event()
     assert!(String::from_utf8_lossy(&bytes).contains("Вход"));
 }
 
+/// The chat-token function's answer to an API Gateway event for the logged-in demo user:
+/// 200, `no-store`, and its JSON body.
+async fn chat_token_lambda_answer(app: &avatar_tests::TestApp, fixture: &str) -> serde_json::Value {
+    let request =
+        lambda_http::request::from_str(fixture).expect("fixture parses as a Lambda HTTP request");
+    let response = function_router(Function::ChatToken, app.app.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 #[tokio::test]
 async fn the_chat_token_lambda_serves_an_iam_authorized_event_without_a_bearer_token() {
     // API Gateway's AWS_IAM authorizer checked the SigV4 signature before the function runs;
     // the function needs no INTERNAL_API_TOKEN and reads nothing into the Authorization header.
     let app = avatar_tests::TestApp::spawn(&[]).await;
     app.browser().log_in().await;
-    let request =
-        lambda_http::request::from_str(include_str!("../events/apigw-v2-get-chat-token-iam.json"))
-            .expect("fixture parses as a Lambda HTTP request");
 
-    let response = function_router(Function::ChatToken, app.app.clone())
-        .oneshot(request)
-        .await
-        .unwrap();
+    let body = chat_token_lambda_answer(
+        &app,
+        include_str!("../events/apigw-v2-get-chat-token-iam.json"),
+    )
+    .await;
 
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["cache-control"], "no-store");
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["login"], "demo_streamer");
     assert_eq!(body["accessToken"], app.twitch.issued_tokens()[0].as_str());
+}
+
+#[tokio::test]
+async fn the_chat_token_lambda_answers_an_iam_authorized_report_of_a_refused_token() {
+    // The event's body reports a token older than the stored one: the stored one comes back
+    // without a call to Twitch, which proves the body reached the handler through Lambda.
+    let app = avatar_tests::TestApp::spawn(&[]).await;
+    app.browser().log_in().await;
+    let validations = app.twitch.validate_requests();
+
+    let body = chat_token_lambda_answer(
+        &app,
+        include_str!("../events/apigw-v2-post-chat-token-refused-iam.json"),
+    )
+    .await;
+
+    assert_eq!(body["accessToken"], app.twitch.issued_tokens()[0].as_str());
+    assert_eq!(
+        app.twitch.validate_requests(),
+        validations,
+        "Twitch was not asked"
+    );
 }

@@ -1,12 +1,14 @@
 //! The hourly validation of stored Twitch tokens against the fake Twitch, real SQLite and a
-//! private Redis: what one run does with valid, expired and revoked tokens, and how runs cut
-//! off by their deadline continue so that no token waits more than an hour.
+//! private Redis: what one run does with valid, expired and revoked tokens, how runs cut
+//! off by their deadline continue so that no token waits more than an hour, and how a
+//! validation corrects the stored expiry to Twitch's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use avatar_tests::twitch_users::{SeededUser, add_session, seed_twitch_users};
 use avatar_tests::{RedisServer, TestApp};
+use fake_providers::twitch::{DEFAULT_ACCESS_TOKEN_TTL, FakeUser};
 use shared::store::now_ms;
 use shared::tokens::validation::{TokenValidator, ValidationReport};
 use tokio::time::Instant;
@@ -274,4 +276,35 @@ async fn avatar_local_validates_at_start_and_refreshes_a_refused_token_with_defa
     .await;
     assert_eq!(app.twitch.token_requests(), 2, "one exchange, one refresh");
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_corrects_a_stored_expiry_to_the_lifetime_twitch_reports() {
+    // Arrange: a streamer logged in (Twitch's token lives four hours), but the stored expiry
+    // says a month, so the chat-token route would never refresh it before Twitch refuses it.
+    let before = now_ms();
+    let app = TestApp::spawn(&[]).await;
+    app.browser().log_in().await;
+    let user = FakeUser::demo().id;
+    app.set_twitch_token_expiry(&user, now_ms() + 30 * 24 * 60 * MINUTE)
+        .await;
+    let validator = TokenValidator::new(&app.app).expect("Twitch is configured");
+
+    // Act: the next run an hour later (virtual time) validates it.
+    let report = validator
+        .run_at(
+            now_ms() + 60 * MINUTE,
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await;
+
+    // Assert: the stored expiry is Twitch's: four hours after the login.
+    let after = now_ms();
+    assert_eq!((report.validated, report.errors), (1, 0), "{report:?}");
+    let ttl = DEFAULT_ACCESS_TOKEN_TTL.as_millis() as i64;
+    let stored = app.demo_user_tokens().await.expires_at.expect("an expiry");
+    assert!(
+        (before + ttl - 2_000..=after + ttl).contains(&stored),
+        "stored expiry {stored} is not four hours after the login ({before})"
+    );
 }

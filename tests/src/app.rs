@@ -183,6 +183,28 @@ impl TestApp {
         request.send().await.expect("request reaches the app")
     }
 
+    /// `POST /internal/chat-token/{user}/refused` with `body` as sent (JSON for a real bot),
+    /// with `Authorization: Bearer {bearer}` when given.
+    pub async fn chat_token_refused(
+        &self,
+        user: &str,
+        bearer: Option<&str>,
+        body: String,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}/internal/chat-token/{user}/refused",
+                self.address
+            ))
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        request.send().await.expect("request reaches the app")
+    }
+
     /// Status of the fake Twitch's `/validate` for `access_token` (200 live, 401 dead).
     pub async fn twitch_validate_status(&self, access_token: &str) -> u16 {
         self.http

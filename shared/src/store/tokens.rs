@@ -113,23 +113,47 @@ impl Store {
         .await
     }
 
-    /// Records that the provider accepted the access token `sealed_access` at `at` (unless
-    /// the row holds other tokens by now). `false` when it does not.
+    /// Records that the provider accepted the access token `sealed_access` at `at`, with the
+    /// expiry it reported (`None`: the token does not expire), unless the row holds other
+    /// tokens by now. `false` when it does.
     pub async fn record_validation(
         &self,
         user: &TwitchUserId,
         provider: Provider,
         sealed_access: Vec<u8>,
         at: i64,
+        expires_at: Option<i64>,
     ) -> Result<bool, StoreError> {
         let user = user.as_str().to_owned();
         self.write(move |conn| {
             let changed = conn.execute(
-                "UPDATE provider_tokens SET last_validated_at = ?3
+                "UPDATE provider_tokens SET last_validated_at = ?3, expires_at = ?5
                  WHERE twitch_user_id = ?1 AND provider = ?2 AND access_token_enc = ?4",
-                params![user, provider.as_str(), at, sealed_access],
+                params![user, provider.as_str(), at, sealed_access, expires_at],
             )?;
             Ok(changed > 0)
+        })
+        .await
+    }
+
+    /// Whether the row still holds the access token `sealed_access` and it was validated at
+    /// or after `since`.
+    pub async fn validated_since(
+        &self,
+        user: &TwitchUserId,
+        provider: Provider,
+        sealed_access: Vec<u8>,
+        since: i64,
+    ) -> Result<bool, StoreError> {
+        let user = user.as_str().to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM provider_tokens
+                 WHERE twitch_user_id = ?1 AND provider = ?2 AND access_token_enc = ?3
+                   AND last_validated_at >= ?4)",
+                params![user, provider.as_str(), sealed_access, since],
+                |row| row.get(0),
+            )
         })
         .await
     }

@@ -2,8 +2,9 @@
 //! expire or after a provider refused them, re-seal and store the new pair, and end a
 //! connection (`need_reauth`, tokens deleted, `token.revoked` published) when the provider
 //! will not refresh it any more. [`validation`] is the hourly check of every Twitch token;
-//! [`chat_token`] hands a fresh Twitch token to the chat bots; [`revoke`] ends both tokens at
-//! the provider on disconnect.
+//! [`chat_token`] hands a fresh Twitch token to the chat bots and [`chat_token_refused`]
+//! replaces one that Twitch refused them; [`revoke_at_provider`] ends both tokens at the
+//! provider on disconnect.
 //!
 //! A refresh runs under the lock `locks:tokens:{provider}:{twitchUserId}` (node-redlock
 //! format), and only if the stored tokens are still the ones the caller saw: when several
@@ -16,7 +17,7 @@ pub mod validation;
 use std::time::Duration;
 
 use crate::app::App;
-use crate::coordination::CoordinationError;
+use crate::coordination::{CoordinationError, Lock};
 use crate::crypto::CryptoError;
 use crate::events::{BusEvent, TokenRevokedPayload};
 use crate::oauth::{ProviderError, TokenSet, error_chain};
@@ -210,10 +211,28 @@ pub async fn fresh(
     margin: Duration,
 ) -> Result<UsableTokens, TokenError> {
     let tokens = load(app, user, provider).await?;
+    refreshed_if_expiring(app, user, provider, tokens, margin).await
+}
+
+/// `tokens` if they are valid for at least `margin` more, else their refresh.
+async fn refreshed_if_expiring(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    tokens: UsableTokens,
+    margin: Duration,
+) -> Result<UsableTokens, TokenError> {
     if tokens.valid_for(margin) {
         return Ok(tokens);
     }
     refresh(app, user, provider, &tokens).await
+}
+
+/// The expiry `/validate` reports for a token it was asked about at `asked_at` (Unix ms):
+/// `expires_in` seconds from then; `None` for `0`, Twitch's "does not expire" (legacy tokens).
+pub(crate) fn expiry_from_validation(asked_at: i64, expires_in: u64) -> Option<i64> {
+    let lifetime_ms = i64::try_from(expires_in.saturating_mul(1000)).unwrap_or(i64::MAX);
+    (expires_in > 0).then(|| asked_at.saturating_add(lifetime_ms))
 }
 
 /// A chat bot's token is valid for at least this long when handed out (SPEC §5).
@@ -229,27 +248,142 @@ pub struct ChatToken {
     pub login: String,
 }
 
+impl ChatToken {
+    fn new(tokens: UsableTokens, login: String) -> Self {
+        Self {
+            access_token: tokens.access_token,
+            expires_at: tokens.expires_at,
+            scopes: tokens.scopes,
+            login,
+        }
+    }
+}
+
+/// How long a chat token must still be valid when handed out.
+fn chat_token_margin(app: &App) -> Duration {
+    CHAT_TOKEN_MIN_VALIDITY.max(app.config.tokens.refresh_margin)
+}
+
+/// The streamer's login; `UnknownUser` for a user who never logged in.
+async fn chat_login(app: &App, user: &TwitchUserId) -> Result<String, TokenError> {
+    app.store
+        .user_login(user.as_str().to_owned())
+        .await?
+        .ok_or(TokenError::UnknownUser)
+}
+
+/// For a bot, tokens that are gone mean the streamer must log in again.
+fn gone_means_reauth(error: TokenError) -> TokenError {
+    match error {
+        TokenError::NotFound(provider) => TokenError::NeedsReauth(provider),
+        other => other,
+    }
+}
+
 /// The streamer's Twitch token, valid for at least [`CHAT_TOKEN_MIN_VALIDITY`] (or the
 /// refresh margin, if longer): refreshed first when it expires sooner. `UnknownUser` for a
 /// user who never logged in; `NeedsReauth` when the tokens are gone (disconnected, refused).
 #[tracing::instrument(name = "tokens.chat_token", skip_all, fields(streamer = %user))]
 pub async fn chat_token(app: &App, user: &TwitchUserId) -> Result<ChatToken, TokenError> {
-    let login = app
-        .store
-        .user_login(user.as_str().to_owned())
-        .await?
-        .ok_or(TokenError::UnknownUser)?;
-    let margin = CHAT_TOKEN_MIN_VALIDITY.max(app.config.tokens.refresh_margin);
-    let tokens = match fresh(app, user, Provider::Twitch, margin).await {
-        Err(TokenError::NotFound(provider)) => return Err(TokenError::NeedsReauth(provider)),
-        other => other?,
-    };
-    Ok(ChatToken {
-        access_token: tokens.access_token,
-        expires_at: tokens.expires_at,
-        scopes: tokens.scopes,
-        login,
-    })
+    let login = chat_login(app, user).await?;
+    let tokens = fresh(app, user, Provider::Twitch, chat_token_margin(app))
+        .await
+        .map_err(gone_means_reauth)?;
+    Ok(ChatToken::new(tokens, login))
+}
+
+/// A chat bot says Twitch answered 401 to `refused`: the answer is what [`chat_token`]
+/// answers, with a token Twitch accepts now. When `refused` is still the stored token, it is
+/// checked with `/validate` (which also corrects its stored expiry) and refreshed if Twitch
+/// refuses it; a refused refresh ends the connection (`NeedsReauth`, `token.revoked`
+/// published). When the stored token is newer, it is handed out without asking Twitch.
+///
+/// Many bots report the same token at once: the check runs under the per-user refresh lock,
+/// and a holder that finds the token replaced, or validated since its report arrived, answers
+/// with it instead of asking Twitch again; so one report validates (and refreshes) and the
+/// others take its result, across instances.
+#[tracing::instrument(name = "tokens.chat_token_refused", skip_all, fields(streamer = %user))]
+pub async fn chat_token_refused(
+    app: &App,
+    user: &TwitchUserId,
+    refused: &Secret<String>,
+) -> Result<ChatToken, TokenError> {
+    let reported_at = now_ms();
+    let login = chat_login(app, user).await?;
+    let tokens = replace_refused(app, user, refused, reported_at)
+        .await
+        .map_err(gone_means_reauth)?;
+    Ok(ChatToken::new(tokens, login))
+}
+
+async fn replace_refused(
+    app: &App,
+    user: &TwitchUserId,
+    refused: &Secret<String>,
+    reported_at: i64,
+) -> Result<UsableTokens, TokenError> {
+    let provider = Provider::Twitch;
+    let margin = chat_token_margin(app);
+    let tokens = load(app, user, provider).await?;
+    if !is_stored(&tokens, refused) {
+        tracing::info!("a bot reported an older token; the stored one is handed out");
+        return refreshed_if_expiring(app, user, provider, tokens, margin).await;
+    }
+    // Long enough for a validation and a refresh, with room to store the result.
+    let hold = app.config.provider_timeout * 3 + Duration::from_secs(1);
+    let lock = take_refresh_lock(app, user, provider, hold).await?;
+    let result = recheck_holding_lock(app, user, refused, reported_at, margin).await;
+    release_refresh_lock(app, &lock).await;
+    result
+}
+
+/// Whether `token` is the access token of `tokens`; compared in constant time.
+fn is_stored(tokens: &UsableTokens, token: &Secret<String>) -> bool {
+    crate::crypto::constant_time_eq(tokens.access_token.expose(), token.expose())
+}
+
+/// [`chat_token_refused`]'s check at Twitch, under the refresh lock.
+async fn recheck_holding_lock(
+    app: &App,
+    user: &TwitchUserId,
+    refused: &Secret<String>,
+    reported_at: i64,
+    margin: Duration,
+) -> Result<UsableTokens, TokenError> {
+    let provider = Provider::Twitch;
+    let mut tokens = load(app, user, provider).await?;
+    let settled = !is_stored(&tokens, refused)
+        || app
+            .store
+            .validated_since(user, provider, tokens.sealed_access.clone(), reported_at)
+            .await?;
+    if !settled {
+        let twitch = app
+            .twitch
+            .as_ref()
+            .ok_or(TokenError::NotConfigured("Twitch"))?;
+        let asked_at = now_ms();
+        match twitch.validate(tokens.access_token.expose()).await {
+            Ok(validation) => {
+                tracing::info!("Twitch still accepts the reported token");
+                tokens.expires_at = expiry_from_validation(asked_at, validation.expires_in);
+                let sealed = tokens.sealed_access.clone();
+                app.store
+                    .record_validation(user, provider, sealed, asked_at, tokens.expires_at)
+                    .await?;
+            }
+            Err(e) if e.is_unauthorized() => {
+                tracing::info!("Twitch refuses the reported token: refreshing it");
+                return refresh_holding_lock(app, user, provider, &tokens).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Replaced by another report's refresh, or accepted by Twitch: handed out if it lasts.
+    if tokens.valid_for(margin) {
+        return Ok(tokens);
+    }
+    refresh_holding_lock(app, user, provider, &tokens).await
 }
 
 /// Disconnect: makes both stored tokens stop working at the provider before they are deleted
@@ -305,17 +439,30 @@ pub async fn refresh(
 ) -> Result<UsableTokens, TokenError> {
     // Long enough for one provider round trip, with room to store the result.
     let hold = app.config.provider_timeout * 2 + Duration::from_secs(1);
-    let resource = refresh_lock(provider, user);
-    let lock = app
-        .coordinator
-        .lock_within(&resource, hold, hold)
-        .await?
-        .ok_or(TokenError::RefreshBusy)?;
+    let lock = take_refresh_lock(app, user, provider, hold).await?;
     let result = refresh_holding_lock(app, user, provider, seen).await;
-    if let Err(e) = app.coordinator.release(&lock).await {
+    release_refresh_lock(app, &lock).await;
+    result
+}
+
+/// The refresh lock of `user`'s `provider` tokens, held for `hold`; waits as long for it
+/// (`RefreshBusy` when another holder keeps it longer).
+async fn take_refresh_lock(
+    app: &App,
+    user: &TwitchUserId,
+    provider: Provider,
+    hold: Duration,
+) -> Result<Lock, TokenError> {
+    app.coordinator
+        .lock_within(&refresh_lock(provider, user), hold, hold)
+        .await?
+        .ok_or(TokenError::RefreshBusy)
+}
+
+async fn release_refresh_lock(app: &App, lock: &Lock) {
+    if let Err(e) = app.coordinator.release(lock).await {
         tracing::warn!(error = %e, "the token refresh lock was not released; it expires by itself");
     }
-    result
 }
 
 async fn refresh_holding_lock(
@@ -529,6 +676,13 @@ mod tests {
             assert_eq!(TokenStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(TokenStatus::parse("ACTIVE"), None);
+    }
+
+    #[test]
+    fn validate_reports_the_lifetime_from_when_it_was_asked_and_zero_means_none() {
+        assert_eq!(expiry_from_validation(1_000, 14_124), Some(14_125_000));
+        assert_eq!(expiry_from_validation(1_000, 0), None);
+        assert_eq!(expiry_from_validation(1_000, u64::MAX), Some(i64::MAX));
     }
 
     #[test]

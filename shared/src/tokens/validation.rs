@@ -4,7 +4,8 @@
 //!
 //! A run validates the tokens that are due (last validated [`TokenLifecycleConfig::
 //! validate_due_after`] ago, or never), least recently validated first, at the configured
-//! request rate and concurrency. A token Twitch refuses is refreshed; one whose refresh is
+//! request rate and concurrency. A token Twitch accepts gets the expiry Twitch reports (a
+//! stored expiry may be wrong); a token Twitch refuses is refreshed; one whose refresh is
 //! refused too ends its connection (see [`super::end_connection`]): tokens deleted, sessions
 //! ended, `token.revoked` published. A run stops at its deadline; since the order is "least
 //! recently validated first", the next run starts with the tokens this one did not reach.
@@ -21,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument as _;
 
-use super::{Provider, TokenError, TwitchUserId, open_active, refresh};
+use super::{Provider, TokenError, TwitchUserId, expiry_from_validation, open_active, refresh};
 use crate::app::App;
 use crate::jobs::ScheduledJob;
 use crate::metrics::ValidationOutcome;
@@ -297,6 +298,7 @@ async fn validate_one(
         }
     };
     // Validation has no effect at Twitch, so it may be cut off at the deadline.
+    let asked_at = now_ms();
     let answer =
         match tokio::time::timeout_at(stop_at, twitch.validate(tokens.access_token.expose())).await
         {
@@ -304,10 +306,14 @@ async fn validate_one(
             Err(_) => return Outcome::CutOff,
         };
     match answer {
-        Ok(_) => {
+        Ok(validation) => {
+            // Twitch's word on the lifetime replaces the stored one, which only counted from
+            // the issue and knows nothing of what happened at Twitch since.
+            let expires_at = expiry_from_validation(asked_at, validation.expires_in);
+            let sealed = tokens.sealed_access.clone();
             match app
                 .store
-                .record_validation(&user, Provider::Twitch, tokens.sealed_access.clone(), now)
+                .record_validation(&user, Provider::Twitch, sealed, now, expires_at)
                 .await
             {
                 // `false`: replaced meanwhile (a new login or refresh), which counts as validated.

@@ -31,20 +31,24 @@ pub async fn start_twitch(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    // `?reauth=1` (the dashboard's button when scopes are missing) shows the consent screen.
-    let reauth = query.is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "reauth" && v == "1")
-    });
-    match begin_twitch_login(&app, &headers, reauth) {
+    match begin_twitch_login(&app, &headers, query.as_deref()) {
         Ok(response) => response,
         Err(e) => e.into_page(&app, texts::negotiate(&headers), "/"),
     }
 }
 
-fn begin_twitch_login(app: &App, headers: &HeaderMap, reauth: bool) -> Result<Response, WebError> {
-    if let Some(canonical) = canonical_local_start(app, headers) {
+fn begin_twitch_login(
+    app: &App,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, WebError> {
+    if let Some(canonical) = canonical_local_start(app, headers, query) {
         return Ok(redirect(app, StatusCode::FOUND, &canonical, []));
     }
+    // `?reauth=1` (the dashboard's button when scopes are missing) shows the consent screen.
+    let reauth = query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "reauth" && v == "1")
+    });
     let twitch = app
         .twitch
         .as_ref()
@@ -64,8 +68,9 @@ fn begin_twitch_login(app: &App, headers: &HeaderMap, reauth: bool) -> Result<Re
 /// get its state cookie for one host and come back from Twitch to the other, and the login
 /// would fail as "started in another browser". Send it to the configured host first. Only
 /// when both the request and PUBLIC_BASE_URL name loopback hosts: behind a proxy (a real
-/// public host) this never redirects, so a rewritten Host cannot cause a loop.
-fn canonical_local_start(app: &App, headers: &HeaderMap) -> Option<String> {
+/// public host) this never redirects, so a rewritten Host cannot cause a loop. The query
+/// goes along (`?reauth=1` must still show the consent screen there).
+fn canonical_local_start(app: &App, headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let public = &app.config.public_base_url;
     let is_loopback = |host: &str| {
         ["127.0.0.1", "localhost", "[::1]"]
@@ -77,8 +82,15 @@ fn canonical_local_start(app: &App, headers: &HeaderMap) -> Option<String> {
         None => public.host_str()?.to_owned(),
     };
     let host = headers.get(header::HOST)?.to_str().ok()?;
+    let query = query
+        .filter(|q| !q.is_empty())
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     (is_loopback(&public_host) && is_loopback(host) && !host.eq_ignore_ascii_case(&public_host))
-        .then(|| format!("{}/auth/twitch", public.as_str().trim_end_matches('/')))
+        .then(|| {
+            let base = public.as_str().trim_end_matches('/');
+            format!("{base}/auth/twitch{query}")
+        })
 }
 
 /// The callback's query, parsed strictly: UTF-8 only, no repeated parameters.

@@ -3,22 +3,30 @@
 //! `{"accessToken","expiresAt","scopes","login"}`, with a token valid for at least five more
 //! minutes (refreshed first when needed), and is never cached.
 //!
+//! `POST /internal/chat-token/{twitchUserId}/refused` with `{"accessToken":"…"}`: a bot whose
+//! token Twitch answered 401 reports it, and gets the GET's answer with a token Twitch accepts
+//! now (or 409 when the connection is over); see [`tokens::chat_token_refused`].
+//!
 //! Who may ask is checked before this handler runs: in AWS by API Gateway's AWS_IAM
 //! authorizer; on the local server by [`require_bearer`] (see [`crate::http::Access`]).
 
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
 use crate::app::App;
 use crate::oauth::error_chain;
 use crate::secret::Secret;
 use crate::store::rfc3339_utc;
-use crate::tokens::{self, TokenError, TwitchUserId};
+use crate::tokens::{self, ChatToken, TokenError, TwitchUserId};
+
+/// Longest access token a report may carry (Twitch's are 30 characters).
+const MAX_REPORTED_TOKEN_LEN: usize = 512;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,8 +38,8 @@ struct ChatTokenBody<'a> {
     login: &'a str,
 }
 
-/// The handler. Its span carries the caller (in AWS, the IAM identity that signed the
-/// request), so every token handed out, and every refusal, says to whom.
+/// `GET`: the streamer's token. Its span carries the caller (in AWS, the IAM identity that
+/// signed the request), so every token handed out, and every refusal, says to whom.
 #[tracing::instrument(name = "api.chat_token", skip_all, fields(caller = caller.arn()))]
 pub async fn chat_token(
     State(app): State<App>,
@@ -39,13 +47,60 @@ pub async fn chat_token(
     Path(user): Path<String>,
 ) -> Response {
     let Some(user) = TwitchUserId::parse(&user) else {
+        return invalid_user_id();
+    };
+    let answer = tokens::chat_token(&app, &user).await;
+    respond(&user, answer)
+}
+
+/// What a bot reports: the access token Twitch refused.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RefusedReport {
+    access_token: String,
+}
+
+/// `POST …/refused`: a bot reports the token Twitch refused and gets one Twitch accepts.
+#[tracing::instrument(name = "api.chat_token_refused", skip_all, fields(caller = caller.arn()))]
+pub async fn chat_token_refused(
+    State(app): State<App>,
+    caller: Caller,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(user) = TwitchUserId::parse(&user) else {
+        return invalid_user_id();
+    };
+    let Some(refused) = reported_token(&body) else {
+        tracing::info!(streamer = %user, "a refused-token report without a token in its body");
         return error(
             StatusCode::BAD_REQUEST,
-            "invalid_user_id",
-            "A Twitch user id is 1 to 20 digits.",
+            "invalid_body",
+            "The body must be JSON {\"accessToken\":\"…\"} with the token Twitch refused.",
         );
     };
-    match tokens::chat_token(&app, &user).await {
+    let answer = tokens::chat_token_refused(&app, &user, &refused).await;
+    respond(&user, answer)
+}
+
+/// The token of a well-formed report. serde's error is dropped unread: it may quote the body.
+fn reported_token(body: &[u8]) -> Option<Secret<String>> {
+    let report: RefusedReport = serde_json::from_slice(body).ok()?;
+    let token = report.access_token;
+    (!token.is_empty() && token.len() <= MAX_REPORTED_TOKEN_LEN).then(|| Secret::new(token))
+}
+
+fn invalid_user_id() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_user_id",
+        "A Twitch user id is 1 to 20 digits.",
+    )
+}
+
+/// Both routes' answer: the token, or why it cannot be handed out.
+fn respond(user: &TwitchUserId, answer: Result<ChatToken, TokenError>) -> Response {
+    match answer {
         Ok(token) => {
             tracing::info!(streamer = %user, "chat token handed out");
             let body = ChatTokenBody {
@@ -56,7 +111,7 @@ pub async fn chat_token(
             };
             no_store(StatusCode::OK, axum::Json(body))
         }
-        Err(e) => refusal(&user, &e),
+        Err(e) => refusal(user, &e),
     }
 }
 
@@ -96,12 +151,12 @@ fn refusal(user: &TwitchUserId, e: &TokenError) -> Response {
         TokenError::Provider(p) if p.is_timeout() => (
             StatusCode::GATEWAY_TIMEOUT,
             "provider_timeout",
-            "Twitch did not answer the refresh in time.",
+            "Twitch did not answer in time (checking or refreshing the token).",
         ),
         TokenError::Provider(_) => (
             StatusCode::BAD_GATEWAY,
             "provider_failed",
-            "Twitch failed to refresh the token.",
+            "Twitch failed to check or refresh the token.",
         ),
         TokenError::Crypto(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -165,6 +220,30 @@ fn no_store(status: StatusCode, body: impl IntoResponse) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_carries_one_non_empty_access_token_in_json() {
+        let token = |body: &str| reported_token(body.as_bytes()).map(|t| t.expose().clone());
+        assert_eq!(token(r#"{"accessToken":"abc"}"#), Some("abc".into()));
+        assert_eq!(
+            token(r#"{"accessToken":"abc","extra":1}"#),
+            Some("abc".into())
+        );
+        for bad in [
+            "",
+            "abc",
+            "{}",
+            r#"{"accessToken":""}"#,
+            r#"{"accessToken":null}"#,
+        ] {
+            assert_eq!(token(bad), None, "{bad:?}");
+        }
+        let long = format!(
+            r#"{{"accessToken":"{}"}}"#,
+            "a".repeat(MAX_REPORTED_TOKEN_LEN + 1)
+        );
+        assert_eq!(token(&long), None);
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_required() {
