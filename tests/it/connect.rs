@@ -5,9 +5,15 @@
 use std::time::Duration;
 
 use avatar_tests::{TestApp, location};
+use fake_providers::donationalerts::{ApiFailure, NewDonation, RequestKind};
+use fake_providers::twitch::FakeUser;
+use shared::poll::PollStats;
+use shared::poll::cache::StreamerCache;
+use shared::poll::schedule::PollOutcome;
+use shared::poll::streamer::poll_streamer;
+use shared::tokens::TwitchUserId;
 
 use crate::login::error_code;
-use fake_providers::donationalerts::{ApiFailure, NewDonation};
 
 fn donation(message: &str) -> NewDonation {
     NewDonation {
@@ -18,6 +24,19 @@ fn donation(message: &str) -> NewDonation {
         currency: "RUB".into(),
         created_at: None,
     }
+}
+
+/// Rows of the streamer's DonationAlerts connection: its link and its tokens.
+fn connection_rows(app: &TestApp) -> i64 {
+    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
+    let tokens: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM provider_tokens WHERE provider = 'donationalerts'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    tokens + app.rows("donationalerts_links")
 }
 
 #[tokio::test]
@@ -135,16 +154,7 @@ async fn disconnecting_forgets_the_tokens_and_the_status_says_so() {
 
     // Assert
     assert_eq!(disconnected.status(), 303);
-    assert_eq!(app.rows("donationalerts_links"), 0);
-    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
-    let tokens: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM provider_tokens WHERE provider = 'donationalerts'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(tokens, 0);
+    assert_eq!(connection_rows(&app), 0);
     let status: serde_json::Value = browser
         .get("/api/donationalerts/status")
         .await
@@ -155,6 +165,73 @@ async fn disconnecting_forgets_the_tokens_and_the_status_says_so() {
     assert_eq!(status["status"], serde_json::Value::Null);
     let dashboard = browser.get("/success").await.text().await.unwrap();
     assert!(dashboard.contains("id=\"donationalerts-connect\""));
+}
+
+#[tokio::test]
+async fn disconnecting_twitch_also_ends_the_donationalerts_link_and_its_polling() {
+    // Arrange: logged in, DonationAlerts connected, one poll done, so the poller's cache
+    // holds the opened tokens
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let before_connecting = browser.get("/success").await.text().await.unwrap();
+    browser.connect_donationalerts().await;
+    let client = app.app.donationalerts.clone().unwrap();
+    let cache = StreamerCache::default();
+    let stats = PollStats::default();
+    let streamer = TwitchUserId::parse(&FakeUser::demo().id).unwrap();
+    let poll = || poll_streamer(&app.app, &client, &cache, &streamer, Duration::ZERO, &stats);
+    app.donationalerts.donate(donation("before disconnecting"));
+    assert_eq!(poll().await, PollOutcome::Polled { new_donations: 1 });
+    assert!(cache.get(&streamer).is_some(), "the poll filled the cache");
+    let dashboard = browser.get("/success").await.text().await.unwrap();
+
+    // Act
+    let disconnected = browser.post_from_dashboard("/auth/twitch/disconnect").await;
+    let after = app.donationalerts.donate(donation("after disconnecting"));
+    let asked_before = app.donationalerts.request_count(RequestKind::Donations);
+    let outcome = poll().await;
+
+    // Assert: the next poll neither asks DonationAlerts with the cached tokens nor records anything
+    assert_eq!(outcome, PollOutcome::NeedsReauth);
+    assert_eq!(
+        app.donationalerts.request_count(RequestKind::Donations),
+        asked_before,
+        "DonationAlerts was asked after the disconnect"
+    );
+    assert!(
+        cache.get(&streamer).is_none(),
+        "the cache forgot the tokens"
+    );
+    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [after.id], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT count(*) FROM donations WHERE da_donation_id = ?1"),
+        0,
+        "a donation after the disconnect was recorded"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM event_outbox WHERE event_id LIKE '%:' || ?1"),
+        0,
+        "a donation after the disconnect was published"
+    );
+    // Link and tokens are gone, with the Twitch tokens and the sessions
+    assert_eq!(disconnected.status(), 303);
+    assert_eq!(app.rows("donationalerts_links"), 0);
+    assert_eq!(app.rows("provider_tokens"), 0);
+    assert_eq!(browser.status().await["authenticated"], false);
+    assert!(app.app.store.poll_targets().await.unwrap().is_empty());
+    // The dashboard said so before the button was pressed
+    assert!(
+        !before_connecting.contains("id=\"disconnect-note\""),
+        "no DonationAlerts note while it is not connected: {before_connecting}"
+    );
+    let note = dashboard
+        .split("id=\"disconnect-note\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</p>").next())
+        .unwrap_or_else(|| panic!("the dashboard warns before disconnecting: {dashboard}"));
+    assert!(note.contains("DonationAlerts"), "{note}");
 }
 
 #[tokio::test]
