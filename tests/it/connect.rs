@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use avatar_tests::{TestApp, location};
+use avatar_tests::{RedisServer, TestApp, location, set_cookie};
 use fake_providers::donationalerts::{ApiFailure, NewDonation, RequestKind};
 use fake_providers::twitch::FakeUser;
+use shared::coordination::RateLimit;
 use shared::poll::PollStats;
 use shared::poll::cache::StreamerCache;
 use shared::poll::schedule::PollOutcome;
@@ -14,6 +15,9 @@ use shared::poll::streamer::poll_streamer;
 use shared::tokens::TwitchUserId;
 
 use crate::login::error_code;
+
+/// Connect starts a session may make a minute (see `web::donationalerts`).
+const CONNECT_STARTS_PER_MINUTE: usize = 5;
 
 fn donation(message: &str) -> NewDonation {
     NewDonation {
@@ -342,4 +346,126 @@ async fn connect_refusals_are_pages_naming_their_reason_and_write_nothing() {
     assert!(connected_writes > writes_before);
     assert_eq!(app.writes(), writes_after_disconnect);
     assert_eq!(app.rows("donationalerts_links"), 0);
+}
+
+/// The `Retry-After` of a response, in seconds.
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a Retry-After in seconds: {:?}", response.headers()))
+}
+
+#[tokio::test]
+async fn with_the_shared_budget_spent_the_callback_asks_donationalerts_nothing_and_answers_503() {
+    // Arrange: a budget of one request a minute, spent a moment ago by a poll
+    let app = TestApp::spawn(&[("DA_RATE_LIMIT_PER_MIN", "1")]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let page = browser.start_connect().await;
+    let callback = browser.decide(&page, "authorize").await;
+    let spent = app
+        .app
+        .coordinator
+        .rate_limit("ratelimit:donationalerts", &RateLimit::per_minute(1))
+        .await
+        .unwrap();
+    assert!(spent.allowed);
+    let writes_before = app.writes();
+
+    // Act
+    let refused = browser.get(&callback).await;
+
+    // Assert
+    assert_eq!(refused.status(), 503);
+    assert!(retry_after(&refused) >= 1);
+    let html = refused.text().await.unwrap();
+    assert_eq!(error_code(&html), "provider_budget_exhausted", "{html}");
+    assert!(html.contains("через минуту"), "{html}");
+    assert!(
+        app.donationalerts.requests().is_empty(),
+        "DonationAlerts was asked {:?}",
+        app.donationalerts.requests()
+    );
+    assert_eq!(app.writes(), writes_before, "nothing written");
+    assert_eq!(connection_rows(&app), 0);
+}
+
+#[tokio::test]
+async fn the_callbacks_account_read_takes_a_grant_of_the_shared_budget_too() {
+    // Arrange: a budget of one request a minute, which the code exchange takes
+    let app = TestApp::spawn(&[("DA_RATE_LIMIT_PER_MIN", "1")]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let writes_before = app.writes();
+
+    // Act
+    let refused = browser.connect_donationalerts().await;
+
+    // Assert
+    assert_eq!(refused.status(), 503);
+    let html = refused.text().await.unwrap();
+    assert_eq!(error_code(&html), "provider_budget_exhausted", "{html}");
+    assert_eq!(app.donationalerts.request_count(RequestKind::Token), 1);
+    assert_eq!(
+        app.donationalerts.request_count(RequestKind::User),
+        0,
+        "/api/v1/user/oauth was asked without a grant"
+    );
+    assert_eq!(app.writes(), writes_before, "nothing written");
+    assert_eq!(connection_rows(&app), 0);
+}
+
+#[tokio::test]
+async fn connect_starts_are_throttled_per_session_under_a_key_that_hides_the_session() {
+    // Arrange
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
+    let browser = app.browser();
+    let login = browser.log_in().await;
+    let session = set_cookie(&login, "avatar_session").expect("a session cookie");
+    let session_id = session
+        .trim_start_matches("avatar_session=")
+        .split(['.', ';'])
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // Act: more starts within a minute than a person connecting ever needs
+    let mut statuses = Vec::new();
+    for _ in 0..CONNECT_STARTS_PER_MINUTE {
+        statuses.push(browser.get("/auth/donationalerts").await.status().as_u16());
+    }
+    let throttled = browser.get("/auth/donationalerts").await;
+    let other = app.browser();
+    other.log_in().await;
+    let other_start = other.get("/auth/donationalerts").await;
+
+    // Assert
+    assert!(statuses.iter().all(|s| *s == 302), "{statuses:?}");
+    assert_eq!(throttled.status(), 429);
+    assert!(retry_after(&throttled) >= 1);
+    assert!(
+        set_cookie(&throttled, "avatar_oauth_donationalerts").is_none(),
+        "no flow started"
+    );
+    let html = throttled.text().await.unwrap();
+    assert_eq!(error_code(&html), "too_many_attempts", "{html}");
+    assert_eq!(
+        other_start.status(),
+        302,
+        "another session has its own allowance"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ratelimit:connect:*")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "one key per session: {keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.contains(&session_id)),
+        "a raw session id in a Redis key: {keys:?}"
+    );
 }
