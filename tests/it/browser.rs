@@ -159,43 +159,56 @@ async fn wait_for_id(client: &Client, id: &str, what: &str) -> Element {
     }
 }
 
+/// An `avatar-local --demo` on free ports; returns it with the fake DonationAlerts' port.
+async fn demo_server(vars: &[(String, String)]) -> (LocalServer, u16) {
+    let donationalerts_port = free_port();
+    let demo_ports = format!("{},{donationalerts_port}", free_port());
+    let server = LocalServer::start(
+        &["--demo", "--port", "0", "--demo-ports", &demo_ports],
+        vars,
+        "info",
+    )
+    .await;
+    (server, donationalerts_port)
+}
+
+/// The landing page's «Вход», then Authorize on the fake Twitch's consent page: ends on the
+/// dashboard, logged in.
+async fn log_in_by_clicking(client: &Client, base: &str) {
+    client
+        .goto(&format!("{base}/"))
+        .await
+        .expect("landing page");
+    let login = wait_for_id(client, "login", "the landing page").await;
+    assert_eq!(login.text().await.unwrap(), "Вход");
+    login.click().await.expect("click «Вход»");
+
+    let authorize = wait_for_id(client, "authorize", "the consent page's Authorize button").await;
+    let consent_url = client.current_url().await.unwrap();
+    assert_eq!(consent_url.host_str(), Some("127.0.0.1"), "{consent_url}");
+    assert_eq!(consent_url.path(), "/oauth2/authorize");
+    authorize.click().await.expect("click Authorize");
+
+    let name = wait_for_id(client, "display-name", "the dashboard").await;
+    assert_eq!(name.text().await.unwrap(), "Demo Streamer");
+}
+
 #[tokio::test]
 async fn a_streamer_logs_in_by_clicking_through_a_real_headless_chromium() {
     // Arrange. Declared in this order so that drops run in reverse: the browser process
     // group dies before its profile directory is removed.
     require_browser();
     let profile = tempfile::tempdir().expect("browser profile dir");
-    let demo_ports = format!("{},{}", free_port(), free_port());
-    let server = LocalServer::start(
-        &["--demo", "--port", "0", "--demo-ports", &demo_ports],
-        &[],
-        "info",
-    )
-    .await;
+    let (server, _) = demo_server(&[]).await;
     let driver = ChromeDriver::start().await;
     let client = open_browser(&driver, profile.path()).await;
     // The app's public URL (cookies, the OAuth redirect) is on localhost, not 127.0.0.1.
     let base = server.base.clone();
 
-    // Act: the landing page, then «Вход».
-    client
-        .goto(&format!("{base}/"))
-        .await
-        .expect("landing page");
-    let login = wait_for_id(&client, "login", "the landing page").await;
-    assert_eq!(login.text().await.unwrap(), "Вход");
-    login.click().await.expect("click «Вход»");
-
-    // The fake Twitch's consent page.
-    let authorize = wait_for_id(&client, "authorize", "the consent page's Authorize button").await;
-    let consent_url = client.current_url().await.unwrap();
-    assert_eq!(consent_url.host_str(), Some("127.0.0.1"), "{consent_url}");
-    assert_eq!(consent_url.path(), "/oauth2/authorize");
-    authorize.click().await.expect("click Authorize");
+    // Act: the landing page, «Вход», the fake Twitch's consent page.
+    log_in_by_clicking(&client, &base).await;
 
     // Assert: back on the app's dashboard, logged in.
-    let name = wait_for_id(&client, "display-name", "the dashboard").await;
-    assert_eq!(name.text().await.unwrap(), "Demo Streamer");
     let dashboard_url = client.current_url().await.unwrap();
     assert_eq!(
         dashboard_url.host_str(),
@@ -243,6 +256,108 @@ async fn a_streamer_logs_in_by_clicking_through_a_real_headless_chromium() {
     let login = wait_for_id(&client, "login", "the landing page after logout").await;
     assert_eq!(login.text().await.unwrap(), "Вход");
     assert_eq!(client.current_url().await.unwrap().path(), "/");
+
+    client.close().await.expect("end the WebDriver session");
+}
+
+/// Where a donation's text and amount are drawn in a row of the dashboard: the donor name's
+/// box, and the box of the amount's own characters (found by text, whatever the markup).
+const DONATION_LAYOUT: &str = r#"
+const [row, donor, amount] = arguments;
+const texts = [];
+const walker = document.createTreeWalker(row, NodeFilter.SHOW_TEXT);
+for (let node = walker.nextNode(); node; node = walker.nextNode()) texts.push(node);
+const box = (text) => {
+  const node = texts.find((n) => n.data.includes(text));
+  const range = document.createRange();
+  range.setStart(node, node.data.indexOf(text));
+  range.setEnd(node, node.data.indexOf(text) + text.length);
+  return { node, rect: range.getBoundingClientRect() };
+};
+const d = box(donor);
+const a = box(amount);
+return {
+  donorRight: d.rect.right,
+  amountLeft: a.rect.left,
+  donorBidi: getComputedStyle(d.node.parentElement).unicodeBidi,
+  amountBidi: getComputedStyle(a.node.parentElement).unicodeBidi,
+  amountTag: a.node.parentElement.tagName,
+};
+"#;
+
+#[tokio::test]
+async fn a_donors_right_to_left_override_cannot_move_the_amount_beside_it() {
+    // Arrange: logged in and DonationAlerts connected by clicking, in a real Chromium
+    require_browser();
+    let profile = tempfile::tempdir().expect("browser profile dir");
+    let (server, donationalerts_port) =
+        demo_server(&[("DA_POLL_INTERVAL_MS".into(), "300".into())]).await;
+    let driver = ChromeDriver::start().await;
+    let client = open_browser(&driver, profile.path()).await;
+    let base = server.base.clone();
+    log_in_by_clicking(&client, &base).await;
+    let connect = wait_for_id(&client, "donationalerts-connect", "the dashboard").await;
+    connect.click().await.expect("click connect");
+    let authorize = wait_for_id(&client, "authorize", "DonationAlerts' consent page").await;
+    authorize.click().await.expect("click Authorize");
+    wait_for_id(&client, "no-donations", "the dashboard, connected").await;
+
+    // Act: a donor whose name starts with U+202E RIGHT-TO-LEFT OVERRIDE, which reverses
+    // the text after it until something ends or isolates it
+    let donated = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{donationalerts_port}/_control/donations"
+        ))
+        .json(
+            &serde_json::json!({"username": "\u{202E}evil", "message": "hi",
+                                  "amount": 987, "currency": "RUB"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(donated.status(), 201);
+    let end = Instant::now() + STEP * 2;
+    let row = loop {
+        client
+            .goto(&format!("{base}/success"))
+            .await
+            .expect("dashboard");
+        if let Ok(row) = client.find(Locator::Css("#donations li")).await {
+            break row;
+        }
+        assert!(
+            Instant::now() < end,
+            "the donation never reached the dashboard"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Assert: the amount is drawn after (right of) the donor's name, as in any other row;
+    // with the override leaking out of the name it would be drawn reversed, left of it.
+    let layout = client
+        .execute(
+            DONATION_LAYOUT,
+            vec![
+                serde_json::to_value(&row).unwrap(),
+                "evil".into(),
+                "987".into(),
+            ],
+        )
+        .await
+        .expect("the layout script runs");
+    let number = |key: &str| {
+        layout[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {layout}"))
+    };
+    assert!(
+        number("amountLeft") >= number("donorRight"),
+        "the amount is drawn left of the donor's name: {layout}"
+    );
+    // Each piece of donor text, and the amount, sit in isolates of their own.
+    assert_eq!(layout["donorBidi"], "isolate", "{layout}");
+    assert_eq!(layout["amountBidi"], "isolate", "{layout}");
+    assert_eq!(layout["amountTag"], "BDI", "{layout}");
 
     client.close().await.expect("end the WebDriver session");
 }

@@ -4,10 +4,20 @@
 
 use std::time::Duration;
 
-use avatar_tests::{TestApp, location};
+use avatar_tests::{RedisServer, TestApp, location, set_cookie};
+use fake_providers::donationalerts::{ApiFailure, NewDonation, RequestKind};
+use fake_providers::twitch::FakeUser;
+use shared::coordination::RateLimit;
+use shared::poll::PollStats;
+use shared::poll::cache::StreamerCache;
+use shared::poll::schedule::PollOutcome;
+use shared::poll::streamer::poll_streamer;
+use shared::tokens::TwitchUserId;
 
 use crate::login::error_code;
-use fake_providers::donationalerts::{ApiFailure, NewDonation};
+
+/// Connect starts a session may make a minute (see `web::donationalerts`).
+const CONNECT_STARTS_PER_MINUTE: usize = 5;
 
 fn donation(message: &str) -> NewDonation {
     NewDonation {
@@ -18,6 +28,19 @@ fn donation(message: &str) -> NewDonation {
         currency: "RUB".into(),
         created_at: None,
     }
+}
+
+/// Rows of the streamer's DonationAlerts connection: its link and its tokens.
+fn connection_rows(app: &TestApp) -> i64 {
+    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
+    let tokens: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM provider_tokens WHERE provider = 'donationalerts'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    tokens + app.rows("donationalerts_links")
 }
 
 #[tokio::test]
@@ -135,16 +158,7 @@ async fn disconnecting_forgets_the_tokens_and_the_status_says_so() {
 
     // Assert
     assert_eq!(disconnected.status(), 303);
-    assert_eq!(app.rows("donationalerts_links"), 0);
-    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
-    let tokens: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM provider_tokens WHERE provider = 'donationalerts'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(tokens, 0);
+    assert_eq!(connection_rows(&app), 0);
     let status: serde_json::Value = browser
         .get("/api/donationalerts/status")
         .await
@@ -155,6 +169,73 @@ async fn disconnecting_forgets_the_tokens_and_the_status_says_so() {
     assert_eq!(status["status"], serde_json::Value::Null);
     let dashboard = browser.get("/success").await.text().await.unwrap();
     assert!(dashboard.contains("id=\"donationalerts-connect\""));
+}
+
+#[tokio::test]
+async fn disconnecting_twitch_also_ends_the_donationalerts_link_and_its_polling() {
+    // Arrange: logged in, DonationAlerts connected, one poll done, so the poller's cache
+    // holds the opened tokens
+    let app = TestApp::spawn(&[]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let before_connecting = browser.get("/success").await.text().await.unwrap();
+    browser.connect_donationalerts().await;
+    let client = app.app.donationalerts.clone().unwrap();
+    let cache = StreamerCache::default();
+    let stats = PollStats::default();
+    let streamer = TwitchUserId::parse(&FakeUser::demo().id).unwrap();
+    let poll = || poll_streamer(&app.app, &client, &cache, &streamer, Duration::ZERO, &stats);
+    app.donationalerts.donate(donation("before disconnecting"));
+    assert_eq!(poll().await, PollOutcome::Polled { new_donations: 1 });
+    assert!(cache.get(&streamer).is_some(), "the poll filled the cache");
+    let dashboard = browser.get("/success").await.text().await.unwrap();
+
+    // Act
+    let disconnected = browser.post_from_dashboard("/auth/twitch/disconnect").await;
+    let after = app.donationalerts.donate(donation("after disconnecting"));
+    let asked_before = app.donationalerts.request_count(RequestKind::Donations);
+    let outcome = poll().await;
+
+    // Assert: the next poll neither asks DonationAlerts with the cached tokens nor records anything
+    assert_eq!(outcome, PollOutcome::NeedsReauth);
+    assert_eq!(
+        app.donationalerts.request_count(RequestKind::Donations),
+        asked_before,
+        "DonationAlerts was asked after the disconnect"
+    );
+    assert!(
+        cache.get(&streamer).is_none(),
+        "the cache forgot the tokens"
+    );
+    let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [after.id], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT count(*) FROM donations WHERE da_donation_id = ?1"),
+        0,
+        "a donation after the disconnect was recorded"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM event_outbox WHERE event_id LIKE '%:' || ?1"),
+        0,
+        "a donation after the disconnect was published"
+    );
+    // Link and tokens are gone, with the Twitch tokens and the sessions
+    assert_eq!(disconnected.status(), 303);
+    assert_eq!(app.rows("donationalerts_links"), 0);
+    assert_eq!(app.rows("provider_tokens"), 0);
+    assert_eq!(browser.status().await["authenticated"], false);
+    assert!(app.app.store.poll_targets().await.unwrap().is_empty());
+    // The dashboard said so before the button was pressed
+    assert!(
+        !before_connecting.contains("id=\"disconnect-note\""),
+        "no DonationAlerts note while it is not connected: {before_connecting}"
+    );
+    let note = dashboard
+        .split("id=\"disconnect-note\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</p>").next())
+        .unwrap_or_else(|| panic!("the dashboard warns before disconnecting: {dashboard}"));
+    assert!(note.contains("DonationAlerts"), "{note}");
 }
 
 #[tokio::test]
@@ -265,4 +346,126 @@ async fn connect_refusals_are_pages_naming_their_reason_and_write_nothing() {
     assert!(connected_writes > writes_before);
     assert_eq!(app.writes(), writes_after_disconnect);
     assert_eq!(app.rows("donationalerts_links"), 0);
+}
+
+/// The `Retry-After` of a response, in seconds.
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a Retry-After in seconds: {:?}", response.headers()))
+}
+
+#[tokio::test]
+async fn with_the_shared_budget_spent_the_callback_asks_donationalerts_nothing_and_answers_503() {
+    // Arrange: a budget of one request a minute, spent a moment ago by a poll
+    let app = TestApp::spawn(&[("DA_RATE_LIMIT_PER_MIN", "1")]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let page = browser.start_connect().await;
+    let callback = browser.decide(&page, "authorize").await;
+    let spent = app
+        .app
+        .coordinator
+        .rate_limit("ratelimit:donationalerts", &RateLimit::per_minute(1))
+        .await
+        .unwrap();
+    assert!(spent.allowed);
+    let writes_before = app.writes();
+
+    // Act
+    let refused = browser.get(&callback).await;
+
+    // Assert
+    assert_eq!(refused.status(), 503);
+    assert!(retry_after(&refused) >= 1);
+    let html = refused.text().await.unwrap();
+    assert_eq!(error_code(&html), "provider_budget_exhausted", "{html}");
+    assert!(html.contains("через минуту"), "{html}");
+    assert!(
+        app.donationalerts.requests().is_empty(),
+        "DonationAlerts was asked {:?}",
+        app.donationalerts.requests()
+    );
+    assert_eq!(app.writes(), writes_before, "nothing written");
+    assert_eq!(connection_rows(&app), 0);
+}
+
+#[tokio::test]
+async fn the_callbacks_account_read_takes_a_grant_of_the_shared_budget_too() {
+    // Arrange: a budget of one request a minute, which the code exchange takes
+    let app = TestApp::spawn(&[("DA_RATE_LIMIT_PER_MIN", "1")]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    let writes_before = app.writes();
+
+    // Act
+    let refused = browser.connect_donationalerts().await;
+
+    // Assert
+    assert_eq!(refused.status(), 503);
+    let html = refused.text().await.unwrap();
+    assert_eq!(error_code(&html), "provider_budget_exhausted", "{html}");
+    assert_eq!(app.donationalerts.request_count(RequestKind::Token), 1);
+    assert_eq!(
+        app.donationalerts.request_count(RequestKind::User),
+        0,
+        "/api/v1/user/oauth was asked without a grant"
+    );
+    assert_eq!(app.writes(), writes_before, "nothing written");
+    assert_eq!(connection_rows(&app), 0);
+}
+
+#[tokio::test]
+async fn connect_starts_are_throttled_per_session_under_a_key_that_hides_the_session() {
+    // Arrange
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
+    let browser = app.browser();
+    let login = browser.log_in().await;
+    let session = set_cookie(&login, "avatar_session").expect("a session cookie");
+    let session_id = session
+        .trim_start_matches("avatar_session=")
+        .split(['.', ';'])
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // Act: more starts within a minute than a person connecting ever needs
+    let mut statuses = Vec::new();
+    for _ in 0..CONNECT_STARTS_PER_MINUTE {
+        statuses.push(browser.get("/auth/donationalerts").await.status().as_u16());
+    }
+    let throttled = browser.get("/auth/donationalerts").await;
+    let other = app.browser();
+    other.log_in().await;
+    let other_start = other.get("/auth/donationalerts").await;
+
+    // Assert
+    assert!(statuses.iter().all(|s| *s == 302), "{statuses:?}");
+    assert_eq!(throttled.status(), 429);
+    assert!(retry_after(&throttled) >= 1);
+    assert!(
+        set_cookie(&throttled, "avatar_oauth_donationalerts").is_none(),
+        "no flow started"
+    );
+    let html = throttled.text().await.unwrap();
+    assert_eq!(error_code(&html), "too_many_attempts", "{html}");
+    assert_eq!(
+        other_start.status(),
+        302,
+        "another session has its own allowance"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ratelimit:connect:*")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "one key per session: {keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.contains(&session_id)),
+        "a raw session id in a Redis key: {keys:?}"
+    );
 }

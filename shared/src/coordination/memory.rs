@@ -13,6 +13,9 @@ use super::{Lock, Published, clock_drift};
 use crate::events::{BusEvent, STREAM_MAXLEN};
 use crate::secret::random_hex;
 
+/// Limiter decisions between two sweeps of the limiters that caught up with the clock.
+const LIMITER_SWEEP_EVERY: usize = 1024;
+
 #[derive(Clone)]
 pub struct InProcessCoordinator {
     inner: Arc<Mutex<State>>,
@@ -27,6 +30,8 @@ struct State {
     fences: HashMap<String, u64>,
     once: HashMap<String, (String, Instant)>,
     limiters: HashMap<String, u64>,
+    /// Limiter decisions since limiters that caught up with the clock were last swept.
+    limits_since_sweep: usize,
     poll_figures: HashMap<String, String>,
     /// Puts since expired one-time states were last swept.
     puts_since_sweep: usize,
@@ -168,6 +173,14 @@ impl InProcessCoordinator {
     pub fn rate_limit(&self, key: &str, limit: &RateLimit) -> RateDecision {
         let now = self.epoch.elapsed().as_micros() as u64 + 1;
         let mut state = self.state();
+        // Per-session limiters come and go. One whose arrival time the clock has passed
+        // decides exactly as a missing one does: drop those now and then (as Redis expires
+        // them), so the map does not grow with every session ever seen.
+        state.limits_since_sweep += 1;
+        if state.limits_since_sweep >= LIMITER_SWEEP_EVERY {
+            state.limits_since_sweep = 0;
+            state.limiters.retain(|_, tat| *tat > now);
+        }
         let tat = state.limiters.get(key).copied().unwrap_or(0);
         let (decision, new_tat) = gcra::decide(limit, tat, now);
         state.limiters.insert(key.to_owned(), new_tat);
@@ -241,6 +254,25 @@ mod tests {
         assert!(!denied.allowed);
         tokio::time::advance(denied.retry_after).await;
         assert!(c.rate_limit("rl", &limit).allowed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiters_that_caught_up_with_the_clock_are_swept_and_still_decide_the_same() {
+        let c = InProcessCoordinator::new();
+        let limit = RateLimit::per_minute(1);
+        assert!(c.rate_limit("ratelimit:connect:kept", &limit).allowed);
+        // With the first decision and the one after the clock moved: a sweep's worth.
+        for n in 0..LIMITER_SWEEP_EVERY - 2 {
+            c.rate_limit(&format!("ratelimit:connect:{n}"), &limit);
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(c.rate_limit("ratelimit:connect:kept", &limit).allowed);
+        assert_eq!(
+            c.state().limiters.len(),
+            1,
+            "only the limiter just granted is left"
+        );
+        assert!(!c.rate_limit("ratelimit:connect:kept", &limit).allowed);
     }
 
     #[test]

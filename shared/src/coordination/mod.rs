@@ -229,6 +229,24 @@ impl Coordinator {
         }
     }
 
+    /// Asks the limiter `key` until it grants a request or its next grant would come later
+    /// than `wait` from now; returns the last decision (`allowed` says which it was).
+    pub async fn rate_limit_within(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+        wait: Duration,
+    ) -> Result<RateDecision, CoordinationError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let decision = self.rate_limit(key, limit).await?;
+            if decision.allowed || Instant::now() + decision.retry_after > deadline {
+                return Ok(decision);
+            }
+            tokio::time::sleep(decision.retry_after).await;
+        }
+    }
+
     /// Appends the event to the stream and publishes its envelope, unless its eventId has been
     /// seen before (then nothing happens): safe to call again after any failure.
     pub async fn publish(&self, event: &BusEvent) -> Result<Published, CoordinationError> {

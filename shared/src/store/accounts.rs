@@ -265,7 +265,9 @@ impl Store {
         .await
     }
 
-    /// Disconnect: deletes the user's Twitch tokens and ends every session of theirs.
+    /// Twitch disconnect ("forget my accounts"): in one write, deletes the user's Twitch
+    /// tokens, their DonationAlerts link and tokens (polling of them stops), and ends every
+    /// session of theirs. Profile and recorded donations stay.
     pub async fn forget_twitch_connection(&self, twitch_user_id: String) -> Result<(), StoreError> {
         self.write(move |conn| {
             let now = now_ms();
@@ -273,6 +275,7 @@ impl Store {
                 "DELETE FROM provider_tokens WHERE twitch_user_id = ?1 AND provider = 'twitch'",
                 [&twitch_user_id],
             )?;
+            super::donationalerts::delete_connection(conn, &twitch_user_id)?;
             conn.execute(
                 "UPDATE sessions SET revoked_at = ?2 WHERE twitch_user_id = ?1 AND revoked_at IS NULL",
                 params![twitch_user_id, now],

@@ -270,19 +270,8 @@ impl Store {
         &self,
         streamer_twitch_id: String,
     ) -> Result<bool, StoreError> {
-        self.write(move |conn| {
-            let tokens = conn.execute(
-                "DELETE FROM provider_tokens
-                 WHERE twitch_user_id = ?1 AND provider = 'donationalerts'",
-                [&streamer_twitch_id],
-            )?;
-            let links = conn.execute(
-                "DELETE FROM donationalerts_links WHERE streamer_twitch_id = ?1",
-                [&streamer_twitch_id],
-            )?;
-            Ok(tokens + links > 0)
-        })
-        .await
+        self.write(move |conn| delete_connection(conn, &streamer_twitch_id))
+            .await
     }
 
     /// The poll state of a linked streamer (`None` when not linked).
@@ -492,6 +481,23 @@ impl Store {
         })
         .await
     }
+}
+
+/// Deletes a streamer's DonationAlerts tokens and link, inside the caller's write; `true`
+/// when there was something to delete. Their recorded donations stay.
+pub(super) fn delete_connection(
+    conn: &rusqlite::Connection,
+    streamer_twitch_id: &str,
+) -> rusqlite::Result<bool> {
+    let tokens = conn.execute(
+        "DELETE FROM provider_tokens WHERE twitch_user_id = ?1 AND provider = 'donationalerts'",
+        [streamer_twitch_id],
+    )?;
+    let links = conn.execute(
+        "DELETE FROM donationalerts_links WHERE streamer_twitch_id = ?1",
+        [streamer_twitch_id],
+    )?;
+    Ok(tokens + links > 0)
 }
 
 /// Unix ms of an RFC 3339 time.

@@ -8,6 +8,11 @@
 //! reads the account (`/api/v1/user/oauth`) and the newest donation id (so that only
 //! donations made from now on become events), then stores link and sealed tokens in one
 //! write. Nothing is written unless every step succeeded.
+//!
+//! Each of those DonationAlerts requests first takes a grant of the app-wide budget
+//! `ratelimit:donationalerts`, like every poll. A start needs a session, so starts are also
+//! throttled per session (`ratelimit:connect:{SHA-256 of the session id}`): one session
+//! cannot turn connect loops into a stream of requests that crowds out everyone's polls.
 
 use std::time::Duration;
 
@@ -24,6 +29,7 @@ use super::session::{self, CurrentSession};
 use super::{ApiError, WebError, redirect, texts};
 use crate::app::App;
 use crate::coordination::RateLimit;
+use crate::crypto::sha256;
 use crate::oauth::ProviderError;
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::poll::streamer::DA_RATE_LIMIT_KEY;
@@ -43,6 +49,19 @@ pub const DONATIONALERTS_CONNECT: OAuthFlow = OAuthFlow {
 /// newest donation; past it, the first poll takes that baseline instead.
 const BASELINE_BUDGET_WAIT: Duration = Duration::from_secs(2);
 
+/// The longest the callback waits for a grant for the code exchange, and again for the
+/// account read; past it the streamer gets a 503 page and nothing is written.
+const CONNECT_BUDGET_WAIT: Duration = Duration::from_secs(3);
+
+/// What a streamer refused for want of a grant is told to wait. The budget is per minute
+/// and shared with the polls, so the time to the next single grant says little about when
+/// a whole connect gets through.
+const BUDGET_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Connect starts one session may make in any minute: a person connecting needs one or two,
+/// and each start can lead to a callback that spends three requests of the shared budget.
+pub const CONNECT_STARTS_PER_MINUTE: u32 = 5;
+
 const PROVIDER: Provider = Provider::DonationAlerts;
 
 /// `GET /auth/donationalerts`: 302 to DonationAlerts' authorize page (a session is needed).
@@ -50,10 +69,11 @@ const PROVIDER: Provider = Provider::DonationAlerts;
 pub async fn start(State(app): State<App>, headers: HeaderMap) -> Response {
     let t = texts::negotiate(&headers);
     let result = async {
-        session::current(&app, &headers)
+        let current = session::current(&app, &headers)
             .await?
             .ok_or(WebError::LoginRequired)?;
         let client = client(&app)?;
+        throttle_connect_start(&app, &current).await?;
         let started = DONATIONALERTS_CONNECT.start(&app);
         let location = client.authorize_url(&started.state);
         Ok::<_, WebError>(redirect(
@@ -95,6 +115,54 @@ pub async fn callback(
     response
 }
 
+/// The limiter key of a session's connect starts. It names the session by the SHA-256 of
+/// its id (what the database keeps too), never by the id that opens it.
+fn connect_throttle_key(current: &CurrentSession) -> String {
+    format!("ratelimit:connect:{}", hex::encode(sha256(&current.id)))
+}
+
+/// Refuses (429) a start beyond [`CONNECT_STARTS_PER_MINUTE`] for this session.
+async fn throttle_connect_start(app: &App, current: &CurrentSession) -> Result<(), WebError> {
+    let limit = RateLimit {
+        limit: CONNECT_STARTS_PER_MINUTE,
+        period: Duration::from_secs(60),
+        burst: CONNECT_STARTS_PER_MINUTE,
+    };
+    let decision = app
+        .coordinator
+        .rate_limit(&connect_throttle_key(current), &limit)
+        .await?;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(WebError::TooManyAttempts {
+            retry_after: decision.retry_after,
+        })
+    }
+}
+
+/// Whether a grant of the app-wide DonationAlerts budget came within `wait`.
+async fn budget_granted(app: &App, wait: Duration) -> Result<bool, WebError> {
+    let limit = RateLimit::per_minute(app.config.polling.rate_limit_per_minute);
+    let decision = app
+        .coordinator
+        .rate_limit_within(DA_RATE_LIMIT_KEY, &limit, wait)
+        .await?;
+    Ok(decision.allowed)
+}
+
+/// A grant for a request the connection cannot do without: none in time is a 503.
+async fn take_grant(app: &App) -> Result<(), WebError> {
+    if budget_granted(app, CONNECT_BUDGET_WAIT).await? {
+        Ok(())
+    } else {
+        Err(WebError::BudgetExhausted {
+            provider: PROVIDER,
+            retry_after: BUDGET_RETRY_AFTER,
+        })
+    }
+}
+
 fn client(app: &App) -> Result<&DonationAlertsClient, WebError> {
     app.donationalerts
         .as_deref()
@@ -131,6 +199,7 @@ async fn finish(
         .as_deref()
         .ok_or(WebError::MissingCode(PROVIDER))?;
     let client = client(app)?;
+    take_grant(app).await?;
     let tokens = client.exchange_code(code).await.map_err(|e| match e {
         ProviderError::Rejected { .. } => WebError::CodeRejected {
             provider: PROVIDER,
@@ -139,6 +208,7 @@ async fn finish(
         other => provider_failed("the code exchange")(other),
     })?;
     let access = tokens.access_token.expose();
+    take_grant(app).await?;
     let account = client
         .user(access)
         .await
@@ -175,24 +245,8 @@ async fn newest_donation_id(
     client: &DonationAlertsClient,
     access: &str,
 ) -> Result<Option<i64>, WebError> {
-    let limit = RateLimit::per_minute(app.config.polling.rate_limit_per_minute);
-    let decision = app
-        .coordinator
-        .rate_limit(DA_RATE_LIMIT_KEY, &limit)
-        .await?;
-    if !decision.allowed {
-        if decision.retry_after > BASELINE_BUDGET_WAIT {
-            return Ok(None);
-        }
-        tokio::time::sleep(decision.retry_after).await;
-        if !app
-            .coordinator
-            .rate_limit(DA_RATE_LIMIT_KEY, &limit)
-            .await?
-            .allowed
-        {
-            return Ok(None);
-        }
+    if !budget_granted(app, BASELINE_BUDGET_WAIT).await? {
+        return Ok(None);
     }
     let page = client
         .donations(access)

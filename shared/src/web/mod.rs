@@ -15,6 +15,8 @@ pub mod pages;
 pub mod session;
 pub mod texts;
 
+use std::time::Duration;
+
 use askama::Template;
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -169,6 +171,15 @@ pub enum WebError {
     LoginRequired,
     #[error("the DonationAlerts account is connected to another streamer")]
     AccountLinkedElsewhere,
+    /// The app-wide request budget of the provider gave no grant within the wait.
+    #[error("{provider}'s request budget gave no grant in time")]
+    BudgetExhausted {
+        provider: Provider,
+        retry_after: Duration,
+    },
+    /// This session started the flow too often; the next start is allowed after `retry_after`.
+    #[error("too many attempts from this session")]
+    TooManyAttempts { retry_after: Duration },
     #[error("the database is unavailable")]
     Store(#[from] StoreError),
     #[error("Redis is unavailable")]
@@ -205,9 +216,11 @@ impl WebError {
             Self::Provider { .. } | Self::ProviderInconsistent { .. } => StatusCode::BAD_GATEWAY,
             Self::LoginRequired => StatusCode::UNAUTHORIZED,
             Self::AccountLinkedElsewhere => StatusCode::CONFLICT,
-            Self::NotConfigured(_) | Self::Store(_) | Self::Coordination(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotConfigured(_)
+            | Self::Store(_)
+            | Self::Coordination(_)
+            | Self::BudgetExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -228,9 +241,32 @@ impl WebError {
             Self::NotConfigured(_) => "not_configured",
             Self::LoginRequired => "login_required",
             Self::AccountLinkedElsewhere => "account_linked_elsewhere",
+            Self::BudgetExhausted { .. } => "provider_budget_exhausted",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
             Self::Store(_) => "store_unavailable",
             Self::Coordination(_) => "redis_unavailable",
             Self::NotFound => "not_found",
+        }
+    }
+
+    /// How long the client should wait before trying again (`Retry-After`), when it is
+    /// known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::BudgetExhausted { retry_after, .. } | Self::TooManyAttempts { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    /// Adds `Retry-After` (whole seconds, rounded up, at least 1) when it is known.
+    fn add_retry_after(&self, response: &mut Response) {
+        if let Some(wait) = self.retry_after() {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
     }
 
@@ -409,6 +445,37 @@ impl WebError {
                 ),
             )
             .into(),
+            Self::BudgetExhausted { provider, .. } => {
+                let p = provider.name();
+                own(choose(
+                    ru,
+                    (
+                        &format!("{p} сейчас перегружен"),
+                        &format!(
+                            "Лимит запросов к {p} сейчас исчерпан. Ничего не сохранено; \
+                             попробуйте ещё раз через минуту."
+                        ),
+                    ),
+                    (
+                        &format!("{p} is busy right now"),
+                        &format!(
+                            "The request limit for {p} is used up right now. Nothing was \
+                             saved; please try again in a minute."
+                        ),
+                    ),
+                ))
+            }
+            Self::TooManyAttempts { .. } => pick(
+                (
+                    "Слишком много попыток",
+                    "Подключение начинали слишком часто. Попробуйте ещё раз через минуту.",
+                ),
+                (
+                    "Too many attempts",
+                    "Connecting was started too often. Please try again in a minute.",
+                ),
+            )
+            .into(),
             Self::Store(_) | Self::Coordination(_) => pick(
                 (
                     "Сервис временно недоступен",
@@ -433,7 +500,7 @@ impl WebError {
         } else {
             t.try_again
         };
-        html(
+        let mut response = html(
             app,
             status,
             &ErrorPage {
@@ -445,7 +512,9 @@ impl WebError {
                 retry_href,
                 retry_label,
             },
-        )
+        );
+        self.add_retry_after(&mut response);
+        response
     }
 }
 
@@ -468,12 +537,14 @@ impl IntoResponse for ApiError {
             "error": self.0.code(),
             "message": self.0.words(&texts::EN).message,
         });
-        (
+        let mut response = (
             status,
             [(header::CACHE_CONTROL, "no-store")],
             axum::Json(body),
         )
-            .into_response()
+            .into_response();
+        self.0.add_retry_after(&mut response);
+        response
     }
 }
 
@@ -593,6 +664,29 @@ mod tests {
             "Twitch failed at the code exchange: the provider did not answer in time: \
              waited 1.5s"
         );
+    }
+
+    #[test]
+    fn refusals_that_know_when_to_come_back_say_so_in_retry_after() {
+        let throttled = ApiError(WebError::TooManyAttempts {
+            retry_after: Duration::from_millis(1200),
+        })
+        .into_response();
+        assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(throttled.headers()[header::RETRY_AFTER], "2");
+        let busy = ApiError(WebError::BudgetExhausted {
+            provider: Provider::DonationAlerts,
+            retry_after: Duration::from_millis(5),
+        })
+        .into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            busy.headers()[header::RETRY_AFTER],
+            "1",
+            "at least a second"
+        );
+        let other = ApiError(WebError::LoginRequired).into_response();
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[tokio::test]

@@ -220,7 +220,9 @@ pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-/// `POST /auth/twitch/disconnect`: revokes both tokens at Twitch, deletes them here and ends
+/// `POST /auth/twitch/disconnect` ("forget my accounts"): revokes both tokens at Twitch,
+/// then in one write deletes them, ends the DonationAlerts connection (link and tokens, so
+/// polling stops: the streamer could not see or stop it without logging in again) and ends
 /// every session of the user.
 #[tracing::instrument(name = "pages.disconnect_twitch", skip_all)]
 pub async fn disconnect_twitch(
@@ -238,7 +240,10 @@ pub async fn disconnect_twitch(
             tokens::revoke_at_provider(&app, &user, Provider::Twitch).await;
         }
         app.store.forget_twitch_connection(user_id.clone()).await?;
-        tracing::info!(twitch_user_id = user_id, "twitch disconnected");
+        tracing::info!(
+            twitch_user_id = user_id,
+            "twitch disconnected, DonationAlerts with it"
+        );
         Ok::<_, WebError>(())
     }
     .await;
