@@ -2,16 +2,17 @@
 //! DonationAlerts: the connection stored sealed with its baseline, the status API, the
 //! dashboard, disconnecting; every refusal a page naming its reason, with nothing written.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use avatar_tests::{RedisServer, TestApp, location, set_cookie};
 use fake_providers::donationalerts::{ApiFailure, NewDonation, RequestKind};
 use fake_providers::twitch::FakeUser;
 use shared::coordination::RateLimit;
-use shared::poll::PollStats;
 use shared::poll::cache::StreamerCache;
 use shared::poll::schedule::PollOutcome;
-use shared::poll::streamer::poll_streamer;
+use shared::poll::streamer::{PollContext, poll_streamer};
+use shared::poll::{PollStats, StopSignal};
 use shared::tokens::TwitchUserId;
 
 use crate::login::error_code;
@@ -180,11 +181,17 @@ async fn disconnecting_twitch_also_ends_the_donationalerts_link_and_its_polling(
     browser.log_in().await;
     let before_connecting = browser.get("/success").await.text().await.unwrap();
     browser.connect_donationalerts().await;
-    let client = app.app.donationalerts.clone().unwrap();
-    let cache = StreamerCache::default();
-    let stats = PollStats::default();
+    let cache = Arc::new(StreamerCache::default());
+    let poller = PollContext {
+        app: app.app.clone(),
+        client: app.app.donationalerts.clone().unwrap(),
+        cache: cache.clone(),
+        stats: Arc::new(PollStats::default()),
+        min_gap: Duration::ZERO,
+        stop: StopSignal::default(),
+    };
     let streamer = TwitchUserId::parse(&FakeUser::demo().id).unwrap();
-    let poll = || poll_streamer(&app.app, &client, &cache, &streamer, Duration::ZERO, &stats);
+    let poll = || poll_streamer(&poller, &streamer);
     app.donationalerts.donate(donation("before disconnecting"));
     assert_eq!(poll().await, PollOutcome::Polled { new_donations: 1 });
     assert!(cache.get(&streamer).is_some(), "the poll filled the cache");
