@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use avatar_tests::streamers::{DonationAlertsTestbed, link_streamer};
 use avatar_tests::{ChildProcess, RedisServer, signal, wait_until};
@@ -125,19 +125,70 @@ impl Fleet {
             .collect()
     }
 
+    /// The poll state of the streamers of these event ids (`da:{daUserId}:{donationId}`).
+    fn links_of(
+        &self,
+        event_ids: &[&String],
+    ) -> Vec<(i64, Option<i64>, Option<String>, Option<i64>)> {
+        let da_ids: HashSet<i64> = event_ids
+            .iter()
+            .filter_map(|id| id.split(':').nth(1)?.parse().ok())
+            .collect();
+        let conn = rusqlite::Connection::open(self.app.store.path()).unwrap();
+        let mut statement = conn
+            .prepare(
+                "SELECT da_user_id, poll_cursor, resume_link, last_polled_at \
+                 FROM donationalerts_links",
+            )
+            .unwrap();
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap);
+        rows.filter(|row: &(i64, _, _, _)| da_ids.contains(&row.0))
+            .collect()
+    }
+
+    fn outbox_pending(&self) -> i64 {
+        let conn = rusqlite::Connection::open(self.app.store.path()).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM event_outbox WHERE published_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
     /// Waits until every donation is in the stream, stops every poller, then checks that
     /// each donation is in SQLite once and in the stream once.
     async fn assert_every_donation_once(mut self) {
         let expected = self.expected();
-        wait_until(
-            "every donation in the stream",
-            Duration::from_secs(90),
-            || async {
-                let seen: HashSet<String> = self.stream_ids().await.into_iter().collect();
-                expected.is_subset(&seen)
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let seen: HashSet<String> = tokio::time::timeout(left, self.stream_ids())
+                .await
+                .expect("the stream could be read before the deadline")
+                .into_iter()
+                .collect();
+            let missing: Vec<&String> = expected.difference(&seen).collect();
+            if missing.is_empty() {
+                break;
+            }
+            // Say what is missing and where its streamers' polls stand, so a failure can be
+            // told apart from a slow machine.
+            assert!(
+                Instant::now() < deadline,
+                "after 90 s, {} of {} donations are not in the stream, e.g. {:?}; links \
+                 (da_user_id, cursor, resume_link, last_polled_at): {:?}; outbox pending: {}",
+                missing.len(),
+                expected.len(),
+                &missing[..missing.len().min(5)],
+                self.links_of(&missing),
+                self.outbox_pending(),
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for poller in &mut self.pollers {
             drop(poller.child.stdin.take());
         }

@@ -61,7 +61,9 @@ where
         match tokio::time::timeout(left, condition()).await {
             Ok(true) => return,
             Ok(false) => {}
-            Err(_) => panic!("timed out after {deadline:?} waiting for {what} (a check hung)"),
+            Err(_) => panic!(
+                "timed out after {deadline:?} waiting for {what} (its last check was still running)"
+            ),
         }
         assert!(
             Instant::now() < end,
