@@ -24,6 +24,9 @@ fn da_id(i: usize) -> i64 {
     8000 + i as i64
 }
 
+/// A link's poll state: da_user_id, cursor, resume_link, last_polled_at.
+type LinkState = (i64, Option<i64>, Option<String>, Option<i64>);
+
 /// A shared database, Redis and fake DonationAlerts with `streamers` linked streamers, and
 /// the poller processes running over them.
 struct Fleet {
@@ -126,10 +129,7 @@ impl Fleet {
     }
 
     /// The poll state of the streamers of these event ids (`da:{daUserId}:{donationId}`).
-    fn links_of(
-        &self,
-        event_ids: &[&String],
-    ) -> Vec<(i64, Option<i64>, Option<String>, Option<i64>)> {
+    fn links_of(&self, event_ids: &[&String]) -> Vec<LinkState> {
         let da_ids: HashSet<i64> = event_ids
             .iter()
             .filter_map(|id| id.split(':').nth(1)?.parse().ok())
