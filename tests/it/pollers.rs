@@ -165,12 +165,14 @@ impl Fleet {
         let expected = self.expected();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let seen: HashSet<String> = tokio::time::timeout(left, self.stream_ids())
-                .await
-                .expect("the stream could be read before the deadline")
-                .into_iter()
-                .collect();
+            // A read of its own deadline: one started just before the overall deadline must
+            // still end in the report below.
+            let seen: HashSet<String> =
+                tokio::time::timeout(Duration::from_secs(30), self.stream_ids())
+                    .await
+                    .expect("the stream could be read within 30 s")
+                    .into_iter()
+                    .collect();
             let missing: Vec<&String> = expected.difference(&seen).collect();
             if missing.is_empty() {
                 break;
