@@ -317,7 +317,7 @@ async fn login_server_time() -> Vec<Row> {
             let binding = shared::web::oauth_state::TWITCH_LOGIN.cookie_value(
                 &app.app,
                 &page.params["state"],
-                shared::store::now_ms() + 300_000,
+                shared::domain::now_ms() + 300_000,
             );
             let mut headers = axum::http::HeaderMap::new();
             headers.insert(

@@ -13,10 +13,12 @@ use avatar_tests::{RedisServer, base_vars, redis_coordinator};
 use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfig};
 use shared::app::App;
 use shared::config::{Config, JournalMode, SqliteConfig};
+use shared::domain::event::ReceivedDonation;
+use shared::domain::{DaUserId, Donation, TwitchUserId};
 use shared::outbox::relay_pending;
 use shared::poll::Poller;
 use shared::store::Store;
-use shared::store::donationalerts::{DonationAlertsConnection, NewDonation, PollResult};
+use shared::store::donationalerts::{DonationAlertsConnection, PollResult};
 
 use crate::Row;
 
@@ -181,22 +183,28 @@ async fn link(store: &Store, i: usize) {
 }
 
 fn poll(i: usize, fence: u64, ids: std::ops::Range<i64>) -> PollResult {
+    let streamer = TwitchUserId::parse(&(200_000 + i).to_string()).expect("an id");
+    let da_user = DaUserId(600_000 + i as i64);
+    let received_at = "2026-01-01T00:00:01Z";
     PollResult {
-        streamer_twitch_id: (200_000 + i).to_string(),
-        da_user_id: 600_000 + i as i64,
-        fence,
         seen_high_water: Some(ids.end - 1),
         donations: ids
-            .map(|id| NewDonation {
-                da_donation_id: id,
-                donor_name: Some("viewer".into()),
-                message: "thanks for the stream".into(),
-                amount: serde_json::Number::from(100),
-                currency: "RUB".into(),
-                created_at: "2026-01-01T00:00:00Z".into(),
+            .map(|id| {
+                let donation = Donation {
+                    id,
+                    donor_name: Some("viewer".into()),
+                    message: "thanks for the stream".into(),
+                    amount: serde_json::Number::from(100),
+                    currency: "RUB".into(),
+                    created_at: "2026-01-01T00:00:00Z".into(),
+                };
+                ReceivedDonation::new(&streamer, da_user, donation, received_at)
             })
             .collect(),
-        received_at: "2026-01-01T00:00:01Z".into(),
+        streamer,
+        da_user_id: da_user,
+        fence,
+        received_at: received_at.into(),
     }
 }
 

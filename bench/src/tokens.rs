@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use avatar_tests::TestApp;
 use avatar_tests::twitch_users::seed_twitch_users;
-use shared::store::now_ms;
+use shared::domain::now_ms;
 use shared::tokens::validation::TokenValidator;
 use tower::ServiceExt as _;
 

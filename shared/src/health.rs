@@ -427,7 +427,7 @@ async fn polling_report(app: &App) -> PollingReport {
             return PollingReport::from_figures(per_minute, &[], 0).0;
         }
     };
-    let (report, stale) = PollingReport::from_figures(per_minute, &stored, crate::store::now_ms());
+    let (report, stale) = PollingReport::from_figures(per_minute, &stored, crate::domain::now_ms());
     if let Err(e) = app.coordinator.forget_poll_figures(&stale).await {
         tracing::debug!(error = %what_failed(&e), "health: stale poller figures stay");
     }

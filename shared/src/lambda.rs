@@ -18,11 +18,11 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::app::App;
+use crate::domain::now_ms;
 use crate::http::{Function, Route, table_router};
 use crate::jobs::ScheduledJob;
 use crate::metrics::Metrics;
 use crate::metrics::emf::EmfContext;
-use crate::store::now_ms;
 
 /// A scheduled job stops this long before the invocation's deadline, leaving time to
 /// return its result.

@@ -50,7 +50,7 @@ pub mod app;
 pub mod config;
 pub mod coordination;
 pub mod crypto;
-pub mod events;
+pub mod domain;
 pub mod health;
 pub mod http;
 pub mod jobs;

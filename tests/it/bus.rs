@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use avatar_tests::{ChildProcess, RedisServer, redis_coordinator, sample_donation_event};
 use shared::coordination::Published;
-use shared::events::{BROADCAST_CHANNEL, EVENT_STREAM};
+use shared::domain::event::{BROADCAST_CHANNEL, EVENT_STREAM};
 
 /// Every entry of the event stream: (entry id, fields).
 pub(crate) async fn stream_entries(redis: &RedisServer) -> Vec<(String, Vec<(String, String)>)> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use avatar_tests::{LocalServer, RedisServer, TestApp, base_vars};
 use fake_providers::twitch::{DEFAULT_ACCESS_TOKEN_TTL, FakeUser, TokenFailure};
-use shared::store::now_ms;
+use shared::domain::now_ms;
 
 use crate::bus::stream_entries;
 

@@ -9,11 +9,11 @@ use avatar_tests::{RedisServer, TestApp, location, set_cookie};
 use fake_providers::donationalerts::{ApiFailure, NewDonation, RequestKind};
 use fake_providers::twitch::FakeUser;
 use shared::coordination::RateLimit;
+use shared::domain::TwitchUserId;
 use shared::poll::cache::StreamerCache;
 use shared::poll::schedule::PollOutcome;
 use shared::poll::streamer::{PollContext, poll_streamer};
 use shared::poll::{PollStats, StopSignal};
-use shared::tokens::TwitchUserId;
 
 use crate::login::error_code;
 

@@ -5,11 +5,12 @@
 use avatar_tests::{RedisServer, redis_coordinator};
 use shared::config::{JournalMode, SqliteConfig};
 use shared::coordination::Coordinator;
-use shared::events::DonationPayload;
+use shared::domain::event::{DonationPayload, ReceivedDonation};
+use shared::domain::{DaUserId, Donation, TwitchUserId};
 use shared::outbox::{RelayError, relay_pending};
 use shared::store::Store;
 use shared::store::donationalerts::{
-    Connected, DonationAlertsConnection, NewDonation, PollRecorded, PollResult,
+    Connected, DonationAlertsConnection, PollRecorded, PollResult,
 };
 
 use crate::bus::stream_entries;
@@ -71,9 +72,9 @@ async fn linked_store(dir: &std::path::Path, coordinator: &Coordinator) -> Store
     store
 }
 
-fn donation(id: i64) -> NewDonation {
-    NewDonation {
-        da_donation_id: id,
+fn donation(id: i64) -> Donation {
+    Donation {
+        id,
         donor_name: Some(format!("viewer {id}")),
         message: format!("donation {id}"),
         amount: serde_json::Number::from(100),
@@ -82,14 +83,19 @@ fn donation(id: i64) -> NewDonation {
     }
 }
 
-fn poll(fence: u64, donations: Vec<NewDonation>) -> PollResult {
+fn poll(fence: u64, donations: Vec<Donation>) -> PollResult {
+    let streamer = TwitchUserId::parse(STREAMER).unwrap();
+    let received_at = "2026-01-01T00:00:05Z";
     PollResult {
-        streamer_twitch_id: STREAMER.into(),
-        da_user_id: DA_USER,
+        seen_high_water: donations.iter().map(|d| d.id).max(),
+        donations: donations
+            .into_iter()
+            .map(|d| ReceivedDonation::new(&streamer, DaUserId(DA_USER), d, received_at))
+            .collect(),
+        streamer,
+        da_user_id: DaUserId(DA_USER),
         fence,
-        seen_high_water: donations.iter().map(|d| d.da_donation_id).max(),
-        donations,
-        received_at: "2026-01-01T00:00:05Z".into(),
+        received_at: received_at.into(),
     }
 }
 
@@ -372,8 +378,8 @@ async fn events_the_bus_could_not_take_are_published_once_when_redis_returns() {
     assert_eq!(
         ids,
         [
-            DonationPayload::event_id_for(DA_USER, 40),
-            DonationPayload::event_id_for(DA_USER, 41)
+            DonationPayload::event_id_for(DaUserId(DA_USER), 40),
+            DonationPayload::event_id_for(DaUserId(DA_USER), 41)
         ]
     );
     assert_eq!(
@@ -392,7 +398,7 @@ async fn two_relays_over_the_same_rows_append_each_event_once() {
     let redis = RedisServer::start();
     let coordinator = redis_coordinator(&[redis.url()]);
     let store = linked_store(dir.path(), &coordinator).await;
-    let donations: Vec<NewDonation> = (100..150).map(donation).collect();
+    let donations: Vec<Donation> = (100..150).map(donation).collect();
     store.record_poll(poll(1, donations)).await.unwrap();
     let other = redis_coordinator(&[redis.url()]);
 
@@ -450,6 +456,6 @@ async fn unusual_donations_reach_the_stream_unchanged() {
     assert_eq!(data[1]["donation"]["amount"].to_string(), "0.01");
     assert_eq!(
         data[1]["eventId"],
-        DonationPayload::event_id_for(DA_USER, 61)
+        DonationPayload::event_id_for(DaUserId(DA_USER), 61)
     );
 }

@@ -69,7 +69,7 @@ async fn login_works(app: &TestApp) {
     let access = stored.open_access(&app.app.cipher).unwrap();
     assert!(app.twitch.issued_tokens().contains(access.expose()));
     assert_eq!(stored.status, "active");
-    assert!(stored.expires_at.unwrap() > shared::store::now_ms());
+    assert!(stored.expires_at.unwrap() > shared::domain::now_ms());
 }
 
 #[tokio::test]
@@ -239,10 +239,10 @@ async fn a_login_returning_after_the_state_expired_is_refused_as_expired() {
     let page = browser.start_login().await;
     // The state was issued before start_login returned, so it has expired 3 s after this
     // (a clock read before start_login would miss however long a busy server took to issue it).
-    let issued_by = shared::store::now_ms();
+    let issued_by = shared::domain::now_ms();
     let callback = browser.decide(&page, "authorize").await;
     wait_until("the state to expire", Duration::from_secs(10), || async {
-        shared::store::now_ms() >= issued_by + 3_000
+        shared::domain::now_ms() >= issued_by + 3_000
     })
     .await;
 

@@ -167,7 +167,7 @@ async fn a_sealed_token_moved_to_another_users_row_does_not_open() {
             scopes: vec!["chat:read".into()],
             expires_at: None,
             session_id_hash: vec![7; 32],
-            session_expires_at: shared::store::now_ms() + 60_000,
+            session_expires_at: shared::domain::now_ms() + 60_000,
             replaced_session_id_hash: None,
         })
         .await

@@ -14,8 +14,8 @@ use fake_providers::donationalerts::{
 };
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use prometheus_parse::{LineInfo, Scrape};
+use shared::domain::now_ms;
 use shared::poll::Poller;
-use shared::store::now_ms;
 use shared::tokens::validation::TokenValidator;
 use tokio::time::Instant;
 

@@ -304,7 +304,7 @@ async fn a_poller_paused_past_its_lock_ttl_is_fenced_out_and_duplicates_nothing(
                     |r| r.get(0),
                 )
                 .unwrap();
-                shared::store::now_ms() - last > 300
+                shared::domain::now_ms() - last > 300
             }
         },
     )

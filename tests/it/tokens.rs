@@ -6,10 +6,11 @@ use avatar_tests::streamers::DonationAlertsTestbed;
 use fake_providers::donationalerts::{ApiFailure, FakeDonationAlerts, RequestKind};
 use shared::app::App;
 use shared::config::Config;
+use shared::domain::now_ms;
+use shared::domain::{Provider, TwitchUserId};
 use shared::store::accounts::{TokenKind, seal_token};
 use shared::store::donationalerts::DonationAlertsConnection;
-use shared::store::now_ms;
-use shared::tokens::{self, Provider, TokenError, TwitchUserId};
+use shared::tokens::{self, TokenError};
 
 const STREAMER: &str = "141981764";
 const SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];

@@ -9,7 +9,7 @@ use std::time::Duration;
 use avatar_tests::twitch_users::{SeededUser, add_session, seed_twitch_users};
 use avatar_tests::{RedisServer, TestApp};
 use fake_providers::twitch::{DEFAULT_ACCESS_TOKEN_TTL, FakeUser};
-use shared::store::now_ms;
+use shared::domain::now_ms;
 use shared::tokens::validation::{TokenValidator, ValidationReport};
 use tokio::time::Instant;
 

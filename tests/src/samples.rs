@@ -17,20 +17,22 @@ pub fn insert_test_donation(
 }
 
 /// The donation event the bus tests publish for donation `id` (streamer 42, DA user 7).
-pub fn sample_donation_event(id: i64) -> shared::events::BusEvent {
-    use shared::events::{BusEvent, Donation, DonationPayload};
-    BusEvent::donation(&DonationPayload {
-        event_id: DonationPayload::event_id_for(7, id),
-        streamer_id: "42".into(),
-        source: "donationalerts".into(),
-        donation: Donation {
-            id,
-            username: Some("viewer".into()),
-            message: format!("donation {id}"),
-            amount: serde_json::Number::from(100),
-            currency: "RUB".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-        },
-        received_at: "2026-01-01T00:00:01Z".into(),
-    })
+pub fn sample_donation_event(id: i64) -> shared::domain::event::BusEvent {
+    use shared::domain::event::{BusEvent, DonationPayload};
+    use shared::domain::{DaUserId, Donation, TwitchUserId};
+    let donation = Donation {
+        id,
+        donor_name: Some("viewer".into()),
+        message: format!("donation {id}"),
+        amount: serde_json::Number::from(100),
+        currency: "RUB".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let streamer = TwitchUserId::parse("42").expect("a Twitch user id");
+    BusEvent::donation(&DonationPayload::new(
+        &streamer,
+        DaUserId(7),
+        donation,
+        "2026-01-01T00:00:01Z",
+    ))
 }

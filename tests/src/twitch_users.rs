@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use fake_providers::twitch::{FakeTwitch, FakeUser, IssuedTokens};
 use shared::app::App;
+use shared::domain::now_ms;
 use shared::store::accounts::{TokenKind, seal_token};
-use shared::store::now_ms;
 
 /// A seeded user and the tokens the fake issued them (as stored, sealed).
 #[derive(Debug, Clone)]

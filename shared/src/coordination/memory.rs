@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::gcra::{self, RateDecision, RateLimit};
 use super::{Lock, Published, clock_drift};
-use crate::events::{BusEvent, STREAM_MAXLEN};
+use crate::domain::event::{BusEvent, STREAM_MAXLEN};
 use crate::secret::random_hex;
 
 /// Limiter decisions between two sweeps of the limiters that caught up with the clock.

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 pub use gcra::{RateDecision, RateLimit};
 
-use crate::events::BusEvent;
+use crate::domain::event::BusEvent;
 
 /// Sorted set of instance heartbeats (`/health` counts live instances from it).
 pub const INSTANCES_KEY: &str = "avatar:instances";

@@ -20,7 +20,7 @@ use super::{
     clock_drift, event_dedupe_key, fence_key,
 };
 use crate::config::RedisUrl;
-use crate::events::{BROADCAST_CHANNEL, BusEvent, EVENT_STREAM, STREAM_MAXLEN};
+use crate::domain::event::{BROADCAST_CHANNEL, BusEvent, EVENT_STREAM, STREAM_MAXLEN};
 use crate::secret::random_hex;
 
 /// Longest any single command may take before it counts as failed.

@@ -27,8 +27,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::domain::Provider;
 use crate::poll::PollStats;
-use crate::tokens::Provider;
 
 /// The `Content-Type` of `GET /metrics`: the Prometheus text format, version 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str =

@@ -12,6 +12,7 @@ use url::Url;
 
 use super::{ProviderError, TokenSet, read_json};
 use crate::config::DonationAlertsConfig;
+use crate::domain::{Donation, now_ms, rfc3339_utc};
 use crate::secret::Secret;
 
 /// The token endpoint's answer (Laravel Passport's shape).
@@ -42,19 +43,50 @@ struct Wrapped<T> {
     data: T,
 }
 
-/// A donation as DonationAlerts lists it (only the fields this project uses).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct DaDonation {
-    pub id: i64,
+/// A donation as DonationAlerts lists it (only the fields this project uses); it becomes a
+/// [`Donation`] as the page is read.
+#[derive(Deserialize)]
+struct WireDonation {
+    id: i64,
     /// `null` for anonymous donors.
     #[serde(default)]
-    pub username: Option<String>,
+    username: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
-    pub message: String,
-    pub amount: serde_json::Number,
-    pub currency: String,
+    message: String,
+    amount: serde_json::Number,
+    currency: String,
     /// `YYYY-MM-DD HH:MM:SS` in UTC, without a zone.
-    pub created_at: String,
+    created_at: String,
+}
+
+impl WireDonation {
+    /// The donation, its time in RFC 3339 UTC (`read_at` when DonationAlerts' does not
+    /// parse) and its fields bounded ([`Donation::within_limits`]).
+    fn into_donation(self, read_at: &str) -> Donation {
+        Donation {
+            created_at: da_time_to_rfc3339(&self.created_at).unwrap_or_else(|| read_at.to_owned()),
+            id: self.id,
+            donor_name: self.username,
+            message: self.message,
+            amount: self.amount,
+            currency: self.currency,
+        }
+        .within_limits()
+    }
+}
+
+/// DonationAlerts writes `YYYY-MM-DD HH:MM:SS` in UTC without a zone; the event carries
+/// RFC 3339 UTC. A time that already names its zone is converted to UTC.
+pub fn da_time_to_rfc3339(text: &str) -> Option<String> {
+    use time::format_description::well_known::Rfc3339;
+    let naive = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let utc = match time::PrimitiveDateTime::parse(text.trim(), &naive) {
+        Ok(at) => at.assume_utc(),
+        Err(_) => time::OffsetDateTime::parse(text.trim(), &Rfc3339)
+            .ok()?
+            .to_offset(time::UtcOffset::UTC),
+    };
+    utc.format(&Rfc3339).ok()
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -64,12 +96,33 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
 /// The longest `links.next` followed (DonationAlerts' are about 60 bytes).
 pub const MAX_NEXT_LINK_BYTES: usize = 2048;
 
-/// One page of `/api/v1/alerts/donations`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// One page of `/api/v1/alerts/donations`, its donations parsed and bounded.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DonationPage {
-    pub data: Vec<DaDonation>,
-    #[serde(default)]
+    pub data: Vec<Donation>,
     pub links: PageLinks,
+}
+
+/// The page as DonationAlerts sends it.
+#[derive(Deserialize)]
+struct WirePage {
+    data: Vec<WireDonation>,
+    #[serde(default)]
+    links: PageLinks,
+}
+
+impl WirePage {
+    fn into_page(self) -> DonationPage {
+        let read_at = rfc3339_utc(now_ms());
+        DonationPage {
+            data: self
+                .data
+                .into_iter()
+                .map(|d| d.into_donation(&read_at))
+                .collect(),
+            links: self.links,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -255,7 +308,8 @@ impl DonationAlertsClient {
                 links: PageLinks::default(),
             });
         }
-        read_json(rate_limited(response)?).await
+        let page: WirePage = read_json(rate_limited(response)?).await?;
+        Ok(page.into_page())
     }
 }
 
@@ -279,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_donation_page_parses_with_anonymous_donors_and_fractional_amounts() {
-        let page: DonationPage = serde_json::from_str(
+        let page: WirePage = serde_json::from_str(
             r#"{"data":[{"id":30530030,"name":"donation","username":null,"message":null,
                 "amount":12.5,"currency":"RUB","is_shown":1,"created_at":"2019-09-29 09:00:00",
                 "shown_at":null,"payin_system":{"title":"Bank card RUB"}}],
@@ -287,9 +341,24 @@ mod tests {
                "meta":{"current_page":1,"per_page":30,"total":1}}"#,
         )
         .unwrap();
-        assert_eq!(page.data[0].username, None);
+        let page = page.into_page();
+        assert_eq!(page.data[0].donor_name, None);
         assert_eq!(page.data[0].message, "");
         assert_eq!(page.data[0].amount.to_string(), "12.5");
+        assert_eq!(page.data[0].created_at, "2019-09-29T09:00:00Z");
         assert_eq!(page.links.next, None);
+    }
+
+    #[test]
+    fn donationalerts_times_become_rfc3339_utc() {
+        assert_eq!(
+            da_time_to_rfc3339("2019-09-29 09:00:00").as_deref(),
+            Some("2019-09-29T09:00:00Z")
+        );
+        assert_eq!(
+            da_time_to_rfc3339("2019-09-29T12:00:00+03:00").as_deref(),
+            Some("2019-09-29T09:00:00Z")
+        );
+        assert_eq!(da_time_to_rfc3339("yesterday"), None);
     }
 }

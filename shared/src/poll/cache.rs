@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::tokens::{TwitchUserId, UsableTokens};
+use crate::domain::TwitchUserId;
+
+use crate::tokens::UsableTokens;
 
 /// How long an entry is trusted.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);

@@ -26,11 +26,11 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::app::App;
+use crate::domain::TwitchUserId;
+use crate::domain::now_ms;
 use crate::jobs::ScheduledJob;
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::outbox;
-use crate::store::now_ms;
-use crate::tokens::TwitchUserId;
 use schedule::{PollOutcome, Schedule, SchedulePolicy};
 
 /// How often the list of linked streamers is read again from the store.

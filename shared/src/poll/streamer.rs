@@ -34,11 +34,13 @@ use super::schedule::PollOutcome;
 use super::{PollStats, StopSignal};
 use crate::app::App;
 use crate::coordination::{CoordinationError, Lock, RateLimit};
+use crate::domain::event::ReceivedDonation;
+use crate::domain::{Donation, Provider, TwitchUserId, now_ms};
 use crate::oauth::ProviderError;
-use crate::oauth::donationalerts::{DaDonation, DonationAlertsClient, DonationPage};
-use crate::store::donationalerts::{NewDonation, PollRecorded, PollResult, PollState};
-use crate::store::{StoreError, now_ms};
-use crate::tokens::{self, Provider, TokenError, TwitchUserId, UsableTokens};
+use crate::oauth::donationalerts::{DonationAlertsClient, DonationPage};
+use crate::store::StoreError;
+use crate::store::donationalerts::{PollRecorded, PollResult, PollState};
+use crate::tokens::{self, TokenError, UsableTokens};
 
 /// The app-wide DonationAlerts request budget, shared by every instance.
 pub const DA_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts";
@@ -173,7 +175,7 @@ enum WalkEnd {
 
 /// What a walk has read so far, each donation already within the field caps.
 struct Walk {
-    found: Vec<NewDonation>,
+    found: Vec<Donation>,
     text_bytes: usize,
     seen_high_water: Option<i64>,
     pages: usize,
@@ -183,11 +185,10 @@ struct Walk {
 }
 
 impl Walk {
-    fn add(&mut self, page: Vec<DaDonation>) {
+    fn add(&mut self, page: Vec<Donation>) {
         self.pages += 1;
         for donation in page {
             self.seen_high_water = self.seen_high_water.max(Some(donation.id));
-            let donation = new_donation(donation, &self.received_at).within_limits();
             self.text_bytes += donation.donor_name.as_ref().map_or(0, String::len)
                 + donation.message.len()
                 + donation.currency.len()
@@ -239,7 +240,7 @@ async fn poll_holding_lock(
         seen_high_water: None,
         pages: 0,
         followed: HashSet::new(),
-        received_at: crate::store::rfc3339_utc(now_ms()),
+        received_at: crate::domain::rfc3339_utc(now_ms()),
     };
     let mut next = resume_link(client, &state);
     let mut refreshed = false;
@@ -317,11 +318,16 @@ async fn poll_holding_lock(
         // Stopped before reading anything: nothing to record, no penalty.
         return Ok(PollOutcome::Locked);
     }
+    let donations = walk
+        .found
+        .into_iter()
+        .map(|d| ReceivedDonation::new(streamer, state.da_user_id, d, &walk.received_at))
+        .collect();
     let result = PollResult {
-        streamer_twitch_id: streamer.as_str().to_owned(),
+        streamer: streamer.clone(),
         da_user_id: state.da_user_id,
         fence: lock.fence,
-        donations: walk.found,
+        donations,
         seen_high_water: walk.seen_high_water,
         received_at: walk.received_at,
     };
@@ -410,48 +416,9 @@ async fn take_budget(cx: &PollContext, lock: &Lock) -> Result<(), PollError> {
     }
 }
 
-fn new_donation(donation: DaDonation, received_at: &str) -> NewDonation {
-    NewDonation {
-        created_at: da_time_to_rfc3339(&donation.created_at)
-            .unwrap_or_else(|| received_at.to_owned()),
-        da_donation_id: donation.id,
-        donor_name: donation.username,
-        message: donation.message,
-        amount: donation.amount,
-        currency: donation.currency,
-    }
-}
-
-/// DonationAlerts writes `YYYY-MM-DD HH:MM:SS` in UTC without a zone; the event carries
-/// RFC 3339 UTC. A time that already names its zone is converted to UTC.
-pub fn da_time_to_rfc3339(text: &str) -> Option<String> {
-    use time::format_description::well_known::Rfc3339;
-    let naive = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    let utc = match time::PrimitiveDateTime::parse(text.trim(), &naive) {
-        Ok(at) => at.assume_utc(),
-        Err(_) => time::OffsetDateTime::parse(text.trim(), &Rfc3339)
-            .ok()?
-            .to_offset(time::UtcOffset::UTC),
-    };
-    utc.format(&Rfc3339).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn donationalerts_times_become_rfc3339_utc() {
-        assert_eq!(
-            da_time_to_rfc3339("2019-09-29 09:00:00").as_deref(),
-            Some("2019-09-29T09:00:00Z")
-        );
-        assert_eq!(
-            da_time_to_rfc3339("2019-09-29T12:00:00+03:00").as_deref(),
-            Some("2019-09-29T09:00:00Z")
-        );
-        assert_eq!(da_time_to_rfc3339("yesterday"), None);
-    }
 
     #[test]
     fn poll_locks_have_the_node_apps_names() {

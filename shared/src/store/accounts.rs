@@ -2,8 +2,9 @@
 
 use rusqlite::{OptionalExtension as _, params};
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError};
 use crate::crypto::{CryptoError, TokenCipher};
+use crate::domain::now_ms;
 use crate::secret::Secret;
 
 /// Which of a provider's tokens a sealed value is.

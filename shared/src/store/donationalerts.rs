@@ -19,102 +19,27 @@
 //! becomes the highest id seen since the walk began; anything newer is above it and found by
 //! the next poll from page 1. Nothing between the old cursor and the pages read is skipped.
 //!
-//! Text fields are bounded when recorded ([`NewDonation::within_limits`]): a longer donor
-//! name or message is cut (ending in "…"), a currency that is no code is recorded as `???`;
-//! the donation itself is never refused for its fields.
+//! A donation arrives bounded and with its event already made ([`ReceivedDonation`]): the
+//! store records the one and queues the other, without knowing the event's form.
 //! The outbox is what makes publishing exactly-once: an event is published from its row
 //! (see `outbox`), so one committed while Redis was down goes out when it returns.
 
-use std::borrow::Cow;
-
 use rusqlite::{OptionalExtension as _, params};
 
-use super::{Store, StoreError, now_ms};
-use crate::events::{BusEvent, Donation, DonationPayload};
-use crate::text::truncated;
-
-/// The longest donor name recorded, in characters. DonationAlerts' donation form takes far
-/// shorter names: this only stops a broken or hostile answer.
-pub const MAX_DONOR_NAME_CHARS: usize = 255;
-/// The longest message recorded, in characters (DonationAlerts' form takes a few hundred).
-pub const MAX_MESSAGE_CHARS: usize = 2_000;
-/// The currency recorded for a donation whose currency is not a currency code.
-pub const UNKNOWN_CURRENCY: &str = "???";
-
-/// A donation as the poller read it, ready to record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewDonation {
-    pub da_donation_id: i64,
-    /// `None` for anonymous donors.
-    pub donor_name: Option<String>,
-    pub message: String,
-    pub amount: serde_json::Number,
-    pub currency: String,
-    /// RFC 3339 UTC.
-    pub created_at: String,
-}
-
-impl NewDonation {
-    /// This donation as it is recorded: a donor name longer than [`MAX_DONOR_NAME_CHARS`]
-    /// or a message longer than [`MAX_MESSAGE_CHARS`] cut to the limit (ending in "…"), the
-    /// currency as its upper-case code or, when it is none, [`UNKNOWN_CURRENCY`]. Each change
-    /// is logged as a warning naming the donation and the field, never the text. A donation
-    /// is never refused for its fields: losing one is worse than showing it cut or with an
-    /// unknown currency.
-    pub fn within_limits(mut self) -> Self {
-        let id = self.da_donation_id;
-        if let Some(name) = &self.donor_name
-            && let Cow::Owned(cut) = truncated(name, MAX_DONOR_NAME_CHARS)
-        {
-            tracing::warn!(
-                donation = id,
-                chars = name.chars().count(),
-                "a donor name longer than {MAX_DONOR_NAME_CHARS} characters is recorded cut"
-            );
-            self.donor_name = Some(cut);
-        }
-        if let Cow::Owned(cut) = truncated(&self.message, MAX_MESSAGE_CHARS) {
-            tracing::warn!(
-                donation = id,
-                chars = self.message.chars().count(),
-                "a donation message longer than {MAX_MESSAGE_CHARS} characters is recorded cut"
-            );
-            self.message = cut;
-        }
-        if self.currency != UNKNOWN_CURRENCY {
-            match currency_code(&self.currency) {
-                Some(code) => self.currency = code,
-                None => {
-                    tracing::warn!(
-                        donation = id,
-                        bytes = self.currency.len(),
-                        "a donation's currency is no currency code; recorded as {UNKNOWN_CURRENCY}"
-                    );
-                    self.currency = UNKNOWN_CURRENCY.to_owned();
-                }
-            }
-        }
-        self
-    }
-}
-
-/// `text` as a currency code: 3 to 5 ASCII letters (ISO 4217 codes have 3; some payment
-/// systems use longer ones), surrounding spaces dropped, in upper case.
-pub fn currency_code(text: &str) -> Option<String> {
-    let code = text.trim();
-    ((3..=5).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphabetic()))
-        .then(|| code.to_ascii_uppercase())
-}
+use super::{Store, StoreError};
+use crate::domain::clock::rfc3339_ms;
+use crate::domain::event::ReceivedDonation;
+use crate::domain::{DaUserId, TwitchUserId, now_ms};
 
 /// Everything one poll of one streamer found.
 #[derive(Debug, Clone)]
 pub struct PollResult {
-    pub streamer_twitch_id: String,
-    pub da_user_id: i64,
+    pub streamer: TwitchUserId,
+    pub da_user_id: DaUserId,
     /// The poll lock's fencing token.
     pub fence: u64,
     /// Newest first or in any order; repeats and already recorded ones are ignored.
-    pub donations: Vec<NewDonation>,
+    pub donations: Vec<ReceivedDonation>,
     /// The highest donation id the poll saw, recorded or not (the new cursor's floor).
     pub seen_high_water: Option<i64>,
     /// RFC 3339 UTC, when the poll read them.
@@ -170,7 +95,7 @@ pub struct DonationAlertsConnection {
 /// Where polling of one streamer stands, read after taking their poll lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollState {
-    pub da_user_id: i64,
+    pub da_user_id: DaUserId,
     /// The high-water donation id (`None` before the baseline was taken).
     pub cursor: Option<i64>,
     /// Unix ms of the last recorded poll, by any instance (`None` before the first).
@@ -286,7 +211,7 @@ impl Store {
                 [&streamer_twitch_id],
                 |r| {
                     Ok(PollState {
-                        da_user_id: r.get(0)?,
+                        da_user_id: DaUserId(r.get(0)?),
                         cursor: r.get(1)?,
                         last_polled_at: r.get(2)?,
                         resume_link: r.get(3)?,
@@ -343,19 +268,15 @@ impl Store {
 
     async fn record_walk(
         &self,
-        mut poll: PollResult,
+        poll: PollResult,
         walked: Walked,
     ) -> Result<PollRecorded, StoreError> {
-        poll.donations = std::mem::take(&mut poll.donations)
-            .into_iter()
-            .map(NewDonation::within_limits)
-            .collect();
         self.write(move |conn| {
             let link: Option<(i64, Option<i64>, Option<i64>)> = conn
                 .query_row(
                     "SELECT cursor_fence, poll_cursor, resume_high_water FROM donationalerts_links
                      WHERE streamer_twitch_id = ?1 AND da_user_id = ?2",
-                    params![poll.streamer_twitch_id, poll.da_user_id],
+                    params![poll.streamer.as_str(), poll.da_user_id.0],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
@@ -372,22 +293,22 @@ impl Store {
             // baseline yet: what exists now is history, not news; only the high-water mark
             // is taken, so the next poll reports what follows.
             match cursor {
-                Some(cursor) => donations.retain(|d| d.da_donation_id > cursor),
+                Some(cursor) => donations.retain(|d| d.donation.id > cursor),
                 None => donations.clear(),
             }
-            donations.sort_by_key(|d| d.da_donation_id);
-            donations.dedup_by_key(|d| d.da_donation_id);
+            donations.sort_by_key(|d| d.donation.id);
+            donations.dedup_by_key(|d| d.donation.id);
             let now = now_ms();
             let mut new_donation_ids = Vec::new();
-            for donation in &donations {
+            for ReceivedDonation { donation, event } in &donations {
                 let inserted = conn.execute(
                     "INSERT INTO donations (streamer_twitch_id, da_donation_id, donor_name,
                             message, amount, currency, created_at, received_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (streamer_twitch_id, da_donation_id) DO NOTHING",
                     params![
-                        poll.streamer_twitch_id,
-                        donation.da_donation_id,
+                        poll.streamer.as_str(),
+                        donation.id,
                         donation.donor_name,
                         donation.message,
                         donation.amount.to_string(),
@@ -399,31 +320,14 @@ impl Store {
                 if inserted == 0 {
                     continue;
                 }
-                let payload = DonationPayload {
-                    event_id: DonationPayload::event_id_for(
-                        poll.da_user_id,
-                        donation.da_donation_id,
-                    ),
-                    streamer_id: poll.streamer_twitch_id.clone(),
-                    source: "donationalerts".into(),
-                    donation: Donation {
-                        id: donation.da_donation_id,
-                        username: donation.donor_name.clone(),
-                        message: donation.message.clone(),
-                        amount: donation.amount.clone(),
-                        currency: donation.currency.clone(),
-                        created_at: donation.created_at.clone(),
-                    },
-                    received_at: poll.received_at.clone(),
-                };
-                super::outbox::record_event(conn, &BusEvent::donation(&payload), now)?;
-                new_donation_ids.push(donation.da_donation_id);
+                super::outbox::record_event(conn, event, now)?;
+                new_donation_ids.push(donation.id);
             }
             // The highest id seen since the walk began, this poll included.
             let walk_high_water = poll
                 .seen_high_water
                 .into_iter()
-                .chain(donations.last().map(|d| d.da_donation_id))
+                .chain(donations.last().map(|d| d.donation.id))
                 .chain(resume_high_water)
                 .max();
             let (new_cursor, resume_link, resume_high_water) = match walked {
@@ -447,7 +351,7 @@ impl Store {
                     now,
                     resume_link,
                     resume_high_water,
-                    poll.streamer_twitch_id
+                    poll.streamer.as_str()
                 ],
             )?;
             Ok(PollRecorded::Recorded { new_donation_ids })
@@ -498,72 +402,4 @@ pub(super) fn delete_connection(
         [streamer_twitch_id],
     )?;
     Ok(tokens + links > 0)
-}
-
-/// Unix ms of an RFC 3339 time.
-fn rfc3339_ms(text: &str) -> Option<i64> {
-    let at =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((at.unix_timestamp_nanos() / 1_000_000) as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn donation(name: Option<&str>, message: &str, currency: &str) -> NewDonation {
-        NewDonation {
-            da_donation_id: 1,
-            donor_name: name.map(str::to_owned),
-            message: message.to_owned(),
-            amount: serde_json::Number::from(100),
-            currency: currency.to_owned(),
-            created_at: "2026-01-01T00:00:00Z".to_owned(),
-        }
-    }
-
-    #[test]
-    fn fields_within_the_limits_are_recorded_as_they_are() {
-        let name = "n".repeat(MAX_DONOR_NAME_CHARS);
-        let message = "ё".repeat(MAX_MESSAGE_CHARS);
-        let kept = donation(Some(&name), &message, "RUB").within_limits();
-        assert_eq!(kept, donation(Some(&name), &message, "RUB"));
-        assert_eq!(
-            donation(None, "", "EUR").within_limits(),
-            donation(None, "", "EUR")
-        );
-    }
-
-    #[test]
-    fn longer_fields_are_cut_to_the_limit_and_marked() {
-        let name = "ж".repeat(MAX_DONOR_NAME_CHARS + 1);
-        let message = "m".repeat(MAX_MESSAGE_CHARS * 10);
-        let cut = donation(Some(&name), &message, "RUB").within_limits();
-        let cut_name = cut.donor_name.unwrap();
-        assert_eq!(cut_name.chars().count(), MAX_DONOR_NAME_CHARS);
-        assert!(cut_name.ends_with("жж…"));
-        assert_eq!(cut.message.chars().count(), MAX_MESSAGE_CHARS);
-        assert!(cut.message.ends_with("mm…"));
-        assert_eq!(cut.currency, "RUB");
-    }
-
-    #[test]
-    fn a_currency_is_a_short_letter_code_in_upper_case_or_marked_unknown() {
-        for (sent, recorded) in [
-            ("RUB", "RUB"),
-            ("usd", "USD"),
-            (" EUR ", "EUR"),
-            ("USDT", "USDT"),
-            ("", UNKNOWN_CURRENCY),
-            ("RU", UNKNOWN_CURRENCY),
-            ("RUBLES", UNKNOWN_CURRENCY),
-            ("R$B", UNKNOWN_CURRENCY),
-            ("РУБ", UNKNOWN_CURRENCY),
-            ("<script>", UNKNOWN_CURRENCY),
-            (UNKNOWN_CURRENCY, UNKNOWN_CURRENCY),
-        ] {
-            let recorded_as = donation(None, "", sent).within_limits().currency;
-            assert_eq!(recorded_as, recorded, "{sent:?}");
-        }
-    }
 }

@@ -18,19 +18,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
-pub use writer::{WRITER_LEASE, WriterStats, now_ms};
-
-/// Unix ms as RFC 3339 UTC to the second (`2026-11-27T11:33:26Z`), as events and APIs carry
-/// times.
-pub fn rfc3339_utc(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use writer::{WRITER_LEASE, WriterStats};
 
 use crate::config::{JournalMode, SqliteConfig};
 use crate::coordination::Coordinator;

@@ -3,8 +3,9 @@
 
 use rusqlite::params;
 
-use super::{Store, StoreError, now_ms};
-use crate::events::BusEvent;
+use super::{Store, StoreError};
+use crate::domain::event::BusEvent;
+use crate::domain::now_ms;
 
 /// An event waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]

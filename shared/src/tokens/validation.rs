@@ -22,14 +22,15 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument as _;
 
-use super::{Provider, TokenError, TwitchUserId, expiry_from_validation, open_active, refresh};
+use super::{TokenError, expiry_from_validation, open_active, refresh};
 use crate::app::App;
+use crate::domain::now_ms;
+use crate::domain::{Provider, TwitchUserId};
 use crate::jobs::ScheduledJob;
 use crate::metrics::ValidationOutcome;
 use crate::oauth::error_chain;
 use crate::oauth::twitch::TwitchClient;
 use crate::store::accounts::StoredTokens;
-use crate::store::now_ms;
 
 /// The lock that keeps validation runs from overlapping across instances.
 pub const VALIDATION_LOCK: &str = "locks:tokens:validate";

@@ -15,10 +15,10 @@ use super::oauth_state::TWITCH_LOGIN;
 use super::session::{self, LOGGED_OUT_COOKIE, NewSession, SESSION_DAYS, logged_out_marker};
 use super::{WebError, cookie, redirect, texts};
 use crate::app::App;
+use crate::domain::Provider;
+use crate::domain::now_ms;
 use crate::oauth::ProviderError;
 use crate::store::accounts::{TokenKind, TwitchLogin, seal_token};
-use crate::store::now_ms;
-use crate::tokens::Provider;
 
 /// Longest callback query accepted (real ones are a few hundred bytes).
 const MAX_QUERY_LEN: usize = 4096;

@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
 use crate::app::App;
+use crate::domain::TwitchUserId;
+use crate::domain::rfc3339_utc;
 use crate::oauth::error_chain;
 use crate::secret::Secret;
-use crate::store::rfc3339_utc;
-use crate::tokens::{self, ChatToken, TokenError, TwitchUserId};
+use crate::tokens::{self, ChatToken, TokenError};
 
 /// Longest access token a report may carry (Twitch's are 30 characters).
 const MAX_REPORTED_TOKEN_LEN: usize = 512;

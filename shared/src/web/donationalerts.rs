@@ -30,13 +30,13 @@ use super::{ApiError, WebError, redirect, texts};
 use crate::app::App;
 use crate::coordination::RateLimit;
 use crate::crypto::sha256;
+use crate::domain::now_ms;
+use crate::domain::{Provider, TokenStatus};
 use crate::oauth::ProviderError;
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::poll::streamer::DA_RATE_LIMIT_KEY;
 use crate::store::accounts::{TokenKind, seal_token};
 use crate::store::donationalerts::{Connected, DonationAlertsConnection};
-use crate::store::now_ms;
-use crate::tokens::{Provider, TokenStatus};
 
 /// The DonationAlerts connect flow.
 pub const DONATIONALERTS_CONNECT: OAuthFlow = OAuthFlow {
@@ -285,7 +285,7 @@ impl ConnectionStatus {
         Ok(Self {
             connected: status == Some(TokenStatus::Active),
             status: status.map(TokenStatus::as_str),
-            da_user_id: link.filter(|_| status.is_some()).map(|l| l.da_user_id),
+            da_user_id: link.filter(|_| status.is_some()).map(|l| l.da_user_id.0),
             needs_reauth: status == Some(TokenStatus::NeedReauth),
         })
     }

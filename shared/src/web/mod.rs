@@ -24,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
 use crate::coordination::CoordinationError;
+use crate::domain::Provider;
 use crate::oauth::{ProviderError, error_chain};
 use crate::store::StoreError;
-use crate::tokens::Provider;
 use oauth_state::StateRefusal;
 use session::CrossSiteRefusal;
 pub use texts::Texts;

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use super::{WebError, cookie, set_cookie};
 use crate::app::App;
 use crate::crypto::random_token;
-use crate::store::now_ms;
+use crate::domain::now_ms;
 
 /// The state cookie outlives the state itself, so a browser returning late is told that
 /// its login expired rather than that it was started elsewhere.

@@ -13,8 +13,9 @@ use super::donationalerts::ConnectionStatus;
 use super::session::{self, CurrentSession};
 use super::{ApiError, Texts, WebError, html, redirect, texts};
 use crate::app::App;
+use crate::domain::{Provider, TwitchUserId};
 use crate::store::accounts::SessionUser;
-use crate::tokens::{self, Provider, TwitchUserId};
+use crate::tokens;
 
 pub const STYLESHEET: &str = include_str!("../../static/style.css");
 

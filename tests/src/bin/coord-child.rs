@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use shared::config::{JournalMode, SqliteConfig};
 use shared::coordination::memory::InProcessCoordinator;
 use shared::coordination::{Coordinator, Published, RateLimit};
-use shared::events::BusEvent;
+use shared::domain::event::BusEvent;
 use shared::store::Store;
 
 #[derive(Parser)]

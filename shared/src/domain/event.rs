@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{DaUserId, Donation, TwitchUserId};
+
 /// Redis stream every event is appended to (approximate MAXLEN [`STREAM_MAXLEN`]).
 pub const EVENT_STREAM: &str = "avatar:events";
 /// Pub/sub channel the overlays listen on.
@@ -33,22 +35,25 @@ pub struct DonationPayload {
     pub received_at: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Donation {
-    pub id: i64,
-    /// `None` for anonymous donors.
-    pub username: Option<String>,
-    pub message: String,
-    pub amount: serde_json::Number,
-    pub currency: String,
-    /// RFC 3339 UTC.
-    pub created_at: String,
-}
-
 impl DonationPayload {
-    pub fn event_id_for(da_user_id: i64, donation_id: i64) -> String {
-        format!("da:{da_user_id}:{donation_id}")
+    /// The payload announcing `donation`, received by `streamer` at `received_at` (RFC 3339).
+    pub fn new(
+        streamer: &TwitchUserId,
+        da_user: DaUserId,
+        donation: Donation,
+        received_at: &str,
+    ) -> Self {
+        Self {
+            event_id: Self::event_id_for(da_user, donation.id),
+            streamer_id: streamer.as_str().to_owned(),
+            source: "donationalerts".into(),
+            donation,
+            received_at: received_at.to_owned(),
+        }
+    }
+
+    pub fn event_id_for(da_user: DaUserId, donation_id: i64) -> String {
+        format!("da:{da_user}:{donation_id}")
     }
 
     pub fn envelope(&self) -> BroadcastEnvelope {
@@ -76,6 +81,30 @@ pub struct TokenRevokedPayload {
     pub reason: String,
     /// RFC 3339 UTC.
     pub revoked_at: String,
+}
+
+/// A donation and the event announcing it, made together by whatever received the donation
+/// (a poll, a push): the store records the one and queues the other in the same write,
+/// without knowing the event's form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedDonation {
+    pub donation: Donation,
+    pub event: BusEvent,
+}
+
+impl ReceivedDonation {
+    pub fn new(
+        streamer: &TwitchUserId,
+        da_user: DaUserId,
+        donation: Donation,
+        received_at: &str,
+    ) -> Self {
+        let payload = DonationPayload::new(streamer, da_user, donation, received_at);
+        Self {
+            event: BusEvent::donation(&payload),
+            donation: payload.donation,
+        }
+    }
 }
 
 pub const DONATION: &str = "donation";
@@ -149,12 +178,12 @@ mod tests {
 
     pub fn sample() -> DonationPayload {
         DonationPayload {
-            event_id: DonationPayload::event_id_for(77, 30530030),
+            event_id: DonationPayload::event_id_for(DaUserId(77), 30530030),
             streamer_id: "141981764".into(),
             source: "donationalerts".into(),
             donation: Donation {
                 id: 30530030,
-                username: None,
+                donor_name: None,
                 message: "Hello!".into(),
                 amount: serde_json::Number::from_f64(12.5).unwrap(),
                 currency: "RUB".into(),
