@@ -10,10 +10,10 @@ use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
 use crate::health::HealthProbes;
-use crate::metrics::Metrics;
+use crate::metrics::PollStats;
+use crate::metrics::{Metrics, WriterBatches};
 use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::oauth::twitch::TwitchClient;
-use crate::poll::PollStats;
 use crate::secret::random_hex;
 use crate::secrets::SecretPurpose;
 use crate::store::{Store, StoreError};
@@ -116,7 +116,13 @@ impl App {
                 Coordinator::InProcess(InProcessCoordinator::new())
             }
         };
-        let store = Store::open(&config.sqlite, &coordinator).await?;
+        let writer_batches = WriterBatches::default();
+        let store = Store::open_reporting(
+            &config.sqlite,
+            &coordinator,
+            Some(Arc::new(writer_batches.clone())),
+        )
+        .await?;
         tracing::info!(
             path = %config.sqlite.path.display(),
             journal_mode = store.journal_mode().as_str(),
@@ -130,10 +136,7 @@ impl App {
         }
         let health = Arc::new(HealthProbes::new(config.health_max_age));
         let poll_stats = Arc::<PollStats>::default();
-        let metrics = Arc::new(Metrics::new(
-            poll_stats.clone(),
-            &store.writer_stats().batches,
-        ));
+        let metrics = Arc::new(Metrics::new(poll_stats.clone(), &writer_batches));
         Ok(Self(Arc::new(AppState {
             cipher: Arc::new(TokenCipher::new(&keys)),
             signer: Arc::new(Signer::new(&keys)),

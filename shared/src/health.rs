@@ -20,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::app::App;
 use crate::coordination::{CoordinationError, Coordinator, Mode};
-use crate::poll::PollFigures;
+use crate::metrics::PollFigures;
 
 /// How long the store may take to answer the health read before it counts as down.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -10,10 +10,11 @@ use fake_providers::donationalerts::{ApiFailure, NewDonation, RequestKind};
 use fake_providers::twitch::FakeUser;
 use shared::coordination::RateLimit;
 use shared::domain::TwitchUserId;
+use shared::metrics::PollStats;
+use shared::poll::StopSignal;
 use shared::poll::cache::StreamerCache;
 use shared::poll::schedule::PollOutcome;
 use shared::poll::streamer::{PollContext, poll_streamer};
-use shared::poll::{PollStats, StopSignal};
 
 use crate::login::error_code;
 

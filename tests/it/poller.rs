@@ -13,7 +13,8 @@ use fake_providers::donationalerts::{
 };
 use shared::app::App;
 use shared::config::Config;
-use shared::poll::{PollStats, Poller};
+use shared::metrics::PollStats;
+use shared::poll::Poller;
 
 use crate::bus::stream_entries;
 

@@ -13,6 +13,9 @@
 //! are fixed sets (provider, validation outcome).
 
 pub mod emf;
+mod poll;
+
+pub use poll::{PollCounts, PollFigures, PollStats};
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -28,7 +31,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::Provider;
-use crate::poll::PollStats;
+use crate::store::CommitObserver;
 
 /// The `Content-Type` of `GET /metrics`: the Prometheus text format, version 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str =
@@ -303,6 +306,12 @@ impl Default for WriterBatches {
             ]),
             pending: Arc::default(),
         }
+    }
+}
+
+impl CommitObserver for WriterBatches {
+    fn committed(&self, writes: u64, took: Duration) {
+        self.record(writes, took);
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
-pub use writer::{WRITER_LEASE, WriterStats};
+pub use writer::{CommitObserver, WRITER_LEASE, WriterStats};
 
 use crate::config::{JournalMode, SqliteConfig};
 use crate::coordination::Coordinator;
@@ -84,6 +84,15 @@ impl Store {
         config: &SqliteConfig,
         coordinator: &Coordinator,
     ) -> Result<Self, StoreError> {
+        Self::open_reporting(config, coordinator, None).await
+    }
+
+    /// [`Store::open`], telling `commits` of every batch the writer commits.
+    pub async fn open_reporting(
+        config: &SqliteConfig,
+        coordinator: &Coordinator,
+        commits: Option<Arc<dyn CommitObserver>>,
+    ) -> Result<Self, StoreError> {
         let lease = match coordinator {
             Coordinator::Redis(_) => Lease::Fenced {
                 coordinator: coordinator.clone(),
@@ -95,6 +104,7 @@ impl Store {
             path: config.path.clone(),
             journal_mode: config.journal_mode,
             lease,
+            commits,
         })
         .await?;
         let readers = ReadPool::new(&config.path, config.read_connections);

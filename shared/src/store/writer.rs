@@ -116,8 +116,15 @@ pub struct WriterStats {
     /// newer token meanwhile (this process was paused past its lease); each was retried
     /// under a fresh lease.
     pub stale_leases: AtomicU64,
-    /// Each committed batch's size and commit time, for the metrics.
-    pub batches: crate::metrics::WriterBatches,
+    /// Told each committed batch's size and commit time (the metrics' histograms).
+    pub observer: Option<Arc<dyn CommitObserver>>,
+}
+
+/// Told of every batch the writer commits: how many writes it carried and how long its
+/// commit took. The store reports its figures upward through this, knowing nothing of who
+/// keeps them.
+pub trait CommitObserver: Send + Sync + std::fmt::Debug {
+    fn committed(&self, writes: u64, took: Duration);
 }
 
 /// Cheap to clone; every clone feeds the same writer thread.
@@ -172,6 +179,7 @@ pub(crate) struct WriterOptions {
     pub path: PathBuf,
     pub journal_mode: JournalMode,
     pub lease: Lease,
+    pub commits: Option<Arc<dyn CommitObserver>>,
 }
 
 /// Starts the writer thread: opens the database, applies migrations, then serves writes.
@@ -180,7 +188,10 @@ pub(crate) async fn start(
     options: WriterOptions,
 ) -> Result<(WriterHandle, JournalMode), StoreError> {
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-    let stats = Arc::new(WriterStats::default());
+    let stats = Arc::new(WriterStats {
+        observer: options.commits.clone(),
+        ..WriterStats::default()
+    });
     let (ready_tx, ready_rx) = oneshot::channel();
     let thread_stats = stats.clone();
     std::thread::Builder::new()
@@ -406,7 +417,9 @@ impl Writer {
             self.stats
                 .last_commit_us
                 .store(took.as_micros() as u64, Ordering::Relaxed);
-            self.stats.batches.record(count, took);
+            if let Some(observer) = &self.stats.observer {
+                observer.committed(count, took);
+            }
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.stats.writes.fetch_add(count, Ordering::Relaxed);
         }
