@@ -70,7 +70,7 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
     vars.insert("PORT".into(), bound.port().to_string());
 
     let mut config = Config::from_vars(&vars)?;
-    shared::telemetry::init(&config);
+    shared::telemetry::init(&config.log_filter, config.deployment.log_format());
     let _fakes = if cli.demo {
         let (fakes, demo_vars) = start_demo_providers(&config, &cli.demo_ports).await?;
         vars.extend(demo_vars);

@@ -12,8 +12,8 @@ use crate::crypto::{Signer, TokenCipher};
 use crate::health::HealthProbes;
 use crate::metrics::PollStats;
 use crate::metrics::{Metrics, WriterBatches};
-use crate::oauth::donationalerts::DonationAlertsClient;
-use crate::oauth::twitch::TwitchClient;
+use crate::providers::donationalerts::DonationAlertsClient;
+use crate::providers::twitch::TwitchClient;
 use crate::secret::random_hex;
 use crate::secrets::SecretPurpose;
 use crate::store::{Store, StoreError};
@@ -79,7 +79,7 @@ impl App {
     /// [`crate::secrets::needed_by`]).
     pub async fn from_env_given(given: &'static [SecretPurpose]) -> Result<Self, StartupError> {
         let config = Config::load_given(given).await?;
-        crate::telemetry::init(&config);
+        crate::telemetry::init(&config.log_filter, config.deployment.log_format());
         Self::build(config).await
     }
 
@@ -128,7 +128,7 @@ impl App {
             journal_mode = store.journal_mode().as_str(),
             "store ready"
         );
-        let http = crate::oauth::ProviderHttp::new(config.provider_timeout);
+        let http = crate::providers::ProviderHttp::new(config.provider_timeout);
         let twitch = TwitchClient::new(&config.twitch, http.clone()).map(Arc::new);
         let donationalerts = DonationAlertsClient::new(&config.donationalerts, http).map(Arc::new);
         if twitch.is_none() {

@@ -57,9 +57,10 @@ pub mod jobs;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod metrics;
-pub mod oauth;
+pub mod outbound;
 pub mod outbox;
 pub mod poll;
+pub mod providers;
 pub mod secret;
 pub mod secrets;
 pub mod server;

@@ -20,13 +20,20 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::{Config, Deployment};
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One flat JSON object a line (Lambda: CloudWatch parses them).
+    Json,
+    /// Readable lines (a terminal, a developer's machine).
+    Text,
+}
 
-pub fn init(config: &Config) {
+/// Starts logging with `filter` (`RUST_LOG`'s syntax; INFO when it does not parse).
+pub fn init(filter: &str, format: LogFormat) {
     // `Targets` (levels per target) rather than `EnvFilter`: the latter's span and field
     // filters bring a regex engine into every function's binary.
-    let filter: Targets = config
-        .log_filter
+    let filter: Targets = filter
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     // The builder's own level (INFO unless set) would cut below the filter: let it pass all.
@@ -34,20 +41,38 @@ pub fn init(config: &Config) {
         .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_writer(std::io::stderr);
     // `try_init` fails only if a subscriber is already set (tests): keep that one.
-    let _ = match config.deployment {
-        Deployment::Lambda => builder
+    let _ = match format {
+        LogFormat::Json => builder
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson)
             .finish()
             .with(filter)
             .try_init(),
-        Deployment::Local => builder
+        LogFormat::Text => builder
             .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .finish()
             .with(filter)
             .try_init(),
     };
+}
+
+/// An error and its causes on one line, the one way every warning and error log writes an
+/// error (`error = %error_chain(&e)`). A cause whose text its parent already ends with is
+/// not repeated. reqwest errors carry no query strings or bodies here: tokens travel in
+/// headers and form bodies, never in URLs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The Lambda line format (see the module's documentation).

@@ -7,8 +7,8 @@
 //!
 //! | floor | modules | what lives there |
 //! |---|---|---|
-//! | 0 | `domain`, `secret`, `text` | ids, the clock, the donation and the bus event; redaction; bounded text |
-//! | 1 | `secrets`, `config`, `crypto`, `telemetry` | settings read and checked at start; keys; logging |
+//! | 0 | `domain`, `secret`, `text`, `telemetry`, `outbound` | ids, the clock, the donation and the bus event; redaction; bounded text; logging; the outbound HTTP client |
+//! | 1 | `secrets`, `config`, `crypto` | settings read and checked at start; keys |
 //! | 2 | `store`, `coordination`, `providers` | SQLite, Redis, the Twitch and DonationAlerts APIs |
 //! | 3 | `metrics` | the figures, counted where things happen |
 //! | 4 | `jobs`, `tokens`, `outbox`, `poll` | the work: tokens kept alive, donations polled, events relayed |
@@ -23,10 +23,11 @@ const FLOORS: &[(&str, u8)] = &[
     ("domain", 0),
     ("secret", 0),
     ("text", 0),
+    ("telemetry", 0),
+    ("outbound", 0),
     ("secrets", 1),
     ("config", 1),
     ("crypto", 1),
-    ("telemetry", 1),
     ("store", 2),
     ("coordination", 2),
     ("providers", 2),

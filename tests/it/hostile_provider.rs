@@ -11,10 +11,10 @@ use avatar_tests::{LocalServer, TestApp, wait_until};
 use fake_providers::donationalerts::{ApiFailure, NewDonation, PER_PAGE, Paging};
 use shared::domain::TwitchUserId;
 use shared::domain::donation::{MAX_DONOR_NAME_CHARS, MAX_MESSAGE_CHARS};
-use shared::oauth::MAX_PROVIDER_BODY_BYTES;
 use shared::poll::Poller;
 use shared::poll::schedule::PollOutcome;
 use shared::poll::streamer::MAX_PAGES_PER_POLL;
+use shared::providers::MAX_PROVIDER_BODY_BYTES;
 use tokio::time::Instant;
 
 use crate::login::error_code;

@@ -36,10 +36,8 @@ pub fn init_test_logging() {
 
 fn tracing_subscriber_init() -> Result<(), ()> {
     let config = Config::from_vars(&base_vars(Path::new("/tmp"))).map_err(|_| ())?;
-    shared::telemetry::init(&Config {
-        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
-        ..config
-    });
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into());
+    shared::telemetry::init(&filter, config.deployment.log_format());
     Ok(())
 }
 

@@ -29,6 +29,7 @@ pub use self::redis::{RedisConfig, RedisUrl};
 pub use self::sqlite::{JournalMode, SqliteConfig};
 use crate::secret::Secret;
 use crate::secrets::SecretPurpose;
+use crate::telemetry::LogFormat;
 
 /// Where the process runs: decides a few defaults and which secrets are mandatory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,16 @@ pub enum Deployment {
     Local,
     /// Inside AWS Lambda (detected by `AWS_LAMBDA_FUNCTION_NAME`).
     Lambda,
+}
+
+impl Deployment {
+    /// How this deployment's log lines are written.
+    pub fn log_format(self) -> LogFormat {
+        match self {
+            Self::Local => LogFormat::Text,
+            Self::Lambda => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

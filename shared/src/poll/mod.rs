@@ -30,8 +30,8 @@ use crate::domain::TwitchUserId;
 use crate::domain::now_ms;
 use crate::jobs::ScheduledJob;
 use crate::metrics::PollStats;
-use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::outbox;
+use crate::providers::donationalerts::DonationAlertsClient;
 use schedule::{PollOutcome, Schedule, SchedulePolicy};
 
 /// How often the list of linked streamers is read again from the store.
@@ -326,7 +326,7 @@ impl Poller {
             }
             Err(e) => {
                 self.stats.count_error();
-                tracing::warn!(error = %crate::oauth::error_chain(&e), "the streamers to poll could not be read");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "the streamers to poll could not be read");
             }
         }
     }
@@ -356,7 +356,7 @@ impl Poller {
                 schedule.refresh_intervals(now);
             }
             Err(e) => {
-                tracing::warn!(error = %crate::oauth::error_chain(&e), "who is live on Twitch is unknown; the schedule keeps the last answer");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "who is live on Twitch is unknown; the schedule keeps the last answer");
             }
         }
     }
@@ -424,7 +424,7 @@ impl Poller {
 
     async fn relay(&self) {
         if let Err(e) = outbox::relay_pending(&self.app.store, &self.app.coordinator).await {
-            tracing::warn!(error = %crate::oauth::error_chain(&e), "events stay in the outbox until the bus takes them");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "events stay in the outbox until the bus takes them");
         }
     }
 }

@@ -36,8 +36,8 @@ use crate::app::App;
 use crate::coordination::{CoordinationError, Lock, RateLimit};
 use crate::domain::event::ReceivedDonation;
 use crate::domain::{Donation, Provider, TwitchUserId, now_ms};
-use crate::oauth::ProviderError;
-use crate::oauth::donationalerts::{DonationAlertsClient, DonationPage};
+use crate::providers::ProviderError;
+use crate::providers::donationalerts::{DonationAlertsClient, DonationPage};
 use crate::store::StoreError;
 use crate::store::donationalerts::{PollRecorded, PollResult, PollState};
 use crate::tokens::{self, TokenError, UsableTokens};
@@ -130,7 +130,7 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
         }
         Err(e) => {
             stats.count_error();
-            tracing::warn!(error = %crate::oauth::error_chain(&e), "the poll lock could not be asked for");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "the poll lock could not be asked for");
             return PollOutcome::Failed { retry_after: None };
         }
     };
@@ -152,13 +152,13 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
                 cx.cache.forget(streamer);
             }
             if outcome == PollOutcome::NeedsReauth {
-                tracing::warn!(error = %crate::oauth::error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
             } else if outcome != PollOutcome::Locked {
                 stats.count_error();
                 if e.is_provider_failure() {
                     stats.count_provider_error();
                 }
-                tracing::warn!(error = %crate::oauth::error_chain(&e), "poll failed; the streamer backs off");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "poll failed; the streamer backs off");
             }
             outcome
         }
@@ -371,7 +371,7 @@ fn resume_link(client: &DonationAlertsClient, state: &PollState) -> Option<Strin
     match client.next_page_url(link) {
         Ok(_) => Some(link.clone()),
         Err(e) => {
-            tracing::warn!(error = %crate::oauth::error_chain(&e), "the page the last poll stopped at is not followed; starting again from page 1");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "the page the last poll stopped at is not followed; starting again from page 1");
             None
         }
     }

@@ -180,7 +180,7 @@ pub async fn get_secret_string(
             body: &body,
         },
     );
-    let mut request = crate::oauth::http_client(SECRETS_MANAGER_TIMEOUT)
+    let mut request = crate::outbound::http_client(SECRETS_MANAGER_TIMEOUT)
         .post(aws.endpoint.clone())
         .body(body);
     for (name, value) in &headers {

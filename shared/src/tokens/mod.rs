@@ -21,11 +21,12 @@ use crate::coordination::{CoordinationError, Lock};
 use crate::crypto::CryptoError;
 use crate::domain::event::{BusEvent, TokenRevokedPayload};
 use crate::domain::{Provider, TokenStatus, TwitchUserId, now_ms, rfc3339_utc};
-use crate::oauth::{ProviderError, TokenSet, error_chain};
+use crate::providers::{ProviderError, TokenSet};
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::store::accounts::{StoredTokens, TokenKind, seal_token};
 use crate::store::tokens::RefreshedTokens;
+use crate::telemetry::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {

@@ -28,9 +28,9 @@ use crate::domain::now_ms;
 use crate::domain::{Provider, TwitchUserId};
 use crate::jobs::ScheduledJob;
 use crate::metrics::ValidationOutcome;
-use crate::oauth::error_chain;
-use crate::oauth::twitch::TwitchClient;
+use crate::providers::twitch::TwitchClient;
 use crate::store::accounts::StoredTokens;
+use crate::telemetry::error_chain;
 
 /// The lock that keeps validation runs from overlapping across instances.
 pub const VALIDATION_LOCK: &str = "locks:tokens:validate";

@@ -17,7 +17,7 @@ use super::{WebError, cookie, redirect, texts};
 use crate::app::App;
 use crate::domain::Provider;
 use crate::domain::now_ms;
-use crate::oauth::ProviderError;
+use crate::providers::ProviderError;
 use crate::store::accounts::{TokenKind, TwitchLogin, seal_token};
 
 /// Longest callback query accepted (real ones are a few hundred bytes).

@@ -22,8 +22,8 @@ use super::caller::Caller;
 use crate::app::App;
 use crate::domain::TwitchUserId;
 use crate::domain::rfc3339_utc;
-use crate::oauth::error_chain;
 use crate::secret::Secret;
+use crate::telemetry::error_chain;
 use crate::tokens::{self, ChatToken, TokenError};
 
 /// Longest access token a report may carry (Twitch's are 30 characters).

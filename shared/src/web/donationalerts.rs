@@ -32,9 +32,9 @@ use crate::coordination::RateLimit;
 use crate::crypto::sha256;
 use crate::domain::now_ms;
 use crate::domain::{Provider, TokenStatus};
-use crate::oauth::ProviderError;
-use crate::oauth::donationalerts::DonationAlertsClient;
 use crate::poll::streamer::DA_RATE_LIMIT_KEY;
+use crate::providers::ProviderError;
+use crate::providers::donationalerts::DonationAlertsClient;
 use crate::store::accounts::{TokenKind, seal_token};
 use crate::store::donationalerts::{Connected, DonationAlertsConnection};
 

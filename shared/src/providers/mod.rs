@@ -82,23 +82,6 @@ impl ProviderError {
     }
 }
 
-/// An error and its causes on one line, for the one log line of a failed request. A cause
-/// whose text its parent already ends with is not repeated. reqwest errors carry no query
-/// strings or bodies here: tokens travel in headers and form bodies, never in URLs.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// The error body Twitch uses (`{"status":…,"message":…}`), also tolerated from others.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ProviderErrorBody {
@@ -184,20 +167,7 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     })
 }
 
-/// The HTTP client for calls to other services (the providers, Secrets Manager at start):
-/// bounded time, no redirects (none of their endpoints needs one, and following them could
-/// leak a token to another host).
-pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(timeout.min(Duration::from_secs(3)))
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("avatar-twitch-oauth/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the TLS backend initialises")
-}
-
-/// [`http_client`], built on first use and shared by the provider clients. Building it
+/// [`http_client`](crate::outbound::http_client), built on first use and shared by the provider clients. Building it
 /// (the TLS roots, the connection pool) is a cold start's largest piece of CPU work, and
 /// most functions (health, pages) never call a provider.
 #[derive(Clone)]
@@ -210,7 +180,7 @@ impl ProviderHttp {
 
     pub fn client(&self) -> &reqwest::Client {
         let (timeout, client) = &*self.0;
-        client.get_or_init(|| http_client(*timeout))
+        client.get_or_init(|| crate::outbound::http_client(*timeout))
     }
 }
 
