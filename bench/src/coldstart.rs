@@ -21,7 +21,7 @@ use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::{MotoServer, RedisServer};
 use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfig};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
-use shared::http::{Function, FunctionKind};
+use shared::bundle::{Function, FunctionKind};
 use tokio::time::Instant;
 
 use crate::{Row, micros, percentile, release_binary};

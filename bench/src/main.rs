@@ -282,7 +282,7 @@ async fn login_server_time() -> Vec<Row> {
     ] {
         let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let app = avatar_tests::TestApp::spawn(&extra).await;
-        let router = shared::http::router(app.app.clone());
+        let router = shared::web::routes::router(app.app.clone());
 
         let mut starts = Vec::with_capacity(AUTH_START_ROUNDS);
         for round in 0..100 + AUTH_START_ROUNDS {

@@ -93,7 +93,7 @@ pub async fn chat_token_rows() -> Vec<Row> {
     let app = TestApp::spawn(&[("INTERNAL_API_TOKEN", INTERNAL_TOKEN)]).await;
     app.browser().log_in().await;
     let user = fake_providers::twitch::FakeUser::demo().id;
-    let router = shared::http::router(app.app.clone());
+    let router = shared::web::routes::router(app.app.clone());
     let request = || {
         axum::http::Request::get(format!("/internal/chat-token/{user}"))
             .header("authorization", format!("Bearer {INTERNAL_TOKEN}"))

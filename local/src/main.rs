@@ -125,7 +125,7 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
                 .await
         })
     });
-    let served = shared::http::serve(listener, app, shutdown).await;
+    let served = shared::web::routes::serve(listener, app, shutdown).await;
     drop(stop_background);
     let _ = heartbeat.await;
     if let Some(validator) = validator {

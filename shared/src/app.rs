@@ -9,7 +9,6 @@ use crate::coordination::memory::InProcessCoordinator;
 use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
-use crate::health::HealthProbes;
 use crate::metrics::PollStats;
 use crate::metrics::{Metrics, WriterBatches};
 use crate::providers::donationalerts::DonationAlertsClient;
@@ -52,8 +51,6 @@ pub struct AppState {
     pub store: Store,
     /// Identifies this process in heartbeats (`avatar:instances`).
     pub instance_id: Arc<str>,
-    /// The Redis and SQLite probe `/health` reuses for `HEALTH_MAX_AGE_MS`.
-    pub health: Arc<HealthProbes>,
     /// Seals tokens at rest.
     pub cipher: Arc<TokenCipher>,
     /// Signs cookies and CSRF tokens.
@@ -134,7 +131,6 @@ impl App {
         if twitch.is_none() {
             tracing::warn!("TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET unset: Twitch login is off");
         }
-        let health = Arc::new(HealthProbes::new(config.health_max_age));
         let poll_stats = Arc::<PollStats>::default();
         let metrics = Arc::new(Metrics::new(poll_stats.clone(), &writer_batches));
         Ok(Self(Arc::new(AppState {
@@ -148,7 +144,6 @@ impl App {
             coordinator,
             store,
             instance_id: random_hex(8).into(),
-            health,
         })))
     }
 

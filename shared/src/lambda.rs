@@ -18,17 +18,18 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::app::App;
+use crate::bundle::Function;
 use crate::domain::now_ms;
-use crate::http::{Function, Route, table_router};
 use crate::jobs::ScheduledJob;
 use crate::metrics::Metrics;
 use crate::metrics::emf::EmfContext;
+use crate::web::routes::{Route, table_router};
 
 /// A scheduled job stops this long before the invocation's deadline, leaving time to
 /// return its result.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
-/// Serves `table`, one function's table of [`crate::http::ROUTE_TABLES`]. Its `main` names
+/// Serves `table`, one function's table of [`crate::web::routes::ROUTE_TABLES`]. Its `main` names
 /// the table itself, so the binary links that function's handlers and no other's.
 pub async fn run_http_function(table: &'static [Route]) -> Result<(), lambda_http::Error> {
     let function = table.first().map(|route| route.function);

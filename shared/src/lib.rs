@@ -47,12 +47,11 @@
 //!   and the streamer of the spans they happen in.
 
 pub mod app;
+pub mod bundle;
 pub mod config;
 pub mod coordination;
 pub mod crypto;
 pub mod domain;
-pub mod health;
-pub mod http;
 pub mod jobs;
 #[cfg(feature = "lambda")]
 pub mod lambda;
@@ -63,9 +62,9 @@ pub mod poll;
 pub mod providers;
 pub mod secret;
 pub mod secrets;
-pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod tokens;
+pub mod vars;
 pub mod web;

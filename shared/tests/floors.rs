@@ -7,7 +7,7 @@
 //!
 //! | floor | modules | what lives there |
 //! |---|---|---|
-//! | 0 | `domain`, `secret`, `text`, `telemetry`, `outbound` | ids, the clock, the donation and the bus event; redaction; bounded text; logging; the outbound HTTP client |
+//! | 0 | `domain`, `secret`, `text`, `telemetry`, `outbound`, `vars`, `bundle` | ids, the clock, the donation and the bus event; redaction; bounded text; logging; the outbound HTTP client; a variable's value; the bundle's functions |
 //! | 1 | `secrets`, `config`, `crypto` | settings read and checked at start; keys |
 //! | 2 | `store`, `coordination`, `providers` | SQLite, Redis, the Twitch and DonationAlerts APIs |
 //! | 3 | `metrics` | the figures, counted where things happen |
@@ -25,6 +25,8 @@ const FLOORS: &[(&str, u8)] = &[
     ("text", 0),
     ("telemetry", 0),
     ("outbound", 0),
+    ("vars", 0),
+    ("bundle", 0),
     ("secrets", 1),
     ("config", 1),
     ("crypto", 1),

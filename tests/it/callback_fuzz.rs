@@ -68,7 +68,7 @@ proptest! {
             return Ok(());
         };
         let response = runtime
-            .block_on(shared::http::router(app.app.clone()).oneshot(request))
+            .block_on(shared::web::routes::router(app.app.clone()).oneshot(request))
             .unwrap();
         prop_assert!(response.status().is_client_error(), "{} for {uri} {cookie:?}", response.status());
         prop_assert_eq!(app.writes(), writes);

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use avatar_tests::TestApp;
-use shared::http::{Function, function_router};
+use shared::bundle::Function;
+use shared::web::routes::function_router;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tower::ServiceExt as _;
@@ -330,9 +331,13 @@ async fn shutdown_completes_while_idle_and_half_open_clients_hold_connections() 
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(shared::http::serve(listener, app.app.clone(), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(shared::web::routes::serve(
+        listener,
+        app.app.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut idle = TcpStream::connect(address).await.expect("connect");
     assert_eq!(get_on(&mut idle, "/health").await.0, 200);
     let mut half_open = TcpStream::connect(address).await.expect("connect");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use avatar_tests::runtime_api::{RuntimeApi, lambda_vars};
 use avatar_tests::{RedisServer, workspace_binary};
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
-use shared::http::{Function, FunctionKind};
+use shared::bundle::{Function, FunctionKind};
 use shared::secrets::{SecretPurpose, needed_by};
 
 /// (function, event, the status its answer must carry, a piece of its body or location).

@@ -808,7 +808,7 @@ async fn without_twitch_credentials_the_landing_page_and_the_login_say_both_ways
     let config = shared::config::Config::from_vars(&avatar_tests::base_vars(dir.path())).unwrap();
     let app = shared::app::App::build(config).await.unwrap();
     let get = |path: &'static str| {
-        let router = shared::http::router(app.clone());
+        let router = shared::web::routes::router(app.clone());
         async move {
             let request = axum::http::Request::get(path)
                 .body(axum::body::Body::empty())

@@ -220,7 +220,7 @@ async fn a_failing_streamer_backs_off_while_the_others_keep_flowing() {
 async fn health_json(app: &App) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let response = shared::health::respond(app).await;
+        let response = shared::web::health::respond(app).await;
         let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         if json["polling"]["backingOff"] == 1 {
             return json;
@@ -336,7 +336,7 @@ async fn streamers_live_on_twitch_are_found_with_one_streams_request_and_shown_i
     let (stop, poller) = setup.run_poller();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let health = loop {
-        let response = shared::health::respond(&setup.app).await;
+        let response = shared::web::health::respond(&setup.app).await;
         let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         if json["polling"]["live"] == 1 {
             break json;

@@ -6,9 +6,10 @@
 
 use std::collections::BTreeSet;
 
-use shared::http::{
-    Function, FunctionKind, LOCAL_ONLY_ROUTES, ROUTE_TABLES, Route, all_routes, function_router,
-    router, table_router,
+use shared::bundle::{Function, FunctionKind};
+
+use shared::web::routes::{
+    LOCAL_ONLY_ROUTES, ROUTE_TABLES, Route, all_routes, function_router, router, table_router,
 };
 use tower::ServiceExt as _;
 
@@ -88,7 +89,7 @@ fn each_http_function_has_one_table_and_the_table_names_it_alone() {
         .collect();
     assert_eq!(ROUTE_TABLES.len(), http.len());
     for function in http {
-        let tables: Vec<&&[shared::http::Route]> = ROUTE_TABLES
+        let tables: Vec<&&[shared::web::routes::Route]> = ROUTE_TABLES
             .iter()
             .filter(|table| table.iter().any(|route| route.function == function))
             .collect();

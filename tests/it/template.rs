@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
-use shared::http::{Function, FunctionKind, all_routes};
+use shared::bundle::{Function, FunctionKind};
 use shared::secrets::{SecretPurpose, needed_by};
+use shared::web::routes::all_routes;
 
 /// template.yaml as CloudFormation JSON: short-form intrinsics (`!Ref X`, `!GetAtt A.B`,
 /// `!Sub …`) become their long forms (`{"Ref": "X"}`, `{"Fn::GetAtt": ["A", "B"]}`, …), so

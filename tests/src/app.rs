@@ -98,7 +98,7 @@ impl TestApp {
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = app.clone();
         tokio::spawn(async move {
-            let _ = shared::http::serve(listener, served, async move {
+            let _ = shared::web::routes::serve(listener, served, async move {
                 let _ = stopped.await;
             })
             .await;

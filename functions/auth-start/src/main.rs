@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::lambda::run_http_function(shared::http::AUTH_START_ROUTES).await
+    shared::lambda::run_http_function(shared::web::routes::AUTH_START_ROUTES).await
 }

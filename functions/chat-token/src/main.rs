@@ -5,5 +5,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::lambda::run_http_function(shared::http::CHAT_TOKEN_ROUTES).await
+    shared::lambda::run_http_function(shared::web::routes::CHAT_TOKEN_ROUTES).await
 }

@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_function_requires_only_the_keys_it_is_given() {
-        use crate::http::Function;
+        use crate::bundle::Function;
         use crate::secrets::needed_by;
         let lambda = |name: &str| vars(&[("AWS_LAMBDA_FUNCTION_NAME", name)]);
 

@@ -30,6 +30,7 @@ pub use self::sqlite::{JournalMode, SqliteConfig};
 use crate::secret::Secret;
 use crate::secrets::SecretPurpose;
 use crate::telemetry::LogFormat;
+pub use crate::vars::{ConfigError, value};
 
 /// Where the process runs: decides a few defaults and which secrets are mandatory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,19 +83,6 @@ pub struct Config {
 
 /// `STACK_NAME` when unset: the stack name the README deploys under.
 pub const DEFAULT_STACK_NAME: &str = "avatar-twitch-oauth";
-
-/// One problem with one variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub problem: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.variable, self.problem)
-    }
-}
 
 /// Every problem found, so an operator fixes them all in one go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,12 +199,6 @@ struct Reader<'a> {
     /// The secrets this process is given.
     given: &'static [SecretPurpose],
     errors: Vec<ConfigError>,
-}
-
-/// `name`'s value, trimmed, or `None` when unset or blank: everywhere in the configuration a
-/// variable set to an empty value counts as unset.
-pub fn value<'a>(vars: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
 impl Reader<'_> {

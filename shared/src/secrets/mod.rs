@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub use self::purpose::{SecretPurpose, needed_by};
-use crate::config::ConfigError;
 use crate::secret::Secret;
+use crate::vars::ConfigError;
 
 /// The variables a secret may carry.
 pub const SECRET_VARIABLES: &[&str] = &[
@@ -104,7 +104,7 @@ pub struct AwsEnvironment {
 
 impl AwsEnvironment {
     pub fn from_vars(vars: &HashMap<String, String>, arn: &str) -> Result<Self, ConfigError> {
-        let get = |name: &str| crate::config::value(vars, name).map(str::to_owned);
+        let get = |name: &str| crate::vars::value(vars, name).map(str::to_owned);
         let (Some(access_key_id), Some(secret_access_key)) =
             (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
         else {
@@ -247,7 +247,7 @@ fn refusal(body: &str) -> String {
 /// Adds `secret_vars` to `vars` where `vars` has no value: unset or blank.
 pub fn fill_unset(vars: &mut HashMap<String, String>, secret_vars: Vec<(String, String)>) {
     for (name, value) in secret_vars {
-        if crate::config::value(vars, &name).is_none() {
+        if crate::vars::value(vars, &name).is_none() {
             vars.insert(name, value);
         }
     }
@@ -314,7 +314,7 @@ mod tests {
                 assert!(SECRET_VARIABLES.contains(name), "{purpose:?}: {name}");
             }
         }
-        for function in crate::http::Function::ALL {
+        for function in crate::bundle::Function::ALL {
             assert!(
                 needed_by(*function).contains(&SecretPurpose::Redis),
                 "{function:?}"

@@ -5,7 +5,7 @@
 //! handlers use: a function that never opens a stored token cannot read the key that opens
 //! them. A test compares the template with [`needed_by`].
 
-use crate::http::Function;
+use crate::bundle::Function;
 
 /// One secret of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,7 +8,7 @@
 //! now (or 409 when the connection is over); see [`tokens::chat_token_refused`].
 //!
 //! Who may ask is checked before this handler runs: in AWS by API Gateway's AWS_IAM
-//! authorizer; on the local server by [`require_bearer`] (see [`crate::http::Access`]).
+//! authorizer; on the local server by [`require_bearer`] (see [`crate::web::routes::Access`]).
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};

@@ -10,8 +10,12 @@ pub mod auth;
 pub mod caller;
 pub mod chat_token;
 pub mod donationalerts;
+pub mod edge;
+pub mod headers;
+pub mod health;
 pub mod oauth_state;
 pub mod pages;
+pub mod routes;
 pub mod session;
 pub mod texts;
 
@@ -19,7 +23,7 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::http::StatusCode;
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
@@ -28,43 +32,10 @@ use crate::domain::Provider;
 use crate::providers::ProviderError;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
+use headers::{is_https, page_headers};
 use oauth_state::StateRefusal;
 use session::CrossSiteRefusal;
 pub use texts::Texts;
-
-/// Security headers for every page. `img-src` also allows Twitch's image CDN (avatars) and,
-/// when Twitch is a local fake (demo, tests), the fake's origin.
-pub fn security_headers(app: &App) -> [(HeaderName, HeaderValue); 5] {
-    let mut images = String::from("'self' https://static-cdn.jtvnw.net");
-    let api = &app.config.twitch.api_base_url;
-    if api.scheme() == "http" {
-        images.push(' ');
-        images.push_str(&api.origin().ascii_serialization());
-    }
-    let policy = format!(
-        "default-src 'none'; style-src 'self'; img-src {images}; form-action 'self'; \
-         base-uri 'none'; frame-ancestors 'none'"
-    );
-    [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_str(&policy)
-                .unwrap_or(HeaderValue::from_static("default-src 'none'")),
-        ),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-        // Nothing leaves for other sites; same-origin requests keep their Origin (with
-        // `no-referrer` a browser sends `Origin: null` on our own form posts).
-        (
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        ),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-    ]
-}
 
 /// A redirect (302 or 303) with the security headers, setting `cookies`.
 pub fn redirect(
@@ -73,7 +44,7 @@ pub fn redirect(
     location: &str,
     cookies: impl IntoIterator<Item = HeaderValue>,
 ) -> Response {
-    let mut response = (status, security_headers(app)).into_response();
+    let mut response = (status, page_headers(&app.config)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::LOCATION,
@@ -90,7 +61,7 @@ pub fn html(app: &App, status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(body) => (
             status,
-            security_headers(app),
+            page_headers(&app.config),
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
             body,
         )
@@ -569,15 +540,15 @@ pub fn set_cookie(
     path: &str,
     max_age_secs: i64,
 ) -> HeaderValue {
-    let secure = if is_https(app) { "; Secure" } else { "" };
+    let secure = if is_https(&app.config) {
+        "; Secure"
+    } else {
+        ""
+    };
     let text = format!(
         "{name}={value}; Path={path}; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{secure}"
     );
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("invalid=; Max-Age=0"))
-}
-
-pub fn is_https(app: &App) -> bool {
-    app.config.public_base_url.scheme() == "https"
 }
 
 #[cfg(test)]

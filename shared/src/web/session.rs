@@ -6,7 +6,8 @@
 use axum::http::HeaderMap;
 use axum::http::header;
 
-use super::{WebError, cookie, is_https, set_cookie};
+use super::headers::is_https;
+use super::{WebError, cookie, set_cookie};
 use crate::app::App;
 use crate::crypto::{random_token, sha256};
 use crate::store::accounts::SessionUser;
@@ -35,7 +36,7 @@ pub fn logged_out_marker(app: &App, logged_out: bool) -> axum::http::HeaderValue
 
 /// `__Host-` on https (the browser then refuses it without Secure, Path=/ and no Domain).
 pub fn cookie_name(app: &App) -> &'static str {
-    if is_https(app) {
+    if is_https(&app.config) {
         "__Host-avatar_session"
     } else {
         "avatar_session"

@@ -1,80 +1,27 @@
 //! The one route table. `avatar-local` serves all of it on a TCP listener (see
-//! [`crate::server`]); each HTTP Lambda hands its own part of it to `lambda_http::run`, so
+//! [`crate::web::edge`]); each HTTP Lambda hands its own part of it to `lambda_http::run`, so
 //! local and deployed behaviour cannot differ. [`ROUTE_TABLES`] (one table per function) is
 //! the only list of deployed routes: the routers are built from it, and a test checks it
 //! against template.yaml's HTTP API routes. [`LOCAL_ONLY_ROUTES`] adds what only
 //! `avatar-local` serves (`/metrics`).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::extract::{FromRef, State};
+
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
+use super::headers::SecurityHeaders;
 use crate::app::App;
-use crate::config::Config;
-use crate::health::{self, Status};
+use crate::bundle::Function;
+use crate::web::health::{HealthProbes, Status};
 use crate::web::{auth, chat_token, donationalerts, pages};
 
-/// Every function of the bundle: one binary (and crate) each in `functions/`, one resource
-/// each in template.yaml.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Function {
-    Health,
-    AuthStart,
-    AuthCallback,
-    Pages,
-    ChatToken,
-    DaPoll,
-    TokenValidate,
-}
-
-/// What invokes a function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FunctionKind {
-    /// The HTTP API's routes: the function serves its table of [`ROUTE_TABLES`].
-    Http,
-    /// A schedule (EventBridge): the function serves no route.
-    Scheduled,
-}
-
 impl Function {
-    /// Every function, in template order.
-    pub const ALL: &'static [Function] = &[
-        Function::Health,
-        Function::AuthStart,
-        Function::AuthCallback,
-        Function::Pages,
-        Function::ChatToken,
-        Function::DaPoll,
-        Function::TokenValidate,
-    ];
-
-    /// The function's binary (and crate) name.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Self::Health => "health",
-            Self::AuthStart => "auth-start",
-            Self::AuthCallback => "auth-callback",
-            Self::Pages => "pages",
-            Self::ChatToken => "chat-token",
-            Self::DaPoll => "da-poll",
-            Self::TokenValidate => "token-validate",
-        }
-    }
-
-    pub fn kind(self) -> FunctionKind {
-        match self {
-            Self::Health | Self::AuthStart | Self::AuthCallback | Self::Pages | Self::ChatToken => {
-                FunctionKind::Http
-            }
-            Self::DaPoll | Self::TokenValidate => FunctionKind::Scheduled,
-        }
-    }
-
     /// The routes this function serves (none for a scheduled function).
     pub fn routes(self) -> impl Iterator<Item = &'static Route> {
         all_routes().filter(move |route| route.function == self)
@@ -99,7 +46,7 @@ pub struct Route {
     pub function: Function,
     pub access: Access,
     /// The handler, registered for the given method.
-    handler: fn(MethodFilter) -> MethodRouter<App>,
+    handler: fn(MethodFilter) -> MethodRouter<WebState>,
 }
 
 impl Route {
@@ -107,7 +54,7 @@ impl Route {
         method: Method,
         path: &'static str,
         function: Function,
-        handler: fn(MethodFilter) -> MethodRouter<App>,
+        handler: fn(MethodFilter) -> MethodRouter<WebState>,
     ) -> Self {
         Self {
             method,
@@ -123,7 +70,7 @@ impl Route {
         self
     }
 
-    fn method_router(&self) -> MethodRouter<App> {
+    fn method_router(&self) -> MethodRouter<WebState> {
         method_router(&self.method, self.path, self.handler)
     }
 }
@@ -132,8 +79,8 @@ impl Route {
 fn method_router(
     method: &Method,
     path: &str,
-    handler: fn(MethodFilter) -> MethodRouter<App>,
-) -> MethodRouter<App> {
+    handler: fn(MethodFilter) -> MethodRouter<WebState>,
+) -> MethodRouter<WebState> {
     let filter = MethodFilter::try_from(method.clone())
         .unwrap_or_else(|_| panic!("{method} {path}: no method filter"));
     handler(filter)
@@ -243,7 +190,7 @@ pub static CHAT_TOKEN_ROUTES: &[Route] = &[
 pub struct LocalRoute {
     pub method: Method,
     pub path: &'static str,
-    handler: fn(MethodFilter) -> MethodRouter<App>,
+    handler: fn(MethodFilter) -> MethodRouter<WebState>,
 }
 
 /// The local server's own routes (SPEC §5). `/metrics` is Prometheus' scrape target; a
@@ -256,6 +203,30 @@ pub static LOCAL_ONLY_ROUTES: &[LocalRoute] = &[LocalRoute {
     path: "/metrics",
     handler: |m| on(m, metrics_route),
 }];
+
+/// What a router's requests share: the app, and the `/health` probe they reuse (one per
+/// router, so one per process). A handler asks for the part it uses (`State<App>`); a clone
+/// is one reference count.
+#[derive(Clone)]
+pub struct WebState(Arc<WebParts>);
+
+struct WebParts {
+    app: App,
+    health: HealthProbes,
+}
+
+impl WebState {
+    fn new(app: App) -> Self {
+        let health = HealthProbes::new(app.config.health_max_age);
+        Self(Arc::new(WebParts { app, health }))
+    }
+}
+
+impl FromRef<WebState> for App {
+    fn from_ref(web: &WebState) -> App {
+        web.0.app.clone()
+    }
+}
 
 /// Where a router runs: it decides who checks the callers of internal routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +286,7 @@ fn build<'a>(
     // Layered last, so the fallback and the 405s of the method routers get the headers too.
     router
         .fallback(pages::not_found)
-        .with_state(app)
+        .with_state(WebState::new(app))
         .layer(tower::util::MapResponseLayer::new(
             move |mut response: Response| {
                 headers.apply(response.headers_mut());
@@ -324,44 +295,17 @@ fn build<'a>(
         ))
 }
 
-/// The headers every response carries, whatever produced it.
-#[derive(Debug, Clone, Copy)]
-pub struct SecurityHeaders {
-    /// `Strict-Transport-Security`: only when the public URL is https (browsers ignore it
-    /// over http, and it must not pin a plain-http development host).
-    hsts: bool,
-}
-
-impl SecurityHeaders {
-    pub fn for_config(config: &Config) -> Self {
-        Self {
-            hsts: config.public_base_url.scheme() == "https",
-        }
-    }
-
-    pub fn apply(self, headers: &mut HeaderMap) {
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        if self.hsts {
-            headers.insert(
-                header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static("max-age=63072000; includeSubDomains"),
-            );
-        }
-    }
-}
-
 /// Serves `router(app)` on an already-bound listener until `shutdown` resolves, with the
-/// timeouts and the connection cap of `app.config.http` (see [`crate::server`]). Tests bind
+/// timeouts and the connection cap of `app.config.http` (see [`crate::web::edge`]). Tests bind
 /// port 0 and share this code path with `main`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::server::serve(listener, app, shutdown).await
+    let limits = app.config.http;
+    let headers = SecurityHeaders::for_config(&app.config);
+    super::edge::serve(listener, router(app), limits, headers, shutdown).await
 }
 
 async fn metrics_route(State(app): State<App>) -> Response {
@@ -375,8 +319,8 @@ async fn metrics_route(State(app): State<App>) -> Response {
     (StatusCode::OK, headers, app.metrics.prometheus_text()).into_response()
 }
 
-async fn health_route(State(app): State<App>) -> Response {
-    let report = health::respond(&app).await;
+async fn health_route(State(web): State<WebState>) -> Response {
+    let report = web.0.health.respond(&web.0.app).await;
     let status = match report.status {
         Status::Ok | Status::Degraded => StatusCode::OK,
         Status::Down => StatusCode::SERVICE_UNAVAILABLE,

@@ -42,26 +42,25 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::app::App;
+use super::headers::SecurityHeaders;
 use crate::config::HttpServerConfig;
-use crate::http::SecurityHeaders;
 
 /// How long to pause accepting after an error such as "too many open files", so that a
 /// full descriptor table does not turn the accept loop into a busy loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves `crate::http::router(app)` on `listener` until `shutdown` resolves, then stops
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves, then stops
 /// accepting, lets requests in progress finish (idle connections close at once) and
-/// returns when every connection has closed.
+/// returns when every connection has closed. `headers` go on the responses the edge makes
+/// itself (timeouts).
 pub async fn serve(
     listener: TcpListener,
-    app: App,
+    router: Router,
+    limits: HttpServerConfig,
+    headers: SecurityHeaders,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let limits = app.config.http;
-    let headers = SecurityHeaders::for_config(&app.config);
     ensure_open_file_limit(limits.max_connections);
-    let router = crate::http::router(app);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let clients = Arc::new(ClientConnections::new(limits.max_connections_per_ip));
     let (stop, stopping) = watch::channel(false);

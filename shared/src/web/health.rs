@@ -250,22 +250,25 @@ struct ProbeState {
     in_flight: Option<ProbeInFlight>,
 }
 
-/// The report for `GET /health`, from a probe at most `HEALTH_MAX_AGE_MS` old.
+/// The report `GET /health` would give now, from a probe of its own (tools and tests; the
+/// route reuses its router's [`HealthProbes`]).
 pub async fn respond(app: &App) -> HealthResponse {
-    app.health.respond(app).await
+    HealthProbes::new(Duration::ZERO).respond(app).await
 }
 
-/// The shared, reused health probe (one per process: [`App::health`]).
+/// The shared, reused health probe (one per router, so one per process): a probe at most
+/// `HEALTH_MAX_AGE_MS` old answers.
 pub struct HealthProbes {
     max_age: Duration,
-    state: Mutex<ProbeState>,
+    /// Shared with the task taking a probe, which stores it when done.
+    state: Arc<Mutex<ProbeState>>,
 }
 
 impl HealthProbes {
     pub fn new(max_age: Duration) -> Self {
         Self {
             max_age,
-            state: Mutex::default(),
+            state: Arc::default(),
         }
     }
 
@@ -277,7 +280,7 @@ impl HealthProbes {
         probe.taken.elapsed() <= self.max_age
     }
 
-    async fn respond(&self, app: &App) -> HealthResponse {
+    pub async fn respond(&self, app: &App) -> HealthResponse {
         let figures = WriterFigures::read(app);
         let cached = {
             let state = self.state();
@@ -321,6 +324,7 @@ impl HealthProbes {
                 Some(in_flight) => in_flight.clone(),
                 None => {
                     let app = app.clone();
+                    let shared_state = self.state.clone();
                     let distributed = app.coordinator.mode() == Mode::Distributed;
                     let task = tokio::spawn(async move {
                         let probe = AssertUnwindSafe(measure(&app))
@@ -328,7 +332,7 @@ impl HealthProbes {
                             .await
                             .unwrap_or_else(|_| Probe::interrupted(distributed));
                         let probe = Arc::new(probe);
-                        let mut state = app.health.state();
+                        let mut state = shared_state.lock().unwrap_or_else(|p| p.into_inner());
                         state.latest = Some(probe.clone());
                         state.rendered = None;
                         state.in_flight = None;
