@@ -16,7 +16,6 @@ use shared::config::{Config, JournalMode, SqliteConfig};
 use shared::domain::event::ReceivedDonation;
 use shared::domain::{DaUserId, Donation, TwitchUserId};
 use shared::outbox::relay_pending;
-use shared::poll::Poller;
 use shared::store::Store;
 use shared::store::donationalerts::{DonationAlertsConnection, PollResult};
 
@@ -113,7 +112,7 @@ async fn cost_at(streamers: usize) -> Row {
     for i in 0..streamers {
         link_streamer(&app, &fake, &(100_000 + i).to_string(), 500_000 + i as i64).await;
     }
-    let poller = Poller::new(&app).expect("poller");
+    let poller = app.poller().expect("poller");
     let cpu_before = cpu_of(libc::RUSAGE_SELF);
     let polls_before = app.poll_stats.snapshot().polled;
     let started = Instant::now();

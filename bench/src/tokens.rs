@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use avatar_tests::TestApp;
 use avatar_tests::twitch_users::seed_twitch_users;
 use shared::domain::now_ms;
-use shared::tokens::validation::TokenValidator;
 use tower::ServiceExt as _;
 
 use crate::{Row, micros, percentile};
@@ -36,7 +35,7 @@ pub async fn validation_rows() -> Vec<Row> {
     .await;
     app.twitch.set_validate_latency(VALIDATE_LATENCY);
     seed_twitch_users(&app.app, &app.twitch, 10_000_000, TOKENS).await;
-    let validator = TokenValidator::new(&app.app).expect("Twitch is configured");
+    let validator = app.app.token_validator().expect("Twitch is configured");
     let before = rss_mib();
     // Sample the resident size while the run goes on: its peak, not the process's lifetime
     // high-water mark, is the run's cost.

@@ -14,8 +14,6 @@ use fake_providers::donationalerts::{FakeDonationAlerts, FakeDonationAlertsConfi
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use shared::app::{App, StartupError};
 use shared::config::Config;
-use shared::poll::Poller;
-use shared::tokens::validation::TokenValidator;
 
 /// How often `avatar-local` looks for Twitch tokens due for validation, and the longest one
 /// look lasts (the next continues where it stopped).
@@ -99,7 +97,7 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
             .await
         })
     };
-    let poller = match Poller::new(&app) {
+    let poller = match app.poller() {
         Some(poller) => {
             let mut stopped = background_stopped.clone();
             Some(tokio::spawn(async move {
@@ -115,7 +113,7 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
             None
         }
     };
-    let validator = TokenValidator::new(&app).map(|validator| {
+    let validator = app.token_validator().map(|validator| {
         let mut stopped = background_stopped.clone();
         tokio::spawn(async move {
             validator

@@ -11,11 +11,14 @@ use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
 use crate::metrics::PollStats;
 use crate::metrics::{Metrics, WriterBatches};
+use crate::poll::{PollParts, Poller, PollerNotConfigured};
 use crate::providers::donationalerts::DonationAlertsClient;
 use crate::providers::twitch::TwitchClient;
 use crate::secret::random_hex;
 use crate::secrets::SecretPurpose;
 use crate::store::{Store, StoreError};
+use crate::tokens::validation::{TokenValidator, ValidatorNotConfigured};
+use crate::tokens::{KeeperParts, TokenKeeper};
 
 /// How often a long-running process (avatar-local) announces itself.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -63,6 +66,8 @@ pub struct AppState {
     pub poll_stats: Arc<PollStats>,
     /// Every figure, for `/metrics` and the functions' EMF lines.
     pub metrics: Arc<Metrics>,
+    /// Stored tokens: open, refresh, end (see `tokens`).
+    pub tokens: TokenKeeper,
 }
 
 impl App {
@@ -133,8 +138,20 @@ impl App {
         }
         let poll_stats = Arc::<PollStats>::default();
         let metrics = Arc::new(Metrics::new(poll_stats.clone(), &writer_batches));
+        let cipher = Arc::new(TokenCipher::new(&keys));
+        let tokens = TokenKeeper::new(KeeperParts {
+            store: store.clone(),
+            coordinator: coordinator.clone(),
+            cipher: cipher.clone(),
+            twitch: twitch.clone(),
+            donationalerts: donationalerts.clone(),
+            config: config.tokens.clone(),
+            provider_timeout: config.provider_timeout,
+            metrics: metrics.clone(),
+        });
         Ok(Self(Arc::new(AppState {
-            cipher: Arc::new(TokenCipher::new(&keys)),
+            tokens,
+            cipher,
             signer: Arc::new(Signer::new(&keys)),
             twitch,
             donationalerts,
@@ -145,6 +162,32 @@ impl App {
             store,
             instance_id: random_hex(8).into(),
         })))
+    }
+
+    /// The DonationAlerts poller over this process's store, coordinator, tokens and clients
+    /// (`None` without DA_CLIENT_ID and DA_CLIENT_SECRET: nothing to poll with).
+    pub fn poller(&self) -> Option<Poller> {
+        self.poll_parts().map(Poller::new)
+    }
+
+    /// What a poller (or one poll, [`crate::poll::streamer::PollContext`]) works with.
+    pub fn poll_parts(&self) -> Option<PollParts> {
+        Some(PollParts {
+            store: self.store.clone(),
+            coordinator: self.coordinator.clone(),
+            tokens: self.tokens.clone(),
+            client: self.donationalerts.clone()?,
+            twitch: self.twitch.clone(),
+            polling: self.config.polling.clone(),
+            provider_timeout: self.config.provider_timeout,
+            instance_id: self.instance_id.clone(),
+            stats: self.poll_stats.clone(),
+        })
+    }
+
+    /// The validation of every stored Twitch token (`None` without Twitch credentials).
+    pub fn token_validator(&self) -> Option<TokenValidator> {
+        TokenValidator::new(&self.tokens)
     }
 
     /// Heartbeats until `shutdown` resolves (long-running processes only; in AWS, an
@@ -163,4 +206,14 @@ impl App {
             }
         }
     }
+}
+
+/// The `da-poll` function's job (built once per cold start).
+pub fn da_poll_job(app: &App) -> Result<Poller, PollerNotConfigured> {
+    app.poller().ok_or(PollerNotConfigured)
+}
+
+/// The `token-validate` function's job (built once per cold start).
+pub fn token_validate_job(app: &App) -> Result<TokenValidator, ValidatorNotConfigured> {
+    app.token_validator().ok_or(ValidatorNotConfigured)
 }

@@ -10,7 +10,6 @@ use fake_providers::donationalerts::{ApiFailure, NewDonation, RequestKind};
 use fake_providers::twitch::FakeUser;
 use shared::coordination::RateLimit;
 use shared::domain::TwitchUserId;
-use shared::metrics::PollStats;
 use shared::poll::StopSignal;
 use shared::poll::cache::StreamerCache;
 use shared::poll::schedule::PollOutcome;
@@ -112,7 +111,7 @@ async fn a_donation_after_connecting_shows_on_the_dashboard_once_polled() {
     let browser = app.browser();
     browser.log_in().await;
     browser.connect_donationalerts().await;
-    let poller = shared::poll::Poller::new(&app.app).unwrap();
+    let poller = app.app.poller().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move {
         poller
@@ -184,10 +183,8 @@ async fn disconnecting_twitch_also_ends_the_donationalerts_link_and_its_polling(
     browser.connect_donationalerts().await;
     let cache = Arc::new(StreamerCache::default());
     let poller = PollContext {
-        app: app.app.clone(),
-        client: app.app.donationalerts.clone().unwrap(),
+        parts: Arc::new(app.app.poll_parts().unwrap()),
         cache: cache.clone(),
-        stats: Arc::new(PollStats::default()),
         min_gap: Duration::ZERO,
         stop: StopSignal::default(),
     };
@@ -254,7 +251,7 @@ async fn a_revoked_connection_shows_need_reauth_on_the_dashboard_and_in_the_stat
     browser.log_in().await;
     browser.connect_donationalerts().await;
     app.donationalerts.revoke_tokens_of(7_130_000);
-    let poller = shared::poll::Poller::new(&app.app).unwrap();
+    let poller = app.app.poller().unwrap();
 
     // Act
     poller

@@ -11,7 +11,6 @@ use avatar_tests::{LocalServer, TestApp, wait_until};
 use fake_providers::donationalerts::{ApiFailure, NewDonation, PER_PAGE, Paging};
 use shared::domain::TwitchUserId;
 use shared::domain::donation::{MAX_DONOR_NAME_CHARS, MAX_MESSAGE_CHARS};
-use shared::poll::Poller;
 use shared::poll::schedule::PollOutcome;
 use shared::poll::streamer::MAX_PAGES_PER_POLL;
 use shared::providers::MAX_PROVIDER_BODY_BYTES;
@@ -23,7 +22,7 @@ use crate::poller::{PollerSetup, da_id, twitch_id};
 /// One poll of streamer `i`, now, as the poller runs it; panics if it has not ended within
 /// 30 s.
 async fn poll_once(setup: &PollerSetup, i: usize) -> PollOutcome {
-    let poller = Poller::new(&setup.app).expect("DonationAlerts configured");
+    let poller = setup.app.poller().expect("DonationAlerts configured");
     let streamer = TwitchUserId::parse(&twitch_id(i)).unwrap();
     tokio::time::timeout(Duration::from_secs(30), poller.poll_now(&streamer))
         .await
@@ -193,7 +192,7 @@ async fn slow_pages_without_end(streamers: usize, delay: Duration) -> PollerSetu
 async fn a_scheduled_run_ends_by_its_stop_time_while_pages_never_end() {
     // Arrange: pages without end, each taking half a second
     let setup = slow_pages_without_end(2, Duration::from_millis(500)).await;
-    let poller = Poller::new(&setup.app).unwrap();
+    let poller = setup.app.poller().unwrap();
 
     // Act: a run as the da-poll function makes one, ending in 8 s
     let run = poller.run_until(Instant::now() + Duration::from_secs(8));

@@ -15,8 +15,6 @@ use fake_providers::donationalerts::{
 use fake_providers::twitch::{FakeTwitch, FakeTwitchConfig};
 use prometheus_parse::{LineInfo, Scrape};
 use shared::domain::now_ms;
-use shared::poll::Poller;
-use shared::tokens::validation::TokenValidator;
 use tokio::time::Instant;
 
 /// A scrape: its text, and every sample by name and labels (`name{k="v",…}`, labels sorted).
@@ -108,7 +106,7 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_poll_and_a_validation
     let before = scrape(&app.address).await;
 
     // Act: the poller runs until it has recorded the donations…
-    let poller = Poller::new(&app.app).expect("DonationAlerts configured");
+    let poller = app.app.poller().expect("DonationAlerts configured");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let polling = tokio::spawn(async move {
         poller
@@ -130,7 +128,9 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_poll_and_a_validation
     polling.await.unwrap();
     let polled = scrape(&app.address).await;
     // … then one validation run, an hour and a half on.
-    let report = TokenValidator::new(&app.app)
+    let report = app
+        .app
+        .token_validator()
         .expect("Twitch configured")
         .run_at(
             now_ms() + 90 * 60_000,

@@ -14,7 +14,6 @@ use fake_providers::donationalerts::{
 use shared::app::App;
 use shared::config::Config;
 use shared::metrics::PollStats;
-use shared::poll::Poller;
 
 use crate::bus::stream_entries;
 
@@ -66,7 +65,7 @@ impl PollerSetup {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<Arc<PollStats>>,
     ) {
-        let poller = Poller::new(&self.app).expect("DonationAlerts configured");
+        let poller = self.app.poller().expect("DonationAlerts configured");
         let stats = self.app.poll_stats.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -91,7 +91,7 @@ async fn four_instances_racing_over_an_expired_token_refresh_it_once_and_share_t
     // Act
     let racers = setup.apps.iter().cloned().map(|app| {
         tokio::spawn(async move {
-            tokens::fresh(&app, &streamer(), Provider::DonationAlerts, margin)
+            tokens::fresh(&app.tokens, &streamer(), Provider::DonationAlerts, margin)
                 .await
                 .map(|t| t.access_token.expose().clone())
         })
@@ -130,8 +130,8 @@ async fn a_refresh_the_provider_refuses_marks_the_connection_need_reauth() {
     let margin = std::time::Duration::from_secs(300);
 
     // Act
-    let refused = tokens::fresh(app, &streamer(), Provider::DonationAlerts, margin).await;
-    let afterwards = tokens::load(app, &streamer(), Provider::DonationAlerts).await;
+    let refused = tokens::fresh(&app.tokens, &streamer(), Provider::DonationAlerts, margin).await;
+    let afterwards = tokens::load(&app.tokens, &streamer(), Provider::DonationAlerts).await;
 
     // Assert
     assert!(
@@ -158,9 +158,9 @@ async fn a_provider_failing_during_a_refresh_leaves_the_connection_active() {
     let margin = std::time::Duration::from_secs(300);
 
     // Act
-    let failed = tokens::fresh(app, &streamer(), Provider::DonationAlerts, margin).await;
+    let failed = tokens::fresh(&app.tokens, &streamer(), Provider::DonationAlerts, margin).await;
     setup.fake.set_failure(None, ApiFailure::None);
-    let retried = tokens::fresh(app, &streamer(), Provider::DonationAlerts, margin).await;
+    let retried = tokens::fresh(&app.tokens, &streamer(), Provider::DonationAlerts, margin).await;
 
     // Assert
     assert!(matches!(failed, Err(TokenError::Provider(_))), "{failed:?}");
@@ -173,7 +173,7 @@ async fn tokens_still_valid_for_the_margin_are_used_without_asking_the_provider(
     let setup = setup(1, false).await;
     let app = &setup.apps[0];
     let margin = std::time::Duration::from_secs(300);
-    let tokens = tokens::fresh(app, &streamer(), Provider::DonationAlerts, margin)
+    let tokens = tokens::fresh(&app.tokens, &streamer(), Provider::DonationAlerts, margin)
         .await
         .unwrap();
     assert!(tokens.valid_for(margin));

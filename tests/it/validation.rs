@@ -10,7 +10,7 @@ use avatar_tests::twitch_users::{SeededUser, add_session, seed_twitch_users};
 use avatar_tests::{RedisServer, TestApp};
 use fake_providers::twitch::{DEFAULT_ACCESS_TOKEN_TTL, FakeUser};
 use shared::domain::now_ms;
-use shared::tokens::validation::{TokenValidator, ValidationReport};
+use shared::tokens::validation::ValidationReport;
 use tokio::time::Instant;
 
 const MINUTE: i64 = 60_000;
@@ -75,7 +75,7 @@ async fn one_run_over_a_thousand_tokens_validates_refreshes_and_ends_the_revoked
     {
         add_session(&app.app, &user.id).await;
     }
-    let validator = TokenValidator::new(&app.app).expect("Twitch is configured");
+    let validator = app.app.token_validator().expect("Twitch is configured");
     let now = now_ms();
 
     // Act
@@ -193,7 +193,7 @@ async fn runs_cut_off_by_their_deadline_continue_and_no_token_waits_more_than_an
     .await;
     app.twitch.set_validate_latency(Duration::from_millis(10));
     let users = seed_twitch_users(&app.app, &app.twitch, 7_000_000, 60).await;
-    let validator = TokenValidator::new(&app.app).unwrap();
+    let validator = app.app.token_validator().unwrap();
     let start = now_ms();
     let validated_at = |app: &TestApp| -> BTreeMap<String, Option<i64>> {
         token_rows(app)
@@ -288,7 +288,7 @@ async fn a_validation_corrects_a_stored_expiry_to_the_lifetime_twitch_reports() 
     let user = FakeUser::demo().id;
     app.set_twitch_token_expiry(&user, now_ms() + 30 * 24 * 60 * MINUTE)
         .await;
-    let validator = TokenValidator::new(&app.app).expect("Twitch is configured");
+    let validator = app.app.token_validator().expect("Twitch is configured");
 
     // Act: the next run an hour later (virtual time) validates it.
     let report = validator

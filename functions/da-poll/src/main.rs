@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::lambda::run_scheduled_function("da-poll", shared::poll::scheduled_job).await
+    shared::lambda::run_scheduled_function("da-poll", shared::app::da_poll_job).await
 }

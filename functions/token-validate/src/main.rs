@@ -4,9 +4,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::lambda::run_scheduled_function(
-        "token-validate",
-        shared::tokens::validation::scheduled_job,
-    )
-    .await
+    shared::lambda::run_scheduled_function("token-validate", shared::app::token_validate_job).await
 }

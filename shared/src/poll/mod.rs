@@ -25,13 +25,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::app::App;
+use crate::config::PollingConfig;
+use crate::coordination::Coordinator;
 use crate::domain::TwitchUserId;
 use crate::domain::now_ms;
 use crate::jobs::ScheduledJob;
 use crate::metrics::PollStats;
 use crate::outbox;
 use crate::providers::donationalerts::DonationAlertsClient;
+use crate::providers::twitch::TwitchClient;
+use crate::store::Store;
+use crate::tokens::TokenKeeper;
 use schedule::{PollOutcome, Schedule, SchedulePolicy};
 
 /// How often the list of linked streamers is read again from the store.
@@ -88,8 +92,7 @@ impl StopSignal {
 
 /// The polling loop of one process.
 pub struct Poller {
-    app: App,
-    client: Arc<DonationAlertsClient>,
+    parts: Arc<PollParts>,
     schedule: Mutex<Schedule<TwitchUserId>>,
     cache: Arc<cache::StreamerCache>,
     stats: Arc<PollStats>,
@@ -97,15 +100,27 @@ pub struct Poller {
     mean_poll_ms: Mutex<f64>,
 }
 
+/// What the poller works with, built once per process (by `App`).
+pub struct PollParts {
+    pub store: Store,
+    pub coordinator: Coordinator,
+    pub tokens: TokenKeeper,
+    pub client: Arc<DonationAlertsClient>,
+    /// Asks Helix who is live (`None` without Twitch credentials: nobody counts as live).
+    pub twitch: Option<Arc<TwitchClient>>,
+    pub polling: PollingConfig,
+    /// Longest a call to DonationAlerts may take (`PROVIDER_TIMEOUT_MS`).
+    pub provider_timeout: Duration,
+    /// Names this process's figures in Redis (`/health` sums them).
+    pub instance_id: Arc<str>,
+    /// Counted into by every poll (also read by `/health` and the metrics).
+    pub stats: Arc<PollStats>,
+}
+
 /// The `da-poll` function's job could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("DA_CLIENT_ID and DA_CLIENT_SECRET must be set for the DonationAlerts poll")]
 pub struct PollerNotConfigured;
-
-/// The `da-poll` function's job (built once per cold start).
-pub fn scheduled_job(app: &App) -> Result<Poller, PollerNotConfigured> {
-    Poller::new(app).ok_or(PollerNotConfigured)
-}
 
 impl ScheduledJob for Poller {
     async fn run(&self, stop_at: Instant) -> serde_json::Value {
@@ -123,25 +138,22 @@ impl ScheduledJob for Poller {
 }
 
 impl Poller {
-    /// `None` when DonationAlerts is not configured (nothing to poll with). The poller
-    /// counts into the app's [`PollStats`].
-    pub fn new(app: &App) -> Option<Self> {
-        let stats = app.poll_stats.clone();
-        let client = app.donationalerts.clone()?;
-        let polling = &app.config.polling;
+    /// The poller over `parts`; it counts into `parts.stats`.
+    pub fn new(parts: PollParts) -> Self {
+        let stats = parts.stats.clone();
+        let polling = &parts.polling;
         let policy = SchedulePolicy::for_budget(
             polling.rate_limit_per_minute,
             BUDGET_HEADROOM,
             polling.interval,
         );
-        Some(Self {
-            app: app.clone(),
-            client,
+        Self {
             schedule: Mutex::new(Schedule::new(policy)),
+            parts: Arc::new(parts),
             cache: Arc::default(),
             stats,
             mean_poll_ms: Mutex::new(200.0),
-        })
+        }
     }
 
     pub fn stats(&self) -> &Arc<PollStats> {
@@ -187,8 +199,8 @@ impl Poller {
     /// The loop of [`Self::run`]: dispatches polls until `stop` says stop (no poll starts
     /// later than one could take before `stop_at`), then waits for those in flight.
     async fn poll_until(&self, stop_at: Option<Instant>, stop: StopSignal) {
-        let polling = &self.app.config.polling;
-        let one_poll = self.app.config.provider_timeout + polling.lock_ttl;
+        let polling = &self.parts.polling;
+        let one_poll = self.parts.provider_timeout + polling.lock_ttl;
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let mut last_start = stop_at
             .map(|at| at.checked_sub(one_poll).unwrap_or_else(Instant::now))
@@ -270,10 +282,8 @@ impl Poller {
 
     fn poll_context(&self, min_gap: Duration, stop: StopSignal) -> streamer::PollContext {
         streamer::PollContext {
-            app: self.app.clone(),
-            client: self.client.clone(),
+            parts: self.parts.clone(),
             cache: self.cache.clone(),
-            stats: self.stats.clone(),
             min_gap,
             stop,
         }
@@ -286,9 +296,9 @@ impl Poller {
             return;
         };
         if let Err(e) = self
-            .app
+            .parts
             .coordinator
-            .report_poll_figures(&self.app.instance_id, &json)
+            .report_poll_figures(&self.parts.instance_id, &json)
             .await
         {
             tracing::debug!(error = %e, "poller figures not reported");
@@ -296,7 +306,7 @@ impl Poller {
     }
 
     async fn load_targets(&self, now: Instant) {
-        match self.app.store.poll_targets().await {
+        match self.parts.store.poll_targets().await {
             Ok(targets) => {
                 let wall_now = now_ms();
                 let mut schedule = self.schedule();
@@ -333,7 +343,7 @@ impl Poller {
 
     /// Asks Twitch who of the scheduled streamers is live: they are polled most often.
     async fn check_live(&self, now: Instant) {
-        let Some(twitch) = self.app.twitch.clone() else {
+        let Some(twitch) = self.parts.twitch.clone() else {
             return;
         };
         let ids: Vec<String> = self
@@ -368,7 +378,7 @@ impl Poller {
         let mean_seconds = *self.mean_poll_ms.lock().unwrap_or_else(|p| p.into_inner()) / 1000.0;
         let needed = (polls_per_second * mean_seconds * 2.0).ceil() as usize;
         needed
-            .max(self.app.config.polling.concurrency)
+            .max(self.parts.polling.concurrency)
             .clamp(1, MAX_CONCURRENCY)
     }
 
@@ -393,7 +403,7 @@ impl Poller {
         self.stats
             .queue_size
             .store(waiting.saturating_sub(free), Ordering::Relaxed);
-        let min_gap = self.app.config.polling.interval / 2;
+        let min_gap = self.parts.polling.interval / 2;
         let starting: Vec<TwitchUserId> = due
             .into_iter()
             .filter(|id| !polling_now.contains(id))
@@ -423,7 +433,7 @@ impl Poller {
     }
 
     async fn relay(&self) {
-        if let Err(e) = outbox::relay_pending(&self.app.store, &self.app.coordinator).await {
+        if let Err(e) = outbox::relay_pending(&self.parts.store, &self.parts.coordinator).await {
             tracing::warn!(error = %crate::telemetry::error_chain(&e), "events stay in the outbox until the bus takes them");
         }
     }

@@ -31,8 +31,7 @@ use tokio::time::Instant;
 
 use super::cache::StreamerCache;
 use super::schedule::PollOutcome;
-use super::{PollStats, StopSignal};
-use crate::app::App;
+use super::{PollParts, StopSignal};
 use crate::coordination::{CoordinationError, Lock, RateLimit};
 use crate::domain::event::ReceivedDonation;
 use crate::domain::{Donation, Provider, TwitchUserId, now_ms};
@@ -104,10 +103,8 @@ impl PollError {
 /// What every poll of one poller works with.
 #[derive(Clone)]
 pub struct PollContext {
-    pub app: App,
-    pub client: Arc<DonationAlertsClient>,
+    pub parts: Arc<PollParts>,
     pub cache: Arc<StreamerCache>,
-    pub stats: Arc<PollStats>,
     /// A streamer polled by anyone less than this long ago is left alone.
     pub min_gap: Duration,
     pub stop: StopSignal,
@@ -116,11 +113,11 @@ pub struct PollContext {
 /// Polls `streamer` once; never fails, but says how it went.
 #[tracing::instrument(name = "poll.streamer", skip_all, fields(streamer = %streamer))]
 pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOutcome {
-    let (app, stats) = (&cx.app, &cx.stats);
+    let (parts, stats) = (&*cx.parts, &cx.parts.stats);
     let resource = poll_lock(streamer);
-    let lock = match app
+    let lock = match parts
         .coordinator
-        .try_lock(&resource, app.config.polling.lock_ttl)
+        .try_lock(&resource, parts.polling.lock_ttl)
         .await
     {
         Ok(Some(lock)) => lock,
@@ -136,7 +133,7 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
     };
     tracing::trace!(streamer = %streamer, fence = lock.fence, "poll lock taken");
     let result = poll_holding_lock(cx, streamer, &lock).await;
-    if let Err(e) = app.coordinator.release(&lock).await {
+    if let Err(e) = parts.coordinator.release(&lock).await {
         tracing::debug!(error = %e, "the poll lock was not released; it expires by itself");
     }
     match result {
@@ -210,8 +207,8 @@ async fn poll_holding_lock(
     streamer: &TwitchUserId,
     lock: &Lock,
 ) -> Result<PollOutcome, PollError> {
-    let (app, client, stats) = (&cx.app, &*cx.client, &*cx.stats);
-    let Some(state) = app.store.poll_state(streamer.as_str().to_owned()).await? else {
+    let (parts, client, stats) = (&*cx.parts, &*cx.parts.client, &*cx.parts.stats);
+    let Some(state) = parts.store.poll_state(streamer.as_str().to_owned()).await? else {
         return Ok(PollOutcome::NeedsReauth);
     };
     if state
@@ -223,15 +220,16 @@ async fn poll_holding_lock(
     let mut tokens = match cx.cache.get(streamer) {
         Some(tokens) => tokens,
         None => {
-            let tokens = tokens::load(app, streamer, Provider::DonationAlerts).await?;
+            let tokens = tokens::load(&parts.tokens, streamer, Provider::DonationAlerts).await?;
             cx.cache.put(streamer, tokens.clone());
             tokens
         }
     };
     let mut lock = lock.clone();
-    if !tokens.valid_for(app.config.tokens.refresh_margin) {
+    if !tokens.valid_for(parts.tokens.config.refresh_margin) {
         take_budget(cx, &lock).await?;
-        tokens = tokens::refresh(app, streamer, Provider::DonationAlerts, &tokens).await?;
+        tokens =
+            tokens::refresh(&parts.tokens, streamer, Provider::DonationAlerts, &tokens).await?;
         cx.cache.put(streamer, tokens.clone());
     }
     let mut walk = Walk {
@@ -249,9 +247,9 @@ async fn poll_holding_lock(
             break WalkEnd::Partial { resume: next };
         }
         if walk.pages > 0 {
-            lock = app
+            lock = parts
                 .coordinator
-                .extend(&lock, app.config.polling.lock_ttl)
+                .extend(&lock, parts.polling.lock_ttl)
                 .await?
                 .ok_or(PollError::LockLost)?;
         }
@@ -274,12 +272,15 @@ async fn poll_holding_lock(
                     Err(PollError::Stopped) => break WalkEnd::Partial { resume: next },
                     other => other?,
                 }
-                tokens = tokens::refresh(app, streamer, Provider::DonationAlerts, &tokens).await?;
+                tokens =
+                    tokens::refresh(&parts.tokens, streamer, Provider::DonationAlerts, &tokens)
+                        .await?;
                 cx.cache.put(streamer, tokens.clone());
                 continue;
             }
             Err(e) if e.is_unauthorized() => {
-                tokens::connection_lost(app, streamer, Provider::DonationAlerts, &tokens).await?;
+                tokens::connection_lost(&parts.tokens, streamer, Provider::DonationAlerts, &tokens)
+                    .await?;
                 return Ok(PollOutcome::NeedsReauth);
             }
             other => other?,
@@ -332,8 +333,8 @@ async fn poll_holding_lock(
         received_at: walk.received_at,
     };
     let recorded = match end {
-        WalkEnd::Complete => app.store.record_poll(result).await?,
-        WalkEnd::Partial { resume } => app.store.record_partial_poll(result, resume).await?,
+        WalkEnd::Complete => parts.store.record_poll(result).await?,
+        WalkEnd::Partial { resume } => parts.store.record_partial_poll(result, resume).await?,
     };
     match recorded {
         PollRecorded::Recorded { new_donation_ids } => {
@@ -349,7 +350,8 @@ async fn poll_holding_lock(
             stats.count_stale_fence();
             // Either we outlived our lock (the newer holder's record stands), or Redis lost
             // its counters: raise them so the next holder's token is current again.
-            app.coordinator
+            parts
+                .coordinator
                 .raise_fence(&poll_lock(streamer), newer)
                 .await?;
             tracing::warn!(
@@ -392,10 +394,10 @@ async fn fetch(
 /// Waits for a grant of the app-wide budget, as long as the lock stays valid and the poller
 /// is not stopping.
 async fn take_budget(cx: &PollContext, lock: &Lock) -> Result<(), PollError> {
-    let (app, stats) = (&cx.app, &cx.stats);
-    let limit = RateLimit::per_minute(app.config.polling.rate_limit_per_minute);
+    let (parts, stats) = (&*cx.parts, &cx.parts.stats);
+    let limit = RateLimit::per_minute(parts.polling.rate_limit_per_minute);
     loop {
-        let decision = app
+        let decision = parts
             .coordinator
             .rate_limit(DA_RATE_LIMIT_KEY, &limit)
             .await?;
@@ -405,7 +407,7 @@ async fn take_budget(cx: &PollContext, lock: &Lock) -> Result<(), PollError> {
         }
         stats.count_budget_wait();
         // Leave a margin for the request itself before the lock runs out.
-        let margin = app.config.provider_timeout.min(lock.remaining() / 2);
+        let margin = parts.provider_timeout.min(lock.remaining() / 2);
         if Instant::now() + decision.retry_after + margin >= lock.valid_until {
             return Err(PollError::NoBudget);
         }

@@ -14,19 +14,60 @@
 
 pub mod validation;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::App;
-use crate::coordination::{CoordinationError, Lock};
+use crate::config::TokenLifecycleConfig;
+use crate::coordination::{CoordinationError, Coordinator, Lock};
 use crate::crypto::CryptoError;
+use crate::crypto::TokenCipher;
 use crate::domain::event::{BusEvent, TokenRevokedPayload};
 use crate::domain::{Provider, TokenStatus, TwitchUserId, now_ms, rfc3339_utc};
+use crate::metrics::Metrics;
+use crate::providers::donationalerts::DonationAlertsClient;
+use crate::providers::twitch::TwitchClient;
 use crate::providers::{ProviderError, TokenSet};
 use crate::secret::Secret;
+use crate::store::Store;
 use crate::store::StoreError;
 use crate::store::accounts::{StoredTokens, TokenKind, seal_token};
 use crate::store::tokens::RefreshedTokens;
 use crate::telemetry::error_chain;
+
+/// What the token functions work with, built once per process (by `App`): the store, the
+/// coordinator (refresh locks, `token.revoked` on the bus), the cipher, the provider clients
+/// and the token settings. A clone is one reference count.
+#[derive(Clone)]
+pub struct TokenKeeper(Arc<KeeperParts>);
+
+pub struct KeeperParts {
+    pub store: Store,
+    pub coordinator: Coordinator,
+    pub cipher: Arc<TokenCipher>,
+    /// `None` until TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET are set.
+    pub twitch: Option<Arc<TwitchClient>>,
+    /// `None` until DA_CLIENT_ID and DA_CLIENT_SECRET are set.
+    pub donationalerts: Option<Arc<DonationAlertsClient>>,
+    pub config: TokenLifecycleConfig,
+    /// Longest a call to a provider may take (`PROVIDER_TIMEOUT_MS`): refresh locks are held
+    /// for a little over two.
+    pub provider_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl TokenKeeper {
+    pub fn new(parts: KeeperParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for TokenKeeper {
+    type Target = KeeperParts;
+
+    fn deref(&self) -> &KeeperParts {
+        &self.0
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -88,11 +129,12 @@ pub fn refresh_lock(provider: Provider, user: &TwitchUserId) -> String {
 
 /// The stored (still sealed) tokens of `user` for `provider`.
 async fn stored(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
 ) -> Result<StoredTokens, TokenError> {
-    app.store
+    keeper
+        .store
         .provider_tokens(user, provider)
         .await?
         .ok_or(TokenError::NotFound(provider.as_str()))
@@ -100,28 +142,28 @@ async fn stored(
 
 /// The stored tokens of `user` for `provider`, opened; refused unless `active`.
 pub async fn load(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
 ) -> Result<UsableTokens, TokenError> {
-    let stored = stored(app, user, provider).await?;
-    open_active(app, provider, &stored)
+    let stored = stored(keeper, user, provider).await?;
+    open_active(keeper, provider, &stored)
 }
 
 /// Tokens valid for at least `margin` more: refreshed first when they expire sooner.
 pub async fn fresh(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     margin: Duration,
 ) -> Result<UsableTokens, TokenError> {
-    let tokens = load(app, user, provider).await?;
-    refreshed_if_expiring(app, user, provider, tokens, margin).await
+    let tokens = load(keeper, user, provider).await?;
+    refreshed_if_expiring(keeper, user, provider, tokens, margin).await
 }
 
 /// `tokens` if they are valid for at least `margin` more, else their refresh.
 async fn refreshed_if_expiring(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     tokens: UsableTokens,
@@ -130,7 +172,7 @@ async fn refreshed_if_expiring(
     if tokens.valid_for(margin) {
         return Ok(tokens);
     }
-    refresh(app, user, provider, &tokens).await
+    refresh(keeper, user, provider, &tokens).await
 }
 
 /// The expiry `/validate` reports for a token it was asked about at `asked_at` (Unix ms):
@@ -165,13 +207,14 @@ impl ChatToken {
 }
 
 /// How long a chat token must still be valid when handed out.
-fn chat_token_margin(app: &App) -> Duration {
-    CHAT_TOKEN_MIN_VALIDITY.max(app.config.tokens.refresh_margin)
+fn chat_token_margin(keeper: &TokenKeeper) -> Duration {
+    CHAT_TOKEN_MIN_VALIDITY.max(keeper.config.refresh_margin)
 }
 
 /// The streamer's login; `UnknownUser` for a user who never logged in.
-async fn chat_login(app: &App, user: &TwitchUserId) -> Result<String, TokenError> {
-    app.store
+async fn chat_login(keeper: &TokenKeeper, user: &TwitchUserId) -> Result<String, TokenError> {
+    keeper
+        .store
         .user_login(user.as_str().to_owned())
         .await?
         .ok_or(TokenError::UnknownUser)
@@ -189,9 +232,12 @@ fn gone_means_reauth(error: TokenError) -> TokenError {
 /// refresh margin, if longer): refreshed first when it expires sooner. `UnknownUser` for a
 /// user who never logged in; `NeedsReauth` when the tokens are gone (disconnected, refused).
 #[tracing::instrument(name = "tokens.chat_token", skip_all, fields(streamer = %user))]
-pub async fn chat_token(app: &App, user: &TwitchUserId) -> Result<ChatToken, TokenError> {
-    let login = chat_login(app, user).await?;
-    let tokens = fresh(app, user, Provider::Twitch, chat_token_margin(app))
+pub async fn chat_token(
+    keeper: &TokenKeeper,
+    user: &TwitchUserId,
+) -> Result<ChatToken, TokenError> {
+    let login = chat_login(keeper, user).await?;
+    let tokens = fresh(keeper, user, Provider::Twitch, chat_token_margin(keeper))
         .await
         .map_err(gone_means_reauth)?;
     Ok(ChatToken::new(tokens, login))
@@ -209,36 +255,36 @@ pub async fn chat_token(app: &App, user: &TwitchUserId) -> Result<ChatToken, Tok
 /// others take its result, across instances.
 #[tracing::instrument(name = "tokens.chat_token_refused", skip_all, fields(streamer = %user))]
 pub async fn chat_token_refused(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     refused: &Secret<String>,
 ) -> Result<ChatToken, TokenError> {
     let reported_at = now_ms();
-    let login = chat_login(app, user).await?;
-    let tokens = replace_refused(app, user, refused, reported_at)
+    let login = chat_login(keeper, user).await?;
+    let tokens = replace_refused(keeper, user, refused, reported_at)
         .await
         .map_err(gone_means_reauth)?;
     Ok(ChatToken::new(tokens, login))
 }
 
 async fn replace_refused(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     refused: &Secret<String>,
     reported_at: i64,
 ) -> Result<UsableTokens, TokenError> {
     let provider = Provider::Twitch;
-    let margin = chat_token_margin(app);
-    let tokens = load(app, user, provider).await?;
+    let margin = chat_token_margin(keeper);
+    let tokens = load(keeper, user, provider).await?;
     if !is_stored(&tokens, refused) {
         tracing::info!("a bot reported an older token; the stored one is handed out");
-        return refreshed_if_expiring(app, user, provider, tokens, margin).await;
+        return refreshed_if_expiring(keeper, user, provider, tokens, margin).await;
     }
     // Long enough for a validation and a refresh, with room to store the result.
-    let hold = app.config.provider_timeout * 3 + Duration::from_secs(1);
-    let lock = take_refresh_lock(app, user, provider, hold).await?;
-    let result = recheck_holding_lock(app, user, refused, reported_at, margin).await;
-    release_refresh_lock(app, &lock).await;
+    let hold = keeper.provider_timeout * 3 + Duration::from_secs(1);
+    let lock = take_refresh_lock(keeper, user, provider, hold).await?;
+    let result = recheck_holding_lock(keeper, user, refused, reported_at, margin).await;
+    release_refresh_lock(keeper, &lock).await;
     result
 }
 
@@ -249,21 +295,21 @@ fn is_stored(tokens: &UsableTokens, token: &Secret<String>) -> bool {
 
 /// [`chat_token_refused`]'s check at Twitch, under the refresh lock.
 async fn recheck_holding_lock(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     refused: &Secret<String>,
     reported_at: i64,
     margin: Duration,
 ) -> Result<UsableTokens, TokenError> {
     let provider = Provider::Twitch;
-    let mut tokens = load(app, user, provider).await?;
+    let mut tokens = load(keeper, user, provider).await?;
     let settled = !is_stored(&tokens, refused)
-        || app
+        || keeper
             .store
             .validated_since(user, provider, tokens.sealed_access.clone(), reported_at)
             .await?;
     if !settled {
-        let twitch = app
+        let twitch = keeper
             .twitch
             .as_ref()
             .ok_or(TokenError::NotConfigured("Twitch"))?;
@@ -273,13 +319,14 @@ async fn recheck_holding_lock(
                 tracing::info!("Twitch still accepts the reported token");
                 tokens.expires_at = expiry_from_validation(asked_at, validation.expires_in);
                 let sealed = tokens.sealed_access.clone();
-                app.store
+                keeper
+                    .store
                     .record_validation(user, provider, sealed, asked_at, tokens.expires_at)
                     .await?;
             }
             Err(e) if e.is_unauthorized() => {
                 tracing::info!("Twitch refuses the reported token: refreshing it");
-                return refresh_holding_lock(app, user, provider, &tokens).await;
+                return refresh_holding_lock(keeper, user, provider, &tokens).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -288,7 +335,7 @@ async fn recheck_holding_lock(
     if tokens.valid_for(margin) {
         return Ok(tokens);
     }
-    refresh_holding_lock(app, user, provider, &tokens).await
+    refresh_holding_lock(keeper, user, provider, &tokens).await
 }
 
 /// Disconnect: makes both stored tokens stop working at the provider before they are deleted
@@ -297,15 +344,15 @@ async fn recheck_holding_lock(
 /// its tokens stop being used here and die when the streamer removes the app there. Best
 /// effort: the streamer wants to disconnect even when the provider cannot be reached.
 #[tracing::instrument(name = "tokens.revoke", skip_all, fields(provider = provider.as_str(), streamer = %user))]
-pub async fn revoke_at_provider(app: &App, user: &TwitchUserId, provider: Provider) {
+pub async fn revoke_at_provider(keeper: &TokenKeeper, user: &TwitchUserId, provider: Provider) {
     let Provider::Twitch = provider else {
         tracing::info!("DonationAlerts has no revocation endpoint; the tokens are deleted here");
         return;
     };
-    let Some(twitch) = app.twitch.as_ref() else {
+    let Some(twitch) = keeper.twitch.as_ref() else {
         return;
     };
-    let stored = match app.store.provider_tokens(user, provider).await {
+    let stored = match keeper.store.provider_tokens(user, provider).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return,
         Err(e) => {
@@ -314,8 +361,8 @@ pub async fn revoke_at_provider(app: &App, user: &TwitchUserId, provider: Provid
         }
     };
     let tokens = [
-        ("access", Some(stored.open_access(&app.cipher))),
-        ("refresh", stored.open_refresh(&app.cipher)),
+        ("access", Some(stored.open_access(&keeper.cipher))),
+        ("refresh", stored.open_refresh(&keeper.cipher)),
     ];
     for (kind, token) in tokens {
         let token = match token {
@@ -337,67 +384,68 @@ pub async fn revoke_at_provider(app: &App, user: &TwitchUserId, provider: Provid
 /// provider again. A refresh the provider refuses marks the connection `need_reauth`.
 #[tracing::instrument(name = "tokens.refresh", skip_all, fields(provider = provider.as_str(), streamer = %user))]
 pub async fn refresh(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     seen: &UsableTokens,
 ) -> Result<UsableTokens, TokenError> {
     // Long enough for one provider round trip, with room to store the result.
-    let hold = app.config.provider_timeout * 2 + Duration::from_secs(1);
-    let lock = take_refresh_lock(app, user, provider, hold).await?;
-    let result = refresh_holding_lock(app, user, provider, seen).await;
-    release_refresh_lock(app, &lock).await;
+    let hold = keeper.provider_timeout * 2 + Duration::from_secs(1);
+    let lock = take_refresh_lock(keeper, user, provider, hold).await?;
+    let result = refresh_holding_lock(keeper, user, provider, seen).await;
+    release_refresh_lock(keeper, &lock).await;
     result
 }
 
 /// The refresh lock of `user`'s `provider` tokens, held for `hold`; waits as long for it
 /// (`RefreshBusy` when another holder keeps it longer).
 async fn take_refresh_lock(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     hold: Duration,
 ) -> Result<Lock, TokenError> {
-    app.coordinator
+    keeper
+        .coordinator
         .lock_within(&refresh_lock(provider, user), hold, hold)
         .await?
         .ok_or(TokenError::RefreshBusy)
 }
 
-async fn release_refresh_lock(app: &App, lock: &Lock) {
-    if let Err(e) = app.coordinator.release(lock).await {
+async fn release_refresh_lock(keeper: &TokenKeeper, lock: &Lock) {
+    if let Err(e) = keeper.coordinator.release(lock).await {
         tracing::warn!(error = %e, "the token refresh lock was not released; it expires by itself");
     }
 }
 
 async fn refresh_holding_lock(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     seen: &UsableTokens,
 ) -> Result<UsableTokens, TokenError> {
-    let stored = stored(app, user, provider).await?;
+    let stored = stored(keeper, user, provider).await?;
     if stored.access_token_sealed != seen.sealed_access {
         // Refreshed by someone else while we waited for the lock.
-        return open_active(app, provider, &stored);
+        return open_active(keeper, provider, &stored);
     }
     if TokenStatus::parse(&stored.status) != Some(TokenStatus::Active) {
         return Err(TokenError::NeedsReauth(provider.as_str()));
     }
-    let Some(refresh_token) = stored.open_refresh(&app.cipher).transpose()? else {
-        end_connection(app, user, provider, stored.access_token_sealed.clone()).await?;
+    let Some(refresh_token) = stored.open_refresh(&keeper.cipher).transpose()? else {
+        end_connection(keeper, user, provider, stored.access_token_sealed.clone()).await?;
         return Err(TokenError::NeedsReauth(provider.as_str()));
     };
     let answer = match provider {
         Provider::Twitch => {
-            let client = app
+            let client = keeper
                 .twitch
                 .as_ref()
                 .ok_or(TokenError::NotConfigured("Twitch"))?;
             client.refresh(refresh_token.expose()).await
         }
         Provider::DonationAlerts => {
-            let client = app
+            let client = keeper
                 .donationalerts
                 .as_ref()
                 .ok_or(TokenError::NotConfigured("DonationAlerts"))?;
@@ -409,19 +457,19 @@ async fn refresh_holding_lock(
         Err(ProviderError::Rejected { status, .. }) if status == 400 || status == 401 => {
             // A holder that outlived its lock may find the refresh token rotated by the next
             // holder: that is not the streamer's doing.
-            if let Some(newer) = replaced_meanwhile(app, user, provider, &stored).await? {
-                return open_active(app, provider, &newer);
+            if let Some(newer) = replaced_meanwhile(keeper, user, provider, &stored).await? {
+                return open_active(keeper, provider, &newer);
             }
             tracing::warn!(
                 status,
                 "the provider refused the refresh: the streamer must reconnect"
             );
-            end_connection(app, user, provider, stored.access_token_sealed.clone()).await?;
+            end_connection(keeper, user, provider, stored.access_token_sealed.clone()).await?;
             return Err(TokenError::NeedsReauth(provider.as_str()));
         }
         Err(e) => return Err(e.into()),
     };
-    let sealed = seal(app, user, provider, &new, &stored.scopes);
+    let sealed = seal(keeper, user, provider, &new, &stored.scopes);
     let usable = UsableTokens {
         access_token: new.access_token.clone(),
         scopes: sealed.scopes.clone(),
@@ -429,29 +477,29 @@ async fn refresh_holding_lock(
         sealed_access: sealed.access_token_sealed.clone(),
     };
     let replacing = stored.access_token_sealed.clone();
-    if !app
+    if !keeper
         .store
         .replace_tokens(user, provider, replacing, sealed)
         .await?
     {
-        return match replaced_meanwhile(app, user, provider, &stored).await? {
-            Some(newer) => open_active(app, provider, &newer),
+        return match replaced_meanwhile(keeper, user, provider, &stored).await? {
+            Some(newer) => open_active(keeper, provider, &newer),
             None => Err(TokenError::NotFound(provider.as_str())),
         };
     }
     tracing::info!("tokens refreshed");
-    app.metrics.tokens.refreshed(provider);
+    keeper.metrics.tokens.refreshed(provider);
     Ok(usable)
 }
 
 /// The stored tokens, if they are no longer `seen` (another refresh replaced them).
 async fn replaced_meanwhile(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     seen: &StoredTokens,
 ) -> Result<Option<StoredTokens>, TokenError> {
-    Ok(app
+    Ok(keeper
         .store
         .provider_tokens(user, provider)
         .await?
@@ -461,12 +509,12 @@ async fn replaced_meanwhile(
 /// The provider refused tokens that were just refreshed (or will not refresh them): the
 /// connection is over until the streamer connects again. See [`end_connection`].
 pub async fn connection_lost(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     dead: &UsableTokens,
 ) -> Result<(), TokenError> {
-    end_connection(app, user, provider, dead.sealed_access.clone()).await
+    end_connection(keeper, user, provider, dead.sealed_access.clone()).await
 }
 
 /// Deletes the dead tokens (the row stays, `need_reauth`), ends the streamer's sessions when
@@ -476,7 +524,7 @@ pub async fn connection_lost(
 /// login replaced them).
 #[tracing::instrument(name = "tokens.end_connection", skip_all, fields(provider = provider.as_str(), streamer = %user))]
 async fn end_connection(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     dead_access: Vec<u8>,
@@ -489,7 +537,7 @@ async fn end_connection(
         reason: "refresh_refused".to_owned(),
         revoked_at: rfc3339_utc(at),
     };
-    let ended = app
+    let ended = keeper
         .store
         .end_connection(
             user,
@@ -499,9 +547,9 @@ async fn end_connection(
         )
         .await?;
     if ended {
-        app.metrics.tokens.connection_ended(provider);
+        keeper.metrics.tokens.connection_ended(provider);
         tracing::warn!("tokens deleted: the streamer must connect again");
-        if let Err(e) = crate::outbox::relay_pending(&app.store, &app.coordinator).await {
+        if let Err(e) = crate::outbox::relay_pending(&keeper.store, &keeper.coordinator).await {
             tracing::warn!(error = %error_chain(&e), "token.revoked waits in the outbox for the bus");
         }
     }
@@ -511,7 +559,7 @@ async fn end_connection(
 /// Seals a provider's answer for the row of `user`; scopes the answer does not name are
 /// the ones stored before.
 fn seal(
-    app: &App,
+    keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,
     tokens: &TokenSet,
@@ -521,7 +569,7 @@ fn seal(
     let name = provider.as_str();
     RefreshedTokens {
         access_token_sealed: seal_token(
-            &app.cipher,
+            &keeper.cipher,
             user,
             name,
             TokenKind::Access,
@@ -530,7 +578,7 @@ fn seal(
         refresh_token_sealed: tokens
             .refresh_token
             .as_ref()
-            .map(|r| seal_token(&app.cipher, user, name, TokenKind::Refresh, r.expose())),
+            .map(|r| seal_token(&keeper.cipher, user, name, TokenKind::Refresh, r.expose())),
         scopes: if tokens.scopes.is_empty() {
             previous_scopes.to_vec()
         } else {
@@ -541,7 +589,7 @@ fn seal(
 }
 
 pub(crate) fn open_active(
-    app: &App,
+    keeper: &TokenKeeper,
     provider: Provider,
     stored: &StoredTokens,
 ) -> Result<UsableTokens, TokenError> {
@@ -549,7 +597,7 @@ pub(crate) fn open_active(
         return Err(TokenError::NeedsReauth(provider.as_str()));
     }
     Ok(UsableTokens {
-        access_token: stored.open_access(&app.cipher)?,
+        access_token: stored.open_access(&keeper.cipher)?,
         scopes: stored.scopes.clone(),
         expires_at: stored.expires_at,
         sealed_access: stored.access_token_sealed.clone(),

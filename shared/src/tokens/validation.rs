@@ -22,8 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument as _;
 
-use super::{TokenError, expiry_from_validation, open_active, refresh};
-use crate::app::App;
+use super::{TokenError, TokenKeeper, expiry_from_validation, open_active, refresh};
 use crate::domain::now_ms;
 use crate::domain::{Provider, TwitchUserId};
 use crate::jobs::ScheduledJob;
@@ -40,7 +39,7 @@ const PAGE: usize = 256;
 
 /// The validation job: `token-validate`'s work, and `avatar-local`'s on a timer.
 pub struct TokenValidator {
-    app: App,
+    keeper: TokenKeeper,
     twitch: Arc<TwitchClient>,
 }
 
@@ -49,11 +48,6 @@ pub struct TokenValidator {
     "Twitch is not configured (TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET): no token to validate"
 )]
 pub struct ValidatorNotConfigured;
-
-/// Builds the job of the `token-validate` function.
-pub fn scheduled_job(app: &App) -> Result<TokenValidator, ValidatorNotConfigured> {
-    TokenValidator::new(app).ok_or(ValidatorNotConfigured)
-}
 
 /// What one run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -114,10 +108,10 @@ impl ScheduledJob for TokenValidator {
 
 impl TokenValidator {
     /// `None` without Twitch credentials.
-    pub fn new(app: &App) -> Option<Self> {
+    pub fn new(keeper: &TokenKeeper) -> Option<Self> {
         Some(Self {
-            app: app.clone(),
-            twitch: app.twitch.clone()?,
+            keeper: keeper.clone(),
+            twitch: keeper.twitch.clone()?,
         })
     }
 
@@ -154,10 +148,10 @@ impl TokenValidator {
     async fn run(&self, now: i64, stop_at: Instant, deadline: Deadline) -> ValidationReport {
         let started = Instant::now();
         let mut report = ValidationReport::default();
-        let app = &self.app;
+        let keeper = &self.keeper;
         // Held past the deadline by as long as a refresh started just before it may take.
-        let hold = stop_at.saturating_duration_since(started) + refresh_budget(app);
-        let lock = match app.coordinator.try_lock(VALIDATION_LOCK, hold).await {
+        let hold = stop_at.saturating_duration_since(started) + refresh_budget(keeper);
+        let lock = match keeper.coordinator.try_lock(VALIDATION_LOCK, hold).await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 report.skipped = true;
@@ -170,14 +164,14 @@ impl TokenValidator {
             }
         };
         self.validate_due(now, stop_at, deadline, &mut report).await;
-        if let Err(e) = crate::outbox::relay_pending(&app.store, &app.coordinator).await {
+        if let Err(e) = crate::outbox::relay_pending(&keeper.store, &keeper.coordinator).await {
             tracing::warn!(error = %error_chain(&e), "events wait in the outbox for the bus");
         }
-        if let Err(e) = app.coordinator.release(&lock).await {
+        if let Err(e) = keeper.coordinator.release(&lock).await {
             tracing::warn!(error = %error_chain(&e), "the validation lock was not released; it expires by itself");
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        report.count_into(&app.metrics.tokens);
+        report.count_into(&keeper.metrics.tokens);
         tracing::info!(
             validated = report.validated,
             refreshed = report.refreshed,
@@ -196,8 +190,8 @@ impl TokenValidator {
         deadline: Deadline,
         report: &mut ValidationReport,
     ) {
-        let app = &self.app;
-        let config = &app.config.tokens;
+        let keeper = &self.keeper;
+        let config = &keeper.config;
         let due_before = now - config.validate_due_after.as_millis() as i64;
         let permits = Arc::new(Semaphore::new(config.validate_concurrency));
         // Anchored ticks: a late tick does not push the later ones back (the rate holds), and
@@ -208,7 +202,7 @@ impl TokenValidator {
         let mut in_flight = JoinSet::new();
         let mut cursor = None;
         'pages: loop {
-            let page = match app
+            let page = match keeper
                 .store
                 .tokens_due_for_validation(Provider::Twitch, due_before, cursor.clone(), PAGE)
                 .await
@@ -238,11 +232,11 @@ impl TokenValidator {
                         break 'pages;
                     }
                 }
-                let (app, twitch) = (app.clone(), self.twitch.clone());
+                let (keeper, twitch) = (keeper.clone(), self.twitch.clone());
                 in_flight.spawn(
                     async move {
                         let outcome =
-                            validate_one(&app, &twitch, stored, now, stop_at, deadline).await;
+                            validate_one(&keeper, &twitch, stored, now, stop_at, deadline).await;
                         drop(permit);
                         outcome
                     }
@@ -276,12 +270,12 @@ enum Deadline {
 /// The longest a refresh may take: it is never cut off half-way (Twitch would have rotated
 /// the refresh token while the new one was not stored), so one starts only with this much
 /// time left.
-fn refresh_budget(app: &App) -> Duration {
-    app.config.provider_timeout * 2 + Duration::from_secs(1)
+fn refresh_budget(keeper: &TokenKeeper) -> Duration {
+    keeper.provider_timeout * 2 + Duration::from_secs(1)
 }
 
 async fn validate_one(
-    app: &App,
+    keeper: &TokenKeeper,
     twitch: &TwitchClient,
     stored: StoredTokens,
     now: i64,
@@ -291,7 +285,7 @@ async fn validate_one(
     let Some(user) = TwitchUserId::parse(&stored.twitch_user_id) else {
         return Outcome::Error;
     };
-    let tokens = match open_active(app, Provider::Twitch, &stored) {
+    let tokens = match open_active(keeper, Provider::Twitch, &stored) {
         Ok(tokens) => tokens,
         Err(e) => {
             tracing::warn!(streamer = %user, error = %error_chain(&e), "a stored token could not be opened for validation");
@@ -312,7 +306,7 @@ async fn validate_one(
             // the issue and knows nothing of what happened at Twitch since.
             let expires_at = expiry_from_validation(asked_at, validation.expires_in);
             let sealed = tokens.sealed_access.clone();
-            match app
+            match keeper
                 .store
                 .record_validation(&user, Provider::Twitch, sealed, now, expires_at)
                 .await
@@ -327,11 +321,11 @@ async fn validate_one(
         }
         Err(e) if e.is_unauthorized() => {
             if deadline == Deadline::Hard
-                && stop_at.saturating_duration_since(Instant::now()) < refresh_budget(app)
+                && stop_at.saturating_duration_since(Instant::now()) < refresh_budget(keeper)
             {
                 return Outcome::CutOff;
             }
-            match refresh(app, &user, Provider::Twitch, &tokens).await {
+            match refresh(keeper, &user, Provider::Twitch, &tokens).await {
                 Ok(_) => Outcome::Refreshed,
                 Err(TokenError::NeedsReauth(_)) => Outcome::Revoked,
                 Err(e) => {

@@ -50,7 +50,7 @@ pub async fn chat_token(
     let Some(user) = TwitchUserId::parse(&user) else {
         return invalid_user_id();
     };
-    let answer = tokens::chat_token(&app, &user).await;
+    let answer = tokens::chat_token(&app.tokens, &user).await;
     respond(&user, answer)
 }
 
@@ -80,7 +80,7 @@ pub async fn chat_token_refused(
             "The body must be JSON {\"accessToken\":\"…\"} with the token Twitch refused.",
         );
     };
-    let answer = tokens::chat_token_refused(&app, &user, &refused).await;
+    let answer = tokens::chat_token_refused(&app.tokens, &user, &refused).await;
     respond(&user, answer)
 }
 

@@ -313,7 +313,7 @@ pub async fn status(State(app): State<App>, headers: HeaderMap) -> Response {
 #[tracing::instrument(name = "api.donationalerts.disconnect", skip_all)]
 pub async fn disconnect(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
-        let current = super::pages::post_guard(&app, &headers, &body)
+        let current = super::session::post_guard(&app, &headers, &body)
             .await?
             .ok_or(WebError::LoginRequired)?;
         let streamer = current.user.twitch_user_id.clone();

@@ -183,30 +183,12 @@ fn status_body(current: Option<&CurrentSession>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
-/// The `csrf` field of a urlencoded form body.
-fn csrf_field(body: &Bytes) -> Option<String> {
-    url::form_urlencoded::parse(body)
-        .find(|(k, _)| k == "csrf")
-        .map(|(_, v)| v.into_owned())
-}
-
-/// Session and same-site checks every POST route starts with.
-pub(super) async fn post_guard(
-    app: &App,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<Option<CurrentSession>, WebError> {
-    let current = session::current(app, headers).await?;
-    session::check_same_site(app, headers, current.as_ref(), csrf_field(body).as_deref())?;
-    Ok(current)
-}
-
 /// `POST /auth/logout`: ends this session server-side.
 #[tracing::instrument(name = "pages.logout", skip_all)]
 pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let t = texts::negotiate(&headers);
     let result = async {
-        if let Some(current) = post_guard(&app, &headers, &body).await? {
+        if let Some(current) = session::post_guard(&app, &headers, &body).await? {
             app.store
                 .revoke_session(crate::crypto::sha256(&current.id))
                 .await?;
@@ -233,12 +215,12 @@ pub async fn disconnect_twitch(
 ) -> Response {
     let t = texts::negotiate(&headers);
     let result = async {
-        let Some(current) = post_guard(&app, &headers, &body).await? else {
+        let Some(current) = session::post_guard(&app, &headers, &body).await? else {
             return Ok(());
         };
         let user_id = current.user.twitch_user_id.clone();
         if let Some(user) = TwitchUserId::parse(&user_id) {
-            tokens::revoke_at_provider(&app, &user, Provider::Twitch).await;
+            tokens::revoke_at_provider(&app.tokens, &user, Provider::Twitch).await;
         }
         app.store.forget_twitch_connection(user_id.clone()).await?;
         tracing::info!(

@@ -3,6 +3,7 @@
 //! opens nothing. POST routes also require a CSRF token derived from the session and refuse
 //! requests whose Origin is another site.
 
+use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::http::header;
 
@@ -157,4 +158,22 @@ pub fn check_same_site(
         }
     }
     Ok(())
+}
+
+/// The `csrf` field of a urlencoded form body.
+fn csrf_field(body: &Bytes) -> Option<String> {
+    url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Session and same-site checks every POST route starts with.
+pub async fn post_guard(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Option<CurrentSession>, WebError> {
+    let current = current(app, headers).await?;
+    check_same_site(app, headers, current.as_ref(), csrf_field(body).as_deref())?;
+    Ok(current)
 }

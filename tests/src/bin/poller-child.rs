@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use shared::app::App;
-use shared::poll::Poller;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
@@ -48,7 +47,9 @@ async fn main() {
         }))
         .init();
     let app = App::from_env().await.expect("the configuration is valid");
-    let poller = Poller::new(&app).expect("DA_CLIENT_ID and DA_CLIENT_SECRET are set");
+    let poller = app
+        .poller()
+        .expect("DA_CLIENT_ID and DA_CLIENT_SECRET are set");
     let (stdin_closed, stop) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
