@@ -52,11 +52,12 @@ impl Fleet {
         ] {
             vars.insert(k.into(), v.into());
         }
-        // The faults below make pollers warn; their logs show with TEST_LOG only.
+        // The faults below make pollers warn: their warnings are kept (see `spawn_poller`)
+        // and shown when a test fails; with TEST_LOG, everything shows as it happens.
         let log = if std::env::var_os("TEST_LOG").is_some() {
             "info"
         } else {
-            "error"
+            "warn"
         };
         vars.insert("RUST_LOG".into(), log.into());
         for (k, v) in extra {
@@ -86,7 +87,11 @@ impl Fleet {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.vars.iter())
             .args(args);
-        let child = ChildProcess::spawn(&mut command);
+        let child = if std::env::var_os("TEST_LOG").is_some() {
+            ChildProcess::spawn(&mut command)
+        } else {
+            ChildProcess::spawn_with_log(&mut command)
+        };
         assert_eq!(
             child.next_line(Duration::from_secs(30)).as_deref(),
             Some("ready")
@@ -149,6 +154,30 @@ impl Fleet {
             .collect()
     }
 
+    /// What the pollers warned about so far: how often each kind of warning came, and the
+    /// lines that name the streamers of `event_ids`.
+    fn warnings_about(&self, event_ids: &[&String]) -> String {
+        let streamers: Vec<String> = event_ids
+            .iter()
+            .filter_map(|id| id.split(':').nth(1)?.parse::<i64>().ok())
+            .map(|da| format!("streamer={}", 3000 + (da - 8000)))
+            .collect();
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut naming = Vec::new();
+        for (n, poller) in self.pollers.iter().enumerate() {
+            while let Some(line) = poller.try_log_line() {
+                // The message, without the time, the level and the span.
+                let message = line.rsplit(": ").next().unwrap_or(&line);
+                let kind: String = message.chars().take(80).collect();
+                *kinds.entry(kind).or_default() += 1;
+                if streamers.iter().any(|s| line.contains(&format!("{s}}}"))) && naming.len() < 20 {
+                    naming.push(format!("poller {n}: {line}"));
+                }
+            }
+        }
+        format!("warnings by kind: {kinds:?}; about those streamers: {naming:#?}")
+    }
+
     fn outbox_pending(&self) -> i64 {
         let conn = rusqlite::Connection::open(self.app.store.path()).unwrap();
         conn.query_row(
@@ -182,12 +211,15 @@ impl Fleet {
             assert!(
                 Instant::now() < deadline,
                 "after 90 s, {} of {} donations are not in the stream, e.g. {:?}; links \
-                 (da_user_id, cursor, resume_link, last_polled_at): {:?}; outbox pending: {}",
+                 (da_user_id, cursor, resume_link, last_polled_at): {:?}; outbox pending: {}; \
+                 now: {}; {}",
                 missing.len(),
                 expected.len(),
                 &missing[..missing.len().min(5)],
                 self.links_of(&missing),
                 self.outbox_pending(),
+                shared::domain::now_ms(),
+                self.warnings_about(&missing),
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -204,6 +204,12 @@ impl ChildProcess {
             .ok()
     }
 
+    /// A line of the child's log already received, if any (never waits); `None` also for a
+    /// child whose log is not captured.
+    pub fn try_log_line(&self) -> Option<String> {
+        self.log.as_ref()?.try_recv().ok()
+    }
+
     /// Every remaining line until the child closes stdout or `deadline` passes, whichever
     /// comes first: a child that never stops printing is read for `deadline`, no longer.
     pub fn remaining_lines(&self, deadline: Duration) -> Vec<String> {
