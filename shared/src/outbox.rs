@@ -28,6 +28,8 @@ pub struct RelayReport {
     pub appended: usize,
     /// Already on the bus (published before by this or another relay).
     pub duplicates: usize,
+    /// Rows that are no event (their payload is not JSON): left pending, logged, skipped.
+    pub unreadable: usize,
 }
 
 impl RelayReport {
@@ -37,7 +39,8 @@ impl RelayReport {
 }
 
 /// Publishes pending events until none are left or the bus fails. Events published before
-/// a failure are marked published; the one that failed and those after it stay pending.
+/// a failure are marked published; the one that failed and those after it stay pending. A
+/// row that is no event is logged and skipped: it stays pending and blocks nothing behind it.
 #[tracing::instrument(name = "outbox.relay", skip_all)]
 pub async fn relay_pending(
     store: &Store,
@@ -45,14 +48,19 @@ pub async fn relay_pending(
 ) -> Result<RelayReport, RelayError> {
     let mut report = RelayReport::default();
     loop {
-        let pending = store.pending_events(RELAY_BATCH).await?;
-        if pending.is_empty() {
+        let pending = store.pending_events(RELAY_BATCH, report.unreadable).await?;
+        let read = pending.events.len() + pending.unreadable.len();
+        if read == 0 {
             return Ok(report);
         }
-        let full_batch = pending.len() == RELAY_BATCH;
-        let mut done = Vec::with_capacity(pending.len());
+        let full_batch = read == RELAY_BATCH;
+        for row in &pending.unreadable {
+            tracing::error!(event_id = %row.event_id, error = %crate::telemetry::error_chain(&row.error), "an outbox row is no event; it stays pending and is skipped");
+        }
+        report.unreadable += pending.unreadable.len();
+        let mut done = Vec::with_capacity(pending.events.len());
         let mut failure = None;
-        for item in pending {
+        for item in pending.events {
             match coordinator.publish(&item.event).await {
                 Ok(Published::Appended) => report.appended += 1,
                 Ok(Published::Duplicate) => report.duplicates += 1,

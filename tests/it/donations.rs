@@ -345,6 +345,48 @@ async fn one_donationalerts_account_links_to_one_streamer_and_disconnecting_stop
 }
 
 #[tokio::test]
+async fn an_outbox_row_that_is_no_event_stays_pending_and_blocks_none_behind_it() {
+    // Arrange: the oldest pending row's payload is not JSON, and a full batch and more of
+    // good events wait behind it
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let coordinator = redis_coordinator(&[redis.url()]);
+    let store = linked_store(dir.path(), &coordinator).await;
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("data.sqlite")).unwrap();
+        conn.execute(
+            "INSERT INTO event_outbox (event_id, streamer_twitch_id, kind, payload, created_at)
+             VALUES ('da:0:0', ?1, 'donation', 'not json', 0)",
+            [STREAMER],
+        )
+        .unwrap();
+    }
+    let good = shared::outbox::RELAY_BATCH as i64 + 5;
+    store
+        .record_poll(poll(1, (1..=good).map(donation).collect()))
+        .await
+        .unwrap();
+
+    // Act
+    let first = relay_pending(&store, &coordinator).await.unwrap();
+    let second = relay_pending(&store, &coordinator).await.unwrap();
+
+    // Assert
+    assert_eq!(first.appended as i64, good, "{first:?}");
+    assert_eq!(first.unreadable, 1, "{first:?}");
+    assert_eq!(second.published(), 0, "{second:?}");
+    assert_eq!(stream_entries(&redis).await.len() as i64, good);
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM event_outbox WHERE published_at IS NULL"
+        ),
+        1,
+        "the row that is no event stays pending"
+    );
+}
+
+#[tokio::test]
 async fn events_the_bus_could_not_take_are_published_once_when_redis_returns() {
     // Arrange: recorded, then Redis goes away before the relay runs
     let dir = tempfile::tempdir().unwrap();

@@ -14,15 +14,36 @@ pub struct PendingEvent {
     pub event: BusEvent,
 }
 
+/// Outbox rows read for the relay: the events, and the rows that are no event.
+#[derive(Debug, Default)]
+pub struct PendingRows {
+    pub events: Vec<PendingEvent>,
+    /// Rows whose payload is not JSON (a bug, or a hand-edited database): each stays pending
+    /// and is reported, and the rows behind it still go out.
+    pub unreadable: Vec<UnreadableEvent>,
+}
+
+/// An outbox row that is no event.
+#[derive(Debug)]
+pub struct UnreadableEvent {
+    pub event_id: String,
+    pub error: serde_json::Error,
+}
+
 impl Store {
-    /// Up to `limit` events not yet published, oldest first.
-    pub async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvent>, StoreError> {
+    /// Up to `limit` rows not yet published, oldest first, after skipping the first `skip`
+    /// (the relay skips the unreadable rows it has met already).
+    pub async fn pending_events(
+        &self,
+        limit: usize,
+        skip: usize,
+    ) -> Result<PendingRows, StoreError> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT event_id, streamer_twitch_id, kind, payload FROM event_outbox
-                 WHERE published_at IS NULL ORDER BY created_at, event_id LIMIT ?1",
+                 WHERE published_at IS NULL ORDER BY created_at, event_id LIMIT ?1 OFFSET ?2",
             )?;
-            let rows = statement.query_map([limit as i64], |r| {
+            let rows = statement.query_map([limit as i64, skip as i64], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -30,20 +51,13 @@ impl Store {
                     r.get::<_, String>(3)?,
                 ))
             })?;
-            let mut pending = Vec::new();
+            let mut pending = PendingRows::default();
             for row in rows {
                 let (event_id, streamer_id, kind, payload) = row?;
-                // A row that no longer parses is a bug; it stays pending and is logged by the
-                // relay rather than dropped silently.
-                let event =
-                    BusEvent::recorded(&event_id, &streamer_id, &kind, payload).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            3,
-                            rusqlite::types::Type::Text,
-                            e.into(),
-                        )
-                    })?;
-                pending.push(PendingEvent { event_id, event });
+                match BusEvent::recorded(&event_id, &streamer_id, &kind, payload) {
+                    Ok(event) => pending.events.push(PendingEvent { event_id, event }),
+                    Err(error) => pending.unreadable.push(UnreadableEvent { event_id, error }),
+                }
             }
             Ok(pending)
         })
