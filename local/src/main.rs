@@ -44,7 +44,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("avatar-local: {e}");
+            eprintln!("avatar-local: {}", shared::telemetry::error_chain(&e));
             ExitCode::from(2)
         }
     }

@@ -25,13 +25,13 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
-    #[error("coordination could not be set up: {0}")]
+    #[error("coordination could not be set up")]
     Coordination(#[from] CoordinationError),
-    #[error("the store could not be opened: {0}")]
+    #[error("the store could not be opened")]
     Store(#[from] StoreError),
-    #[error("could not listen on {0}: {1}")]
+    #[error("could not listen on {0}")]
     Listen(String, #[source] std::io::Error),
 }
 
@@ -200,7 +200,7 @@ impl App {
                 _ = &mut shutdown => return,
                 _ = ticks.tick() => {
                     if let Err(e) = self.coordinator.heartbeat(&self.instance_id).await {
-                        tracing::warn!(error = %e, "heartbeat failed");
+                        tracing::warn!(error = %crate::telemetry::error_chain(&e), "heartbeat failed");
                     }
                 }
             }

@@ -193,7 +193,7 @@ async fn a_full_disk_fails_the_affected_writes_and_the_writer_recovers() {
     // Assert: both failed with an error, nothing of them was written, and the writer goes on.
     let full = full.unwrap_err();
     assert!(full.to_string().contains("full"), "{full}");
-    assert!(matches!(panicked, Err(StoreError::Panicked(ref m)) if m.contains("a bug")));
+    assert!(matches!(panicked, Err(StoreError::Panicked(ref m)) if m.0.contains("a bug")));
     store
         .write(|conn| conn.query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(())))
         .await

@@ -49,7 +49,7 @@ pub fn event_dedupe_key(event_id: &str) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinationError {
-    #[error("redis at {server} did not answer: {source}")]
+    #[error("redis at {server} did not answer")]
     Redis {
         server: String,
         #[source]

@@ -301,7 +301,7 @@ impl Poller {
             .report_poll_figures(&self.parts.instance_id, &json)
             .await
         {
-            tracing::debug!(error = %e, "poller figures not reported");
+            tracing::debug!(error = %crate::telemetry::error_chain(&e), "poller figures not reported");
         }
     }
 

@@ -134,7 +134,7 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
     tracing::trace!(streamer = %streamer, fence = lock.fence, "poll lock taken");
     let result = poll_holding_lock(cx, streamer, &lock).await;
     if let Err(e) = parts.coordinator.release(&lock).await {
-        tracing::debug!(error = %e, "the poll lock was not released; it expires by itself");
+        tracing::debug!(error = %crate::telemetry::error_chain(&e), "the poll lock was not released; it expires by itself");
     }
     match result {
         Ok(outcome) => {

@@ -24,15 +24,44 @@ use crate::config::{JournalMode, SqliteConfig};
 use crate::coordination::Coordinator;
 use writer::{Lease, WriterHandle, WriterOptions};
 
+/// Why the writer lease could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LeaseFailure {
+    #[error("another instance held it for more than {0:?}")]
+    HeldElsewhere(std::time::Duration),
+    #[error("Redis could not be asked")]
+    Coordination(#[source] Arc<crate::coordination::CoordinationError>),
+    #[error("the process is shutting down")]
+    ShuttingDown,
+    #[error("the lease's fencing token stayed below the database's")]
+    FenceBehind,
+}
+
+/// What a panicking write said.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PanicMessage(pub String);
+
+/// Why a read did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadInterruption {
+    #[error("the read pool is closed")]
+    PoolClosed(#[source] tokio::sync::AcquireError),
+    #[error("the read panicked")]
+    Panicked,
+    #[error("the read's thread was lost")]
+    Join(#[source] tokio::task::JoinError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("could not open the database at {path}: {source}")]
+    #[error("could not open the database at {path}")]
     Open {
         path: String,
         #[source]
         source: rusqlite::Error,
     },
-    #[error("could not create the database file {path}: {source}")]
+    #[error("could not create the database file {path}")]
     CreateFile {
         path: String,
         #[source]
@@ -40,32 +69,32 @@ pub enum StoreError {
     },
     #[error("the database refused journal_mode={wanted} (it is {got})")]
     JournalMode { wanted: &'static str, got: String },
-    #[error("migration {version} failed: {source}")]
+    #[error("migration {version} failed")]
     Migration {
         version: u32,
         #[source]
         source: rusqlite::Error,
     },
     /// The caller's own write failed; it was rolled back alone and nothing of it was written.
-    #[error("the write was refused by the database: {0}")]
+    #[error("the write was refused by the database")]
     Write(#[source] rusqlite::Error),
     /// The whole batch was rolled back (e.g. the disk is full); nothing of it was written.
-    #[error("the write could not be committed: {0}")]
+    #[error("the write could not be committed")]
     Commit(#[source] Arc<rusqlite::Error>),
     #[error("the database stayed locked by another writer; the write was not applied")]
     Busy,
-    #[error("the writer lease locks:sqlite:writer could not be taken: {0}")]
-    Lease(String),
+    #[error("the writer lease locks:sqlite:writer could not be taken")]
+    Lease(#[source] LeaseFailure),
     #[error("the writer has stopped")]
     WriterStopped,
-    #[error("the write panicked and was rolled back: {0}")]
-    Panicked(String),
-    #[error("could not start the writer thread: {0}")]
-    Thread(String),
-    #[error("the read failed: {0}")]
+    #[error("the write panicked and was rolled back")]
+    Panicked(#[source] PanicMessage),
+    #[error("could not start the writer thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the read failed")]
     Read(#[source] rusqlite::Error),
-    #[error("the read was interrupted: {0}")]
-    ReadInterrupted(String),
+    #[error("the read was interrupted")]
+    ReadInterrupted(#[source] ReadInterruption),
 }
 
 /// The store. Cheap to clone.
@@ -200,7 +229,7 @@ impl ReadPool {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| StoreError::ReadInterrupted(e.to_string()))?;
+            .map_err(|e| StoreError::ReadInterrupted(ReadInterruption::PoolClosed(e)))?;
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -209,7 +238,7 @@ impl ReadPool {
             let result =
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&conn))) {
                     Ok(result) => result.map_err(StoreError::Read),
-                    Err(_) => Err(StoreError::ReadInterrupted("the read panicked".into())),
+                    Err(_) => Err(StoreError::ReadInterrupted(ReadInterruption::Panicked)),
                 };
             pool.idle
                 .lock()
@@ -218,6 +247,6 @@ impl ReadPool {
             result
         })
         .await
-        .map_err(|e| StoreError::ReadInterrupted(e.to_string()))?
+        .map_err(|e| StoreError::ReadInterrupted(ReadInterruption::Join(e)))?
     }
 }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
 use super::schema::MIGRATIONS;
+use super::{LeaseFailure, PanicMessage, StoreError};
 use crate::config::JournalMode;
 use crate::coordination::{Coordinator, Lock};
 
@@ -65,7 +65,7 @@ where
         let outcome = match catch_unwind(AssertUnwindSafe(|| write(conn))) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError::Write(e)),
-            Err(panic) => Err(StoreError::Panicked(panic_message(&panic))),
+            Err(panic) => Err(StoreError::Panicked(PanicMessage(panic_message(&panic)))),
         };
         let succeeded = outcome.is_ok();
         let reply: Reply = Box::new(move |batch| {
@@ -90,7 +90,7 @@ where
 pub(crate) enum BatchFailure {
     Commit(Arc<rusqlite::Error>),
     Busy,
-    Lease(String),
+    Lease(LeaseFailure),
 }
 
 impl From<BatchFailure> for StoreError {
@@ -215,7 +215,7 @@ pub(crate) async fn start(
             writer.serve(receiver);
             writer.stats.alive.store(false, Ordering::Relaxed);
         })
-        .map_err(|e| StoreError::Thread(e.to_string()))?;
+        .map_err(StoreError::Thread)?;
     let journal_mode = ready_rx.await.unwrap_or(Err(StoreError::WriterStopped))?;
     Ok((WriterHandle { sender, stats }, journal_mode))
 }
@@ -269,7 +269,7 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
         {
             tracing::warn!(
                 file = %file.display(),
-                error = %e,
+                error = %crate::telemetry::error_chain(&e),
                 "could not make the database file private (0600)"
             );
         }
@@ -498,9 +498,7 @@ impl Writer {
                 }
             }
         }
-        Err(BatchFailure::Lease(
-            "the lease's fencing token stayed below the database's".into(),
-        ))
+        Err(BatchFailure::Lease(LeaseFailure::FenceBehind))
     }
 
     /// `Ok(None)` when `fence` is current (and is now recorded), `Ok(Some(stored))` when stale.
@@ -586,13 +584,9 @@ impl Writer {
                 self.held = Some(lock);
                 Ok(Some(fence))
             }
-            Some(Ok(None)) => Err(BatchFailure::Lease(format!(
-                "another instance held it for more than {LEASE_WAIT:?}"
-            ))),
-            Some(Err(e)) => Err(BatchFailure::Lease(e.to_string())),
-            None => Err(BatchFailure::Lease(
-                "the process is shutting down".to_owned(),
-            )),
+            Some(Ok(None)) => Err(BatchFailure::Lease(LeaseFailure::HeldElsewhere(LEASE_WAIT))),
+            Some(Err(e)) => Err(BatchFailure::Lease(LeaseFailure::Coordination(Arc::new(e)))),
+            None => Err(BatchFailure::Lease(LeaseFailure::ShuttingDown)),
         }
     }
 
@@ -608,7 +602,7 @@ impl Writer {
                 })
             }
         {
-            tracing::warn!(error = %e, "could not raise the writer lease's fencing counter");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "could not raise the writer lease's fencing counter");
         }
     }
 
@@ -626,7 +620,7 @@ impl Writer {
             }
         {
             // It expires by itself within LEASE_TTL.
-            tracing::warn!(error = %e, "could not release the writer lease");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "could not release the writer lease");
         }
     }
 }

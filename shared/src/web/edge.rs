@@ -114,7 +114,7 @@ async fn on_accept_error(error: io::Error) {
     ) {
         return;
     }
-    tracing::warn!(error = %error, "accepting a connection failed; pausing briefly");
+    tracing::warn!(error = %crate::telemetry::error_chain(&error), "accepting a connection failed; pausing briefly");
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
 }
 
@@ -281,7 +281,7 @@ impl Connection {
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectionEnd {
-    #[error("HTTP error: {0}")]
+    #[error("HTTP error")]
     Http(#[source] hyper::Error),
     #[error("timed out {0}")]
     TimedOut(Phase),
@@ -502,7 +502,7 @@ fn body_timeout_response(headers: SecurityHeaders) -> Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
-    #[error("reading the request body failed: {0}")]
+    #[error("reading the request body failed")]
     Read(#[source] hyper::Error),
     #[error("the request body did not arrive within {0:?}")]
     TimedOut(Duration),

@@ -395,7 +395,7 @@ async fn measure(app: &App) -> Probe {
             _ => match app.coordinator.heartbeat(&app.instance_id).await {
                 Ok(count) => Some(count),
                 Err(e) => {
-                    tracing::warn!(error = %e, "health: counting live instances failed");
+                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "health: counting live instances failed");
                     None
                 }
             },
@@ -451,11 +451,11 @@ async fn check_redis(app: &App) -> Option<RedisCheck> {
         Err(e) => {
             if app.config.redis.required {
                 tracing::error!(
-                    error = %e,
+                    error = %crate::telemetry::error_chain(&e),
                     "Redis is down and REDIS_REQUIRED=true: refusing work that needs it (503)"
                 );
             } else {
-                tracing::warn!(error = %e, "Redis is down: running degraded");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "Redis is down: running degraded");
             }
             RedisCheck {
                 latency: None,
