@@ -168,7 +168,7 @@ async fn link(store: &Store, i: usize) {
         .expect("user");
     store
         .connect_donationalerts(DonationAlertsConnection {
-            streamer_twitch_id: id,
+            streamer_twitch_id: TwitchUserId::parse(&id).expect("an id"),
             da_user_id: 600_000 + i as i64,
             da_name: None,
             access_token_sealed: vec![0],

@@ -15,6 +15,11 @@ use shared::store::donationalerts::{
 
 use crate::bus::stream_entries;
 
+/// `text` as a Twitch user id (the tests' ids are well formed).
+fn user_id(text: &str) -> shared::domain::TwitchUserId {
+    shared::domain::TwitchUserId::parse(text).expect("a Twitch user id")
+}
+
 const STREAMER: &str = "141981764";
 const DA_USER: i64 = 7_130_000;
 
@@ -50,7 +55,7 @@ fn connection(
     initial_cursor: Option<i64>,
 ) -> DonationAlertsConnection {
     DonationAlertsConnection {
-        streamer_twitch_id: streamer.into(),
+        streamer_twitch_id: user_id(streamer),
         da_user_id,
         da_name: Some("Demo Streamer".into()),
         access_token_sealed: vec![1, 2, 3],
@@ -153,7 +158,7 @@ async fn a_poll_records_new_donations_with_one_event_each_and_moves_the_cursor()
     assert_eq!(count(dir.path(), "SELECT count(*) FROM donations"), 4);
     assert_eq!(count(dir.path(), "SELECT count(*) FROM event_outbox"), 4);
     assert_eq!(cursor(dir.path()), (Some(13), 2));
-    let recent = store.recent_donations(STREAMER.into(), 2).await.unwrap();
+    let recent = store.recent_donations(&user_id(STREAMER), 2).await.unwrap();
     assert_eq!(
         recent.iter().map(|d| d.da_donation_id).collect::<Vec<_>>(),
         [13, 12]
@@ -235,7 +240,7 @@ async fn a_partial_poll_keeps_the_cursor_until_a_poll_reaches_it() {
         .await
         .unwrap();
     let after_first = cursor(dir.path());
-    let resume = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+    let resume = store.poll_state(&user_id(STREAMER)).await.unwrap().unwrap();
     let second = store.record_poll(poll(2, ids(1..=15))).await.unwrap();
 
     // Assert: the first poll's donations went out at once, the cursor waited for the walk
@@ -255,7 +260,7 @@ async fn a_partial_poll_keeps_the_cursor_until_a_poll_reaches_it() {
         }
     );
     assert_eq!(cursor(dir.path()), (Some(30), 2));
-    let done = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+    let done = store.poll_state(&user_id(STREAMER)).await.unwrap().unwrap();
     assert_eq!(done.resume_link, None);
     assert_eq!(count(dir.path(), "SELECT count(*) FROM event_outbox"), 30);
 }
@@ -276,12 +281,12 @@ async fn linking_another_account_forgets_where_a_partial_poll_stopped() {
         .connect_donationalerts(connection(STREAMER, DA_USER, Some(99)))
         .await
         .unwrap();
-    let kept = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+    let kept = store.poll_state(&user_id(STREAMER)).await.unwrap().unwrap();
     store
         .connect_donationalerts(connection(STREAMER, DA_USER + 1, Some(7)))
         .await
         .unwrap();
-    let other = store.poll_state(STREAMER.into()).await.unwrap().unwrap();
+    let other = store.poll_state(&user_id(STREAMER)).await.unwrap().unwrap();
 
     // Assert: reconnecting the same account goes on; another account starts afresh
     assert_eq!(same, Connected::Linked);
@@ -315,7 +320,7 @@ async fn one_donationalerts_account_links_to_one_streamer_and_disconnecting_stop
     let cursor_after_reconnect = cursor(dir.path()).0;
     let targets = store.poll_targets().await.unwrap();
     let forgot = store
-        .disconnect_donationalerts(STREAMER.into())
+        .disconnect_donationalerts(&user_id(STREAMER))
         .await
         .unwrap();
 
@@ -328,7 +333,7 @@ async fn one_donationalerts_account_links_to_one_streamer_and_disconnecting_stop
         "reconnecting keeps the cursor"
     );
     assert_eq!(targets.len(), 1);
-    assert_eq!(targets[0].streamer_twitch_id, STREAMER);
+    assert_eq!(targets[0].streamer_twitch_id.as_str(), STREAMER);
     assert!(targets[0].last_donation_at.is_some());
     assert!(forgot);
     assert!(store.poll_targets().await.unwrap().is_empty());

@@ -11,6 +11,11 @@ use crate::login::{
     binding_cookie, callback_with_cookies, hand_login_until_consent, session_cookie,
 };
 
+/// `text` as a Twitch user id (the tests' ids are well formed).
+fn user_id(text: &str) -> shared::domain::TwitchUserId {
+    shared::domain::TwitchUserId::parse(text).expect("a Twitch user id")
+}
+
 /// Every key of the Redis database (a small test database: KEYS is fine here).
 async fn redis_keys(redis: &RedisServer) -> Vec<String> {
     let mut conn = redis.connection().await;
@@ -152,14 +157,20 @@ async fn a_sealed_token_moved_to_another_users_row_does_not_open() {
     app.app
         .store
         .record_twitch_login(TwitchLogin {
-            twitch_user_id: other.into(),
+            twitch_user_id: user_id(other),
             login: "other".into(),
             display_name: "Other".into(),
             profile_image_url: None,
-            access_token_sealed: seal_token(cipher, other, "twitch", TokenKind::Access, "a2"),
+            access_token_sealed: seal_token(
+                cipher,
+                &user_id(other),
+                "twitch",
+                TokenKind::Access,
+                "a2",
+            ),
             refresh_token_sealed: Some(seal_token(
                 cipher,
-                other,
+                &user_id(other),
                 "twitch",
                 TokenKind::Refresh,
                 "r2",
@@ -175,7 +186,7 @@ async fn a_sealed_token_moved_to_another_users_row_does_not_open() {
     let own = app
         .app
         .store
-        .twitch_tokens(other.into())
+        .twitch_tokens(&user_id(other))
         .await
         .unwrap()
         .unwrap();
@@ -202,7 +213,7 @@ async fn a_sealed_token_moved_to_another_users_row_does_not_open() {
     let stolen = app
         .app
         .store
-        .twitch_tokens(other.into())
+        .twitch_tokens(&user_id(other))
         .await
         .unwrap()
         .unwrap();

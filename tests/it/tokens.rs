@@ -12,6 +12,11 @@ use shared::store::accounts::{TokenKind, seal_token};
 use shared::store::donationalerts::DonationAlertsConnection;
 use shared::tokens::{self, TokenError};
 
+/// `text` as a Twitch user id (the tests' ids are well formed).
+fn user_id(text: &str) -> shared::domain::TwitchUserId {
+    shared::domain::TwitchUserId::parse(text).expect("a Twitch user id")
+}
+
 const STREAMER: &str = "141981764";
 const SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
 
@@ -49,10 +54,18 @@ async fn setup(instances: usize, expired: bool) -> Setup {
         .await
         .unwrap();
     let issued = fake.issue_tokens(7_130_000, SCOPES);
-    let seal = |kind, token: &str| seal_token(&app.cipher, STREAMER, "donationalerts", kind, token);
+    let seal = |kind, token: &str| {
+        seal_token(
+            &app.cipher,
+            &user_id(STREAMER),
+            "donationalerts",
+            kind,
+            token,
+        )
+    };
     app.store
         .connect_donationalerts(DonationAlertsConnection {
-            streamer_twitch_id: STREAMER.into(),
+            streamer_twitch_id: user_id(STREAMER),
             da_user_id: 7_130_000,
             da_name: Some("Demo Streamer".into()),
             access_token_sealed: seal(TokenKind::Access, &issued.access_token),

@@ -111,7 +111,7 @@ async fn one_run_over_a_thousand_tokens_validates_refreshes_and_ends_the_revoked
             let stored = app
                 .app
                 .store
-                .twitch_tokens(user.id.clone())
+                .twitch_tokens(&shared::domain::TwitchUserId::parse(&user.id).unwrap())
                 .await
                 .unwrap()
                 .unwrap();

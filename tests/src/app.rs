@@ -164,7 +164,7 @@ impl TestApp {
     pub async fn demo_user_tokens(&self) -> shared::store::accounts::StoredTokens {
         self.app
             .store
-            .twitch_tokens(FakeUser::demo().id)
+            .twitch_tokens(&shared::domain::TwitchUserId::parse(&FakeUser::demo().id).unwrap())
             .await
             .expect("store read")
             .expect("the demo user has Twitch tokens")

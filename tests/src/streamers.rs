@@ -27,11 +27,12 @@ pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str
         .expect("user stored");
     fake.add_account(FakeDaUser::numbered(da_id));
     let issued = fake.issue_tokens(da_id, DA_SCOPES);
+    let streamer = shared::domain::TwitchUserId::parse(twitch_id).expect("a Twitch user id");
     let seal =
-        |kind, token: &str| seal_token(&app.cipher, twitch_id, "donationalerts", kind, token);
+        |kind, token: &str| seal_token(&app.cipher, &streamer, "donationalerts", kind, token);
     app.store
         .connect_donationalerts(DonationAlertsConnection {
-            streamer_twitch_id: twitch_id.to_owned(),
+            streamer_twitch_id: streamer.clone(),
             da_user_id: da_id,
             da_name: None,
             access_token_sealed: seal(TokenKind::Access, &issued.access_token),

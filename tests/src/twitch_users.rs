@@ -41,7 +41,8 @@ pub async fn seed_twitch_users(
     let rows: Vec<(String, Vec<u8>, Vec<u8>)> = users
         .iter()
         .map(|user| {
-            let seal = |kind, token: &str| seal_token(&app.cipher, &user.id, "twitch", kind, token);
+            let id = shared::domain::TwitchUserId::parse(&user.id).expect("a Twitch user id");
+            let seal = |kind, token: &str| seal_token(&app.cipher, &id, "twitch", kind, token);
             (
                 user.id.clone(),
                 seal(TokenKind::Access, &user.tokens.access_token),

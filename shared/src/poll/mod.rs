@@ -312,10 +312,7 @@ impl Poller {
                 let mut schedule = self.schedule();
                 let ids: Vec<(TwitchUserId, Option<i64>)> = targets
                     .into_iter()
-                    .filter_map(|t| {
-                        TwitchUserId::parse(&t.streamer_twitch_id)
-                            .map(|id| (id, t.last_donation_at))
-                    })
+                    .map(|t| (t.streamer_twitch_id, t.last_donation_at))
                     .collect();
                 schedule.sync(ids.iter().map(|(id, _)| id.clone()), now);
                 for (id, last) in &ids {

@@ -208,7 +208,7 @@ async fn poll_holding_lock(
     lock: &Lock,
 ) -> Result<PollOutcome, PollError> {
     let (parts, client, stats) = (&*cx.parts, &*cx.parts.client, &*cx.parts.stats);
-    let Some(state) = parts.store.poll_state(streamer.as_str().to_owned()).await? else {
+    let Some(state) = parts.store.poll_state(streamer).await? else {
         return Ok(PollOutcome::NeedsReauth);
     };
     if state

@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError};
 use crate::crypto::{CryptoError, TokenCipher};
-use crate::domain::now_ms;
+use crate::domain::{TwitchUserId, now_ms};
 use crate::secret::Secret;
 
 /// Which of a provider's tokens a sealed value is.
@@ -32,12 +32,15 @@ pub fn token_context(twitch_user_id: &str, provider: &str, kind: TokenKind) -> S
 /// Seals a token for the row of `twitch_user_id` and `provider`.
 pub fn seal_token(
     cipher: &TokenCipher,
-    twitch_user_id: &str,
+    twitch_user_id: &TwitchUserId,
     provider: &str,
     kind: TokenKind,
     token: &str,
 ) -> Vec<u8> {
-    cipher.seal(token, &token_context(twitch_user_id, provider, kind))
+    cipher.seal(
+        token,
+        &token_context(twitch_user_id.as_str(), provider, kind),
+    )
 }
 
 /// The `scopes` column (space-separated) as a list.
@@ -52,7 +55,7 @@ fn scopes_from_column(column: Option<String>) -> Vec<String> {
 /// A completed Twitch login, ready to be written: profile, sealed tokens, the new session.
 #[derive(Debug, Clone)]
 pub struct TwitchLogin {
-    pub twitch_user_id: String,
+    pub twitch_user_id: TwitchUserId,
     pub login: String,
     pub display_name: String,
     pub profile_image_url: Option<String>,
@@ -71,7 +74,7 @@ pub struct TwitchLogin {
 /// The user behind a live session, as the pages show them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionUser {
-    pub twitch_user_id: String,
+    pub twitch_user_id: TwitchUserId,
     pub login: String,
     pub display_name: String,
     pub profile_image_url: Option<String>,
@@ -84,7 +87,7 @@ pub struct SessionUser {
 /// A stored token pair, still sealed, with the row it was read from.
 #[derive(Debug, Clone)]
 pub struct StoredTokens {
-    pub twitch_user_id: String,
+    pub twitch_user_id: TwitchUserId,
     pub provider: &'static str,
     pub access_token_sealed: Vec<u8>,
     pub refresh_token_sealed: Option<Vec<u8>>,
@@ -117,7 +120,7 @@ impl StoredTokens {
     ) -> Result<Secret<String>, CryptoError> {
         cipher.open(
             sealed,
-            &token_context(&self.twitch_user_id, self.provider, kind),
+            &token_context(self.twitch_user_id.as_str(), self.provider, kind),
         )
     }
 }
@@ -216,7 +219,11 @@ impl Store {
     }
 
     /// The login name of a known user.
-    pub async fn user_login(&self, twitch_user_id: String) -> Result<Option<String>, StoreError> {
+    pub async fn user_login(
+        &self,
+        twitch_user_id: &TwitchUserId,
+    ) -> Result<Option<String>, StoreError> {
+        let twitch_user_id = twitch_user_id.clone();
         self.read(move |conn| {
             conn.query_row(
                 "SELECT login FROM users WHERE twitch_user_id = ?1",
@@ -242,8 +249,9 @@ impl Store {
 
     pub async fn twitch_tokens(
         &self,
-        twitch_user_id: String,
+        twitch_user_id: &TwitchUserId,
     ) -> Result<Option<StoredTokens>, StoreError> {
+        let twitch_user_id = twitch_user_id.clone();
         self.read(move |conn| {
             conn.query_row(
                 "SELECT access_token_enc, refresh_token_enc, scopes, expires_at, status
@@ -269,7 +277,11 @@ impl Store {
     /// Twitch disconnect ("forget my accounts"): in one write, deletes the user's Twitch
     /// tokens, their DonationAlerts link and tokens (polling of them stops), and ends every
     /// session of theirs. Profile and recorded donations stay.
-    pub async fn forget_twitch_connection(&self, twitch_user_id: String) -> Result<(), StoreError> {
+    pub async fn forget_twitch_connection(
+        &self,
+        twitch_user_id: &TwitchUserId,
+    ) -> Result<(), StoreError> {
+        let twitch_user_id = twitch_user_id.clone();
         self.write(move |conn| {
             let now = now_ms();
             conn.execute(

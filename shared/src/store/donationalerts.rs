@@ -79,7 +79,7 @@ pub struct RecordedDonation {
 /// A DonationAlerts connection ready to be written: the link and the sealed tokens.
 #[derive(Debug, Clone)]
 pub struct DonationAlertsConnection {
-    pub streamer_twitch_id: String,
+    pub streamer_twitch_id: TwitchUserId,
     pub da_user_id: i64,
     pub da_name: Option<String>,
     pub access_token_sealed: Vec<u8>,
@@ -116,7 +116,7 @@ pub enum Connected {
 /// A streamer the poller visits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollTarget {
-    pub streamer_twitch_id: String,
+    pub streamer_twitch_id: TwitchUserId,
     pub da_user_id: i64,
     /// Unix ms of the newest recorded donation, if any.
     pub last_donation_at: Option<i64>,
@@ -139,7 +139,7 @@ impl Store {
                 .optional()?;
             if holder
                 .as_deref()
-                .is_some_and(|h| h != connection.streamer_twitch_id)
+                .is_some_and(|h| h != connection.streamer_twitch_id.as_str())
             {
                 return Ok(Connected::LinkedToAnotherStreamer);
             }
@@ -193,8 +193,9 @@ impl Store {
     /// `true` when there was something to forget.
     pub async fn disconnect_donationalerts(
         &self,
-        streamer_twitch_id: String,
+        streamer_twitch_id: &TwitchUserId,
     ) -> Result<bool, StoreError> {
+        let streamer_twitch_id = streamer_twitch_id.clone();
         self.write(move |conn| delete_connection(conn, &streamer_twitch_id))
             .await
     }
@@ -202,8 +203,9 @@ impl Store {
     /// The poll state of a linked streamer (`None` when not linked).
     pub async fn poll_state(
         &self,
-        streamer_twitch_id: String,
+        streamer_twitch_id: &TwitchUserId,
     ) -> Result<Option<PollState>, StoreError> {
+        let streamer_twitch_id = streamer_twitch_id.clone();
         self.read(move |conn| {
             conn.query_row(
                 "SELECT da_user_id, poll_cursor, last_polled_at, resume_link
@@ -362,9 +364,10 @@ impl Store {
     /// The newest `limit` donations of a streamer, newest first.
     pub async fn recent_donations(
         &self,
-        streamer_twitch_id: String,
+        streamer_twitch_id: &TwitchUserId,
         limit: usize,
     ) -> Result<Vec<RecordedDonation>, StoreError> {
+        let streamer_twitch_id = streamer_twitch_id.clone();
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT da_donation_id, donor_name, message, amount, currency, created_at
@@ -391,7 +394,7 @@ impl Store {
 /// when there was something to delete. Their recorded donations stay.
 pub(super) fn delete_connection(
     conn: &rusqlite::Connection,
-    streamer_twitch_id: &str,
+    streamer_twitch_id: &TwitchUserId,
 ) -> rusqlite::Result<bool> {
     let tokens = conn.execute(
         "DELETE FROM provider_tokens WHERE twitch_user_id = ?1 AND provider = 'donationalerts'",

@@ -24,6 +24,23 @@ use crate::config::{JournalMode, SqliteConfig};
 use crate::coordination::Coordinator;
 use writer::{Lease, WriterHandle, WriterOptions};
 
+/// A Twitch user id is written and read as the text Twitch issues; a stored id that is not
+/// one fails the read rather than reaching the rest of the program.
+impl rusqlite::ToSql for crate::domain::TwitchUserId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl rusqlite::types::FromSql for crate::domain::TwitchUserId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Self::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other("a stored Twitch user id is malformed".into())
+        })
+    }
+}
+
 /// Why the writer lease could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LeaseFailure {

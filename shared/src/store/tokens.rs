@@ -106,7 +106,10 @@ impl Store {
                 ],
                 |row| {
                     let tokens = stored_tokens_from(row, provider)?;
-                    Ok(((row.get(6)?, tokens.twitch_user_id.clone()), tokens))
+                    Ok((
+                        (row.get(6)?, tokens.twitch_user_id.as_str().to_owned()),
+                        tokens,
+                    ))
                 },
             )?;
             rows.collect()

@@ -215,7 +215,7 @@ fn chat_token_margin(keeper: &TokenKeeper) -> Duration {
 async fn chat_login(keeper: &TokenKeeper, user: &TwitchUserId) -> Result<String, TokenError> {
     keeper
         .store
-        .user_login(user.as_str().to_owned())
+        .user_login(user)
         .await?
         .ok_or(TokenError::UnknownUser)
 }
@@ -565,7 +565,6 @@ fn seal(
     tokens: &TokenSet,
     previous_scopes: &[String],
 ) -> RefreshedTokens {
-    let user = user.as_str();
     let name = provider.as_str();
     RefreshedTokens {
         access_token_sealed: seal_token(

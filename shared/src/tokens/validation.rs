@@ -23,8 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument as _;
 
 use super::{TokenError, TokenKeeper, expiry_from_validation, open_active, refresh};
-use crate::domain::now_ms;
-use crate::domain::{Provider, TwitchUserId};
+use crate::domain::{Provider, now_ms};
 use crate::jobs::ScheduledJob;
 use crate::metrics::ValidationOutcome;
 use crate::providers::twitch::TwitchClient;
@@ -282,9 +281,7 @@ async fn validate_one(
     stop_at: Instant,
     deadline: Deadline,
 ) -> Outcome {
-    let Some(user) = TwitchUserId::parse(&stored.twitch_user_id) else {
-        return Outcome::Error;
-    };
+    let user = stored.twitch_user_id.clone();
     let tokens = match open_active(keeper, Provider::Twitch, &stored) {
         Ok(tokens) => tokens,
         Err(e) => {

@@ -15,8 +15,7 @@ use super::oauth_state::TWITCH_LOGIN;
 use super::session::{self, LOGGED_OUT_COOKIE, NewSession, SESSION_DAYS, logged_out_marker};
 use super::{WebError, cookie, redirect, texts};
 use crate::app::App;
-use crate::domain::Provider;
-use crate::domain::now_ms;
+use crate::domain::{Provider, TwitchUserId, now_ms};
 use crate::providers::ProviderError;
 use crate::store::accounts::{TokenKind, TwitchLogin, seal_token};
 
@@ -255,6 +254,10 @@ async fn finish_twitch_login(
             provider: Provider::Twitch,
             what: "the token has no user",
         })?;
+    let twitch_user_id = TwitchUserId::parse(&user_id).ok_or(WebError::ProviderInconsistent {
+        provider: Provider::Twitch,
+        what: "the token's user id is no Twitch user id",
+    })?;
     let user = timed(provider, twitch.user(access))
         .await
         .map_err(|source| WebError::Provider {
@@ -276,7 +279,7 @@ async fn finish_twitch_login(
     } else {
         tokens.expires_in.map(|d| d.as_secs())
     };
-    let seal = |kind, token: &str| seal_token(&app.cipher, &user.id, "twitch", kind, token);
+    let seal = |kind, token: &str| seal_token(&app.cipher, &twitch_user_id, "twitch", kind, token);
     let login = TwitchLogin {
         access_token_sealed: seal(TokenKind::Access, access),
         refresh_token_sealed: tokens
@@ -290,7 +293,7 @@ async fn finish_twitch_login(
             validation.scopes.clone()
         },
         expires_at: expires_in.map(|s| now + s as i64 * 1000),
-        twitch_user_id: user.id,
+        twitch_user_id,
         login: user.login,
         display_name: user.display_name,
         profile_image_url: user.profile_image_url.filter(|u| is_image_url(u)),
@@ -302,7 +305,7 @@ async fn finish_twitch_login(
     let twitch_user_id = login.twitch_user_id.clone();
     tracing::Span::current().record("twitch_user_id", twitch_user_id.as_str());
     app.store.record_twitch_login(login).await?;
-    tracing::info!(twitch_user_id, "twitch login completed");
+    tracing::info!(twitch_user_id = %twitch_user_id, "twitch login completed");
 
     let cookies = [session.cookie(app), logged_out_marker(app, false)];
     Ok(redirect(app, StatusCode::FOUND, "/success", cookies))

@@ -273,10 +273,7 @@ impl ConnectionStatus {
             .donationalerts_status
             .as_deref()
             .and_then(TokenStatus::parse);
-        let link = app
-            .store
-            .poll_state(current.user.twitch_user_id.clone())
-            .await?;
+        let link = app.store.poll_state(&current.user.twitch_user_id).await?;
         let status = match (status, &link) {
             (Some(TokenStatus::Active), Some(_)) => Some(TokenStatus::Active),
             (Some(TokenStatus::NeedReauth), _) => Some(TokenStatus::NeedReauth),
@@ -317,10 +314,8 @@ pub async fn disconnect(State(app): State<App>, headers: HeaderMap, body: Bytes)
             .await?
             .ok_or(WebError::LoginRequired)?;
         let streamer = current.user.twitch_user_id.clone();
-        app.store
-            .disconnect_donationalerts(streamer.clone())
-            .await?;
-        tracing::info!(twitch_user_id = streamer, "DonationAlerts disconnected");
+        app.store.disconnect_donationalerts(&streamer).await?;
+        tracing::info!(twitch_user_id = %streamer, "DonationAlerts disconnected");
         Ok::<_, WebError>(())
     }
     .await;

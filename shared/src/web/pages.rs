@@ -13,7 +13,7 @@ use super::donationalerts::ConnectionStatus;
 use super::session::{self, CurrentSession};
 use super::{ApiError, Texts, WebError, html, redirect, texts};
 use crate::app::App;
-use crate::domain::{Provider, TwitchUserId};
+use crate::domain::Provider;
 use crate::store::accounts::SessionUser;
 use crate::tokens;
 
@@ -94,7 +94,7 @@ pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
     };
     let donations = match app
         .store
-        .recent_donations(current.user.twitch_user_id.clone(), DASHBOARD_DONATIONS)
+        .recent_donations(&current.user.twitch_user_id, DASHBOARD_DONATIONS)
         .await
     {
         Ok(donations) => donations
@@ -172,7 +172,7 @@ fn status_body(current: Option<&CurrentSession>) -> Response {
     let body = AuthStatus {
         authenticated: current.is_some(),
         user: current.map(|s| StatusUser {
-            twitch_user_id: &s.user.twitch_user_id,
+            twitch_user_id: s.user.twitch_user_id.as_str(),
             login: &s.user.login,
             display_name: &s.user.display_name,
             profile_image_url: s.user.profile_image_url.as_deref(),
@@ -192,7 +192,7 @@ pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
             app.store
                 .revoke_session(crate::crypto::sha256(&current.id))
                 .await?;
-            tracing::info!(twitch_user_id = current.user.twitch_user_id, "logged out");
+            tracing::info!(twitch_user_id = %current.user.twitch_user_id, "logged out");
         }
         Ok::<_, WebError>(())
     }
@@ -219,12 +219,10 @@ pub async fn disconnect_twitch(
             return Ok(());
         };
         let user_id = current.user.twitch_user_id.clone();
-        if let Some(user) = TwitchUserId::parse(&user_id) {
-            tokens::revoke_at_provider(&app.tokens, &user, Provider::Twitch).await;
-        }
-        app.store.forget_twitch_connection(user_id.clone()).await?;
+        tokens::revoke_at_provider(&app.tokens, &user_id, Provider::Twitch).await;
+        app.store.forget_twitch_connection(&user_id).await?;
         tracing::info!(
-            twitch_user_id = user_id,
+            twitch_user_id = %user_id,
             "twitch disconnected, DonationAlerts with it"
         );
         Ok::<_, WebError>(())
