@@ -218,11 +218,12 @@ async fn lock_round_trips() -> Vec<Row> {
 
         let started = Instant::now();
         let lock = coordinator
+            .locks()
             .try_lock("locks:bench", Duration::from_millis(4500))
             .await
             .expect("lock")
             .expect("free");
-        coordinator.release(&lock).await.expect("release");
+        coordinator.locks().release(&lock).await.expect("release");
         if round >= 200 {
             pings.push(ping_time);
             locks.push(started.elapsed());

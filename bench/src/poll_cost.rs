@@ -245,7 +245,9 @@ pub async fn throughput_rows() -> Vec<Row> {
                 .record_poll(poll(i, 1, k + 1..k + 2))
                 .await
                 .expect("record");
-            relay_pending(&store, &coordinator).await.expect("relay");
+            relay_pending(&store, &coordinator.bus())
+                .await
+                .expect("relay");
         }
     }
     let single = started.elapsed();
@@ -280,7 +282,7 @@ pub async fn throughput_rows() -> Vec<Row> {
         tokio::spawn(async move {
             let mut published = 0;
             while published < DONATIONS as usize {
-                published += relay_pending(&store, &coordinator)
+                published += relay_pending(&store, &coordinator.bus())
                     .await
                     .expect("relay")
                     .published();

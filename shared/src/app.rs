@@ -141,7 +141,8 @@ impl App {
         let cipher = Arc::new(TokenCipher::new(&keys));
         let tokens = TokenKeeper::new(KeeperParts {
             store: store.clone(),
-            coordinator: coordinator.clone(),
+            locks: coordinator.locks(),
+            bus: coordinator.bus(),
             cipher: cipher.clone(),
             twitch: twitch.clone(),
             donationalerts: donationalerts.clone(),
@@ -174,7 +175,10 @@ impl App {
     pub fn poll_parts(&self) -> Option<PollParts> {
         Some(PollParts {
             store: self.store.clone(),
-            coordinator: self.coordinator.clone(),
+            locks: self.coordinator.locks(),
+            budget: self.coordinator.budget(),
+            bus: self.coordinator.bus(),
+            presence: self.coordinator.presence(),
             tokens: self.tokens.clone(),
             client: self.donationalerts.clone()?,
             twitch: self.twitch.clone(),
@@ -199,7 +203,7 @@ impl App {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = ticks.tick() => {
-                    if let Err(e) = self.coordinator.heartbeat(&self.instance_id).await {
+                    if let Err(e) = self.coordinator.presence().heartbeat(&self.instance_id).await {
                         tracing::warn!(error = %crate::telemetry::error_chain(&e), "heartbeat failed");
                     }
                 }

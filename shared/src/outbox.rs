@@ -7,7 +7,7 @@
 //! once. While Redis is down the events wait in SQLite and go out on the next run after it
 //! returns.
 
-use crate::coordination::{CoordinationError, Coordinator, Published};
+use crate::coordination::{CoordinationError, EventBus, Published};
 use crate::store::{Store, StoreError};
 
 /// Events read from the outbox per round.
@@ -42,10 +42,7 @@ impl RelayReport {
 /// a failure are marked published; the one that failed and those after it stay pending. A
 /// row that is no event is logged and skipped: it stays pending and blocks nothing behind it.
 #[tracing::instrument(name = "outbox.relay", skip_all)]
-pub async fn relay_pending(
-    store: &Store,
-    coordinator: &Coordinator,
-) -> Result<RelayReport, RelayError> {
+pub async fn relay_pending(store: &Store, bus: &EventBus) -> Result<RelayReport, RelayError> {
     let mut report = RelayReport::default();
     loop {
         let pending = store.pending_events(RELAY_BATCH, report.unreadable).await?;
@@ -61,7 +58,7 @@ pub async fn relay_pending(
         let mut done = Vec::with_capacity(pending.events.len());
         let mut failure = None;
         for item in pending.events {
-            match coordinator.publish(&item.event).await {
+            match bus.publish(&item.event).await {
                 Ok(Published::Appended) => report.appended += 1,
                 Ok(Published::Duplicate) => report.duplicates += 1,
                 Err(e) => {

@@ -44,8 +44,8 @@ async fn the_same_event_published_twice_is_in_the_stream_once_with_the_contract_
     let event = sample_donation_event(30530030);
 
     // Act
-    let first = coordinator.publish(&event).await.unwrap();
-    let second = coordinator.publish(&event).await.unwrap();
+    let first = coordinator.bus().publish(&event).await.unwrap();
+    let second = coordinator.bus().publish(&event).await.unwrap();
 
     // Assert
     assert_eq!(first, Published::Appended);
@@ -77,13 +77,13 @@ async fn an_event_the_stream_refused_is_appended_when_published_again() {
         .unwrap();
 
     // Act
-    let refused = coordinator.publish(&event).await;
+    let refused = coordinator.bus().publish(&event).await;
     let _: () = redis::cmd("DEL")
         .arg(EVENT_STREAM)
         .query_async(&mut conn)
         .await
         .unwrap();
-    let retried = coordinator.publish(&event).await.unwrap();
+    let retried = coordinator.bus().publish(&event).await.unwrap();
 
     // Assert: the failed attempt left no dedupe marker behind
     assert!(refused.is_err(), "{refused:?}");
@@ -144,14 +144,17 @@ async fn the_broadcast_envelope_matches_the_node_apps_format() {
 
     // Act
     coordinator
+        .bus()
         .publish(&sample_donation_event(5))
         .await
         .unwrap();
     coordinator
+        .bus()
         .publish(&sample_donation_event(5))
         .await
         .unwrap();
     coordinator
+        .bus()
         .publish(&sample_donation_event(6))
         .await
         .unwrap();

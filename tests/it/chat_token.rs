@@ -585,6 +585,7 @@ async fn a_report_is_502_or_504_when_twitch_fails_and_503_while_another_refresh_
     let lock = app
         .app
         .coordinator
+        .locks()
         .try_lock(
             &format!("locks:tokens:twitch:{}", demo_id()),
             Duration::from_secs(60),
@@ -596,7 +597,7 @@ async fn a_report_is_502_or_504_when_twitch_fails_and_503_while_another_refresh_
     assert_eq!(busy.status(), 503);
     assert_eq!(busy.headers()["retry-after"], "1");
     assert_eq!(json(busy).await["error"], "refresh_busy");
-    app.app.coordinator.release(&lock).await.unwrap();
+    app.app.coordinator.locks().release(&lock).await.unwrap();
 
     // Once Twitch works again, the same report gets a fresh token.
     let fresh = handed_token(report().await).await.expect("a fresh token");

@@ -374,6 +374,7 @@ async fn with_the_shared_budget_spent_the_callback_asks_donationalerts_nothing_a
     let spent = app
         .app
         .coordinator
+        .budget()
         .rate_limit("ratelimit:donationalerts", &RateLimit::per_minute(1))
         .await
         .unwrap();

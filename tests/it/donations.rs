@@ -373,8 +373,8 @@ async fn an_outbox_row_that_is_no_event_stays_pending_and_blocks_none_behind_it(
         .unwrap();
 
     // Act
-    let first = relay_pending(&store, &coordinator).await.unwrap();
-    let second = relay_pending(&store, &coordinator).await.unwrap();
+    let first = relay_pending(&store, &coordinator.bus()).await.unwrap();
+    let second = relay_pending(&store, &coordinator.bus()).await.unwrap();
 
     // Assert
     assert_eq!(first.appended as i64, good, "{first:?}");
@@ -405,10 +405,10 @@ async fn events_the_bus_could_not_take_are_published_once_when_redis_returns() {
     redis.kill();
 
     // Act
-    let while_down = relay_pending(&store, &coordinator).await;
+    let while_down = relay_pending(&store, &coordinator.bus()).await;
     redis.restart();
-    let first = relay_pending(&store, &coordinator).await.unwrap();
-    let second = relay_pending(&store, &coordinator).await.unwrap();
+    let first = relay_pending(&store, &coordinator.bus()).await.unwrap();
+    let second = relay_pending(&store, &coordinator.bus()).await.unwrap();
 
     // Assert
     assert!(
@@ -450,9 +450,10 @@ async fn two_relays_over_the_same_rows_append_each_event_once() {
     let other = redis_coordinator(&[redis.url()]);
 
     // Act
+    let (bus, other_bus) = (coordinator.bus(), other.bus());
     let (a, b) = tokio::join!(
-        relay_pending(&store, &coordinator),
-        relay_pending(&store, &other)
+        relay_pending(&store, &bus),
+        relay_pending(&store, &other_bus)
     );
 
     // Assert
@@ -483,7 +484,7 @@ async fn unusual_donations_reach_the_stream_unchanged() {
         .unwrap();
 
     // Act
-    relay_pending(&store, &coordinator).await.unwrap();
+    relay_pending(&store, &coordinator.bus()).await.unwrap();
 
     // Assert
     let entries = stream_entries(&redis).await;

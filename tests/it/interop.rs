@@ -60,6 +60,7 @@ async fn a_lock_held_by_node_redlock_blocks_this_project_until_node_releases_it(
 
     // Act + Assert: this project cannot take it.
     let refused = coordinator
+        .locks()
         .try_lock(RESOURCE, Duration::from_millis(4500))
         .await
         .unwrap();
@@ -74,13 +75,14 @@ async fn a_lock_held_by_node_redlock_blocks_this_project_until_node_releases_it(
     node.send_line("release");
     assert_eq!(json_line(&node)["released"], true);
     let ours = coordinator
+        .locks()
         .try_lock(RESOURCE, Duration::from_millis(4500))
         .await
         .unwrap()
         .expect("free after Node released it");
     assert!(is_redlock_value(&ours.value));
     assert_eq!(redis.get(RESOURCE).await, Some(ours.value.clone()));
-    assert!(coordinator.release(&ours).await.unwrap());
+    assert!(coordinator.locks().release(&ours).await.unwrap());
 }
 
 #[tokio::test]
@@ -89,6 +91,7 @@ async fn a_lock_held_by_this_project_blocks_node_redlock_until_released() {
     let redis = RedisServer::start();
     let coordinator = redis_coordinator(&[redis.url()]);
     let ours = coordinator
+        .locks()
         .try_lock(RESOURCE, Duration::from_millis(4500))
         .await
         .unwrap()
@@ -101,7 +104,7 @@ async fn a_lock_held_by_this_project_blocks_node_redlock_until_released() {
 
     // Node releasing with its own value (it does so after a failed attempt) did not delete
     // ours; once we release, Node gets the lock.
-    assert!(coordinator.release(&ours).await.unwrap());
+    assert!(coordinator.locks().release(&ours).await.unwrap());
     let attempt = json_line(&node_cli(&redis, "try", 4500));
     assert_eq!(attempt["acquired"], true, "{attempt}");
     assert!(is_redlock_value(attempt["value"].as_str().unwrap()));

@@ -57,6 +57,7 @@ async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() 
 
     // Act
     let first = coordinator
+        .locks()
         .try_lock("locks:donationalerts:42", Duration::from_millis(300))
         .await
         .unwrap()
@@ -83,6 +84,7 @@ async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() 
     assert!(first.remaining() <= Duration::from_millis(300 - 5));
 
     let refused = coordinator
+        .locks()
         .try_lock("locks:donationalerts:42", Duration::from_millis(300))
         .await
         .unwrap();
@@ -93,6 +95,7 @@ async fn a_lock_uses_the_node_redlock_key_and_value_and_expires_after_its_ttl() 
     })
     .await;
     let second = coordinator
+        .locks()
         .try_lock("locks:donationalerts:42", Duration::from_secs(5))
         .await
         .unwrap()
@@ -106,6 +109,7 @@ async fn only_the_holder_can_extend_or_release() {
     let redis = RedisServer::start();
     let coordinator = redis_coordinator(&[redis.url()]);
     let held = coordinator
+        .locks()
         .try_lock("locks:test:owner", Duration::from_millis(1000))
         .await
         .unwrap()
@@ -116,9 +120,10 @@ async fn only_the_holder_can_extend_or_release() {
     };
 
     // Act + Assert: the impostor can do nothing.
-    assert!(!coordinator.release(&impostor).await.unwrap());
+    assert!(!coordinator.locks().release(&impostor).await.unwrap());
     assert!(
         coordinator
+            .locks()
             .extend(&impostor, Duration::from_secs(60))
             .await
             .unwrap()
@@ -132,16 +137,17 @@ async fn only_the_holder_can_extend_or_release() {
 
     // The holder extends (TTL set anew from now) and releases.
     let extended = coordinator
+        .locks()
         .extend(&held, Duration::from_secs(60))
         .await
         .unwrap()
         .expect("holder extends");
     assert!(redis.pttl("locks:test:owner").await > 50_000);
     assert!(extended.remaining() > Duration::from_secs(50));
-    assert!(coordinator.release(&extended).await.unwrap());
+    assert!(coordinator.locks().release(&extended).await.unwrap());
     assert_eq!(redis.get("locks:test:owner").await, None);
     assert!(
-        !coordinator.release(&extended).await.unwrap(),
+        !coordinator.locks().release(&extended).await.unwrap(),
         "released twice"
     );
 }
@@ -160,6 +166,7 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
 
     // Act: one of three down.
     let lock = coordinator
+        .locks()
         .try_lock("locks:test:quorum", Duration::from_secs(5))
         .await
         .unwrap()
@@ -173,12 +180,14 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
         );
     }
     let second = coordinator
+        .locks()
         .try_lock("locks:test:quorum", Duration::from_secs(5))
         .await
         .unwrap();
     assert!(second.is_none(), "held on a quorum: nobody else gets it");
-    assert!(coordinator.release(&lock).await.unwrap());
+    assert!(coordinator.locks().release(&lock).await.unwrap());
     let next = coordinator
+        .locks()
         .try_lock("locks:test:quorum", Duration::from_secs(5))
         .await
         .unwrap()
@@ -187,11 +196,12 @@ async fn a_quorum_of_three_survives_one_server_down_and_refuses_cleanly_with_two
         next.fence > lock.fence,
         "fence spread over the quorum keeps rising"
     );
-    assert!(coordinator.release(&next).await.unwrap());
+    assert!(coordinator.locks().release(&next).await.unwrap());
 
     // Act: two of three down.
     servers[1].kill();
     let refused = coordinator
+        .locks()
         .try_lock("locks:test:quorum", Duration::from_secs(5))
         .await;
 
@@ -216,12 +226,14 @@ async fn one_time_state_is_taken_once_across_many_callers_and_expires() {
     let coordinator = redis_coordinator(&[redis.url()]);
     assert!(
         coordinator
+            .one_time_states()
             .put_once("oauth:state:abc", "browser-1", Duration::from_secs(300))
             .await
             .unwrap()
     );
     assert!(
         !coordinator
+            .one_time_states()
             .put_once("oauth:state:abc", "browser-2", Duration::from_secs(300))
             .await
             .unwrap(),
@@ -230,15 +242,16 @@ async fn one_time_state_is_taken_once_across_many_callers_and_expires() {
     assert!((299_000..=300_000).contains(&redis.pttl("oauth:state:abc").await));
 
     // Act: twenty concurrent callers race to take it.
+    let states = coordinator.one_time_states();
     let takes =
-        futures_util::future::join_all((0..20).map(|_| coordinator.take_once("oauth:state:abc")))
-            .await;
+        futures_util::future::join_all((0..20).map(|_| states.take_once("oauth:state:abc"))).await;
 
     // Assert: exactly one got the value.
     let winners: Vec<_> = takes.into_iter().filter_map(|t| t.unwrap()).collect();
     assert_eq!(winners, vec!["browser-1".to_owned()]);
 
     coordinator
+        .one_time_states()
         .put_once("oauth:state:short", "v", Duration::from_millis(50))
         .await
         .unwrap();
@@ -247,7 +260,11 @@ async fn one_time_state_is_taken_once_across_many_callers_and_expires() {
     })
     .await;
     assert_eq!(
-        coordinator.take_once("oauth:state:short").await.unwrap(),
+        coordinator
+            .one_time_states()
+            .take_once("oauth:state:short")
+            .await
+            .unwrap(),
         None
     );
 }
@@ -263,10 +280,11 @@ async fn the_first_command_after_a_redis_restart_succeeds_through_the_retry() {
 
     // Act: an idempotent command (publish is deduplicated) is retried once.
     let published = coordinator
+        .bus()
         .publish(&avatar_tests::sample_donation_event(1))
         .await;
 
     // Assert
     assert!(published.is_ok(), "{published:?}");
-    assert_eq!(coordinator.heartbeat("me").await.unwrap(), 1);
+    assert_eq!(coordinator.presence().heartbeat("me").await.unwrap(), 1);
 }

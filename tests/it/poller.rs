@@ -272,6 +272,7 @@ async fn a_streamer_whose_lock_is_held_elsewhere_is_not_polled_until_it_is_relea
     let lock = setup
         .app
         .coordinator
+        .locks()
         .try_lock("locks:donationalerts:1000", Duration::from_secs(60))
         .await
         .unwrap()
@@ -283,7 +284,7 @@ async fn a_streamer_whose_lock_is_held_elsewhere_is_not_polled_until_it_is_relea
     let other: HashSet<String> = setup.donate(1, 2).into_iter().collect();
     setup.wait_for_events(&other).await;
     let polled_while_held = setup.requests_for(0);
-    setup.app.coordinator.release(&lock).await.unwrap();
+    setup.app.coordinator.locks().release(&lock).await.unwrap();
     setup.wait_for_events(&held).await;
     let _ = stop.send(());
     let stats = poller.await.unwrap();

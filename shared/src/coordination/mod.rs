@@ -125,15 +125,54 @@ impl Coordinator {
         }
     }
 
+    /// Locks with fencing tokens (node-redlock format).
+    pub fn locks(&self) -> Locks {
+        Locks(self.clone())
+    }
+
+    /// One-time state (OAuth states): put once, taken once.
+    pub fn one_time_states(&self) -> OneTimeStates {
+        OneTimeStates(self.clone())
+    }
+
+    /// The shared rate limiters (GCRA): the DonationAlerts budget, the connect throttle.
+    pub fn budget(&self) -> Budget {
+        Budget(self.clone())
+    }
+
+    /// The event bus: `avatar:events` and `overlay:broadcast:v1`.
+    pub fn bus(&self) -> EventBus {
+        EventBus(self.clone())
+    }
+
+    /// Heartbeats and the pollers' figures, for `/health`.
+    pub fn presence(&self) -> Presence {
+        Presence(self.clone())
+    }
+
+    /// Round trip to the coordination backend (PING); zero in-process.
+    pub async fn ping(&self) -> Result<Duration, CoordinationError> {
+        match self {
+            Self::Redis(c) => c.ping().await,
+            Self::InProcess(_) => Ok(Duration::ZERO),
+        }
+    }
+}
+
+/// Locks with fencing tokens, in node-redlock's wire format.
+#[derive(Clone)]
+pub struct Locks(Coordinator);
+
+impl Locks {
     /// One attempt to take `resource`; `None` when someone else holds it.
     pub async fn try_lock(
         &self,
         resource: &str,
         ttl: Duration,
     ) -> Result<Option<Lock>, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.try_lock(resource, ttl).await,
-            Self::InProcess(c) => Ok(c.try_lock(resource, ttl)),
+        match &self.0 {
+            Coordinator::Redis(c) => c.try_lock(resource, ttl).await,
+            Coordinator::InProcess(c) => Ok(c.try_lock(resource, ttl)),
         }
     }
 
@@ -166,17 +205,17 @@ impl Coordinator {
         lock: &Lock,
         ttl: Duration,
     ) -> Result<Option<Lock>, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.extend(lock, ttl).await,
-            Self::InProcess(c) => Ok(c.extend(lock, ttl)),
+        match &self.0 {
+            Coordinator::Redis(c) => c.extend(lock, ttl).await,
+            Coordinator::InProcess(c) => Ok(c.extend(lock, ttl)),
         }
     }
 
     /// Deletes the lock if it is still ours; `false` when it had expired or was taken over.
     pub async fn release(&self, lock: &Lock) -> Result<bool, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.release(lock).await,
-            Self::InProcess(c) => Ok(c.release(lock)),
+        match &self.0 {
+            Coordinator::Redis(c) => c.release(lock).await,
+            Coordinator::InProcess(c) => Ok(c.release(lock)),
         }
     }
 
@@ -187,15 +226,21 @@ impl Coordinator {
         resource: &str,
         at_least: u64,
     ) -> Result<(), CoordinationError> {
-        match self {
-            Self::Redis(c) => c.raise_fence(resource, at_least).await,
-            Self::InProcess(c) => {
+        match &self.0 {
+            Coordinator::Redis(c) => c.raise_fence(resource, at_least).await,
+            Coordinator::InProcess(c) => {
                 c.raise_fence(resource, at_least);
                 Ok(())
             }
         }
     }
+}
 
+/// One-time state: stored once, taken once (OAuth states).
+#[derive(Clone)]
+pub struct OneTimeStates(Coordinator);
+
+impl OneTimeStates {
     /// Stores one-time state under `key` for `ttl`; `false` if the key already exists.
     pub async fn put_once(
         &self,
@@ -203,29 +248,35 @@ impl Coordinator {
         value: &str,
         ttl: Duration,
     ) -> Result<bool, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.put_once(key, value, ttl).await,
-            Self::InProcess(c) => Ok(c.put_once(key, value, ttl)),
+        match &self.0 {
+            Coordinator::Redis(c) => c.put_once(key, value, ttl).await,
+            Coordinator::InProcess(c) => Ok(c.put_once(key, value, ttl)),
         }
     }
 
     /// Takes one-time state atomically: the first caller gets the value, every later one `None`.
     pub async fn take_once(&self, key: &str) -> Result<Option<String>, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.take_once(key).await,
-            Self::InProcess(c) => Ok(c.take_once(key)),
+        match &self.0 {
+            Coordinator::Redis(c) => c.take_once(key).await,
+            Coordinator::InProcess(c) => Ok(c.take_once(key)),
         }
     }
+}
 
+/// The shared rate limiters (GCRA), one per key, across every instance.
+#[derive(Clone)]
+pub struct Budget(Coordinator);
+
+impl Budget {
     /// Asks the shared limiter `key` for one request under `limit`.
     pub async fn rate_limit(
         &self,
         key: &str,
         limit: &RateLimit,
     ) -> Result<RateDecision, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.rate_limit(key, limit).await,
-            Self::InProcess(c) => Ok(c.rate_limit(key, limit)),
+        match &self.0 {
+            Coordinator::Redis(c) => c.rate_limit(key, limit).await,
+            Coordinator::InProcess(c) => Ok(c.rate_limit(key, limit)),
         }
     }
 
@@ -246,21 +297,34 @@ impl Coordinator {
             tokio::time::sleep(decision.retry_after).await;
         }
     }
+}
 
+/// The event bus: every event appended to `avatar:events` once and published on
+/// `overlay:broadcast:v1`.
+#[derive(Clone)]
+pub struct EventBus(Coordinator);
+
+impl EventBus {
     /// Appends the event to the stream and publishes its envelope, unless its eventId has been
     /// seen before (then nothing happens): safe to call again after any failure.
     pub async fn publish(&self, event: &BusEvent) -> Result<Published, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.publish(event).await,
-            Self::InProcess(c) => Ok(c.publish(event)),
+        match &self.0 {
+            Coordinator::Redis(c) => c.publish(event).await,
+            Coordinator::InProcess(c) => Ok(c.publish(event)),
         }
     }
+}
 
+/// Which instances are alive, and what each poller last reported (for `/health`).
+#[derive(Clone)]
+pub struct Presence(Coordinator);
+
+impl Presence {
     /// Records that `instance_id` is alive; returns the number of live instances.
     pub async fn heartbeat(&self, instance_id: &str) -> Result<u64, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.heartbeat(instance_id).await,
-            Self::InProcess(_) => Ok(1),
+        match &self.0 {
+            Coordinator::Redis(c) => c.heartbeat(instance_id).await,
+            Coordinator::InProcess(_) => Ok(1),
         }
     }
 
@@ -270,9 +334,9 @@ impl Coordinator {
         instance_id: &str,
         figures: &str,
     ) -> Result<(), CoordinationError> {
-        match self {
-            Self::Redis(c) => c.report_poll_figures(instance_id, figures).await,
-            Self::InProcess(c) => {
+        match &self.0 {
+            Coordinator::Redis(c) => c.report_poll_figures(instance_id, figures).await,
+            Coordinator::InProcess(c) => {
                 c.report_poll_figures(instance_id, figures);
                 Ok(())
             }
@@ -282,9 +346,9 @@ impl Coordinator {
     /// Every instance's latest poller figures, as stored (stale ones included: the caller
     /// decides what is too old, and may [`Self::forget_poll_figures`] it).
     pub async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.poll_figures().await,
-            Self::InProcess(c) => Ok(c.poll_figures()),
+        match &self.0 {
+            Coordinator::Redis(c) => c.poll_figures().await,
+            Coordinator::InProcess(c) => Ok(c.poll_figures()),
         }
     }
 
@@ -296,20 +360,12 @@ impl Coordinator {
         if instance_ids.is_empty() {
             return Ok(());
         }
-        match self {
-            Self::Redis(c) => c.forget_poll_figures(instance_ids).await,
-            Self::InProcess(c) => {
+        match &self.0 {
+            Coordinator::Redis(c) => c.forget_poll_figures(instance_ids).await,
+            Coordinator::InProcess(c) => {
                 c.forget_poll_figures(instance_ids);
                 Ok(())
             }
-        }
-    }
-
-    /// Round trip to the coordination backend (PING); zero in-process.
-    pub async fn ping(&self) -> Result<Duration, CoordinationError> {
-        match self {
-            Self::Redis(c) => c.ping().await,
-            Self::InProcess(_) => Ok(Duration::ZERO),
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::config::PollingConfig;
-use crate::coordination::Coordinator;
+use crate::coordination::{Budget, EventBus, Locks, Presence};
 use crate::domain::TwitchUserId;
 use crate::domain::now_ms;
 use crate::jobs::ScheduledJob;
@@ -103,7 +103,14 @@ pub struct Poller {
 /// What the poller works with, built once per process (by `App`).
 pub struct PollParts {
     pub store: Store,
-    pub coordinator: Coordinator,
+    /// The streamers' poll locks.
+    pub locks: Locks,
+    /// The app-wide DonationAlerts budget.
+    pub budget: Budget,
+    /// Where the outbox relay publishes.
+    pub bus: EventBus,
+    /// Where this process's figures are reported.
+    pub presence: Presence,
     pub tokens: TokenKeeper,
     pub client: Arc<DonationAlertsClient>,
     /// Asks Helix who is live (`None` without Twitch credentials: nobody counts as live).
@@ -297,7 +304,7 @@ impl Poller {
         };
         if let Err(e) = self
             .parts
-            .coordinator
+            .presence
             .report_poll_figures(&self.parts.instance_id, &json)
             .await
         {
@@ -430,7 +437,7 @@ impl Poller {
     }
 
     async fn relay(&self) {
-        if let Err(e) = outbox::relay_pending(&self.parts.store, &self.parts.coordinator).await {
+        if let Err(e) = outbox::relay_pending(&self.parts.store, &self.parts.bus).await {
             tracing::warn!(error = %crate::telemetry::error_chain(&e), "events stay in the outbox until the bus takes them");
         }
     }

@@ -116,7 +116,7 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
     let (parts, stats) = (&*cx.parts, &cx.parts.stats);
     let resource = poll_lock(streamer);
     let lock = match parts
-        .coordinator
+        .locks
         .try_lock(&resource, parts.polling.lock_ttl)
         .await
     {
@@ -133,7 +133,7 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
     };
     tracing::trace!(streamer = %streamer, fence = lock.fence, "poll lock taken");
     let result = poll_holding_lock(cx, streamer, &lock).await;
-    if let Err(e) = parts.coordinator.release(&lock).await {
+    if let Err(e) = parts.locks.release(&lock).await {
         tracing::debug!(error = %crate::telemetry::error_chain(&e), "the poll lock was not released; it expires by itself");
     }
     match result {
@@ -248,7 +248,7 @@ async fn poll_holding_lock(
         }
         if walk.pages > 0 {
             lock = parts
-                .coordinator
+                .locks
                 .extend(&lock, parts.polling.lock_ttl)
                 .await?
                 .ok_or(PollError::LockLost)?;
@@ -350,10 +350,7 @@ async fn poll_holding_lock(
             stats.count_stale_fence();
             // Either we outlived our lock (the newer holder's record stands), or Redis lost
             // its counters: raise them so the next holder's token is current again.
-            parts
-                .coordinator
-                .raise_fence(&poll_lock(streamer), newer)
-                .await?;
+            parts.locks.raise_fence(&poll_lock(streamer), newer).await?;
             tracing::warn!(
                 newer,
                 ours = lock.fence,
@@ -397,10 +394,7 @@ async fn take_budget(cx: &PollContext, lock: &Lock) -> Result<(), PollError> {
     let (parts, stats) = (&*cx.parts, &cx.parts.stats);
     let limit = RateLimit::per_minute(parts.polling.rate_limit_per_minute);
     loop {
-        let decision = parts
-            .coordinator
-            .rate_limit(DA_RATE_LIMIT_KEY, &limit)
-            .await?;
+        let decision = parts.budget.rate_limit(DA_RATE_LIMIT_KEY, &limit).await?;
         stats.note_budget(decision.remaining);
         if decision.allowed {
             return Ok(());

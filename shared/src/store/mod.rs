@@ -141,7 +141,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let lease = match coordinator {
             Coordinator::Redis(_) => Lease::Fenced {
-                coordinator: coordinator.clone(),
+                locks: coordinator.locks(),
                 runtime: tokio::runtime::Handle::current(),
             },
             Coordinator::InProcess(_) => Lease::Unshared,

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::schema::MIGRATIONS;
 use super::{LeaseFailure, PanicMessage, StoreError};
 use crate::config::JournalMode;
-use crate::coordination::{Coordinator, Lock};
+use crate::coordination::{Lock, Locks};
 
 /// The lock resource (and fencing key suffix) shared by every instance's writer.
 pub const WRITER_LEASE: &str = "locks:sqlite:writer";
@@ -170,7 +170,7 @@ pub(crate) enum Lease {
     Unshared,
     /// Distributed: the fenced Redis lease, taken from the writer thread on `runtime`.
     Fenced {
-        coordinator: Coordinator,
+        locks: Locks,
         runtime: tokio::runtime::Handle,
     },
 }
@@ -550,21 +550,18 @@ impl Writer {
 
     /// Makes sure we hold the lease; returns its fencing token (none when unshared).
     fn take_lease(&mut self) -> Result<Option<u64>, BatchFailure> {
-        let Lease::Fenced {
-            coordinator,
-            runtime,
-        } = &self.lease
-        else {
+        let Lease::Fenced { locks, runtime } = &self.lease else {
             return Ok(None);
         };
         if let Some(lock) = &self.held {
             if lock.remaining() > LEASE_MARGIN {
                 return Ok(Some(lock.fence));
             }
-            let (coordinator_, lock_) = (coordinator.clone(), lock.clone());
-            match on_runtime(runtime, async move {
-                coordinator_.extend(&lock_, LEASE_TTL).await
-            }) {
+            let (locks_, lock_) = (locks.clone(), lock.clone());
+            match on_runtime(
+                runtime,
+                async move { locks_.extend(&lock_, LEASE_TTL).await },
+            ) {
                 Some(Ok(Some(extended))) => {
                     let fence = extended.fence;
                     self.held = Some(extended);
@@ -573,9 +570,9 @@ impl Writer {
                 _ => self.held = None,
             }
         }
-        let coordinator_ = coordinator.clone();
+        let locks_ = locks.clone();
         match on_runtime(runtime, async move {
-            coordinator_
+            locks_
                 .lock_within(WRITER_LEASE, LEASE_TTL, LEASE_WAIT)
                 .await
         }) {
@@ -591,14 +588,11 @@ impl Writer {
     }
 
     fn raise_fence(&self, at_least: u64) {
-        if let Lease::Fenced {
-            coordinator,
-            runtime,
-        } = &self.lease
+        if let Lease::Fenced { locks, runtime } = &self.lease
             && let Some(Err(e)) = {
-                let coordinator = coordinator.clone();
+                let locks = locks.clone();
                 on_runtime(runtime, async move {
-                    coordinator.raise_fence(WRITER_LEASE, at_least).await
+                    locks.raise_fence(WRITER_LEASE, at_least).await
                 })
             }
         {
@@ -607,16 +601,10 @@ impl Writer {
     }
 
     fn release_lease(&mut self) {
-        if let (
-            Some(lock),
-            Lease::Fenced {
-                coordinator,
-                runtime,
-            },
-        ) = (self.held.take(), &self.lease)
+        if let (Some(lock), Lease::Fenced { locks, runtime }) = (self.held.take(), &self.lease)
             && let Some(Err(e)) = {
-                let coordinator = coordinator.clone();
-                on_runtime(runtime, async move { coordinator.release(&lock).await })
+                let locks = locks.clone();
+                on_runtime(runtime, async move { locks.release(&lock).await })
             }
         {
             // It expires by itself within LEASE_TTL.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::TokenLifecycleConfig;
-use crate::coordination::{CoordinationError, Coordinator, Lock};
+use crate::coordination::{CoordinationError, EventBus, Lock, Locks};
 use crate::crypto::CryptoError;
 use crate::crypto::TokenCipher;
 use crate::domain::event::{BusEvent, TokenRevokedPayload};
@@ -35,14 +35,17 @@ use crate::store::tokens::RefreshedTokens;
 use crate::telemetry::error_chain;
 
 /// What the token functions work with, built once per process (by `App`): the store, the
-/// coordinator (refresh locks, `token.revoked` on the bus), the cipher, the provider clients
+/// refresh locks, the bus (`token.revoked`), the cipher, the provider clients
 /// and the token settings. A clone is one reference count.
 #[derive(Clone)]
 pub struct TokenKeeper(Arc<KeeperParts>);
 
 pub struct KeeperParts {
     pub store: Store,
-    pub coordinator: Coordinator,
+    /// The refresh locks.
+    pub locks: Locks,
+    /// Where `token.revoked` goes.
+    pub bus: EventBus,
     pub cipher: Arc<TokenCipher>,
     /// `None` until TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET are set.
     pub twitch: Option<Arc<TwitchClient>>,
@@ -406,14 +409,14 @@ async fn take_refresh_lock(
     hold: Duration,
 ) -> Result<Lock, TokenError> {
     keeper
-        .coordinator
+        .locks
         .lock_within(&refresh_lock(provider, user), hold, hold)
         .await?
         .ok_or(TokenError::RefreshBusy)
 }
 
 async fn release_refresh_lock(keeper: &TokenKeeper, lock: &Lock) {
-    if let Err(e) = keeper.coordinator.release(lock).await {
+    if let Err(e) = keeper.locks.release(lock).await {
         tracing::warn!(error = %crate::telemetry::error_chain(&e), "the token refresh lock was not released; it expires by itself");
     }
 }
@@ -549,7 +552,7 @@ async fn end_connection(
     if ended {
         keeper.metrics.tokens.connection_ended(provider);
         tracing::warn!("tokens deleted: the streamer must connect again");
-        if let Err(e) = crate::outbox::relay_pending(&keeper.store, &keeper.coordinator).await {
+        if let Err(e) = crate::outbox::relay_pending(&keeper.store, &keeper.bus).await {
             tracing::warn!(error = %error_chain(&e), "token.revoked waits in the outbox for the bus");
         }
     }

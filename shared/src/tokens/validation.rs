@@ -150,7 +150,7 @@ impl TokenValidator {
         let keeper = &self.keeper;
         // Held past the deadline by as long as a refresh started just before it may take.
         let hold = stop_at.saturating_duration_since(started) + refresh_budget(keeper);
-        let lock = match keeper.coordinator.try_lock(VALIDATION_LOCK, hold).await {
+        let lock = match keeper.locks.try_lock(VALIDATION_LOCK, hold).await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 report.skipped = true;
@@ -163,10 +163,10 @@ impl TokenValidator {
             }
         };
         self.validate_due(now, stop_at, deadline, &mut report).await;
-        if let Err(e) = crate::outbox::relay_pending(&keeper.store, &keeper.coordinator).await {
+        if let Err(e) = crate::outbox::relay_pending(&keeper.store, &keeper.bus).await {
             tracing::warn!(error = %error_chain(&e), "events wait in the outbox for the bus");
         }
-        if let Err(e) = keeper.coordinator.release(&lock).await {
+        if let Err(e) = keeper.locks.release(&lock).await {
             tracing::warn!(error = %error_chain(&e), "the validation lock was not released; it expires by itself");
         }
         report.duration_ms = started.elapsed().as_millis() as u64;

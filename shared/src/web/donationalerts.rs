@@ -130,6 +130,7 @@ async fn throttle_connect_start(app: &App, current: &CurrentSession) -> Result<(
     };
     let decision = app
         .coordinator
+        .budget()
         .rate_limit(&connect_throttle_key(current), &limit)
         .await?;
     if decision.allowed {
@@ -146,6 +147,7 @@ async fn budget_granted(app: &App, wait: Duration) -> Result<bool, WebError> {
     let limit = RateLimit::per_minute(app.config.polling.rate_limit_per_minute);
     let decision = app
         .coordinator
+        .budget()
         .rate_limit_within(DA_RATE_LIMIT_KEY, &limit, wait)
         .await?;
     Ok(decision.allowed)

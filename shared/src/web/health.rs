@@ -392,7 +392,7 @@ async fn measure(app: &App) -> Probe {
         let redis = check_redis(app).await;
         let instances = match &redis {
             Some(check) if check.error.is_some() => None,
-            _ => match app.coordinator.heartbeat(&app.instance_id).await {
+            _ => match app.coordinator.presence().heartbeat(&app.instance_id).await {
                 Ok(count) => Some(count),
                 Err(e) => {
                     tracing::warn!(error = %crate::telemetry::error_chain(&e), "health: counting live instances failed");
@@ -424,7 +424,7 @@ async fn measure(app: &App) -> Probe {
 /// Every poller's latest figures, summed; figures of pollers gone quiet are dropped.
 async fn polling_report(app: &App) -> PollingReport {
     let per_minute = app.config.polling.rate_limit_per_minute;
-    let stored = match app.coordinator.poll_figures().await {
+    let stored = match app.coordinator.presence().poll_figures().await {
         Ok(stored) => stored,
         Err(e) => {
             tracing::warn!(error = %what_failed(&e), "health: reading the pollers' figures failed");
@@ -432,7 +432,7 @@ async fn polling_report(app: &App) -> PollingReport {
         }
     };
     let (report, stale) = PollingReport::from_figures(per_minute, &stored, crate::domain::now_ms());
-    if let Err(e) = app.coordinator.forget_poll_figures(&stale).await {
+    if let Err(e) = app.coordinator.presence().forget_poll_figures(&stale).await {
         tracing::debug!(error = %what_failed(&e), "health: stale poller figures stay");
     }
     report

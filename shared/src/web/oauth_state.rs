@@ -145,6 +145,7 @@ impl OAuthFlow {
         }
         let first_use = app
             .coordinator
+            .one_time_states()
             .put_once(
                 &used_state_key(state),
                 "1",

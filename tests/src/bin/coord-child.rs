@@ -208,6 +208,7 @@ async fn lock(redis: Vec<String>, resource: String, rounds: u32) -> bool {
     let counter_key = format!("{resource}:counter");
     for _ in 0..rounds {
         let lock = match coordinator
+            .locks()
             .lock_within(&resource, Duration::from_secs(5), Duration::from_secs(30))
             .await
         {
@@ -236,7 +237,7 @@ async fn lock(redis: Vec<String>, resource: String, rounds: u32) -> bool {
             .await
             .expect("SET");
         say(format!("held {} {before}", lock.fence));
-        if !coordinator.release(&lock).await.unwrap_or(false) {
+        if !coordinator.locks().release(&lock).await.unwrap_or(false) {
             say("release-failed".into());
             return true;
         }
@@ -248,7 +249,7 @@ async fn publish(redis: String, from: i64, to: i64) -> bool {
     let coordinator = avatar_tests::redis_coordinator(&[redis]);
     for id in from..to {
         let event = sample_event(id);
-        match coordinator.publish(&event).await {
+        match coordinator.bus().publish(&event).await {
             Ok(Published::Appended) => say(format!("appended {id}")),
             Ok(Published::Duplicate) => say(format!("duplicate {id}")),
             Err(e) => {
@@ -269,7 +270,7 @@ async fn rate_limit(redis: String, key: String, limit: RateLimit, duration: Dura
     let coordinator = avatar_tests::redis_coordinator(&[redis]);
     let end = Instant::now() + duration;
     while Instant::now() < end {
-        match coordinator.rate_limit(&key, &limit).await {
+        match coordinator.budget().rate_limit(&key, &limit).await {
             Ok(decision) if decision.allowed => say(format!("grant {}", decision.at_us)),
             Ok(_) => {}
             Err(e) => {
