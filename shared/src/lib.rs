@@ -1,50 +1,68 @@
-//! Avatar Twitch OAuth: the whole application. Every Lambda function in `functions/` and the
-//! local server `avatar-local` are thin mains over this crate, so they cannot drift apart.
+//! Avatar Twitch OAuth: the whole application. Every Lambda function in `functions/`, the
+//! local server `avatar-local` and the tests are thin mains over this crate, so they cannot
+//! drift apart.
 //!
-//! A tour:
+//! # Floors
 //!
-//! - [`config`]: every environment variable of the contract, typed and validated at start;
-//!   a bad value names its variable and the process exits non-zero.
-//! - [`secret`]: a wrapper that prints `[redacted]`, for tokens, keys and Redis passwords.
-//! - [`secrets`]: `SECRETS_ARN`, secret settings read from AWS Secrets Manager at start, in
-//!   one SigV4-signed request (`secrets::sigv4`) with no AWS SDK.
-//! - [`store`]: SQLite. One writer thread owns the only write connection and commits queued
-//!   writes in batches (group commit); callers return only once their batch is durable.
-//!   Across instances the writer holds the fenced Redis lease `locks:sqlite:writer`. WAL on
-//!   local disk, `delete` journal on EFS (WAL needs shared memory, which NFS cannot give).
-//! - [`coordination`]: locks (node-redlock wire format, with fencing tokens), one-time
-//!   state, the app-wide GCRA rate limiter, the event bus and heartbeats; Redis when
-//!   `REDIS_URL` is set, in-process otherwise (single-instance mode).
-//! - [`events`]: events as they cross processes (stream entry, broadcast): `donation` and
-//!   `token.revoked`.
-//! - [`crypto`]: AES-256-GCM sealing of tokens at rest (with key rotation) and HMAC signing
-//!   of cookies and CSRF tokens.
-//! - [`oauth`]: the provider clients (Twitch), pointed at configurable base URLs.
-//! - [`outbox`]: the relay that publishes events recorded in SQLite to the bus, exactly once
-//!   per eventId, also after Redis was down.
-//! - [`poll`]: the DonationAlerts poller's schedule: live streamers and recent donors polled
-//!   more often, idle ones backing off, failing ones backing off alone, nobody starving.
-//! - [`tokens`]: stored provider tokens for both providers: open, refresh under a per-user
-//!   lock (the rotated refresh token always stored), end a dead connection (`need_reauth`,
-//!   tokens deleted, `token.revoked` published), the chat bots' token, revocation on
-//!   disconnect, and the hourly validation of every Twitch token (`tokens::validation`).
-//! - [`web`]: the pages and the login flow: OAuth state bound to the browser, sessions
-//!   revocable server-side, CSRF checks, strict CSP, one place mapping errors to pages.
-//! - [`health`]: the `/health` report; every figure in it is measured.
-//! - [`http`]: the one route table, served by `avatar-local` and by the HTTP Lambdas, and
-//!   the headers every response carries.
-//! - [`server`]: `avatar-local`'s HTTP edge: header, idle and body timeouts, a connection cap.
-//! - [`app`]: the state built once per process (per cold start).
-//! - [`jobs`]: the work of a scheduled function (the DonationAlerts poll, the token
-//!   validation), run by the Lambda
-//!   runtime until shortly before each invocation's deadline, and by `avatar-local` on timers.
-//! - `lambda` (feature `lambda`): the entry points every function's `main` calls (HTTP and
-//!   scheduled).
-//! - [`metrics`]: the figures (polls, tokens, the writer), counted once, read as Prometheus
-//!   text by `avatar-local`'s `/metrics` and as CloudWatch EMF lines by the functions.
-//! - [`text`]: cutting text a provider sent to a bounded length, marked where it was cut.
-//! - [`telemetry`]: logging setup; in Lambda JSON lines carrying the request id, the function
-//!   and the streamer of the spans they happen in.
+//! The modules stand on floors. An import points down a floor or along one, never up, and no
+//! modules import each other round a circle; `shared/tests/floors.rs` reads the sources and
+//! fails on either (its table is the one written here).
+//!
+//! | floor | modules |
+//! |---|---|
+//! | 6 | [`web`] (routes, edge, pages, `/health`), `lambda` |
+//! | 5 | [`app`]: the composition root |
+//! | 4 | [`tokens`], [`poll`], [`outbox`], [`jobs`] |
+//! | 3 | [`metrics`] |
+//! | 2 | [`store`], [`coordination`], [`providers`] |
+//! | 1 | [`config`], [`secrets`], [`crypto`] |
+//! | 0 | [`domain`], [`secret`], [`text`], [`telemetry`], [`outbound`], [`vars`], [`bundle`] |
+//!
+//! - **0, what everything stands on.** [`domain`]: a streamer's [`domain::TwitchUserId`], a
+//!   [`domain::DaUserId`], the two providers, the clock, the [`domain::Donation`] and the
+//!   events on the bus. [`secret`]: a wrapper that prints `[redacted]`. [`text`]: provider
+//!   text cut to a bound. [`telemetry`]: logging, and the one error-chain formatter every
+//!   warning uses. [`outbound`]: the HTTP client for calls to other services. [`vars`]: an
+//!   environment variable's value and the error naming it. [`bundle`]: the functions of the
+//!   bundle.
+//! - **1, settings.** [`config`]: every environment variable of the contract, typed and
+//!   checked at start (a bad value names its variable). [`secrets`]: which secret each
+//!   function is given, read from AWS Secrets Manager in one SigV4-signed request.
+//!   [`crypto`]: tokens sealed at rest (AES-256-GCM, key rotation), cookies signed.
+//! - **2, the outside world.** [`store`]: SQLite, written only by one writer thread in group
+//!   commits, fenced across instances by the lease `locks:sqlite:writer`. [`coordination`]:
+//!   Redis, or in-process in single-instance mode, split by concern into small handles:
+//!   [`coordination::Locks`] (node-redlock format, fencing tokens),
+//!   [`coordination::OneTimeStates`], [`coordination::Budget`] (the shared GCRA limiters),
+//!   [`coordination::EventBus`] and [`coordination::Presence`] (heartbeats, poller figures).
+//!   [`providers`]: the Twitch and DonationAlerts APIs, at configurable base URLs, every
+//!   answer bounded.
+//! - **3, figures.** [`metrics`]: polls, tokens and the writer's commits, counted once where
+//!   they happen (the store reports commits through [`store::CommitObserver`]), read as
+//!   Prometheus text and as CloudWatch EMF lines.
+//! - **4, the work.** [`tokens`]: stored tokens kept alive through a
+//!   [`tokens::TokenKeeper`] (open, refresh under a per-user lock, end a dead connection,
+//!   the chat bots' token, the hourly validation). [`poll`]: the DonationAlerts poller over
+//!   [`poll::PollParts`] (schedule, one poll of one streamer, bounded). [`outbox`]: the relay
+//!   that publishes recorded events, exactly once per eventId. [`jobs`]: what a scheduled
+//!   function runs.
+//! - **5, [`app`].** Builds every handle once per process (per Lambda cold start) and hands
+//!   each job and route the parts it uses.
+//! - **6, the edges.** [`web`]: the one route table, `avatar-local`'s HTTP edge, the headers
+//!   every response carries, the pages, the login flows and `/health`. `lambda` (feature
+//!   `lambda`): the entry points every function's `main` calls.
+//!
+//! # One donation, from the provider to the bus
+//!
+//! 1. [`poll`] takes the streamer's lock and a grant of the shared budget and asks
+//!    [`providers::donationalerts`] for a page; the client parses each donation into a
+//!    [`domain::Donation`], its fields bounded.
+//! 2. The poll makes each donation's event ([`domain::event::ReceivedDonation`]: the
+//!    `donation` payload with eventId `da:{daUserId}:{donationId}`).
+//! 3. [`store`] records the donations and queues their events in one fenced write
+//!    ([`store::Store::record_poll`]), without knowing the event's form.
+//! 4. [`outbox`] publishes what was queued on the [`coordination::EventBus`], which appends
+//!    each eventId once.
 
 pub mod app;
 pub mod bundle;

@@ -415,7 +415,7 @@ fn only_internal_routes_need_iam_and_every_other_route_is_public() {
     }
 }
 
-/// Each scheduled function's schedule (SPEC §2: da-poll every minute).
+/// Each scheduled function's schedule (da-poll every minute).
 const SCHEDULES: &[(&str, &str)] = &[
     ("da-poll", "rate(1 minute)"),
     ("token-validate", "rate(10 minutes)"),

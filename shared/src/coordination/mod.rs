@@ -63,7 +63,7 @@ pub enum CoordinationError {
     NoQuorum { reached: usize, needed: usize },
 }
 
-/// A held lock. Dropping it does not release it: call [`Coordinator::release`] (a lock that is
+/// A held lock. Dropping it does not release it: call [`Locks::release`] (a lock that is
 /// not released simply expires after its TTL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {

@@ -185,7 +185,7 @@ pub(crate) fn expiry_from_validation(asked_at: i64, expires_in: u64) -> Option<i
     (expires_in > 0).then(|| asked_at.saturating_add(lifetime_ms))
 }
 
-/// A chat bot's token is valid for at least this long when handed out (SPEC §5).
+/// A chat bot's token is valid for at least this long when handed out.
 pub const CHAT_TOKEN_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 
 /// What a chat bot gets to read (and write) chat as the streamer.
@@ -510,7 +510,8 @@ async fn replaced_meanwhile(
 }
 
 /// The provider refused tokens that were just refreshed (or will not refresh them): the
-/// connection is over until the streamer connects again. See [`end_connection`].
+/// connection is over until the streamer connects again: the tokens are deleted, the sessions
+/// ended and `token.revoked` published.
 pub async fn connection_lost(
     keeper: &TokenKeeper,
     user: &TwitchUserId,

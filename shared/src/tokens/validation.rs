@@ -6,7 +6,7 @@
 //! validate_due_after`] ago, or never), least recently validated first, at the configured
 //! request rate and concurrency. A token Twitch accepts gets the expiry Twitch reports (a
 //! stored expiry may be wrong); a token Twitch refuses is refreshed; one whose refresh is
-//! refused too ends its connection (see [`super::end_connection`]): tokens deleted, sessions
+//! refused too ends its connection (see `tokens::connection_lost`): tokens deleted, sessions
 //! ended, `token.revoked` published. A run stops at its deadline; since the order is "least
 //! recently validated first", the next run starts with the tokens this one did not reach.
 //! One validator runs at a time across instances (lock `locks:tokens:validate`).

@@ -257,7 +257,8 @@ async fn newest_donation_id(
     Ok(Some(page.data.iter().map(|d| d.id).max().unwrap_or(0)))
 }
 
-/// `GET /api/donationalerts/status` (SPEC §5).
+/// `GET /api/donationalerts/status`: whether the session's streamer has DonationAlerts
+/// connected, and as whom.
 #[derive(Debug, Serialize)]
 pub struct ConnectionStatus {
     pub connected: bool,

@@ -80,7 +80,8 @@ pub struct StartedFlow {
     pub cookie: HeaderValue,
 }
 
-/// Redis key marking a state as used (SPEC §7).
+/// The Redis key that marks a state as used (`oauth:state:{state}`, kept until the state
+/// would have expired): a second callback with the same state is refused.
 pub fn used_state_key(state: &str) -> String {
     format!("oauth:state:{state}")
 }
