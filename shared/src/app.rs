@@ -21,7 +21,7 @@ use crate::tokens::validation::{TokenValidator, ValidatorNotConfigured};
 use crate::tokens::{KeeperParts, TokenKeeper};
 
 /// How often a long-running process (avatar-local) announces itself.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -79,7 +79,9 @@ impl App {
 
     /// [`App::from_env`] for a process given only the secrets of `given` (a Lambda function:
     /// [`crate::secrets::needed_by`]).
-    pub async fn from_env_given(given: &'static [SecretPurpose]) -> Result<Self, StartupError> {
+    pub(crate) async fn from_env_given(
+        given: &'static [SecretPurpose],
+    ) -> Result<Self, StartupError> {
         let config = Config::load_given(given).await?;
         crate::telemetry::init(&config.log_filter, config.deployment.log_format());
         Self::build(config).await

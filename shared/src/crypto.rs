@@ -181,7 +181,7 @@ impl Signer {
     }
 
     /// `value.signature` (URL-safe base64).
-    pub fn sign(&self, purpose: &str, value: &str) -> String {
+    pub(crate) fn sign(&self, purpose: &str, value: &str) -> String {
         let tag = self.signing_mac(purpose, value).finalize().into_bytes();
         format!("{value}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
@@ -192,7 +192,7 @@ impl Signer {
     }
 
     /// Whether `tag` is the signature of `value` (constant-time).
-    pub fn verify_tag(&self, purpose: &str, value: &str, tag: &str) -> bool {
+    pub(crate) fn verify_tag(&self, purpose: &str, value: &str, tag: &str) -> bool {
         let Some(mac) = self.mac(purpose, value) else {
             return false;
         };
@@ -202,7 +202,7 @@ impl Signer {
     }
 
     /// The value of a `sign`ed string whose signature checks out (constant-time).
-    pub fn verify<'a>(&self, purpose: &str, signed: &'a str) -> Option<&'a str> {
+    pub(crate) fn verify<'a>(&self, purpose: &str, signed: &'a str) -> Option<&'a str> {
         let (value, tag) = signed.rsplit_once('.')?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         self.mac(purpose, value)?.verify_slice(&tag).ok()?;
@@ -222,7 +222,7 @@ pub fn sha256(value: &str) -> Vec<u8> {
 
 /// Whether two secrets are equal, in time that depends on neither: their SHA-256 digests (of
 /// equal length whatever the inputs) are compared without an early exit.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (sha256(a), sha256(b));
     a.iter().zip(&b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }

@@ -27,7 +27,7 @@ use crate::web::routes::{Route, table_router};
 
 /// A scheduled job stops this long before the invocation's deadline, leaving time to
 /// return its result.
-pub const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Serves `table`, one function's table of [`crate::web::routes::ROUTE_TABLES`]. Its `main` names
 /// the table itself, so the binary links that function's handlers and no other's.
@@ -88,7 +88,7 @@ fn function_span(name: &'static str) -> tracing::Span {
 
 /// One scheduled invocation: the job runs until [`DEADLINE_MARGIN`] before the deadline
 /// the runtime gave it.
-pub async fn handle_scheduled<J: ScheduledJob>(
+pub(crate) async fn handle_scheduled<J: ScheduledJob>(
     name: &'static str,
     job: &J,
     emf: &EmfOutput,
@@ -116,7 +116,7 @@ pub async fn handle_scheduled<J: ScheduledJob>(
 /// Prints the app's EMF records on stdout, where Lambda's log agent takes them to CloudWatch
 /// Logs (which turns them into metrics). Clones share the app's figures.
 #[derive(Clone)]
-pub struct EmfOutput {
+pub(crate) struct EmfOutput {
     metrics: Arc<Metrics>,
     stack: Arc<str>,
     function: &'static str,

@@ -31,7 +31,7 @@ impl<T> fmt::Display for Secret<T> {
 }
 
 /// `n` bytes from the operating system's CSPRNG, as lowercase hex.
-pub fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     hex::encode(random_bytes(n))
 }
 

@@ -3,12 +3,12 @@
 use std::borrow::Cow;
 
 /// What a cut text ends with.
-pub const CUT_MARKER: char = '…';
+pub(crate) const CUT_MARKER: char = '…';
 
 /// `text` as it is when it has at most `max_chars` characters (Unicode scalar values);
 /// otherwise its first `max_chars - 1` followed by [`CUT_MARKER`], so the result has
 /// exactly `max_chars`. Never splits a character.
-pub fn truncated(text: &str, max_chars: usize) -> Cow<'_, str> {
+pub(crate) fn truncated(text: &str, max_chars: usize) -> Cow<'_, str> {
     match text.char_indices().nth(max_chars) {
         None => Cow::Borrowed(text),
         Some(_) => {

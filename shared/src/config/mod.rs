@@ -82,7 +82,7 @@ pub struct Config {
 }
 
 /// `STACK_NAME` when unset: the stack name the README deploys under.
-pub const DEFAULT_STACK_NAME: &str = "avatar-twitch-oauth";
+pub(crate) const DEFAULT_STACK_NAME: &str = "avatar-twitch-oauth";
 
 /// Every problem found, so an operator fixes them all in one go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +117,7 @@ impl Config {
     /// [`Config::load`] for a process given only the secrets of `given`: in AWS a function
     /// is given those its handlers use ([`crate::secrets::needed_by`]), and requires no
     /// other.
-    pub async fn load_given(given: &'static [SecretPurpose]) -> Result<Self, ConfigErrors> {
+    pub(crate) async fn load_given(given: &'static [SecretPurpose]) -> Result<Self, ConfigErrors> {
         Self::from_vars_given(&Self::load_vars().await?, given)
     }
 
@@ -145,7 +145,7 @@ impl Config {
     /// Builds the configuration of a process given the secrets of `given` only: in AWS
     /// (`AWS_LAMBDA_FUNCTION_NAME` set) a key outside them is not required, and a client
     /// secret outside them is not expected (see [`TwitchConfig::client_secret_given`]).
-    pub fn from_vars_given(
+    pub(crate) fn from_vars_given(
         vars: &HashMap<String, String>,
         given: &'static [SecretPurpose],
     ) -> Result<Self, ConfigErrors> {
@@ -342,7 +342,7 @@ impl Reader<'_> {
 
 /// The shortest `INTERNAL_API_TOKEN` accepted: the token hands out every streamer's chat
 /// token, so it must not be guessable (`openssl rand -hex 32` makes 64 characters).
-pub const MIN_INTERNAL_API_TOKEN_CHARS: usize = 32;
+pub(crate) const MIN_INTERNAL_API_TOKEN_CHARS: usize = 32;
 
 impl Reader<'_> {
     fn internal_api_token(&mut self) -> Option<Secret<String>> {

@@ -51,7 +51,7 @@ impl RedisUrl {
     }
 
     /// The URL to connect with, upgraded to `rediss://` when TLS is forced.
-    pub fn connection_url(&self, force_tls: bool) -> String {
+    pub(crate) fn connection_url(&self, force_tls: bool) -> String {
         let mut url = self.0.expose().clone();
         if force_tls && url.scheme() == "redis" {
             // Only fails for cannot-be-a-base URLs, which `parse` has already excluded.
@@ -61,7 +61,7 @@ impl RedisUrl {
     }
 
     /// `host:port`, safe to log.
-    pub fn host_port(&self) -> String {
+    pub(crate) fn host_port(&self) -> String {
         let url = self.0.expose();
         format!(
             "{}:{}",

@@ -27,13 +27,13 @@ impl RateLimit {
     }
 
     /// Emission interval in microseconds (rounded up, so rounding never adds a grant).
-    pub fn interval_us(&self) -> u64 {
+    pub(crate) fn interval_us(&self) -> u64 {
         let cells = u64::from(self.limit.saturating_sub(self.burst.max(1)) + 1);
         (self.period.as_micros() as u64).div_ceil(cells)
     }
 
     /// Burst tolerance in microseconds.
-    pub fn tolerance_us(&self) -> u64 {
+    pub(crate) fn tolerance_us(&self) -> u64 {
         u64::from(self.burst.max(1).min(self.limit) - 1) * self.interval_us()
     }
 }

@@ -54,13 +54,13 @@ impl InProcessCoordinator {
         }
     }
 
-    pub fn report_poll_figures(&self, instance_id: &str, figures: &str) {
+    pub(crate) fn report_poll_figures(&self, instance_id: &str, figures: &str) {
         self.state()
             .poll_figures
             .insert(instance_id.to_owned(), figures.to_owned());
     }
 
-    pub fn poll_figures(&self) -> Vec<(String, String)> {
+    pub(crate) fn poll_figures(&self) -> Vec<(String, String)> {
         self.state()
             .poll_figures
             .iter()
@@ -68,7 +68,7 @@ impl InProcessCoordinator {
             .collect()
     }
 
-    pub fn forget_poll_figures(&self, instance_ids: &[String]) {
+    pub(crate) fn forget_poll_figures(&self, instance_ids: &[String]) {
         let mut state = self.state();
         for id in instance_ids {
             state.poll_figures.remove(id);
@@ -133,7 +133,7 @@ impl InProcessCoordinator {
         held
     }
 
-    pub fn raise_fence(&self, resource: &str, at_least: u64) {
+    pub(crate) fn raise_fence(&self, resource: &str, at_least: u64) {
         let mut state = self.state();
         let fence = state.fences.entry(resource.to_owned()).or_insert(0);
         *fence = (*fence).max(at_least);

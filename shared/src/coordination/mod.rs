@@ -26,24 +26,24 @@ pub use gcra::{RateDecision, RateLimit};
 use crate::domain::event::BusEvent;
 
 /// Sorted set of instance heartbeats (`/health` counts live instances from it).
-pub const INSTANCES_KEY: &str = "avatar:instances";
+pub(crate) const INSTANCES_KEY: &str = "avatar:instances";
 /// An instance counts as live for this long after its last heartbeat.
-pub const HEARTBEAT_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const HEARTBEAT_WINDOW: Duration = Duration::from_secs(60);
 /// How long the bus remembers an eventId, so a re-publish (a retry, a restart, a second
 /// poller) is not appended twice.
-pub const EVENT_DEDUPE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const EVENT_DEDUPE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Hash of every poller's latest figures (field: instance id, value: JSON with a
 /// `reportedAt` in Unix ms), summed by `/health` across instances.
-pub const POLL_REPORTS_KEY: &str = "avatar:poll:reports";
+pub(crate) const POLL_REPORTS_KEY: &str = "avatar:poll:reports";
 
 /// Key of the fencing counter for a lock resource.
-pub fn fence_key(resource: &str) -> String {
+pub(crate) fn fence_key(resource: &str) -> String {
     format!("fence:{resource}")
 }
 
 /// Key of the dedupe marker for an eventId.
-pub fn event_dedupe_key(event_id: &str) -> String {
+pub(crate) fn event_dedupe_key(event_id: &str) -> String {
     format!("avatar:events:dedupe:{event_id}")
 }
 
@@ -84,7 +84,7 @@ impl Lock {
 }
 
 /// node-redlock's drift allowance: 1 % of the TTL plus 2 ms.
-pub fn clock_drift(ttl: Duration) -> Duration {
+pub(crate) fn clock_drift(ttl: Duration) -> Duration {
     Duration::from_millis((ttl.as_millis() as f64 * 0.01).round() as u64 + 2)
 }
 
@@ -221,7 +221,7 @@ impl Locks {
 
     /// Raises the fencing counter of `resource` to at least `at_least` (after the store has
     /// seen a higher token than the counter, e.g. when Redis lost its data).
-    pub async fn raise_fence(
+    pub(crate) async fn raise_fence(
         &self,
         resource: &str,
         at_least: u64,
@@ -282,7 +282,7 @@ impl Budget {
 
     /// Asks the limiter `key` until it grants a request or its next grant would come later
     /// than `wait` from now; returns the last decision (`allowed` says which it was).
-    pub async fn rate_limit_within(
+    pub(crate) async fn rate_limit_within(
         &self,
         key: &str,
         limit: &RateLimit,
@@ -329,7 +329,7 @@ impl Presence {
     }
 
     /// Stores this instance's latest poller figures (JSON) for `/health` on any instance.
-    pub async fn report_poll_figures(
+    pub(crate) async fn report_poll_figures(
         &self,
         instance_id: &str,
         figures: &str,
@@ -345,7 +345,7 @@ impl Presence {
 
     /// Every instance's latest poller figures, as stored (stale ones included: the caller
     /// decides what is too old, and may [`Self::forget_poll_figures`] it).
-    pub async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
+    pub(crate) async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
         match &self.0 {
             Coordinator::Redis(c) => c.poll_figures().await,
             Coordinator::InProcess(c) => Ok(c.poll_figures()),
@@ -353,7 +353,7 @@ impl Presence {
     }
 
     /// Drops the figures of instances that stopped reporting.
-    pub async fn forget_poll_figures(
+    pub(crate) async fn forget_poll_figures(
         &self,
         instance_ids: &[String],
     ) -> Result<(), CoordinationError> {

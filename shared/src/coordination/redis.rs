@@ -472,7 +472,7 @@ impl RedisCoordinator {
         })
     }
 
-    pub async fn raise_fence(
+    pub(crate) async fn raise_fence(
         &self,
         resource: &str,
         at_least: u64,
@@ -615,7 +615,7 @@ impl RedisCoordinator {
             .await
     }
 
-    pub async fn report_poll_figures(
+    pub(crate) async fn report_poll_figures(
         &self,
         instance_id: &str,
         figures: &str,
@@ -632,7 +632,7 @@ impl RedisCoordinator {
         Ok(())
     }
 
-    pub async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
+    pub(crate) async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(super::POLL_REPORTS_KEY);
         self.inner
@@ -641,7 +641,7 @@ impl RedisCoordinator {
             .await
     }
 
-    pub async fn forget_poll_figures(
+    pub(crate) async fn forget_poll_figures(
         &self,
         instance_ids: &[String],
     ) -> Result<(), CoordinationError> {

@@ -23,7 +23,7 @@ pub fn rfc3339_utc(ms: i64) -> String {
 }
 
 /// Unix ms of an RFC 3339 time.
-pub fn rfc3339_ms(text: &str) -> Option<i64> {
+pub(crate) fn rfc3339_ms(text: &str) -> Option<i64> {
     let at =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some((at.unix_timestamp_nanos() / 1_000_000) as i64)

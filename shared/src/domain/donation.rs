@@ -82,7 +82,7 @@ impl Donation {
 
 /// `text` as a currency code: 3 to 5 ASCII letters (ISO 4217 codes have 3; some payment
 /// systems use longer ones), surrounding spaces dropped, in upper case.
-pub fn currency_code(text: &str) -> Option<String> {
+pub(crate) fn currency_code(text: &str) -> Option<String> {
     let code = text.trim();
     ((3..=5).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphabetic()))
         .then(|| code.to_ascii_uppercase())

@@ -12,7 +12,9 @@ pub const EVENT_STREAM: &str = "avatar:events";
 pub const BROADCAST_CHANNEL: &str = "overlay:broadcast:v1";
 pub const STREAM_MAXLEN: u64 = 100_000;
 
-/// `{"target":"streamer","streamerId":"…","event":"donation","payload":{…}}`.
+/// `{"target":"streamer","streamerId":"…","event":"donation","payload":{…}}`, typed (tests
+/// read the broadcast with it; the application publishes [`BusEvent::envelope`]).
+#[cfg(any(test, feature = "test-support"))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BroadcastEnvelope {
@@ -56,6 +58,7 @@ impl DonationPayload {
         format!("da:{da_user}:{donation_id}")
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     pub fn envelope(&self) -> BroadcastEnvelope {
         BroadcastEnvelope {
             target: "streamer".into(),
@@ -71,7 +74,7 @@ impl DonationPayload {
 /// holding a copy must stop using it, and the streamer must log in again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TokenRevokedPayload {
+pub(crate) struct TokenRevokedPayload {
     /// `token.revoked:{provider}:{streamerId}:{revokedAt ms}`.
     pub event_id: String,
     pub streamer_id: String,
@@ -107,8 +110,8 @@ impl ReceivedDonation {
     }
 }
 
-pub const DONATION: &str = "donation";
-pub const TOKEN_REVOKED: &str = "token.revoked";
+pub(crate) const DONATION: &str = "donation";
+pub(crate) const TOKEN_REVOKED: &str = "token.revoked";
 
 /// `{"target":"streamer","streamerId":"…","event":kind,"payload":…}` with the payload kept
 /// exactly as recorded.
@@ -142,7 +145,7 @@ impl BusEvent {
             .expect("a serialised payload is JSON")
     }
 
-    pub fn token_revoked(payload: &TokenRevokedPayload) -> Self {
+    pub(crate) fn token_revoked(payload: &TokenRevokedPayload) -> Self {
         let data = serde_json::to_string(payload).expect("payload serialises");
         Self::recorded(&payload.event_id, &payload.streamer_id, TOKEN_REVOKED, data)
             .expect("a serialised payload is JSON")

@@ -18,7 +18,7 @@ impl Provider {
     }
 
     /// The variables that must be set to talk to it.
-    pub fn credential_variables(self) -> &'static str {
+    pub(crate) fn credential_variables(self) -> &'static str {
         match self {
             Self::Twitch => "TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET",
             Self::DonationAlerts => "DA_CLIENT_ID and DA_CLIENT_SECRET",
@@ -26,7 +26,7 @@ impl Provider {
     }
 
     /// Where an operator registers an application with this provider.
-    pub fn developer_console(self) -> &'static str {
+    pub(crate) fn developer_console(self) -> &'static str {
         match self {
             Self::Twitch => "https://dev.twitch.tv/console/apps",
             Self::DonationAlerts => "https://www.donationalerts.com/application/clients",

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::Counts;
 
-pub const NAMESPACE: &str = "AvatarTwitchOAuth";
+pub(crate) const NAMESPACE: &str = "AvatarTwitchOAuth";
 
 /// EMF takes at most this many values of one metric in one record.
 pub const MAX_VALUES: usize = 100;

@@ -34,7 +34,7 @@ use crate::domain::Provider;
 use crate::store::CommitObserver;
 
 /// The `Content-Type` of `GET /metrics`: the Prometheus text format, version 0.0.4.
-pub const PROMETHEUS_CONTENT_TYPE: &str =
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str =
     prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Writer samples kept for the next EMF record at most; beyond, a sample still counts in the
@@ -112,7 +112,7 @@ impl Metrics {
     }
 
     /// Every figure in the Prometheus text format (version 0.0.4).
-    pub fn prometheus_text(&self) -> String {
+    pub(crate) fn prometheus_text(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail; the encoder reports only writer errors.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
@@ -243,7 +243,7 @@ impl TokenMetrics {
     }
 
     /// A connection ended: the streamer must connect again.
-    pub fn connection_ended(&self, provider: Provider) {
+    pub(crate) fn connection_ended(&self, provider: Provider) {
         self.need_reauth
             .get_or_create(&provider_label(provider))
             .inc();

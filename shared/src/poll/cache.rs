@@ -62,7 +62,7 @@ impl StreamerCache {
     }
 
     /// Fills or replaces the entry of `streamer`, evicting the oldest beyond capacity.
-    pub fn put(&self, streamer: &TwitchUserId, tokens: UsableTokens) {
+    pub(crate) fn put(&self, streamer: &TwitchUserId, tokens: UsableTokens) {
         let now = Instant::now();
         let mut entries = self.entries();
         entries.map.insert(streamer.clone(), (tokens, now));
@@ -93,7 +93,7 @@ impl StreamerCache {
     }
 
     /// Drops the entry of `streamer` (it must reconnect, or its tokens were refused).
-    pub fn forget(&self, streamer: &TwitchUserId) {
+    pub(crate) fn forget(&self, streamer: &TwitchUserId) {
         self.entries().map.remove(streamer);
     }
 

@@ -61,7 +61,7 @@ pub struct StopSignal {
 
 impl StopSignal {
     /// Whether polls must stop now.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.at.is_some_and(|at| Instant::now() >= at)
             || self.shutdown.as_ref().is_some_and(|flag| *flag.borrow())
     }

@@ -29,14 +29,14 @@ pub const LIVE_WEIGHT: f64 = 10.0;
 /// Weight of a streamer who received a donation recently (and is not live).
 pub const RECENT_WEIGHT: f64 = 2.0;
 /// Weight of everyone else.
-pub const IDLE_WEIGHT: f64 = 1.0;
+pub(crate) const IDLE_WEIGHT: f64 = 1.0;
 
 /// First backoff after a failed poll; it doubles with each further failure.
-pub const BACKOFF_START: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest backoff the doubling reaches.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Longest Retry-After honoured (a provider asking for more is waited on for this long).
-pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(15 * 60);
+pub(crate) const RETRY_AFTER_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// How a streamer's polling is currently weighted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,7 +93,12 @@ pub struct Intervals {
 
 impl Intervals {
     /// Shares the budget out by weight (see the module docs).
-    pub fn for_counts(policy: &SchedulePolicy, live: usize, recent: usize, idle: usize) -> Self {
+    pub(crate) fn for_counts(
+        policy: &SchedulePolicy,
+        live: usize,
+        recent: usize,
+        idle: usize,
+    ) -> Self {
         let total_weight =
             live as f64 * LIVE_WEIGHT + recent as f64 * RECENT_WEIGHT + idle as f64 * IDLE_WEIGHT;
         let budget = policy.polls_per_second.max(f64::MIN_POSITIVE);
@@ -123,7 +128,7 @@ impl Intervals {
 
 /// Per-streamer exponential backoff after failed polls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
 }
 
@@ -141,11 +146,6 @@ impl Backoff {
 
     pub fn succeed(&mut self) {
         self.failures = 0;
-    }
-
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
     }
 }
 
@@ -259,13 +259,13 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     }
 
     /// Remembers a donation seen at `at` (e.g. loaded from the store at start).
-    pub fn note_donation(&mut self, key: &K, at: Instant) {
+    pub(crate) fn note_donation(&mut self, key: &K, at: Instant) {
         if let Some(entry) = self.entries.get_mut(key) {
             entry.last_donation_at = Some(entry.last_donation_at.map_or(at, |t| t.max(at)));
         }
     }
 
-    pub fn activity(&self, key: &K, now: Instant) -> Activity {
+    pub(crate) fn activity(&self, key: &K, now: Instant) -> Activity {
         if self.live.contains(key) {
             return Activity::Live;
         }
@@ -312,7 +312,7 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     }
 
     /// When the next streamer falls due (`None` with nobody scheduled).
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.by_due.first().map(|(due, _)| *due)
     }
 
@@ -322,7 +322,7 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     }
 
     /// Streamers backing off now, for /health.
-    pub fn backing_off(&self, now: Instant) -> usize {
+    pub(crate) fn backing_off(&self, now: Instant) -> usize {
         self.backing_off
             .iter()
             .filter_map(|k| self.entries.get(k))

@@ -42,7 +42,7 @@ use crate::store::donationalerts::{PollRecorded, PollResult, PollState};
 use crate::tokens::{self, TokenError, UsableTokens};
 
 /// The app-wide DonationAlerts request budget, shared by every instance.
-pub const DA_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts";
+pub(crate) const DA_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts";
 
 /// The most pages one poll reads: 600 donations at DonationAlerts' 30 a page, far more than
 /// arrive between two polls. A longer backlog (after an outage) takes a few polls.
@@ -54,12 +54,12 @@ pub const MAX_DONATIONS_PER_POLL: usize = 1_000;
 pub const MAX_TEXT_BYTES_PER_POLL: usize = 2 * 1024 * 1024;
 
 /// The poll lock of a streamer, as the Node app names it.
-pub fn poll_lock(streamer: &TwitchUserId) -> String {
+pub(crate) fn poll_lock(streamer: &TwitchUserId) -> String {
     format!("locks:donationalerts:{streamer}")
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PollError {
+pub(crate) enum PollError {
     #[error("the streamer's tokens are unusable")]
     Tokens(#[from] TokenError),
     #[error("DonationAlerts failed")]

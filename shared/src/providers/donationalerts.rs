@@ -77,7 +77,7 @@ impl WireDonation {
 
 /// DonationAlerts writes `YYYY-MM-DD HH:MM:SS` in UTC without a zone; the event carries
 /// RFC 3339 UTC. A time that already names its zone is converted to UTC.
-pub fn da_time_to_rfc3339(text: &str) -> Option<String> {
+pub(crate) fn da_time_to_rfc3339(text: &str) -> Option<String> {
     use time::format_description::well_known::Rfc3339;
     let naive = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     let utc = match time::PrimitiveDateTime::parse(text.trim(), &naive) {
@@ -94,7 +94,7 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
 }
 
 /// The longest `links.next` followed (DonationAlerts' are about 60 bytes).
-pub const MAX_NEXT_LINK_BYTES: usize = 2048;
+pub(crate) const MAX_NEXT_LINK_BYTES: usize = 2048;
 
 /// One page of `/api/v1/alerts/donations`, its donations parsed and bounded.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +171,7 @@ impl DonationAlertsClient {
     }
 
     /// Where the browser goes to approve the connection.
-    pub fn authorize_url(&self, state: &str) -> Url {
+    pub(crate) fn authorize_url(&self, state: &str) -> Url {
         let mut url = self.endpoint("/oauth/authorize");
         url.query_pairs_mut()
             .append_pair("client_id", &self.client_id)
@@ -182,7 +182,7 @@ impl DonationAlertsClient {
         url
     }
 
-    pub async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
+    pub(crate) async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
         self.token(&[
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -258,7 +258,7 @@ impl DonationAlertsClient {
     /// Where a page's `links.next` leads, if it may be followed: only a link to the donation
     /// list on the configured DonationAlerts host is (the token must never travel anywhere
     /// else), and only one of at most [`MAX_NEXT_LINK_BYTES`] (it may be kept to go on from).
-    pub fn next_page_url(&self, next: &str) -> Result<Url, ProviderError> {
+    pub(crate) fn next_page_url(&self, next: &str) -> Result<Url, ProviderError> {
         if next.len() > MAX_NEXT_LINK_BYTES {
             return Err(ProviderError::Malformed {
                 what: "links.next is longer than 2 KiB",
@@ -279,7 +279,7 @@ impl DonationAlertsClient {
     }
 
     /// The page a previous page's `links.next` names, if [`Self::next_page_url`] allows it.
-    pub async fn next_page(
+    pub(crate) async fn next_page(
         &self,
         next: &str,
         access_token: &str,

@@ -22,7 +22,7 @@ pub struct TokenSet {
 }
 
 /// The cause of a provider failure, kept for the log.
-pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything a provider call can end in other than success. Callers tell apart a refusal
 /// (the provider answered no), a timeout and any other failure; causes are kept.
@@ -72,7 +72,7 @@ impl ProviderError {
     }
 
     /// The provider says the token is not (or no longer) valid.
-    pub fn is_unauthorized(&self) -> bool {
+    pub(crate) fn is_unauthorized(&self) -> bool {
         matches!(self, Self::Rejected { status: 401, .. })
     }
 
@@ -96,7 +96,7 @@ pub(crate) struct ProviderErrorBody {
 pub const MAX_PROVIDER_BODY_BYTES: usize = 1024 * 1024;
 
 /// The longest provider error message kept (for the log), in characters.
-pub const MAX_ERROR_MESSAGE_CHARS: usize = 200;
+pub(crate) const MAX_ERROR_MESSAGE_CHARS: usize = 200;
 
 /// The body of a provider's answer, refused as [`ProviderError::Malformed`] once it passes
 /// [`MAX_PROVIDER_BODY_BYTES`] (by its `Content-Length`, or while it arrives).

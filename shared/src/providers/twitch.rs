@@ -23,7 +23,7 @@ use crate::secret::Secret;
 /// Twitch's token response. Twitch sends `scope` as a JSON array where RFC 6749 has a
 /// space-separated string; both are accepted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TwitchTokenResponse {
+pub(crate) struct TwitchTokenResponse {
     access_token: AccessToken,
     token_type: BasicTokenType,
     #[serde(default)]
@@ -155,7 +155,7 @@ struct Stream {
 }
 
 /// Helix takes at most this many `user_id`s per `GET /streams`.
-pub const STREAMS_PER_REQUEST: usize = 100;
+pub(crate) const STREAMS_PER_REQUEST: usize = 100;
 
 pub struct TwitchClient {
     http: super::ProviderHttp,
@@ -224,7 +224,7 @@ impl TwitchClient {
     }
 
     /// Where the browser goes to approve the login.
-    pub fn authorize_url(&self, state: &str, force_verify: bool) -> Url {
+    pub(crate) fn authorize_url(&self, state: &str, force_verify: bool) -> Url {
         let mut url = Url::parse(&format!("{}/authorize", self.auth_base))
             .expect("the auth base URL was validated at start");
         {
@@ -242,7 +242,7 @@ impl TwitchClient {
         url
     }
 
-    pub async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
+    pub(crate) async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
         self.client_secret()?;
         let http = self.http.client();
         self.oauth
@@ -334,7 +334,7 @@ impl TwitchClient {
 
     /// Which of `user_ids` are live now (Helix `GET /streams`, 100 ids a request, app
     /// access token).
-    pub async fn live_user_ids(
+    pub(crate) async fn live_user_ids(
         &self,
         user_ids: &[String],
     ) -> Result<std::collections::HashSet<String>, ProviderError> {

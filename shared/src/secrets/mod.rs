@@ -147,7 +147,7 @@ impl AwsEnvironment {
 const SECRETS_MANAGER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `GetSecretValue` of `arn`: its string value.
-pub async fn get_secret_string(
+pub(crate) async fn get_secret_string(
     aws: &AwsEnvironment,
     arn: &str,
 ) -> Result<Secret<String>, ConfigError> {
@@ -245,7 +245,7 @@ fn refusal(body: &str) -> String {
 }
 
 /// Adds `secret_vars` to `vars` where `vars` has no value: unset or blank.
-pub fn fill_unset(vars: &mut HashMap<String, String>, secret_vars: Vec<(String, String)>) {
+pub(crate) fn fill_unset(vars: &mut HashMap<String, String>, secret_vars: Vec<(String, String)>) {
     for (name, value) in secret_vars {
         if crate::vars::value(vars, &name).is_none() {
             vars.insert(name, value);

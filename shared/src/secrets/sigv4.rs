@@ -84,7 +84,7 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// `YYYYMMDDTHHMMSSZ` for a time.
-pub fn amz_date(at: time::OffsetDateTime) -> String {
+pub(crate) fn amz_date(at: time::OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",

@@ -25,7 +25,7 @@ impl TokenKind {
 
 /// Where a sealed token is stored: its associated data, binding the ciphertext to the row
 /// (user and provider) and column, so it opens nowhere else.
-pub fn token_context(twitch_user_id: &str, provider: &str, kind: TokenKind) -> String {
+pub(crate) fn token_context(twitch_user_id: &str, provider: &str, kind: TokenKind) -> String {
     format!("{twitch_user_id}/{provider}/{}", kind.column())
 }
 
@@ -188,7 +188,10 @@ impl Store {
     }
 
     /// The user of a live (unrevoked, unexpired) session.
-    pub async fn session_user(&self, id_hash: Vec<u8>) -> Result<Option<SessionUser>, StoreError> {
+    pub(crate) async fn session_user(
+        &self,
+        id_hash: Vec<u8>,
+    ) -> Result<Option<SessionUser>, StoreError> {
         self.read(move |conn| {
             conn.query_row(
                 "SELECT u.twitch_user_id, u.login, u.display_name, u.profile_image_url,
@@ -236,7 +239,7 @@ impl Store {
     }
 
     /// Ends one session (logout). Its cookie no longer opens anything.
-    pub async fn revoke_session(&self, id_hash: Vec<u8>) -> Result<(), StoreError> {
+    pub(crate) async fn revoke_session(&self, id_hash: Vec<u8>) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE sessions SET revoked_at = ?2 WHERE id_hash = ?1 AND revoked_at IS NULL",
@@ -277,7 +280,7 @@ impl Store {
     /// Twitch disconnect ("forget my accounts"): in one write, deletes the user's Twitch
     /// tokens, their DonationAlerts link and tokens (polling of them stops), and ends every
     /// session of theirs. Profile and recorded donations stay.
-    pub async fn forget_twitch_connection(
+    pub(crate) async fn forget_twitch_connection(
         &self,
         twitch_user_id: &TwitchUserId,
     ) -> Result<(), StoreError> {

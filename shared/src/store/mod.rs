@@ -134,7 +134,7 @@ impl Store {
     }
 
     /// [`Store::open`], telling `commits` of every batch the writer commits.
-    pub async fn open_reporting(
+    pub(crate) async fn open_reporting(
         config: &SqliteConfig,
         coordinator: &Coordinator,
         commits: Option<Arc<dyn CommitObserver>>,

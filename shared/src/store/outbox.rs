@@ -9,14 +9,14 @@ use crate::domain::now_ms;
 
 /// An event waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PendingEvent {
+pub(crate) struct PendingEvent {
     pub event_id: String,
     pub event: BusEvent,
 }
 
 /// Outbox rows read for the relay: the events, and the rows that are no event.
 #[derive(Debug, Default)]
-pub struct PendingRows {
+pub(crate) struct PendingRows {
     pub events: Vec<PendingEvent>,
     /// Rows whose payload is not JSON (a bug, or a hand-edited database): each stays pending
     /// and is reported, and the rows behind it still go out.
@@ -25,7 +25,7 @@ pub struct PendingRows {
 
 /// An outbox row that is no event.
 #[derive(Debug)]
-pub struct UnreadableEvent {
+pub(crate) struct UnreadableEvent {
     pub event_id: String,
     pub error: serde_json::Error,
 }
@@ -33,7 +33,7 @@ pub struct UnreadableEvent {
 impl Store {
     /// Up to `limit` rows not yet published, oldest first, after skipping the first `skip`
     /// (the relay skips the unreadable rows it has met already).
-    pub async fn pending_events(
+    pub(crate) async fn pending_events(
         &self,
         limit: usize,
         skip: usize,
@@ -65,7 +65,7 @@ impl Store {
     }
 
     /// Marks events as published (after the bus accepted them, or already had them).
-    pub async fn mark_published(&self, event_ids: Vec<String>) -> Result<(), StoreError> {
+    pub(crate) async fn mark_published(&self, event_ids: Vec<String>) -> Result<(), StoreError> {
         if event_ids.is_empty() {
             return Ok(());
         }

@@ -12,7 +12,7 @@ use crate::domain::{Provider, TwitchUserId};
 
 /// Where a validation run stands in the list of due tokens: the `(last_validated_at,
 /// twitch_user_id)` of the last token handed out (never-validated tokens count as 0).
-pub type ValidationCursor = (i64, String);
+pub(crate) type ValidationCursor = (i64, String);
 
 /// Columns read into a [`StoredTokens`], in the order [`stored_tokens_from`] expects.
 const TOKEN_COLUMNS: &str =
@@ -52,7 +52,7 @@ fn stored_tokens_from(
 
 /// New tokens for a row, sealed for it.
 #[derive(Debug, Clone)]
-pub struct RefreshedTokens {
+pub(crate) struct RefreshedTokens {
     pub access_token_sealed: Vec<u8>,
     pub refresh_token_sealed: Option<Vec<u8>>,
     pub scopes: Vec<String>,
@@ -86,7 +86,7 @@ impl Store {
     /// the order of that time then user id, after `after`: the next page of a validation run.
     /// The order makes a run that stopped early continue, on the next run, with the tokens
     /// it did not reach.
-    pub async fn tokens_due_for_validation(
+    pub(crate) async fn tokens_due_for_validation(
         &self,
         provider: Provider,
         due_before: i64,
@@ -120,7 +120,7 @@ impl Store {
     /// Records that the provider accepted the access token `sealed_access` at `at`, with the
     /// expiry it reported (`None`: the token does not expire), unless the row holds other
     /// tokens by now. `false` when it does.
-    pub async fn record_validation(
+    pub(crate) async fn record_validation(
         &self,
         user: &TwitchUserId,
         provider: Provider,
@@ -142,7 +142,7 @@ impl Store {
 
     /// Whether the row still holds the access token `sealed_access` and it was validated at
     /// or after `since`.
-    pub async fn validated_since(
+    pub(crate) async fn validated_since(
         &self,
         user: &TwitchUserId,
         provider: Provider,
@@ -167,7 +167,7 @@ impl Store {
     /// were their login (Twitch), and records `event` in the outbox, all in one write.
     /// `false` when the row held other tokens by now (a new login replaced them) or was gone:
     /// nothing is written.
-    pub async fn end_connection(
+    pub(crate) async fn end_connection(
         &self,
         user: &TwitchUserId,
         provider: Provider,
@@ -205,7 +205,7 @@ impl Store {
     /// token the provider has just issued is valid), if the row
     /// still holds `replacing` (the sealed access token the refresh started from). `false`
     /// when it does not (replaced or disconnected meanwhile): nothing is written.
-    pub async fn replace_tokens(
+    pub(crate) async fn replace_tokens(
         &self,
         user: &TwitchUserId,
         provider: Provider,

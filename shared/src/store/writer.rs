@@ -129,7 +129,7 @@ pub trait CommitObserver: Send + Sync + std::fmt::Debug {
 
 /// Cheap to clone; every clone feeds the same writer thread.
 #[derive(Clone)]
-pub struct WriterHandle {
+pub(crate) struct WriterHandle {
     sender: mpsc::Sender<Job>,
     stats: Arc<WriterStats>,
 }

@@ -126,7 +126,7 @@ impl UsableTokens {
 }
 
 /// The lock a refresh of these tokens runs under.
-pub fn refresh_lock(provider: Provider, user: &TwitchUserId) -> String {
+pub(crate) fn refresh_lock(provider: Provider, user: &TwitchUserId) -> String {
     format!("locks:tokens:{}:{}", provider.as_str(), user.as_str())
 }
 
@@ -512,7 +512,7 @@ async fn replaced_meanwhile(
 /// The provider refused tokens that were just refreshed (or will not refresh them): the
 /// connection is over until the streamer connects again: the tokens are deleted, the sessions
 /// ended and `token.revoked` published.
-pub async fn connection_lost(
+pub(crate) async fn connection_lost(
     keeper: &TokenKeeper,
     user: &TwitchUserId,
     provider: Provider,

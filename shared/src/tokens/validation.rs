@@ -31,7 +31,7 @@ use crate::store::accounts::StoredTokens;
 use crate::telemetry::error_chain;
 
 /// The lock that keeps validation runs from overlapping across instances.
-pub const VALIDATION_LOCK: &str = "locks:tokens:validate";
+pub(crate) const VALIDATION_LOCK: &str = "locks:tokens:validate";
 
 /// Due tokens read from the store at a time.
 const PAGE: usize = 256;

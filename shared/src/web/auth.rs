@@ -25,7 +25,7 @@ const MAX_QUERY_LEN: usize = 4096;
 /// `GET /auth/twitch`: 302 to Twitch's authorize page (with `force_verify=true` after a logout
 /// or with `?reauth=1`).
 #[tracing::instrument(name = "auth.twitch.start", skip_all)]
-pub async fn start_twitch(
+pub(crate) async fn start_twitch(
     State(app): State<App>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -94,7 +94,7 @@ fn canonical_local_start(app: &App, headers: &HeaderMap, query: Option<&str>) ->
 
 /// The callback's query, parsed strictly: UTF-8 only, no repeated parameters.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct CallbackQuery {
+pub(crate) struct CallbackQuery {
     pub code: Option<String>,
     pub state: Option<String>,
     pub scope: Option<String>,
@@ -137,6 +137,7 @@ fn decode(component: &str) -> Result<String, WebError> {
 }
 
 /// Where the time of a callback went: the bench subtracts the provider's share.
+#[cfg(feature = "test-support")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallbackTimings {
     pub total: Duration,
@@ -149,22 +150,33 @@ pub struct CallbackTimings {
     skip_all,
     fields(twitch_user_id = tracing::field::Empty)
 )]
-pub async fn twitch_callback(
+pub(crate) async fn twitch_callback(
     State(app): State<App>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    complete_twitch_login(&app, raw.as_deref(), &headers)
+    finish_twitch_callback(&app, raw.as_deref(), &headers)
         .await
         .0
 }
 
-/// The callback, also returning its timings (used by the benchmark).
+/// The callback, also returning its timings (the benchmark).
+#[cfg(feature = "test-support")]
 pub async fn complete_twitch_login(
     app: &App,
     raw_query: Option<&str>,
     headers: &HeaderMap,
 ) -> (Response, CallbackTimings) {
+    let (response, total, provider) = finish_twitch_callback(app, raw_query, headers).await;
+    (response, CallbackTimings { total, provider })
+}
+
+/// The callback; also says how long it took in all and how much of that went to Twitch.
+async fn finish_twitch_callback(
+    app: &App,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+) -> (Response, Duration, Duration) {
     let started = Instant::now();
     let mut provider = Duration::ZERO;
     let outcome = finish_twitch_login(app, raw_query, headers, &mut provider).await;
@@ -177,16 +189,13 @@ pub async fn complete_twitch_login(
     response
         .headers_mut()
         .append(header::SET_COOKIE, clear_binding);
-    let timings = CallbackTimings {
-        total: started.elapsed(),
-        provider,
-    };
+    let total = started.elapsed();
     tracing::debug!(
-        server_us = (timings.total.saturating_sub(timings.provider)).as_micros() as u64,
-        provider_us = timings.provider.as_micros() as u64,
+        server_us = (total.saturating_sub(provider)).as_micros() as u64,
+        provider_us = provider.as_micros() as u64,
         "twitch callback"
     );
-    (response, timings)
+    (response, total, provider)
 }
 
 /// Times one provider call into `spent`.

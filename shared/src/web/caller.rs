@@ -27,7 +27,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// The ARN in the API Gateway request context `lambda_http` puts in a request's extensions.
 #[cfg(feature = "lambda")]
-pub fn caller_arn(extensions: &Extensions) -> Option<String> {
+pub(crate) fn caller_arn(extensions: &Extensions) -> Option<String> {
     use lambda_http::request::RequestContext;
     #[allow(unreachable_patterns)] // only the HTTP API's context is compiled in
     match extensions.get::<RequestContext>()? {
@@ -40,7 +40,7 @@ pub fn caller_arn(extensions: &Extensions) -> Option<String> {
 
 /// Without the Lambda runtime no request carries an API Gateway context.
 #[cfg(not(feature = "lambda"))]
-pub fn caller_arn(_extensions: &Extensions) -> Option<String> {
+pub(crate) fn caller_arn(_extensions: &Extensions) -> Option<String> {
     None
 }
 

@@ -39,7 +39,7 @@ use crate::store::accounts::{TokenKind, seal_token};
 use crate::store::donationalerts::{Connected, DonationAlertsConnection};
 
 /// The DonationAlerts connect flow.
-pub const DONATIONALERTS_CONNECT: OAuthFlow = OAuthFlow {
+pub(crate) const DONATIONALERTS_CONNECT: OAuthFlow = OAuthFlow {
     provider: "donationalerts",
     cookie: "avatar_oauth_donationalerts",
     callback_path: "/auth/donationalerts/callback",
@@ -260,7 +260,7 @@ async fn newest_donation_id(
 /// `GET /api/donationalerts/status`: whether the session's streamer has DonationAlerts
 /// connected, and as whom.
 #[derive(Debug, Serialize)]
-pub struct ConnectionStatus {
+pub(crate) struct ConnectionStatus {
     pub connected: bool,
     /// `active`, `need_reauth`, or `null` when not connected.
     pub status: Option<&'static str>,

@@ -501,7 +501,7 @@ fn body_timeout_response(headers: SecurityHeaders) -> Response {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RequestBodyError {
+pub(crate) enum RequestBodyError {
     #[error("reading the request body failed")]
     Read(#[source] hyper::Error),
     #[error("the request body did not arrive within {0:?}")]

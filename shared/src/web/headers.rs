@@ -8,7 +8,7 @@ use crate::config::Config;
 
 /// Whether the site is served over https (`PUBLIC_BASE_URL`): cookies are `Secure` and HSTS
 /// is sent only then.
-pub fn is_https(config: &Config) -> bool {
+pub(crate) fn is_https(config: &Config) -> bool {
     config.public_base_url.scheme() == "https"
 }
 
@@ -21,13 +21,13 @@ pub struct SecurityHeaders {
 }
 
 impl SecurityHeaders {
-    pub fn for_config(config: &Config) -> Self {
+    pub(crate) fn for_config(config: &Config) -> Self {
         Self {
             hsts: is_https(config),
         }
     }
 
-    pub fn apply(self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
         headers.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),

@@ -35,7 +35,7 @@ pub enum Status {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     pub ok: bool,
     pub status: Status,
     pub version: &'static str,
@@ -51,7 +51,7 @@ pub struct HealthReport {
 /// started; instances that stopped reporting a while ago are left out).
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PollingReport {
+pub(crate) struct PollingReport {
     /// Pollers that reported within the last [`POLLER_REPORT_WINDOW`].
     pub pollers: usize,
     pub streamer_count: usize,
@@ -78,7 +78,7 @@ pub struct PollingReport {
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RateLimitReport {
+pub(crate) struct RateLimitReport {
     /// The app-wide DonationAlerts budget (`DA_RATE_LIMIT_PER_MIN`).
     pub per_minute: u32,
     /// Grants left at the latest decision any poller saw.
@@ -88,12 +88,12 @@ pub struct RateLimitReport {
 }
 
 /// A poller whose last report is older than this no longer counts.
-pub const POLLER_REPORT_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const POLLER_REPORT_WINDOW: Duration = Duration::from_secs(30);
 
 impl PollingReport {
     /// Sums the latest figures of every poller, given as stored JSON; returns the report
     /// and the instances whose figures are too old (to be forgotten).
-    pub fn from_figures(
+    pub(crate) fn from_figures(
         per_minute: u32,
         stored: &[(String, String)],
         now_ms: i64,
@@ -158,7 +158,7 @@ impl PollingReport {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RedisReport {
+pub(crate) struct RedisReport {
     /// `enabled` | `disabled` | `down`.
     pub status: &'static str,
     pub is_required: bool,
@@ -168,7 +168,7 @@ pub struct RedisReport {
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LastCheck {
+pub(crate) struct LastCheck {
     pub success: bool,
     pub timestamp: String,
     /// What failed, never where (no host or port).
@@ -178,7 +178,7 @@ pub struct LastCheck {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SqliteReport {
+pub(crate) struct SqliteReport {
     /// `ok` | `down`.
     pub status: &'static str,
     /// As the database reported it at the probe (`PRAGMA journal_mode`).
@@ -191,7 +191,7 @@ pub struct SqliteReport {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ScalabilityReport {
+pub(crate) struct ScalabilityReport {
     pub can_scale_horizontally: bool,
     pub mode: &'static str,
     /// Live instances (heartbeats within the last minute), this one included.

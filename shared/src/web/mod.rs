@@ -463,7 +463,7 @@ impl WebError {
     }
 
     /// The error page. `retry_href` is where "try again" leads (the start of the flow).
-    pub fn into_page(self, app: &App, t: &Texts, retry_href: &str) -> Response {
+    pub(crate) fn into_page(self, app: &App, t: &Texts, retry_href: &str) -> Response {
         let status = self.status();
         self.log(status);
         let Words { title, message } = self.words(t);
@@ -493,7 +493,7 @@ impl WebError {
 /// The error of the JSON routes (`/auth/status`, later `/api/…`):
 /// `{"error":"<code>","message":"…"}` with the status [`WebError::status`] decides.
 #[derive(Debug)]
-pub struct ApiError(pub WebError);
+pub(crate) struct ApiError(pub WebError);
 
 impl<E: Into<WebError>> From<E> for ApiError {
     fn from(error: E) -> Self {

@@ -82,7 +82,7 @@ pub struct StartedFlow {
 
 /// The Redis key that marks a state as used (`oauth:state:{state}`, kept until the state
 /// would have expired): a second callback with the same state is refused.
-pub fn used_state_key(state: &str) -> String {
+pub(crate) fn used_state_key(state: &str) -> String {
     format!("oauth:state:{state}")
 }
 
@@ -113,13 +113,13 @@ impl OAuthFlow {
     }
 
     /// `Set-Cookie` removing the binding (every callback ends the flow, whatever its outcome).
-    pub fn clear_cookie(&self, app: &App) -> HeaderValue {
+    pub(crate) fn clear_cookie(&self, app: &App) -> HeaderValue {
         set_cookie(app, self.cookie, "", self.callback_path, 0)
     }
 
     /// Checks the callback's `state` against this browser's cookie and marks it used.
     /// Succeeds once per state; every refusal names its reason.
-    pub async fn redeem(
+    pub(crate) async fn redeem(
         &self,
         app: &App,
         headers: &HeaderMap,

@@ -17,7 +17,7 @@ use crate::domain::Provider;
 use crate::store::accounts::SessionUser;
 use crate::tokens;
 
-pub const STYLESHEET: &str = include_str!("../../static/style.css");
+pub(crate) const STYLESHEET: &str = include_str!("../../static/style.css");
 
 #[derive(Template)]
 #[template(path = "landing.html")]
@@ -161,7 +161,7 @@ struct StatusUser<'a> {
 
 /// `GET /auth/status`: `{"authenticated":bool,"user":{…}?}`.
 #[tracing::instrument(name = "pages.auth_status", skip_all)]
-pub async fn auth_status(State(app): State<App>, headers: HeaderMap) -> Response {
+pub(crate) async fn auth_status(State(app): State<App>, headers: HeaderMap) -> Response {
     match session::current(&app, &headers).await {
         Ok(current) => status_body(current.as_ref()),
         Err(e) => ApiError(e).into_response(),
@@ -208,7 +208,7 @@ pub async fn logout(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
 /// polling stops: the streamer could not see or stop it without logging in again) and ends
 /// every session of the user.
 #[tracing::instrument(name = "pages.disconnect_twitch", skip_all)]
-pub async fn disconnect_twitch(
+pub(crate) async fn disconnect_twitch(
     State(app): State<App>,
     headers: HeaderMap,
     body: Bytes,

@@ -208,7 +208,7 @@ pub static LOCAL_ONLY_ROUTES: &[LocalRoute] = &[LocalRoute {
 /// router, so one per process). A handler asks for the part it uses (`State<App>`); a clone
 /// is one reference count.
 #[derive(Clone)]
-pub struct WebState(Arc<WebParts>);
+pub(crate) struct WebState(Arc<WebParts>);
 
 struct WebParts {
     app: App,
@@ -242,13 +242,14 @@ pub fn router(app: App) -> Router {
     build(all_routes(), LOCAL_ONLY_ROUTES, app, Edge::LocalServer)
 }
 
-/// The routes of one Lambda function.
+/// The routes of one Lambda function (tests; a function's binary uses [`table_router`]).
+#[cfg(feature = "test-support")]
 pub fn function_router(function: Function, app: App) -> Router {
     build(function.routes(), &[], app, Edge::ApiGateway)
 }
 
 /// A Lambda function's router from its own table (one of [`ROUTE_TABLES`]), which is all its
-/// binary links; the same router as [`function_router`] gives for that function.
+/// binary links; the same router as `function_router` (feature `test-support`) gives for that function.
 pub fn table_router(table: &'static [Route], app: App) -> Router {
     build(table.iter(), &[], app, Edge::ApiGateway)
 }

@@ -14,14 +14,14 @@ use crate::crypto::{random_token, sha256};
 use crate::store::accounts::SessionUser;
 
 /// Sessions last 30 days unless ended earlier.
-pub const SESSION_DAYS: i64 = 30;
+pub(crate) const SESSION_DAYS: i64 = 30;
 /// Set at logout so the next login asks Twitch to show its consent screen again
 /// (`force_verify=true`): on a shared computer the next person must not slip in silently.
-pub const LOGGED_OUT_COOKIE: &str = "avatar_logged_out";
+pub(crate) const LOGGED_OUT_COOKIE: &str = "avatar_logged_out";
 
 /// Sets (after a logout) or clears (after a login) the logged-out marker. Scoped to the
 /// login routes, the only ones that read it.
-pub fn logged_out_marker(app: &App, logged_out: bool) -> axum::http::HeaderValue {
+pub(crate) fn logged_out_marker(app: &App, logged_out: bool) -> axum::http::HeaderValue {
     if logged_out {
         set_cookie(
             app,
@@ -36,7 +36,7 @@ pub fn logged_out_marker(app: &App, logged_out: bool) -> axum::http::HeaderValue
 }
 
 /// `__Host-` on https (the browser then refuses it without Secure, Path=/ and no Domain).
-pub fn cookie_name(app: &App) -> &'static str {
+pub(crate) fn cookie_name(app: &App) -> &'static str {
     if is_https(&app.config) {
         "__Host-avatar_session"
     } else {
@@ -76,7 +76,7 @@ pub struct CurrentSession {
 
 impl CurrentSession {
     /// The CSRF token of this session, for the forms of its pages.
-    pub fn csrf_token(&self, app: &App) -> String {
+    pub(crate) fn csrf_token(&self, app: &App) -> String {
         app.signer.tag("csrf", &self.id)
     }
 }
@@ -89,7 +89,7 @@ fn presented_id<'a>(app: &App, headers: &'a HeaderMap) -> Option<&'a str> {
 }
 
 /// The stored hash of the session this browser presents, so a new login can end it.
-pub fn presented_id_hash(app: &App, headers: &HeaderMap) -> Option<Vec<u8>> {
+pub(crate) fn presented_id_hash(app: &App, headers: &HeaderMap) -> Option<Vec<u8>> {
     presented_id(app, headers).map(sha256)
 }
 
@@ -106,7 +106,7 @@ pub async fn current(app: &App, headers: &HeaderMap) -> Result<Option<CurrentSes
 }
 
 /// `Set-Cookie` that deletes the session cookie.
-pub fn clear_cookie(app: &App) -> axum::http::HeaderValue {
+pub(crate) fn clear_cookie(app: &App) -> axum::http::HeaderValue {
     set_cookie(app, cookie_name(app), "", "/", 0)
 }
 
@@ -133,7 +133,7 @@ impl CrossSiteRefusal {
 
 /// Refuses a state-changing request from another site: an Origin (or, lacking it, a
 /// `Sec-Fetch-Site`) that is not ours, or a missing or wrong CSRF token.
-pub fn check_same_site(
+pub(crate) fn check_same_site(
     app: &App,
     headers: &HeaderMap,
     session: Option<&CurrentSession>,
@@ -168,7 +168,7 @@ fn csrf_field(body: &Bytes) -> Option<String> {
 }
 
 /// Session and same-site checks every POST route starts with.
-pub async fn post_guard(
+pub(crate) async fn post_guard(
     app: &App,
     headers: &HeaderMap,
     body: &Bytes,

@@ -74,7 +74,7 @@ pub const RU: Texts = Texts {
     back_home: "На главную",
 };
 
-pub const EN: Texts = Texts {
+pub(crate) const EN: Texts = Texts {
     lang: "en",
     app_name: "Avatar",
     landing_title: "Your stream avatar",
@@ -111,7 +111,7 @@ pub const EN: Texts = Texts {
 
 /// English when the most preferred language of `Accept-Language` that we speak is English;
 /// Russian otherwise (the default audience).
-pub fn negotiate(headers: &HeaderMap) -> &'static Texts {
+pub(crate) fn negotiate(headers: &HeaderMap) -> &'static Texts {
     let Some(header) = headers
         .get(axum::http::header::ACCEPT_LANGUAGE)
         .and_then(|v| v.to_str().ok())
