@@ -148,7 +148,8 @@ async fn a_constraint_error_fails_only_its_own_write_in_a_shared_batch() {
         if id == 25 {
             let error = result.as_ref().unwrap_err();
             assert!(matches!(error, StoreError::Write(_)), "{error}");
-            assert!(error.to_string().contains("UNIQUE"), "{error}");
+            let chain = shared::telemetry::error_chain(error);
+            assert!(chain.contains("UNIQUE"), "{chain}");
         } else {
             assert!(result.is_ok(), "write {id}: {result:?}");
         }
@@ -192,7 +193,8 @@ async fn a_full_disk_fails_the_affected_writes_and_the_writer_recovers() {
 
     // Assert: both failed with an error, nothing of them was written, and the writer goes on.
     let full = full.unwrap_err();
-    assert!(full.to_string().contains("full"), "{full}");
+    let chain = shared::telemetry::error_chain(&full);
+    assert!(chain.contains("full"), "{chain}");
     assert!(matches!(panicked, Err(StoreError::Panicked(ref m)) if m.0.contains("a bug")));
     store
         .write(|conn| conn.query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(())))
