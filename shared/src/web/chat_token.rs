@@ -19,12 +19,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
-use crate::app::App;
 use crate::domain::TwitchUserId;
 use crate::domain::rfc3339_utc;
 use crate::secret::Secret;
 use crate::telemetry::error_chain;
-use crate::tokens::{self, ChatToken, TokenError};
+use crate::tokens::{self, ChatToken, TokenError, TokenKeeper};
 
 /// Longest access token a report may carry (Twitch's are 30 characters).
 const MAX_REPORTED_TOKEN_LEN: usize = 512;
@@ -43,14 +42,14 @@ struct ChatTokenBody<'a> {
 /// signed the request), so every token handed out, and every refusal, says to whom.
 #[tracing::instrument(name = "api.chat_token", skip_all, fields(caller = caller.arn()))]
 pub async fn chat_token(
-    State(app): State<App>,
+    State(keeper): State<TokenKeeper>,
     caller: Caller,
     Path(user): Path<String>,
 ) -> Response {
     let Some(user) = TwitchUserId::parse(&user) else {
         return invalid_user_id();
     };
-    let answer = tokens::chat_token(&app.tokens, &user).await;
+    let answer = tokens::chat_token(&keeper, &user).await;
     respond(&user, answer)
 }
 
@@ -64,7 +63,7 @@ struct RefusedReport {
 /// `POST …/refused`: a bot reports the token Twitch refused and gets one Twitch accepts.
 #[tracing::instrument(name = "api.chat_token_refused", skip_all, fields(caller = caller.arn()))]
 pub async fn chat_token_refused(
-    State(app): State<App>,
+    State(keeper): State<TokenKeeper>,
     caller: Caller,
     Path(user): Path<String>,
     body: Bytes,
@@ -80,7 +79,7 @@ pub async fn chat_token_refused(
             "The body must be JSON {\"accessToken\":\"…\"} with the token Twitch refused.",
         );
     };
-    let answer = tokens::chat_token_refused(&app.tokens, &user, &refused).await;
+    let answer = tokens::chat_token_refused(&keeper, &user, &refused).await;
     respond(&user, answer)
 }
 

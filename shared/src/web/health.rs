@@ -1,4 +1,4 @@
-//! `GET /health`: a superset of the Node app's report.
+//! `GET /health`: a superset of the Node sources's report.
 //!
 //! Redis (PING, heartbeat count) and SQLite (a read) are measured by one probe that every
 //! request made within `HEALTH_MAX_AGE_MS` reuses; requests that find the probe stale share
@@ -21,6 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::app::App;
 use crate::coordination::{CoordinationError, Coordinator, Mode};
 use crate::metrics::PollFigures;
+use crate::store::Store;
 
 /// How long the store may take to answer the health read before it counts as down.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,7 +80,7 @@ pub(crate) struct PollingReport {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RateLimitReport {
-    /// The app-wide DonationAlerts budget (`DA_RATE_LIMIT_PER_MIN`).
+    /// The sources-wide DonationAlerts budget (`DA_RATE_LIMIT_PER_MIN`).
     pub per_minute: u32,
     /// Grants left at the latest decision any poller saw.
     pub remaining: Option<u32>,
@@ -250,10 +251,38 @@ struct ProbeState {
     in_flight: Option<ProbeInFlight>,
 }
 
+/// What `/health` looks at: the coordinator (PING, heartbeats, the pollers' figures), the
+/// store's writer, and the settings that decide what counts as down.
+#[derive(Clone)]
+pub struct HealthSources {
+    pub coordinator: Coordinator,
+    pub store: Store,
+    /// This process, in `avatar:instances`.
+    pub instance_id: Arc<str>,
+    /// `REDIS_REQUIRED`: without Redis the service is down rather than degraded.
+    pub redis_required: bool,
+    /// The DonationAlerts budget a minute, reported beside the pollers' figures.
+    pub rate_limit_per_minute: u32,
+}
+
+impl HealthSources {
+    pub fn of(app: &App) -> Self {
+        Self {
+            coordinator: app.coordinator.clone(),
+            store: app.store.clone(),
+            instance_id: app.instance_id.clone(),
+            redis_required: app.config.redis.required,
+            rate_limit_per_minute: app.config.polling.rate_limit_per_minute,
+        }
+    }
+}
+
 /// The report `GET /health` would give now, from a probe of its own (tools and tests; the
 /// route reuses its router's [`HealthProbes`]).
 pub async fn respond(app: &App) -> HealthResponse {
-    HealthProbes::new(Duration::ZERO).respond(app).await
+    HealthProbes::new(Duration::ZERO)
+        .respond(&HealthSources::of(app))
+        .await
 }
 
 /// The shared, reused health probe (one per router, so one per process): a probe at most
@@ -280,8 +309,8 @@ impl HealthProbes {
         probe.taken.elapsed() <= self.max_age
     }
 
-    pub async fn respond(&self, app: &App) -> HealthResponse {
-        let figures = WriterFigures::read(app);
+    pub async fn respond(&self, sources: &HealthSources) -> HealthResponse {
+        let figures = WriterFigures::read(sources);
         let cached = {
             let state = self.state();
             match &state.latest {
@@ -298,9 +327,9 @@ impl HealthProbes {
         };
         let probe = match cached {
             Some(probe) => probe,
-            None => self.probe(app).await,
+            None => self.probe(sources).await,
         };
-        let response = render(app, &probe, figures);
+        let response = render(sources, &probe, figures);
         let mut state = self.state();
         if state
             .latest
@@ -314,7 +343,7 @@ impl HealthProbes {
 
     /// A fresh probe: the one being taken if any, else a new one. The probe runs as its own
     /// task, so a client that goes away does not abandon it half-way for the others.
-    async fn probe(&self, app: &App) -> Arc<Probe> {
+    async fn probe(&self, sources: &HealthSources) -> Arc<Probe> {
         let in_flight = {
             let mut state = self.state();
             if let Some(probe) = state.latest.as_ref().filter(|p| self.is_fresh(p)) {
@@ -323,11 +352,11 @@ impl HealthProbes {
             match &state.in_flight {
                 Some(in_flight) => in_flight.clone(),
                 None => {
-                    let app = app.clone();
+                    let sources = sources.clone();
                     let shared_state = self.state.clone();
-                    let distributed = app.coordinator.mode() == Mode::Distributed;
+                    let distributed = sources.coordinator.mode() == Mode::Distributed;
                     let task = tokio::spawn(async move {
-                        let probe = AssertUnwindSafe(measure(&app))
+                        let probe = AssertUnwindSafe(measure(&sources))
                             .catch_unwind()
                             .await
                             .unwrap_or_else(|_| Probe::interrupted(distributed));
@@ -354,8 +383,8 @@ impl HealthProbes {
 }
 
 impl WriterFigures {
-    fn read(app: &App) -> Self {
-        let stats = app.store.writer_stats();
+    fn read(sources: &HealthSources) -> Self {
+        let stats = sources.store.writer_stats();
         Self {
             queue_depth: stats.queue_depth.load(Ordering::Relaxed),
             last_commit_us: stats.last_commit_us.load(Ordering::Relaxed),
@@ -385,14 +414,19 @@ impl Probe {
 }
 
 /// Measures Redis (PING, then the heartbeat count) and SQLite (a read) concurrently.
-async fn measure(app: &App) -> Probe {
+async fn measure(sources: &HealthSources) -> Probe {
     let at = time::OffsetDateTime::now_utc();
     let taken = Instant::now();
     let redis_and_instances = async {
-        let redis = check_redis(app).await;
+        let redis = check_redis(sources).await;
         let instances = match &redis {
             Some(check) if check.error.is_some() => None,
-            _ => match app.coordinator.presence().heartbeat(&app.instance_id).await {
+            _ => match sources
+                .coordinator
+                .presence()
+                .heartbeat(&sources.instance_id)
+                .await
+            {
                 Ok(count) => Some(count),
                 Err(e) => {
                     tracing::warn!(error = %crate::telemetry::error_chain(&e), "health: counting live instances failed");
@@ -403,10 +437,10 @@ async fn measure(app: &App) -> Probe {
         (redis, instances)
     };
     let ((redis, instances), (journal_mode, sqlite_error)) =
-        tokio::join!(redis_and_instances, check_sqlite(app));
+        tokio::join!(redis_and_instances, check_sqlite(sources));
     let redis_up = redis.as_ref().is_none_or(|c| c.error.is_none());
     let polling = if redis_up {
-        polling_report(app).await
+        polling_report(sources).await
     } else {
         PollingReport::default()
     };
@@ -422,9 +456,9 @@ async fn measure(app: &App) -> Probe {
 }
 
 /// Every poller's latest figures, summed; figures of pollers gone quiet are dropped.
-async fn polling_report(app: &App) -> PollingReport {
-    let per_minute = app.config.polling.rate_limit_per_minute;
-    let stored = match app.coordinator.presence().poll_figures().await {
+async fn polling_report(sources: &HealthSources) -> PollingReport {
+    let per_minute = sources.rate_limit_per_minute;
+    let stored = match sources.coordinator.presence().poll_figures().await {
         Ok(stored) => stored,
         Err(e) => {
             tracing::warn!(error = %what_failed(&e), "health: reading the pollers' figures failed");
@@ -432,24 +466,29 @@ async fn polling_report(app: &App) -> PollingReport {
         }
     };
     let (report, stale) = PollingReport::from_figures(per_minute, &stored, crate::domain::now_ms());
-    if let Err(e) = app.coordinator.presence().forget_poll_figures(&stale).await {
+    if let Err(e) = sources
+        .coordinator
+        .presence()
+        .forget_poll_figures(&stale)
+        .await
+    {
         tracing::debug!(error = %what_failed(&e), "health: stale poller figures stay");
     }
     report
 }
 
 /// Pings Redis; `None` in single-instance mode.
-async fn check_redis(app: &App) -> Option<RedisCheck> {
-    if !matches!(app.coordinator, Coordinator::Redis(_)) {
+async fn check_redis(sources: &HealthSources) -> Option<RedisCheck> {
+    if !matches!(sources.coordinator, Coordinator::Redis(_)) {
         return None;
     }
-    Some(match app.coordinator.ping().await {
+    Some(match sources.coordinator.ping().await {
         Ok(latency) => RedisCheck {
             latency: Some(latency),
             error: None,
         },
         Err(e) => {
-            if app.config.redis.required {
+            if sources.redis_required {
                 tracing::error!(
                     error = %crate::telemetry::error_chain(&e),
                     "Redis is down and REDIS_REQUIRED=true: refusing work that needs it (503)"
@@ -497,8 +536,8 @@ fn what_failed(error: &CoordinationError) -> String {
 }
 
 /// Reads the journal mode through the read pool: proves a reader can open the database.
-async fn check_sqlite(app: &App) -> (Option<String>, Option<String>) {
-    let read = app
+async fn check_sqlite(sources: &HealthSources) -> (Option<String>, Option<String>) {
+    let read = sources
         .store
         .read(|conn| conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0)));
     match tokio::time::timeout(STORE_CHECK_TIMEOUT, read).await {
@@ -520,8 +559,8 @@ fn timestamp(at: time::OffsetDateTime) -> String {
 }
 
 /// The report for `probe` with the writer's `figures`, as JSON.
-fn render(app: &App, probe: &Probe, figures: WriterFigures) -> HealthResponse {
-    let report = report(app, probe, figures);
+fn render(sources: &HealthSources, probe: &Probe, figures: WriterFigures) -> HealthResponse {
+    let report = report(sources, probe, figures);
     let body = serde_json::to_vec(&report)
         .map(Bytes::from)
         .unwrap_or_else(|_| Bytes::from_static(br#"{"ok":false,"status":"down"}"#));
@@ -531,8 +570,8 @@ fn render(app: &App, probe: &Probe, figures: WriterFigures) -> HealthResponse {
     }
 }
 
-fn report(app: &App, probe: &Probe, figures: WriterFigures) -> HealthReport {
-    let required = app.config.redis.required;
+fn report(sources: &HealthSources, probe: &Probe, figures: WriterFigures) -> HealthReport {
+    let required = sources.redis_required;
     let redis_up = probe.redis.as_ref().is_none_or(|c| c.error.is_none());
     let checked_at = timestamp(probe.at);
     let redis = RedisReport {
@@ -562,7 +601,7 @@ fn report(app: &App, probe: &Probe, figures: WriterFigures) -> HealthReport {
         error: sqlite_error,
     };
 
-    let mode = app.coordinator.mode();
+    let mode = sources.coordinator.mode();
     let scalability = ScalabilityReport {
         can_scale_horizontally: mode == Mode::Distributed && redis_up,
         mode: mode.as_str(),

@@ -18,7 +18,9 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use super::headers::SecurityHeaders;
 use crate::app::App;
 use crate::bundle::Function;
-use crate::web::health::{HealthProbes, Status};
+use crate::metrics::Metrics;
+use crate::tokens::TokenKeeper;
+use crate::web::health::{HealthProbes, HealthSources, Status};
 use crate::web::{auth, chat_token, donationalerts, pages};
 
 impl Function {
@@ -213,18 +215,38 @@ pub(crate) struct WebState(Arc<WebParts>);
 struct WebParts {
     app: App,
     health: HealthProbes,
+    health_sources: HealthSources,
 }
 
 impl WebState {
     fn new(app: App) -> Self {
         let health = HealthProbes::new(app.config.health_max_age);
-        Self(Arc::new(WebParts { app, health }))
+        let health_sources = HealthSources::of(&app);
+        Self(Arc::new(WebParts {
+            app,
+            health,
+            health_sources,
+        }))
     }
 }
 
 impl FromRef<WebState> for App {
     fn from_ref(web: &WebState) -> App {
         web.0.app.clone()
+    }
+}
+
+/// The chat-token routes use the stored tokens only.
+impl FromRef<WebState> for TokenKeeper {
+    fn from_ref(web: &WebState) -> TokenKeeper {
+        web.0.app.tokens.clone()
+    }
+}
+
+/// `/metrics` reads the figures only.
+impl FromRef<WebState> for Arc<Metrics> {
+    fn from_ref(web: &WebState) -> Arc<Metrics> {
+        web.0.app.metrics.clone()
     }
 }
 
@@ -309,7 +331,7 @@ pub async fn serve(
     super::edge::serve(listener, router(app), limits, headers, shutdown).await
 }
 
-async fn metrics_route(State(app): State<App>) -> Response {
+async fn metrics_route(State(metrics): State<Arc<Metrics>>) -> Response {
     let headers = [
         (
             axum::http::header::CONTENT_TYPE,
@@ -317,11 +339,11 @@ async fn metrics_route(State(app): State<App>) -> Response {
         ),
         (axum::http::header::CACHE_CONTROL, "no-store"),
     ];
-    (StatusCode::OK, headers, app.metrics.prometheus_text()).into_response()
+    (StatusCode::OK, headers, metrics.prometheus_text()).into_response()
 }
 
 async fn health_route(State(web): State<WebState>) -> Response {
-    let report = web.0.health.respond(&web.0.app).await;
+    let report = web.0.health.respond(&web.0.health_sources).await;
     let status = match report.status {
         Status::Ok | Status::Degraded => StatusCode::OK,
         Status::Down => StatusCode::SERVICE_UNAVAILABLE,
