@@ -542,7 +542,7 @@ async fn check_sqlite(sources: &HealthSources) -> (Option<String>, Option<String
         .read(|conn| conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0)));
     match tokio::time::timeout(STORE_CHECK_TIMEOUT, read).await {
         Ok(Ok(mode)) => (Some(mode), None),
-        Ok(Err(e)) => (None, Some(e.to_string())),
+        Ok(Err(e)) => (None, Some(crate::telemetry::error_chain(&e))),
         Err(_) => (
             None,
             Some(format!("no answer within {STORE_CHECK_TIMEOUT:?}")),
