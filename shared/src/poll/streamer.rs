@@ -12,7 +12,7 @@
 //!    The opened tokens come from the poller's cache when it has them (see `cache`).
 //! 4. A poll is bounded whatever DonationAlerts answers: at most [`MAX_PAGES_PER_POLL`]
 //!    pages, [`MAX_DONATIONS_PER_POLL`] donations and [`MAX_TEXT_BYTES_PER_POLL`] of text
-//!    held (each answer at most 1 MiB, see `oauth`), no `next` link followed twice, and it
+//!    held (each answer at most 1 MiB, see `providers`), no `next` link followed twice, and it
 //!    stops at once when the poller stops (shutdown, a Lambda deadline), also while waiting
 //!    for the budget or for a page. A poll that stops before the cursor records what it
 //!    read and leaves the cursor where it is; the next goes on from there (see

@@ -1,6 +1,13 @@
-//! The browser-facing part: pages, the Twitch login and DonationAlerts connect routes,
-//! sessions, cookies, and the one
-//! place where errors become pages with a status.
+//! The HTTP wing, the top floor: everything that speaks HTTP.
+//!
+//! - [`routes`]: the one route table, and the routers built from it (`avatar-local`'s and
+//!   each function's); [`edge`]: `avatar-local`'s HTTP edge (timeouts, connection caps);
+//!   [`headers`]: what every response and every page carries; [`health`]: `/health`.
+//! - The browser-facing part: [`pages`], the Twitch login ([`auth`]) and DonationAlerts
+//!   connect ([`donationalerts`]) routes, [`session`]s and cookies, the OAuth state
+//!   ([`oauth_state`]), the texts in two languages ([`texts`]), and the one place where
+//!   errors become pages with a status ([`WebError`]).
+//! - The chat bots' routes ([`chat_token`]), and who called them ([`caller`]).
 //!
 //! Every HTML response carries a strict Content-Security-Policy (no scripts at all, styles
 //! from our one stylesheet, forms only to ourselves), and every value in a page goes through
