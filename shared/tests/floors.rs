@@ -3,45 +3,37 @@
 //! test reads `shared/src`, finds every `crate::` and `super::` path outside comments, and
 //! fails on an import that breaks either rule, naming the file and the import.
 //!
-//! The floors, bottom first (`lib.rs`'s tour says the same in words):
-//!
-//! | floor | modules | what lives there |
-//! |---|---|---|
-//! | 0 | `domain`, `secret`, `text`, `telemetry`, `outbound`, `vars`, `bundle` | ids, the clock, the donation and the bus event; redaction; bounded text; logging; the outbound HTTP client; a variable's value; the bundle's functions |
-//! | 1 | `secrets`, `config`, `crypto` | settings read and checked at start; keys |
-//! | 2 | `store`, `coordination`, `providers` | SQLite, Redis, the Twitch and DonationAlerts APIs |
-//! | 3 | `metrics` | the figures, counted where things happen |
-//! | 4 | `jobs`, `tokens`, `outbox`, `poll` | the work: tokens kept alive, donations polled, events relayed |
-//! | 5 | `app` | the composition root: builds every handle once per process |
-//! | 6 | `web`, `lambda` | the HTTP wing (routes, edge, pages, health) and the Lambda entry points |
+//! The floors are written down once, in the table of `lib.rs`'s tour (`//! | floor | modules |`):
+//! this test reads them from there, so the tour and the check cannot drift apart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Each top-level module of `shared/src` and its floor.
-const FLOORS: &[(&str, u8)] = &[
-    ("domain", 0),
-    ("secret", 0),
-    ("text", 0),
-    ("telemetry", 0),
-    ("outbound", 0),
-    ("vars", 0),
-    ("bundle", 0),
-    ("secrets", 1),
-    ("config", 1),
-    ("crypto", 1),
-    ("store", 2),
-    ("coordination", 2),
-    ("providers", 2),
-    ("metrics", 3),
-    ("jobs", 4),
-    ("tokens", 4),
-    ("outbox", 4),
-    ("poll", 4),
-    ("app", 5),
-    ("web", 6),
-    ("lambda", 6),
-];
+/// Each top-level module of `shared/src` and its floor, read from the table in `lib.rs`'s
+/// tour: rows `//! | N | modules |`, where every module is named in backticks.
+fn floors() -> Vec<(String, u8)> {
+    let tour = std::fs::read_to_string(src_dir().join("lib.rs")).unwrap();
+    let mut floors = Vec::new();
+    for line in tour.lines() {
+        let Some(row) = line.strip_prefix("//! |") else {
+            continue;
+        };
+        let mut cells = row.split('|');
+        let (Some(floor), Some(modules)) = (cells.next(), cells.next()) else {
+            continue;
+        };
+        let Ok(floor) = floor.trim().parse::<u8>() else {
+            continue;
+        };
+        for name in modules.split('`').skip(1).step_by(2) {
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                floors.push((name.to_owned(), floor));
+            }
+        }
+    }
+    assert!(!floors.is_empty(), "no floors table in lib.rs's tour");
+    floors
+}
 
 /// A module path such as `["store", "writer"]`.
 type Module = Vec<String>;
@@ -331,21 +323,22 @@ fn imports() -> Vec<Import> {
     imports
 }
 
-fn floor_of(module: &Module) -> Option<u8> {
+fn floor_of(module: &Module, floors: &[(String, u8)]) -> Option<u8> {
     let top = module.first()?;
-    FLOORS
+    floors
         .iter()
         .find(|(name, _)| name == top)
         .map(|(_, floor)| *floor)
 }
 
 /// Imports that point up a floor (or into a module the table does not place).
-fn upward(imports: &[Import]) -> Vec<String> {
+fn upward(imports: &[Import], floors: &[(String, u8)]) -> Vec<String> {
     let mut found = BTreeSet::new();
     for import in imports {
-        let (Some(from), Some(to)) = (floor_of(&import.from), floor_of(&import.to)) else {
+        let (Some(from), Some(to)) = (floor_of(&import.from, floors), floor_of(&import.to, floors))
+        else {
             found.insert(format!(
-                "{}: `{}` — a module with no floor in FLOORS ({} or {})",
+                "{}: `{}` — a module with no floor in lib.rs's table ({} or {})",
                 import.file.display(),
                 import.text,
                 import.from.join("::"),
@@ -438,10 +431,10 @@ fn circles(imports: &[Import]) -> Vec<String> {
 
 #[test]
 fn no_import_points_up_a_floor() {
-    let upward = upward(&imports());
+    let upward = upward(&imports(), &floors());
     assert!(
         upward.is_empty(),
-        "imports pointing up a floor (see the table at the top of this file):\n{}",
+        "imports pointing up a floor (see the table in lib.rs's tour):\n{}",
         upward.join("\n")
     );
 }
@@ -459,10 +452,11 @@ fn no_modules_import_each_other_round_a_circle() {
 #[test]
 fn every_top_level_module_has_a_floor() {
     let files = module_files(&src_dir());
+    let floors = floors();
     let unplaced: BTreeSet<&String> = files
         .keys()
         .filter_map(|m| m.first())
-        .filter(|top| !FLOORS.iter().any(|(name, _)| name == top))
+        .filter(|top| !floors.iter().any(|(name, _)| name == *top))
         .collect();
     assert!(unplaced.is_empty(), "modules with no floor: {unplaced:?}");
 }
@@ -507,7 +501,10 @@ fn a_circle_and_an_upward_import_are_reported() {
         import(&["web", "pages"], &["web", "donationalerts"]),
         import(&["web", "donationalerts"], &["web", "pages"]),
     ];
-    let upward = upward(&imports);
+    let floors: Vec<(String, u8)> = [("store", 2), ("tokens", 4), ("web", 6)]
+        .map(|(name, floor)| (name.to_owned(), floor))
+        .into();
+    let upward = upward(&imports, &floors);
     assert_eq!(upward.len(), 1, "{upward:?}");
     assert!(upward[0].contains("store/tokens.rs: `crate::tokens` points up from floor 2"));
     let circles = circles(&imports);
