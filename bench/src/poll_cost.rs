@@ -169,7 +169,7 @@ async fn link(store: &Store, i: usize) {
     store
         .connect_donationalerts(DonationAlertsConnection {
             streamer_twitch_id: TwitchUserId::parse(&id).expect("an id"),
-            da_user_id: 600_000 + i as i64,
+            da_user_id: DaUserId(600_000 + i as i64),
             da_name: None,
             access_token_sealed: vec![0],
             refresh_token_sealed: None,

@@ -56,7 +56,7 @@ fn connection(
 ) -> DonationAlertsConnection {
     DonationAlertsConnection {
         streamer_twitch_id: user_id(streamer),
-        da_user_id,
+        da_user_id: DaUserId(da_user_id),
         da_name: Some("Demo Streamer".into()),
         access_token_sealed: vec![1, 2, 3],
         refresh_token_sealed: Some(vec![4, 5, 6]),

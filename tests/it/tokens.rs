@@ -66,7 +66,7 @@ async fn setup(instances: usize, expired: bool) -> Setup {
     app.store
         .connect_donationalerts(DonationAlertsConnection {
             streamer_twitch_id: user_id(STREAMER),
-            da_user_id: 7_130_000,
+            da_user_id: shared::domain::DaUserId(7_130_000),
             da_name: Some("Demo Streamer".into()),
             access_token_sealed: seal(TokenKind::Access, &issued.access_token),
             refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),

@@ -33,7 +33,7 @@ pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str
     app.store
         .connect_donationalerts(DonationAlertsConnection {
             streamer_twitch_id: streamer.clone(),
-            da_user_id: da_id,
+            da_user_id: shared::domain::DaUserId(da_id),
             da_name: None,
             access_token_sealed: seal(TokenKind::Access, &issued.access_token),
             refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),

@@ -100,7 +100,10 @@ impl std::fmt::Display for TwitchUserId {
 
 /// A DonationAlerts user id: the account a streamer connected, and the first part of every
 /// donation's event id (`da:{daUserId}:{donationId}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct DaUserId(pub i64);
 
 impl std::fmt::Display for DaUserId {

@@ -12,7 +12,7 @@ use url::Url;
 
 use super::{ProviderError, TokenSet, read_json};
 use crate::config::DonationAlertsConfig;
-use crate::domain::{Donation, now_ms, rfc3339_utc};
+use crate::domain::{DaUserId, Donation, now_ms, rfc3339_utc};
 use crate::secret::Secret;
 
 /// The token endpoint's answer (Laravel Passport's shape).
@@ -29,7 +29,7 @@ struct TokenResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DaUser {
     /// Unique and unchangeable: the key a link is stored under.
-    pub id: i64,
+    pub id: DaUserId,
     /// The unique textual code (user name).
     #[serde(default)]
     pub code: Option<String>,

@@ -80,7 +80,7 @@ pub struct RecordedDonation {
 #[derive(Debug, Clone)]
 pub struct DonationAlertsConnection {
     pub streamer_twitch_id: TwitchUserId,
-    pub da_user_id: i64,
+    pub da_user_id: DaUserId,
     pub da_name: Option<String>,
     pub access_token_sealed: Vec<u8>,
     pub refresh_token_sealed: Option<Vec<u8>>,
@@ -117,7 +117,7 @@ pub enum Connected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollTarget {
     pub streamer_twitch_id: TwitchUserId,
-    pub da_user_id: i64,
+    pub da_user_id: DaUserId,
     /// Unix ms of the newest recorded donation, if any.
     pub last_donation_at: Option<i64>,
 }
@@ -213,7 +213,7 @@ impl Store {
                 [&streamer_twitch_id],
                 |r| {
                     Ok(PollState {
-                        da_user_id: DaUserId(r.get(0)?),
+                        da_user_id: r.get(0)?,
                         cursor: r.get(1)?,
                         last_polled_at: r.get(2)?,
                         resume_link: r.get(3)?,
@@ -278,7 +278,7 @@ impl Store {
                 .query_row(
                     "SELECT cursor_fence, poll_cursor, resume_high_water FROM donationalerts_links
                      WHERE streamer_twitch_id = ?1 AND da_user_id = ?2",
-                    params![poll.streamer.as_str(), poll.da_user_id.0],
+                    params![poll.streamer.as_str(), poll.da_user_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;

@@ -41,6 +41,18 @@ impl rusqlite::types::FromSql for crate::domain::TwitchUserId {
     }
 }
 
+impl rusqlite::ToSql for crate::domain::DaUserId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.0))
+    }
+}
+
+impl rusqlite::types::FromSql for crate::domain::DaUserId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value.as_i64().map(Self)
+    }
+}
+
 /// Why the writer lease could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LeaseFailure {

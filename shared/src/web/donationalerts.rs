@@ -233,7 +233,7 @@ async fn finish(
     };
     match app.store.connect_donationalerts(connection).await? {
         Connected::Linked => {
-            tracing::info!(da_user_id = account.id, "DonationAlerts connected");
+            tracing::info!(da_user_id = %account.id, "DonationAlerts connected");
             Ok(redirect(app, StatusCode::FOUND, "/success", []))
         }
         Connected::LinkedToAnotherStreamer => Err(WebError::AccountLinkedElsewhere),
