@@ -95,7 +95,6 @@ pub struct Poller {
     parts: Arc<PollParts>,
     schedule: Mutex<Schedule<TwitchUserId>>,
     cache: Arc<cache::StreamerCache>,
-    stats: Arc<PollStats>,
     /// Mean poll duration (ms), for sizing concurrency.
     mean_poll_ms: Mutex<f64>,
 }
@@ -131,15 +130,15 @@ pub struct PollerNotConfigured;
 
 impl ScheduledJob for Poller {
     async fn run(&self, stop_at: Instant) -> serde_json::Value {
-        let before = self.stats.snapshot();
+        let before = self.stats().snapshot();
         self.run_until(stop_at).await;
-        let after = self.stats.snapshot();
+        let after = self.stats().snapshot();
         serde_json::json!({
             "polled": after.polled - before.polled,
             "donationsFound": after.donations_found - before.donations_found,
             "skippedLocked": after.skipped_locked - before.skipped_locked,
             "errors": after.errors - before.errors,
-            "streamers": self.stats.streamer_count.load(Ordering::Relaxed),
+            "streamers": self.stats().streamer_count.load(Ordering::Relaxed),
         })
     }
 }
@@ -147,7 +146,6 @@ impl ScheduledJob for Poller {
 impl Poller {
     /// The poller over `parts`; it counts into `parts.stats`.
     pub fn new(parts: PollParts) -> Self {
-        let stats = parts.stats.clone();
         let polling = &parts.polling;
         let policy = SchedulePolicy::for_budget(
             polling.rate_limit_per_minute,
@@ -158,13 +156,12 @@ impl Poller {
             schedule: Mutex::new(Schedule::new(policy)),
             parts: Arc::new(parts),
             cache: Arc::default(),
-            stats,
             mean_poll_ms: Mutex::new(200.0),
         }
     }
 
     pub fn stats(&self) -> &Arc<PollStats> {
-        &self.stats
+        &self.parts.stats
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule<TwitchUserId>> {
@@ -244,10 +241,14 @@ impl Poller {
                 self.relay().await;
                 relay_due = round + MAX_IDLE_WAIT;
             }
-            self.stats.pending.store(in_flight.len(), Ordering::Relaxed);
-            self.stats.cached.store(self.cache.len(), Ordering::Relaxed);
-            self.stats.last_run_at.store(now_ms(), Ordering::Relaxed);
-            self.stats
+            self.stats()
+                .pending
+                .store(in_flight.len(), Ordering::Relaxed);
+            self.stats()
+                .cached
+                .store(self.cache.len(), Ordering::Relaxed);
+            self.stats().last_run_at.store(now_ms(), Ordering::Relaxed);
+            self.stats()
                 .last_run_duration_ms
                 .store(round.elapsed().as_millis() as u64, Ordering::Relaxed);
             if round >= report_due {
@@ -276,7 +277,7 @@ impl Poller {
             }
         }
         self.relay().await;
-        self.stats.pending.store(0, Ordering::Relaxed);
+        self.stats().pending.store(0, Ordering::Relaxed);
         self.report().await;
     }
 
@@ -298,7 +299,7 @@ impl Poller {
 
     /// Stores this poller's figures where `/health` on any instance finds them.
     async fn report(&self) {
-        let figures = self.stats.figures();
+        let figures = self.stats().figures();
         let Ok(json) = serde_json::to_string(&figures) else {
             return;
         };
@@ -331,15 +332,15 @@ impl Poller {
                     }
                 }
                 let intervals = schedule.refresh_intervals(now);
-                self.stats
+                self.stats()
                     .streamer_count
                     .store(schedule.len(), Ordering::Relaxed);
-                self.stats
+                self.stats()
                     .interval_ms
                     .store(intervals.idle.as_millis() as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                self.stats.count_error();
+                self.stats().count_error();
                 tracing::warn!(error = %crate::telemetry::error_chain(&e), "the streamers to poll could not be read");
             }
         }
@@ -364,7 +365,7 @@ impl Poller {
                     .iter()
                     .filter_map(|id| TwitchUserId::parse(id))
                     .collect();
-                self.stats.live.store(live.len(), Ordering::Relaxed);
+                self.stats().live.store(live.len(), Ordering::Relaxed);
                 let mut schedule = self.schedule();
                 schedule.set_live(live, now);
                 schedule.refresh_intervals(now);
@@ -394,17 +395,19 @@ impl Poller {
         stop: &StopSignal,
     ) {
         let concurrency = self.concurrency();
-        self.stats.concurrency.store(concurrency, Ordering::Relaxed);
+        self.stats()
+            .concurrency
+            .store(concurrency, Ordering::Relaxed);
         let free = concurrency.saturating_sub(in_flight.len());
         let due = {
             let schedule = self.schedule();
-            self.stats
+            self.stats()
                 .backing_off
                 .store(schedule.backing_off(now), Ordering::Relaxed);
             schedule.due(now, free + polling_now.len())
         };
         let waiting = due.iter().filter(|id| !polling_now.contains(*id)).count();
-        self.stats
+        self.stats()
             .queue_size
             .store(waiting.saturating_sub(free), Ordering::Relaxed);
         let min_gap = self.parts.polling.interval / 2;

@@ -136,18 +136,10 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
     if let Err(e) = parts.locks.release(&lock).await {
         tracing::debug!(error = %crate::telemetry::error_chain(&e), "the poll lock was not released; it expires by itself");
     }
-    match result {
-        Ok(outcome) => {
-            if outcome == PollOutcome::NeedsReauth {
-                cx.cache.forget(streamer);
-            }
-            outcome
-        }
+    let outcome = match result {
+        Ok(outcome) => outcome,
         Err(e) => {
             let outcome = e.outcome();
-            if outcome == PollOutcome::NeedsReauth {
-                cx.cache.forget(streamer);
-            }
             if outcome == PollOutcome::NeedsReauth {
                 tracing::warn!(error = %crate::telemetry::error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
             } else if outcome != PollOutcome::Locked {
@@ -159,7 +151,11 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
             }
             outcome
         }
+    };
+    if outcome == PollOutcome::NeedsReauth {
+        cx.cache.forget(streamer);
     }
+    outcome
 }
 
 /// How a walk down the donation list ended.
