@@ -315,9 +315,12 @@ async fn poll_holding_lock(
         // Stopped before reading anything: nothing to record, no penalty.
         return Ok(PollOutcome::Locked);
     }
+    // Only a donation above the cursor can be new (the store checks again, under the fence),
+    // and before the baseline nothing is: the others need no event made.
     let donations = walk
         .found
         .into_iter()
+        .filter(|d| state.cursor.is_some_and(|cursor| d.id > cursor))
         .map(|d| ReceivedDonation::new(streamer, state.da_user_id, d, &walk.received_at))
         .collect();
     let result = PollResult {
