@@ -304,18 +304,13 @@ async fn a_donors_right_to_left_override_cannot_move_the_amount_beside_it() {
 
     // Act: a donor whose name starts with U+202E RIGHT-TO-LEFT OVERRIDE, which reverses
     // the text after it until something ends or isolates it
-    let donated = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{donationalerts_port}/_control/donations"
-        ))
-        .json(
-            &serde_json::json!({"username": "\u{202E}evil", "message": "hi",
-                                  "amount": 987, "currency": "RUB"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(donated.status(), 201);
+    let donated = avatar_tests::donate_at_fake(
+        donationalerts_port,
+        serde_json::json!({"username": "\u{202E}evil", "message": "hi",
+                           "amount": 987, "currency": "RUB"}),
+    )
+    .await;
+    assert_eq!(donated, 201);
     let end = Instant::now() + STEP * 2;
     let row = loop {
         client

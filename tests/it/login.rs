@@ -688,16 +688,13 @@ async fn the_demo_mode_logs_in_connects_donationalerts_and_shows_a_donation_with
     // Connect the fake DonationAlerts and make a donation happen: it reaches the dashboard.
     let connected = browser.connect_donationalerts().await;
     assert_eq!(location(&connected), "/success");
-    let donation = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{da_port}/_control/donations"))
-        .json(
-            &serde_json::json!({"username": "Viewer", "message": "Hello from the demo!",
-                                  "amount": 100, "currency": "RUB"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(donation.status(), 201);
+    let donated = avatar_tests::donate_at_fake(
+        &da_port,
+        serde_json::json!({"username": "Viewer", "message": "Hello from the demo!",
+                           "amount": 100, "currency": "RUB"}),
+    )
+    .await;
+    assert_eq!(donated, 201);
     wait_until(
         "the demo donation on the dashboard",
         Duration::from_secs(30),
@@ -710,18 +707,23 @@ async fn the_demo_mode_logs_in_connects_donationalerts_and_shows_a_donation_with
     server.stop();
 }
 
+/// `GET path` as a browser on `localhost:PORT` sends it, while the app is configured as
+/// `127.0.0.1:PORT`.
+async fn get_on_another_loopback_name(app: &TestApp, path: &str) -> reqwest::Response {
+    let port = app.address.rsplit(':').next().unwrap();
+    app.http
+        .get(format!("{}{path}", app.address))
+        .header("Host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_login_started_on_another_loopback_name_is_sent_to_the_configured_host_first() {
     // The app is configured as 127.0.0.1:PORT; a browser arrives as localhost:PORT.
     let app = TestApp::spawn(&[]).await;
-    let port = app.address.rsplit(':').next().unwrap();
-    let response = app
-        .http
-        .get(format!("{}/auth/twitch", app.address))
-        .header("Host", format!("localhost:{port}"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_on_another_loopback_name(&app, "/auth/twitch").await;
     assert_eq!(response.status(), 302);
     assert_eq!(location(&response), format!("{}/auth/twitch", app.address));
     assert!(
@@ -735,14 +737,7 @@ async fn the_log_in_again_button_keeps_its_reauth_across_the_redirect_to_the_con
     // The dashboard's «log in again» button is `/auth/twitch?reauth=1`; the browser is on
     // localhost:PORT while the app is configured as 127.0.0.1:PORT.
     let app = TestApp::spawn(&[]).await;
-    let port = app.address.rsplit(':').next().unwrap();
-    let on_other_host = app
-        .http
-        .get(format!("{}/auth/twitch?reauth=1", app.address))
-        .header("Host", format!("localhost:{port}"))
-        .send()
-        .await
-        .unwrap();
+    let on_other_host = get_on_another_loopback_name(&app, "/auth/twitch?reauth=1").await;
     assert_eq!(on_other_host.status(), 302);
     let canonical = location(&on_other_host);
     assert_eq!(canonical, format!("{}/auth/twitch?reauth=1", app.address));

@@ -41,7 +41,7 @@ pub use self::process::{
 };
 pub use self::redis_server::{RedisServer, redis_coordinator};
 pub use self::sam_local::{SamLocal, docker_bridge_address};
-pub use self::samples::{insert_test_donation, sample_donation_event};
+pub use self::samples::{donate_at_fake, insert_test_donation, sample_donation_event};
 
 /// The longest one HTTP request of the harness's clients may take: far beyond any answer a
 /// test expects, so a server that never answers fails the test instead of hanging it.

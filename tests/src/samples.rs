@@ -1,4 +1,18 @@
-//! Sample rows and events the store, bus and coordination tests (and benchmarks) write.
+//! Sample rows and events the store, bus and coordination tests (and benchmarks) write, and
+//! donations made at a running fake DonationAlerts.
+
+/// Makes a donation at the fake DonationAlerts listening on `port` (`avatar-local --demo`'s)
+/// through its `POST /_control/donations`; returns the fake's answer status (201 when made).
+pub async fn donate_at_fake(port: impl std::fmt::Display, donation: serde_json::Value) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/_control/donations"))
+        .json(&donation)
+        .send()
+        .await
+        .expect("the fake DonationAlerts answers")
+        .status()
+        .as_u16()
+}
 
 /// Inserts a plain donation row: the write every store test and benchmark repeats.
 pub fn insert_test_donation(
