@@ -17,6 +17,7 @@ use crate::providers::twitch::TwitchClient;
 use crate::secret::random_hex;
 use crate::secrets::SecretPurpose;
 use crate::store::{Store, StoreError};
+use crate::telemetry::error_chain;
 use crate::tokens::validation::{TokenValidator, ValidatorNotConfigured};
 use crate::tokens::{KeeperParts, TokenKeeper};
 
@@ -206,7 +207,7 @@ impl App {
                 _ = &mut shutdown => return,
                 _ = ticks.tick() => {
                     if let Err(e) = self.coordinator.presence().heartbeat(&self.instance_id).await {
-                        tracing::warn!(error = %crate::telemetry::error_chain(&e), "heartbeat failed");
+                        tracing::warn!(error = %error_chain(&e), "heartbeat failed");
                     }
                 }
             }

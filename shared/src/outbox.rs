@@ -9,6 +9,7 @@
 
 use crate::coordination::{CoordinationError, EventBus, Published};
 use crate::store::{Store, StoreError};
+use crate::telemetry::error_chain;
 
 /// Events read from the outbox per round.
 pub const RELAY_BATCH: usize = 200;
@@ -52,7 +53,7 @@ pub async fn relay_pending(store: &Store, bus: &EventBus) -> Result<RelayReport,
         }
         let full_batch = read == RELAY_BATCH;
         for row in &pending.unreadable {
-            tracing::error!(event_id = %row.event_id, error = %crate::telemetry::error_chain(&row.error), "an outbox row is no event; it stays pending and is skipped");
+            tracing::error!(event_id = %row.event_id, error = %error_chain(&row.error), "an outbox row is no event; it stays pending and is skipped");
         }
         report.unreadable += pending.unreadable.len();
         let mut done = Vec::with_capacity(pending.events.len());

@@ -35,6 +35,7 @@ use crate::outbox;
 use crate::providers::donationalerts::DonationAlertsClient;
 use crate::providers::twitch::TwitchClient;
 use crate::store::Store;
+use crate::telemetry::error_chain;
 use crate::tokens::TokenKeeper;
 use schedule::{PollOutcome, Schedule, SchedulePolicy};
 
@@ -309,7 +310,7 @@ impl Poller {
             .report_poll_figures(&self.parts.instance_id, &json)
             .await
         {
-            tracing::debug!(error = %crate::telemetry::error_chain(&e), "poller figures not reported");
+            tracing::debug!(error = %error_chain(&e), "poller figures not reported");
         }
     }
 
@@ -341,7 +342,7 @@ impl Poller {
             }
             Err(e) => {
                 self.stats().count_error();
-                tracing::warn!(error = %crate::telemetry::error_chain(&e), "the streamers to poll could not be read");
+                tracing::warn!(error = %error_chain(&e), "the streamers to poll could not be read");
             }
         }
     }
@@ -371,7 +372,7 @@ impl Poller {
                 schedule.refresh_intervals(now);
             }
             Err(e) => {
-                tracing::warn!(error = %crate::telemetry::error_chain(&e), "who is live on Twitch is unknown; the schedule keeps the last answer");
+                tracing::warn!(error = %error_chain(&e), "who is live on Twitch is unknown; the schedule keeps the last answer");
             }
         }
     }
@@ -441,7 +442,7 @@ impl Poller {
 
     async fn relay(&self) {
         if let Err(e) = outbox::relay_pending(&self.parts.store, &self.parts.bus).await {
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), "events stay in the outbox until the bus takes them");
+            tracing::warn!(error = %error_chain(&e), "events stay in the outbox until the bus takes them");
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::providers::ProviderError;
 use crate::providers::donationalerts::{DonationAlertsClient, DonationPage};
 use crate::store::StoreError;
 use crate::store::donationalerts::{PollRecorded, PollResult, PollState};
+use crate::telemetry::error_chain;
 use crate::tokens::{self, TokenError, UsableTokens};
 
 /// The app-wide DonationAlerts request budget, shared by every instance.
@@ -127,27 +128,27 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
         }
         Err(e) => {
             stats.count_error();
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), "the poll lock could not be asked for");
+            tracing::warn!(error = %error_chain(&e), "the poll lock could not be asked for");
             return PollOutcome::Failed { retry_after: None };
         }
     };
     tracing::trace!(streamer = %streamer, fence = lock.fence, "poll lock taken");
     let result = poll_holding_lock(cx, streamer, &lock).await;
     if let Err(e) = parts.locks.release(&lock).await {
-        tracing::debug!(error = %crate::telemetry::error_chain(&e), "the poll lock was not released; it expires by itself");
+        tracing::debug!(error = %error_chain(&e), "the poll lock was not released; it expires by itself");
     }
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {
             let outcome = e.outcome();
             if outcome == PollOutcome::NeedsReauth {
-                tracing::warn!(error = %crate::telemetry::error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
+                tracing::warn!(error = %error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
             } else if outcome != PollOutcome::Locked {
                 stats.count_error();
                 if e.is_provider_failure() {
                     stats.count_provider_error();
                 }
-                tracing::warn!(error = %crate::telemetry::error_chain(&e), "poll failed; the streamer backs off");
+                tracing::warn!(error = %error_chain(&e), "poll failed; the streamer backs off");
             }
             outcome
         }
@@ -369,7 +370,7 @@ fn resume_link(client: &DonationAlertsClient, state: &PollState) -> Option<Strin
     match client.next_page_url(link) {
         Ok(_) => Some(link.clone()),
         Err(e) => {
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), "the page the last poll stopped at is not followed; starting again from page 1");
+            tracing::warn!(error = %error_chain(&e), "the page the last poll stopped at is not followed; starting again from page 1");
             None
         }
     }

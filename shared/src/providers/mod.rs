@@ -167,9 +167,9 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     })
 }
 
-/// [`http_client`](crate::outbound::http_client), built on first use and shared by the provider clients. Building it
-/// (the TLS roots, the connection pool) is a cold start's largest piece of CPU work, and
-/// most functions (health, pages) never call a provider.
+/// [`http_client`](crate::outbound::http_client), built on first use and shared by the
+/// provider clients. Building it (the TLS roots, the connection pool) is a cold start's
+/// largest piece of CPU work, and most functions (health, pages) never call a provider.
 #[derive(Clone)]
 pub struct ProviderHttp(Arc<(Duration, OnceLock<reqwest::Client>)>);
 

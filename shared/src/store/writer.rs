@@ -23,6 +23,7 @@ use super::schema::MIGRATIONS;
 use super::{LeaseFailure, PanicMessage, StoreError};
 use crate::config::JournalMode;
 use crate::coordination::{Lock, Locks};
+use crate::telemetry::error_chain;
 
 /// The lock resource (and fencing key suffix) shared by every instance's writer.
 pub const WRITER_LEASE: &str = "locks:sqlite:writer";
@@ -269,7 +270,7 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
         {
             tracing::warn!(
                 file = %file.display(),
-                error = %crate::telemetry::error_chain(&e),
+                error = %error_chain(&e),
                 "could not make the database file private (0600)"
             );
         }
@@ -596,7 +597,7 @@ impl Writer {
                 })
             }
         {
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), "could not raise the writer lease's fencing counter");
+            tracing::warn!(error = %error_chain(&e), "could not raise the writer lease's fencing counter");
         }
     }
 
@@ -608,7 +609,7 @@ impl Writer {
             }
         {
             // It expires by itself within LEASE_TTL.
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), "could not release the writer lease");
+            tracing::warn!(error = %error_chain(&e), "could not release the writer lease");
         }
     }
 }

@@ -372,7 +372,7 @@ pub async fn revoke_at_provider(keeper: &TokenKeeper, user: &TwitchUserId, provi
             Some(Ok(token)) => token,
             None => continue,
             Some(Err(e)) => {
-                tracing::warn!(kind, error = %crate::telemetry::error_chain(&e), "a stored token does not open; not revoked");
+                tracing::warn!(kind, error = %error_chain(&e), "a stored token does not open; not revoked");
                 continue;
             }
         };
@@ -417,7 +417,7 @@ async fn take_refresh_lock(
 
 async fn release_refresh_lock(keeper: &TokenKeeper, lock: &Lock) {
     if let Err(e) = keeper.locks.release(lock).await {
-        tracing::warn!(error = %crate::telemetry::error_chain(&e), "the token refresh lock was not released; it expires by itself");
+        tracing::warn!(error = %error_chain(&e), "the token refresh lock was not released; it expires by itself");
     }
 }
 

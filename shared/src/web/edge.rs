@@ -44,6 +44,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::headers::SecurityHeaders;
 use crate::config::HttpServerConfig;
+use crate::telemetry::error_chain;
 
 /// How long to pause accepting after an error such as "too many open files", so that a
 /// full descriptor table does not turn the accept loop into a busy loop.
@@ -114,7 +115,7 @@ async fn on_accept_error(error: io::Error) {
     ) {
         return;
     }
-    tracing::warn!(error = %crate::telemetry::error_chain(&error), "accepting a connection failed; pausing briefly");
+    tracing::warn!(error = %error_chain(&error), "accepting a connection failed; pausing briefly");
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
 }
 

@@ -22,6 +22,7 @@ use crate::app::App;
 use crate::coordination::{CoordinationError, Coordinator, Mode};
 use crate::metrics::PollFigures;
 use crate::store::Store;
+use crate::telemetry::error_chain;
 
 /// How long the store may take to answer the health read before it counts as down.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -429,7 +430,7 @@ async fn measure(sources: &HealthSources) -> Probe {
             {
                 Ok(count) => Some(count),
                 Err(e) => {
-                    tracing::warn!(error = %crate::telemetry::error_chain(&e), "health: counting live instances failed");
+                    tracing::warn!(error = %error_chain(&e), "health: counting live instances failed");
                     None
                 }
             },
@@ -490,11 +491,11 @@ async fn check_redis(sources: &HealthSources) -> Option<RedisCheck> {
         Err(e) => {
             if sources.redis_required {
                 tracing::error!(
-                    error = %crate::telemetry::error_chain(&e),
+                    error = %error_chain(&e),
                     "Redis is down and REDIS_REQUIRED=true: refusing work that needs it (503)"
                 );
             } else {
-                tracing::warn!(error = %crate::telemetry::error_chain(&e), "Redis is down: running degraded");
+                tracing::warn!(error = %error_chain(&e), "Redis is down: running degraded");
             }
             RedisCheck {
                 latency: None,
@@ -542,7 +543,7 @@ async fn check_sqlite(sources: &HealthSources) -> (Option<String>, Option<String
         .read(|conn| conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0)));
     match tokio::time::timeout(STORE_CHECK_TIMEOUT, read).await {
         Ok(Ok(mode)) => (Some(mode), None),
-        Ok(Err(e)) => (None, Some(crate::telemetry::error_chain(&e))),
+        Ok(Err(e)) => (None, Some(error_chain(&e))),
         Err(_) => (
             None,
             Some(format!("no answer within {STORE_CHECK_TIMEOUT:?}")),

@@ -74,7 +74,7 @@ pub fn html(app: &App, status: StatusCode, page: &impl Template) -> Response {
         )
             .into_response(),
         Err(e) => {
-            tracing::error!(error = %crate::telemetry::error_chain(&e), "a page failed to render");
+            tracing::error!(error = %error_chain(&e), "a page failed to render");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
     }
