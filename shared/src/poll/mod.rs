@@ -27,8 +27,7 @@ use tracing::Instrument as _;
 
 use crate::config::PollingConfig;
 use crate::coordination::{Budget, EventBus, Locks, Presence};
-use crate::domain::TwitchUserId;
-use crate::domain::now_ms;
+use crate::domain::{TwitchUserId, now_ms};
 use crate::jobs::ScheduledJob;
 use crate::metrics::PollStats;
 use crate::outbox;

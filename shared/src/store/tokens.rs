@@ -7,8 +7,7 @@ use rusqlite::{OptionalExtension as _, params};
 use super::accounts::StoredTokens;
 use super::{Store, StoreError};
 use crate::domain::event::BusEvent;
-use crate::domain::now_ms;
-use crate::domain::{Provider, TwitchUserId};
+use crate::domain::{Provider, TwitchUserId, now_ms};
 
 /// Where a validation run stands in the list of due tokens: the `(last_validated_at,
 /// twitch_user_id)` of the last token handed out (never-validated tokens count as 0).

@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use crate::config::TokenLifecycleConfig;
 use crate::coordination::{CoordinationError, EventBus, Lock, Locks};
-use crate::crypto::CryptoError;
-use crate::crypto::TokenCipher;
+use crate::crypto::{CryptoError, TokenCipher};
 use crate::domain::event::{BusEvent, TokenRevokedPayload};
 use crate::domain::{Provider, TokenStatus, TwitchUserId, now_ms, rfc3339_utc};
 use crate::metrics::Metrics;
@@ -28,10 +27,9 @@ use crate::providers::donationalerts::DonationAlertsClient;
 use crate::providers::twitch::TwitchClient;
 use crate::providers::{ProviderError, TokenSet};
 use crate::secret::Secret;
-use crate::store::Store;
-use crate::store::StoreError;
 use crate::store::accounts::{StoredTokens, TokenKind, seal_token};
 use crate::store::tokens::RefreshedTokens;
+use crate::store::{Store, StoreError};
 use crate::telemetry::error_chain;
 
 /// What the token functions work with, built once per process (by `App`): the store, the
