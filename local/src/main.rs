@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), StartupError> {
-    let shutdown = shutdown_signal();
+    let shutdown = shared::app::shutdown_signal();
     let mut vars = Config::load_vars().await?;
     if let Some(port) = cli.port {
         vars.insert("PORT".into(), port.to_string());
@@ -189,23 +189,4 @@ async fn start_demo_providers(
         },
         vars,
     ))
-}
-
-/// Ctrl-C (SIGINT) or SIGTERM. The handlers are installed here, at once, not when the future
-/// is first polled: a signal that arrives as soon as the server answers must already stop it
-/// cleanly rather than kill it.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let interrupt = signal(SignalKind::interrupt());
-    let terminate = signal(SignalKind::terminate());
-    async move {
-        let (Ok(mut interrupt), Ok(mut terminate)) = (interrupt, terminate) else {
-            tracing::warn!("no signal handler could be installed: stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = interrupt.recv() => {},
-            _ = terminate.recv() => {},
-        }
-    }
 }

@@ -13,6 +13,7 @@ use crate::metrics::{Metrics, PollStats, WriterBatches};
 use crate::poll::{PollParts, Poller, PollerNotConfigured};
 use crate::providers::donationalerts::DonationAlertsClient;
 use crate::providers::twitch::TwitchClient;
+use crate::realtime::{Bridge, BridgeParts};
 use crate::secret::random_hex;
 use crate::secrets::SecretPurpose;
 use crate::store::{Store, StoreError};
@@ -191,6 +192,14 @@ impl App {
         })
     }
 
+    /// The realtime bridge (`None` without DA_CLIENT_ID and DA_CLIENT_SECRET).
+    pub fn realtime_bridge(&self) -> Option<Bridge> {
+        self.donationalerts.as_ref()?;
+        Some(Bridge::new(BridgeParts {
+            config: self.config.realtime.clone(),
+        }))
+    }
+
     /// The validation of every stored Twitch token (`None` without Twitch credentials).
     pub fn token_validator(&self) -> Option<TokenValidator> {
         TokenValidator::new(&self.tokens)
@@ -222,4 +231,23 @@ pub fn da_poll_job(app: &App) -> Result<Poller, PollerNotConfigured> {
 /// The `token-validate` function's job (built once per cold start).
 pub fn token_validate_job(app: &App) -> Result<TokenValidator, ValidatorNotConfigured> {
     app.token_validator().ok_or(ValidatorNotConfigured)
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM. The handlers are installed here, at once, not when the future
+/// is first polled: a signal that arrives as soon as the server answers must already stop it
+/// cleanly rather than kill it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = (interrupt, terminate) else {
+            tracing::warn!("no signal handler could be installed: stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+    }
 }

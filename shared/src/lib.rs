@@ -12,7 +12,7 @@
 //! |---|---|
 //! | 6 | [`web`] (routes, edge, pages, `/health`), `lambda` |
 //! | 5 | [`app`]: the composition root |
-//! | 4 | [`tokens`], [`poll`], [`outbox`], [`jobs`] |
+//! | 4 | [`tokens`], [`poll`], [`realtime`], [`outbox`], [`jobs`] |
 //! | 3 | [`metrics`] |
 //! | 2 | [`store`], [`coordination`], [`providers`] |
 //! | 1 | [`config`], [`secrets`], [`crypto`] |
@@ -78,6 +78,7 @@ pub mod outbound;
 pub mod outbox;
 pub mod poll;
 pub mod providers;
+pub mod realtime;
 pub mod secret;
 pub mod secrets;
 pub mod store;

@@ -23,7 +23,8 @@ use url::Url;
 pub use self::http_server::HttpServerConfig;
 pub use self::keys::{Key32, KeyConfig, KeySource, decode_key, local_key_file_for};
 pub use self::providers::{
-    DonationAlertsConfig, PollingConfig, TokenLifecycleConfig, TwitchConfig,
+    DONATION_SUBSCRIBE_SCOPE, DonationAlertsConfig, PollingConfig, RealtimeConfig,
+    TokenLifecycleConfig, TwitchConfig,
 };
 pub use self::redis::{RedisConfig, RedisUrl};
 pub use self::sqlite::{JournalMode, SqliteConfig};
@@ -61,6 +62,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub sqlite: SqliteConfig,
     pub polling: PollingConfig,
+    pub realtime: RealtimeConfig,
     pub tokens: TokenLifecycleConfig,
     /// Where the keys come from; [`KeySource::load`] reads them (and creates the local key
     /// file).
@@ -270,6 +272,17 @@ impl Reader<'_> {
         }
     }
 
+    fn websocket_url(&mut self, name: &'static str, default: &str) -> Url {
+        let raw = self.get(name).unwrap_or(default).to_owned();
+        match parse_websocket_url(&raw) {
+            Ok(url) => url,
+            Err(problem) => {
+                self.fail(name, problem);
+                Url::parse("ws://invalid.invalid").expect("static URL")
+            }
+        }
+    }
+
     fn scopes(&self, name: &str, default: &str) -> Vec<String> {
         self.get(name)
             .unwrap_or(default)
@@ -300,6 +313,7 @@ impl Reader<'_> {
         let redis = self.redis();
         let sqlite = self.sqlite(deployment);
         let polling = self.polling();
+        let realtime = self.realtime();
         let tokens = self.token_lifecycle();
         let provider_timeout =
             Duration::from_millis(self.number("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000));
@@ -324,6 +338,7 @@ impl Reader<'_> {
             redis,
             sqlite,
             polling,
+            realtime,
             tokens,
             keys: keys?,
             oauth_state_ttl,
@@ -360,6 +375,17 @@ impl Reader<'_> {
         }
         Some(token)
     }
+}
+
+fn parse_websocket_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {raw:?}"))?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(format!("must be a ws:// or wss:// URL (got {raw:?})"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("has no host: {raw:?}"));
+    }
+    Ok(url)
 }
 
 fn parse_http_url(raw: &str) -> Result<Url, String> {
@@ -415,7 +441,11 @@ mod tests {
         assert_eq!(config.twitch.scopes, vec!["chat:read"]);
         assert_eq!(
             config.donationalerts.scopes,
-            vec!["oauth-user-show", "oauth-donation-index"]
+            vec![
+                "oauth-user-show",
+                "oauth-donation-index",
+                "oauth-donation-subscribe"
+            ]
         );
         assert_eq!(config.sqlite.path, PathBuf::from("data.sqlite"));
         assert_eq!(config.sqlite.journal_mode, JournalMode::Wal);

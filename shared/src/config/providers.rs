@@ -32,7 +32,13 @@ pub struct DonationAlertsConfig {
     pub scopes: Vec<String>,
     pub redirect_uri: Url,
     pub base_url: Url,
+    /// The realtime socket's address (`DA_CENTRIFUGO_URL`, `ws://` or `wss://`).
+    pub centrifugo_url: Url,
 }
+
+/// The scope that lets a streamer's donations be pushed to the realtime bridge; a grant
+/// without it stays on polling.
+pub const DONATION_SUBSCRIBE_SCOPE: &str = "oauth-donation-subscribe";
 
 /// The stored tokens' lifecycle: refresh before expiry, hourly validation of Twitch tokens.
 #[derive(Debug, Clone)]
@@ -54,6 +60,20 @@ pub struct PollingConfig {
     pub concurrency: usize,
     pub lock_ttl: Duration,
     pub rate_limit_per_minute: u32,
+    /// How often a streamer with a live realtime subscription is polled anyway, to find what
+    /// a dropped socket missed (`DA_RECONCILE_INTERVAL_MS`).
+    pub reconcile_interval: Duration,
+}
+
+/// The realtime bridge (SPEC section 9).
+#[derive(Debug, Clone)]
+pub struct RealtimeConfig {
+    /// Streamers are hashed into this many shards, each held by one bridge process
+    /// (`REALTIME_SHARDS`).
+    pub shards: u32,
+    /// The shard lease's TTL (`REALTIME_SHARD_TTL_MS`): how long a dead bridge's shards
+    /// stay unserved.
+    pub shard_ttl: Duration,
 }
 
 impl Reader<'_> {
@@ -79,12 +99,19 @@ impl Reader<'_> {
             client_id: self.string("DA_CLIENT_ID"),
             client_secret: self.secret("DA_CLIENT_SECRET"),
             client_secret_given: self.is_given(SecretPurpose::DonationAlertsClient),
-            scopes: self.scopes("DA_SCOPES", "oauth-user-show oauth-donation-index"),
+            scopes: self.scopes(
+                "DA_SCOPES",
+                "oauth-user-show oauth-donation-index oauth-donation-subscribe",
+            ),
             redirect_uri: self.http_url(
                 "DA_REDIRECT_URI",
                 &format!("{base}/auth/donationalerts/callback"),
             ),
             base_url: self.http_url("DA_BASE_URL", "https://www.donationalerts.com"),
+            centrifugo_url: self.websocket_url(
+                "DA_CENTRIFUGO_URL",
+                "wss://centrifugo.donationalerts.com/connection/websocket",
+            ),
         }
     }
 
@@ -119,6 +146,24 @@ impl Reader<'_> {
             concurrency: self.number("DA_POLL_CONCURRENCY", 4, 1, 256) as usize,
             lock_ttl: Duration::from_millis(self.number("DA_POLL_LOCK_TTL_MS", 4500, 100, 600_000)),
             rate_limit_per_minute: self.number("DA_RATE_LIMIT_PER_MIN", 60, 1, 100_000) as u32,
+            reconcile_interval: Duration::from_millis(self.number(
+                "DA_RECONCILE_INTERVAL_MS",
+                600_000,
+                1_000,
+                86_400_000,
+            )),
+        }
+    }
+
+    pub(super) fn realtime(&mut self) -> RealtimeConfig {
+        RealtimeConfig {
+            shards: self.number("REALTIME_SHARDS", 16, 1, 4096) as u32,
+            shard_ttl: Duration::from_millis(self.number(
+                "REALTIME_SHARD_TTL_MS",
+                15_000,
+                1_000,
+                600_000,
+            )),
         }
     }
 }
