@@ -9,7 +9,7 @@ use crate::coordination::memory::InProcessCoordinator;
 use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
-use crate::metrics::{Metrics, PollStats, WriterBatches};
+use crate::metrics::{Metrics, PollStats, RealtimeStats, WriterBatches};
 use crate::poll::{PollParts, Poller, PollerNotConfigured};
 use crate::providers::donationalerts::DonationAlertsClient;
 use crate::providers::twitch::TwitchClient;
@@ -65,6 +65,8 @@ pub struct AppState {
     pub donationalerts: Option<Arc<DonationAlertsClient>>,
     /// What this process's poller has done (zeros where none runs), for `/health`.
     pub poll_stats: Arc<PollStats>,
+    /// What this process's realtime bridge has done (zeros where none runs).
+    pub realtime_stats: Arc<RealtimeStats>,
     /// Every figure, for `/metrics` and the functions' EMF lines.
     pub metrics: Arc<Metrics>,
     /// Stored tokens: open, refresh, end (see `tokens`).
@@ -160,6 +162,7 @@ impl App {
             twitch,
             donationalerts,
             poll_stats,
+            realtime_stats: Arc::default(),
             metrics,
             config: Arc::new(config),
             coordinator,
@@ -182,6 +185,7 @@ impl App {
             budget: self.coordinator.budget(),
             bus: self.coordinator.bus(),
             presence: self.coordinator.presence(),
+            subscriptions: self.coordinator.subscriptions(),
             tokens: self.tokens.clone(),
             client: self.donationalerts.clone()?,
             twitch: self.twitch.clone(),

@@ -60,7 +60,8 @@
 //! 2. The poll makes each donation's event ([`domain::event::ReceivedDonation`]: the
 //!    `donation` payload with eventId `da:{daUserId}:{donationId}`).
 //! 3. [`store`] records the donations and queues their events in one fenced write
-//!    ([`store::Store::record_poll`]), without knowing the event's form.
+//!    ([`store::Store::record_donations`]), without knowing the event's form; the
+//!    realtime bridge hands pushed donations to the same write.
 //! 4. [`outbox`] publishes what was queued on the [`coordination::EventBus`], which appends
 //!    each eventId once.
 

@@ -38,6 +38,71 @@ impl RateLimit {
     }
 }
 
+/// Who asks for a grant of a shared budget, most urgent first (SPEC section 9). When grants
+/// are scarce, a caller is refused while a more urgent one is waiting for the same budget:
+/// each refused caller leaves a "waiting" mark for its class that lasts until its retry (see
+/// [`waiting_mark_ttl`]), and a less urgent caller that finds one steps aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// A streamer is waiting in the browser (the DonationAlerts connect callback).
+    Interactive = 0,
+    /// The bridge resubscribing a streamer whose socket dropped.
+    Resubscribe = 1,
+    /// A poll that reconciles behind a live subscription.
+    Reconcile = 2,
+    /// The bridge subscribing a streamer for the first time.
+    Subscribe = 3,
+    /// A routine poll.
+    Poll = 4,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 5] = [
+        Self::Interactive,
+        Self::Resubscribe,
+        Self::Reconcile,
+        Self::Subscribe,
+        Self::Poll,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How long a refused caller's "waiting" mark outlives its `retry_after`: long enough for the
+/// caller to come back, short enough that a caller that gave up blocks the less urgent ones
+/// only briefly.
+pub const WAITING_GRACE: Duration = Duration::from_millis(250);
+
+/// The lifetime of the mark a refused caller leaves.
+pub fn waiting_mark_ttl(retry_after: Duration) -> Duration {
+    retry_after + WAITING_GRACE
+}
+
+/// One GCRA step for a caller of `priority` when `more_urgent_waiting` says whether a more
+/// urgent caller has a live waiting mark: granted only when the limiter allows it and no more
+/// urgent caller waits (that caller is told to come back when the grant is due, so it takes
+/// it). A caller stepping aside is told to come back after one emission interval.
+pub fn decide_prioritized(
+    limit: &RateLimit,
+    tat: u64,
+    now: u64,
+    more_urgent_waiting: bool,
+) -> (RateDecision, u64) {
+    let (decision, new_tat) = decide(limit, tat, now);
+    if decision.allowed && more_urgent_waiting {
+        let stepped_aside = RateDecision {
+            allowed: false,
+            retry_after: Duration::from_micros(limit.interval_us()),
+            remaining: 0,
+            at_us: now,
+        };
+        return (stepped_aside, tat);
+    }
+    (decision, new_tat)
+}
+
 /// What the limiter answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {
@@ -153,6 +218,36 @@ mod tests {
                 burst as usize,
                 "an idle limiter allows one burst"
             );
+        }
+    }
+
+    #[test]
+    fn a_less_urgent_caller_steps_aside_for_a_waiting_one_and_the_budget_holds() {
+        let limit = RateLimit::per_minute(60);
+        let (granted, tat) = decide_prioritized(&limit, 0, 1_000_000, false);
+        assert!(granted.allowed);
+        // One second later a grant is due, but a more urgent caller waits for it.
+        let (aside, same_tat) = decide_prioritized(&limit, tat, 2_000_000, true);
+        assert!(!aside.allowed);
+        assert_eq!(same_tat, tat, "stepping aside spends nothing");
+        assert_eq!(aside.retry_after, Duration::from_secs(1));
+        // The urgent caller comes back and takes it.
+        let (urgent, _) = decide_prioritized(&limit, tat, 2_000_000, false);
+        assert!(urgent.allowed);
+        // A refusal for want of budget is a refusal whatever waits.
+        let (early, _) = decide_prioritized(&limit, tat, 1_500_000, false);
+        assert!(!early.allowed);
+        assert_eq!(early.retry_after, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn priorities_run_most_urgent_first() {
+        assert!(Priority::Interactive < Priority::Resubscribe);
+        assert!(Priority::Resubscribe < Priority::Reconcile);
+        assert!(Priority::Reconcile < Priority::Subscribe);
+        assert!(Priority::Subscribe < Priority::Poll);
+        for (n, p) in Priority::ALL.iter().enumerate() {
+            assert_eq!(p.index(), n);
         }
     }
 

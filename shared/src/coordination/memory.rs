@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::gcra::{self, RateDecision, RateLimit};
-use super::{Lock, Published, clock_drift};
+use super::{Lock, Published, Reports, clock_drift};
 use crate::domain::event::{BusEvent, STREAM_MAXLEN};
 use crate::secret::random_hex;
 
@@ -30,9 +30,13 @@ struct State {
     fences: HashMap<String, u64>,
     once: HashMap<String, (String, Instant)>,
     limiters: HashMap<String, u64>,
+    /// Per prioritized limiter, when each class's waiting mark expires.
+    waiting: HashMap<String, [Option<Instant>; 5]>,
     /// Limiter decisions since limiters that caught up with the clock were last swept.
     limits_since_sweep: usize,
-    poll_figures: HashMap<String, String>,
+    figures: HashMap<Reports, HashMap<String, String>>,
+    /// Live subscriptions: streamer → (subscribed at, Unix ms; advertised until).
+    subscriptions: HashMap<String, (i64, Instant)>,
     /// Puts since expired one-time states were last swept.
     puts_since_sweep: usize,
     stream: VecDeque<BusEvent>,
@@ -54,25 +58,61 @@ impl InProcessCoordinator {
         }
     }
 
-    pub(crate) fn report_poll_figures(&self, instance_id: &str, figures: &str) {
+    pub(crate) fn report_figures(&self, reports: Reports, instance_id: &str, figures: &str) {
         self.state()
-            .poll_figures
+            .figures
+            .entry(reports)
+            .or_default()
             .insert(instance_id.to_owned(), figures.to_owned());
     }
 
-    pub(crate) fn poll_figures(&self) -> Vec<(String, String)> {
+    pub(crate) fn figures(&self, reports: Reports) -> Vec<(String, String)> {
         self.state()
-            .poll_figures
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .figures
+            .get(&reports)
+            .map(|all| all.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
     }
 
-    pub(crate) fn forget_poll_figures(&self, instance_ids: &[String]) {
+    pub(crate) fn forget_figures(&self, reports: Reports, instance_ids: &[String]) {
         let mut state = self.state();
-        for id in instance_ids {
-            state.poll_figures.remove(id);
+        if let Some(all) = state.figures.get_mut(&reports) {
+            for id in instance_ids {
+                all.remove(id);
+            }
         }
+    }
+
+    pub(crate) fn advertise_subscriptions(&self, subscribed: &[(String, i64)], ttl: Duration) {
+        let until = Instant::now() + ttl;
+        let mut state = self.state();
+        for (streamer, since) in subscribed {
+            state
+                .subscriptions
+                .insert(streamer.clone(), (*since, until));
+        }
+    }
+
+    pub(crate) fn withdraw_subscriptions(&self, streamers: &[String]) {
+        let mut state = self.state();
+        for streamer in streamers {
+            state.subscriptions.remove(streamer);
+        }
+    }
+
+    pub(crate) fn subscriptions(&self, streamers: &[String]) -> Vec<Option<i64>> {
+        let now = Instant::now();
+        let state = self.state();
+        streamers
+            .iter()
+            .map(|s| {
+                state
+                    .subscriptions
+                    .get(s)
+                    .filter(|(_, until)| *until > now)
+                    .map(|(since, _)| *since)
+            })
+            .collect()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -183,6 +223,31 @@ impl InProcessCoordinator {
         }
         let tat = state.limiters.get(key).copied().unwrap_or(0);
         let (decision, new_tat) = gcra::decide(limit, tat, now);
+        state.limiters.insert(key.to_owned(), new_tat);
+        decision
+    }
+
+    /// [`Self::rate_limit`] for a caller of `priority` (see [`gcra::Priority`]).
+    pub fn rate_limit_prioritized(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+        priority: gcra::Priority,
+    ) -> RateDecision {
+        let now = self.epoch.elapsed().as_micros() as u64 + 1;
+        let at = Instant::now();
+        let mut state = self.state();
+        let marks = state.waiting.entry(key.to_owned()).or_default();
+        let more_urgent_waiting = marks[..priority.index()]
+            .iter()
+            .any(|mark| mark.is_some_and(|until| until > at));
+        let tat = state.limiters.get(key).copied().unwrap_or(0);
+        let (decision, new_tat) = gcra::decide_prioritized(limit, tat, now, more_urgent_waiting);
+        if !decision.allowed {
+            let until = at + gcra::waiting_mark_ttl(decision.retry_after);
+            let mark = &mut state.waiting.entry(key.to_owned()).or_default()[priority.index()];
+            *mark = Some(mark.map_or(until, |old| old.max(until)));
+        }
         state.limiters.insert(key.to_owned(), new_tat);
         decision
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use gcra::{RateDecision, RateLimit};
+pub use gcra::{Priority, RateDecision, RateLimit};
 
 use crate::domain::event::BusEvent;
 
@@ -36,6 +36,13 @@ pub(crate) const EVENT_DEDUPE_TTL: Duration = Duration::from_secs(7 * 24 * 3600)
 /// Hash of every poller's latest figures (field: instance id, value: JSON with a
 /// `reportedAt` in Unix ms), summed by `/health` across instances.
 pub(crate) const POLL_REPORTS_KEY: &str = "avatar:poll:reports";
+/// Hash of each realtime bridge's latest figures (JSON), for `/health`.
+pub(crate) const REALTIME_REPORTS_KEY: &str = "avatar:realtime:reports";
+
+/// Where a streamer's live realtime subscription is advertised.
+pub(crate) fn subscription_key(streamer: &str) -> String {
+    format!("realtime:subscribed:{streamer}")
+}
 
 /// Key of the fencing counter for a lock resource.
 pub(crate) fn fence_key(resource: &str) -> String {
@@ -43,6 +50,12 @@ pub(crate) fn fence_key(resource: &str) -> String {
 }
 
 /// Key of the dedupe marker for an eventId.
+/// The mark a refused caller of `priority` leaves on the limiter `key` (see
+/// [`gcra::Priority`]).
+pub(crate) fn waiting_mark_key(key: &str, priority: Priority) -> String {
+    format!("{key}:waiting:{}", priority.index())
+}
+
 pub(crate) fn event_dedupe_key(event_id: &str) -> String {
     format!("avatar:events:dedupe:{event_id}")
 }
@@ -146,6 +159,10 @@ impl Coordinator {
     }
 
     /// Heartbeats and the pollers' figures, for `/health`.
+    pub fn subscriptions(&self) -> Subscriptions {
+        Subscriptions(self.clone())
+    }
+
     pub fn presence(&self) -> Presence {
         Presence(self.clone())
     }
@@ -280,17 +297,33 @@ impl Budget {
         }
     }
 
-    /// Asks the limiter `key` until it grants a request or its next grant would come later
-    /// than `wait` from now; returns the last decision (`allowed` says which it was).
+    /// Asks the shared limiter `key` for one request under `limit` for a caller of
+    /// `priority`: refused while a more urgent caller waits for the same budget.
+    pub async fn rate_limit_prioritized(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+        priority: Priority,
+    ) -> Result<RateDecision, CoordinationError> {
+        match &self.0 {
+            Coordinator::Redis(c) => c.rate_limit_prioritized(key, limit, priority).await,
+            Coordinator::InProcess(c) => Ok(c.rate_limit_prioritized(key, limit, priority)),
+        }
+    }
+
+    /// Asks the limiter `key` for a caller of `priority` until it grants a request or its
+    /// next grant would come later than `wait` from now; returns the last decision
+    /// (`allowed` says which it was).
     pub(crate) async fn rate_limit_within(
         &self,
         key: &str,
         limit: &RateLimit,
+        priority: Priority,
         wait: Duration,
     ) -> Result<RateDecision, CoordinationError> {
         let deadline = Instant::now() + wait;
         loop {
-            let decision = self.rate_limit(key, limit).await?;
+            let decision = self.rate_limit_prioritized(key, limit, priority).await?;
             if decision.allowed || Instant::now() + decision.retry_after > deadline {
                 return Ok(decision);
             }
@@ -328,44 +361,113 @@ impl Presence {
         }
     }
 
-    /// Stores this instance's latest poller figures (JSON) for `/health` on any instance.
-    pub(crate) async fn report_poll_figures(
+    /// Stores this instance's latest figures of one kind (JSON) for `/health` on any
+    /// instance.
+    pub(crate) async fn report_figures(
         &self,
+        reports: Reports,
         instance_id: &str,
         figures: &str,
     ) -> Result<(), CoordinationError> {
         match &self.0 {
-            Coordinator::Redis(c) => c.report_poll_figures(instance_id, figures).await,
+            Coordinator::Redis(c) => c.report_figures(reports, instance_id, figures).await,
             Coordinator::InProcess(c) => {
-                c.report_poll_figures(instance_id, figures);
+                c.report_figures(reports, instance_id, figures);
                 Ok(())
             }
         }
     }
 
-    /// Every instance's latest poller figures, as stored (stale ones included: the caller
-    /// decides what is too old, and may [`Self::forget_poll_figures`] it).
-    pub(crate) async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
+    /// Every instance's latest figures of one kind, as stored (stale ones included: the
+    /// caller decides what is too old, and may [`Self::forget_figures`] it).
+    pub(crate) async fn figures(
+        &self,
+        reports: Reports,
+    ) -> Result<Vec<(String, String)>, CoordinationError> {
         match &self.0 {
-            Coordinator::Redis(c) => c.poll_figures().await,
-            Coordinator::InProcess(c) => Ok(c.poll_figures()),
+            Coordinator::Redis(c) => c.figures(reports).await,
+            Coordinator::InProcess(c) => Ok(c.figures(reports)),
         }
     }
 
     /// Drops the figures of instances that stopped reporting.
-    pub(crate) async fn forget_poll_figures(
+    pub(crate) async fn forget_figures(
         &self,
+        reports: Reports,
         instance_ids: &[String],
     ) -> Result<(), CoordinationError> {
         if instance_ids.is_empty() {
             return Ok(());
         }
         match &self.0 {
-            Coordinator::Redis(c) => c.forget_poll_figures(instance_ids).await,
+            Coordinator::Redis(c) => c.forget_figures(reports, instance_ids).await,
             Coordinator::InProcess(c) => {
-                c.forget_poll_figures(instance_ids);
+                c.forget_figures(reports, instance_ids);
                 Ok(())
             }
+        }
+    }
+}
+
+/// Which figures an instance reports for `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Reports {
+    /// A poller's (`avatar:poll:reports`).
+    Poll,
+    /// A realtime bridge's (`avatar:realtime:reports`).
+    Realtime,
+}
+
+impl Reports {
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Self::Poll => POLL_REPORTS_KEY,
+            Self::Realtime => REALTIME_REPORTS_KEY,
+        }
+    }
+}
+
+/// Which streamers have a live realtime subscription, advertised by the bridge holding them
+/// with an expiry, so a dead bridge's claims lapse and the poller takes those streamers back.
+#[derive(Clone)]
+pub struct Subscriptions(Coordinator);
+
+impl Subscriptions {
+    /// Advertises (again) each streamer's live subscription, with when it began (Unix ms),
+    /// for `ttl`.
+    pub async fn advertise(
+        &self,
+        subscribed: &[(String, i64)],
+        ttl: Duration,
+    ) -> Result<(), CoordinationError> {
+        match &self.0 {
+            Coordinator::Redis(c) => c.advertise_subscriptions(subscribed, ttl).await,
+            Coordinator::InProcess(c) => {
+                c.advertise_subscriptions(subscribed, ttl);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the advertisement of these streamers' subscriptions (their sockets closed).
+    pub async fn withdraw(&self, streamers: &[String]) -> Result<(), CoordinationError> {
+        match &self.0 {
+            Coordinator::Redis(c) => c.withdraw_subscriptions(streamers).await,
+            Coordinator::InProcess(c) => {
+                c.withdraw_subscriptions(streamers);
+                Ok(())
+            }
+        }
+    }
+
+    /// For each streamer, since when (Unix ms) a live subscription is advertised, if one is.
+    pub async fn live_since(
+        &self,
+        streamers: &[String],
+    ) -> Result<Vec<Option<i64>>, CoordinationError> {
+        match &self.0 {
+            Coordinator::Redis(c) => c.subscriptions(streamers).await,
+            Coordinator::InProcess(c) => Ok(c.subscriptions(streamers)),
         }
     }
 }

@@ -14,11 +14,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 use tokio::time::Instant;
 
-use super::gcra::{RateDecision, RateLimit};
+use super::gcra::{Priority, RateDecision, RateLimit, WAITING_GRACE};
 use super::{
     CoordinationError, EVENT_DEDUPE_TTL, HEARTBEAT_WINDOW, INSTANCES_KEY, Lock, Published,
     clock_drift, event_dedupe_key, fence_key,
 };
+use super::{Reports, waiting_mark_key};
 use crate::config::RedisUrl;
 use crate::domain::event::{BROADCAST_CHANNEL, BusEvent, EVENT_STREAM, STREAM_MAXLEN};
 use crate::secret::random_hex;
@@ -89,6 +90,55 @@ end
 return {1, remaining, string.format('%.0f', now)}
 ";
 
+/// [`RATE_LIMIT`] for a caller of a priority (see `gcra::Priority`): refused while a more
+/// urgent class has a live waiting mark; a refused caller leaves (or lengthens) its class's
+/// mark until its retry plus the grace.
+/// KEYS: limiter, then the waiting marks of every class, most urgent first.
+/// ARGV: interval µs, tolerance µs, the caller's class index, grace ms.
+const RATE_LIMIT_PRIORITIZED: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local class = tonumber(ARGV[3])
+local grace = tonumber(ARGV[4])
+local function mark(retry_us)
+  local ttl = math.ceil(retry_us / 1000) + grace
+  local key = KEYS[2 + class]
+  if redis.call('PTTL', key) < ttl then
+    redis.call('SET', key, '1', 'PX', ttl)
+  end
+end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then
+  mark(allow_at - now)
+  return {0, string.format('%.0f', allow_at - now), string.format('%.0f', now)}
+end
+for c = 0, class - 1 do
+  if redis.call('EXISTS', KEYS[2 + c]) == 1 then
+    mark(interval)
+    return {0, string.format('%.0f', interval), string.format('%.0f', now)}
+  end
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+local remaining = 0
+if now + tolerance >= new_tat then
+  remaining = math.floor((now + tolerance - new_tat) / interval) + 1
+end
+return {1, remaining, string.format('%.0f', now)}
+";
+
+/// Sets every key to its value with one expiry. KEYS: the keys. ARGV: ttl ms, then the values.
+const ADVERTISE: &str = r"
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+end
+return #KEYS
+";
+
 /// Appends to the stream and publishes, once per eventId.
 /// KEYS: dedupe marker, stream. ARGV: dedupe ttl s, maxlen, eventId, streamerId, type, data,
 /// channel, envelope.
@@ -150,6 +200,9 @@ static RELEASE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(REL
 static EXTEND_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(EXTEND));
 static RAISE_FENCE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RAISE_FENCE));
 static RATE_LIMIT_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RATE_LIMIT));
+static RATE_LIMIT_PRIORITIZED_SCRIPT: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(RATE_LIMIT_PRIORITIZED));
+static ADVERTISE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(ADVERTISE));
 static PUBLISH_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(PUBLISH));
 static HEARTBEAT_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(HEARTBEAT));
 
@@ -531,7 +584,7 @@ impl RedisCoordinator {
             limit.interval_us().to_string(),
             limit.tolerance_us().to_string(),
         ];
-        let (allowed, figure, now): (i64, String, String) = self
+        let reply = self
             .inner
             .main
             .eval(
@@ -542,6 +595,42 @@ impl RedisCoordinator {
                 Retry::Never,
             )
             .await?;
+        self.rate_decision(reply)
+    }
+
+    pub async fn rate_limit_prioritized(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+        priority: Priority,
+    ) -> Result<RateDecision, CoordinationError> {
+        let mut keys = vec![key.to_owned()];
+        keys.extend(Priority::ALL.iter().map(|p| waiting_mark_key(key, *p)));
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let args = [
+            limit.interval_us().to_string(),
+            limit.tolerance_us().to_string(),
+            priority.index().to_string(),
+            WAITING_GRACE.as_millis().to_string(),
+        ];
+        let reply = self
+            .inner
+            .main
+            .eval(
+                &RATE_LIMIT_PRIORITIZED_SCRIPT,
+                &keys,
+                &args,
+                COMMAND_TIMEOUT,
+                Retry::Never,
+            )
+            .await?;
+        self.rate_decision(reply)
+    }
+
+    fn rate_decision(
+        &self,
+        (allowed, figure, now): (i64, String, String),
+    ) -> Result<RateDecision, CoordinationError> {
         let parse = |s: &str| {
             s.parse::<u64>()
                 .map_err(|_| CoordinationError::UnexpectedReply {
@@ -615,15 +704,14 @@ impl RedisCoordinator {
             .await
     }
 
-    pub(crate) async fn report_poll_figures(
+    pub(crate) async fn report_figures(
         &self,
+        reports: Reports,
         instance_id: &str,
         figures: &str,
     ) -> Result<(), CoordinationError> {
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(super::POLL_REPORTS_KEY)
-            .arg(instance_id)
-            .arg(figures);
+        cmd.arg(reports.key()).arg(instance_id).arg(figures);
         let _: i64 = self
             .inner
             .main
@@ -632,27 +720,103 @@ impl RedisCoordinator {
         Ok(())
     }
 
-    pub(crate) async fn poll_figures(&self) -> Result<Vec<(String, String)>, CoordinationError> {
+    pub(crate) async fn figures(
+        &self,
+        reports: Reports,
+    ) -> Result<Vec<(String, String)>, CoordinationError> {
         let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(super::POLL_REPORTS_KEY);
+        cmd.arg(reports.key());
         self.inner
             .main
             .query(&cmd, COMMAND_TIMEOUT, Retry::Once)
             .await
     }
 
-    pub(crate) async fn forget_poll_figures(
+    pub(crate) async fn forget_figures(
         &self,
+        reports: Reports,
         instance_ids: &[String],
     ) -> Result<(), CoordinationError> {
         let mut cmd = redis::cmd("HDEL");
-        cmd.arg(super::POLL_REPORTS_KEY).arg(instance_ids);
+        cmd.arg(reports.key()).arg(instance_ids);
         let _: i64 = self
             .inner
             .main
             .query(&cmd, COMMAND_TIMEOUT, Retry::Once)
             .await?;
         Ok(())
+    }
+
+    /// Advertises live subscriptions: each streamer's key holds when it was subscribed (Unix
+    /// ms) and lapses after `ttl` unless advertised again.
+    pub(crate) async fn advertise_subscriptions(
+        &self,
+        subscribed: &[(String, i64)],
+        ttl: Duration,
+    ) -> Result<(), CoordinationError> {
+        if subscribed.is_empty() {
+            return Ok(());
+        }
+        for chunk in subscribed.chunks(500) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|(streamer, _)| super::subscription_key(streamer))
+                .collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let mut args = vec![(ttl.as_millis() as u64).to_string()];
+            args.extend(chunk.iter().map(|(_, since)| since.to_string()));
+            let _: i64 = self
+                .inner
+                .main
+                .eval(
+                    &ADVERTISE_SCRIPT,
+                    &keys,
+                    &args,
+                    COMMAND_TIMEOUT,
+                    Retry::Once,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn withdraw_subscriptions(
+        &self,
+        streamers: &[String],
+    ) -> Result<(), CoordinationError> {
+        if streamers.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("DEL");
+        for streamer in streamers {
+            cmd.arg(super::subscription_key(streamer));
+        }
+        let _: i64 = self
+            .inner
+            .main
+            .query(&cmd, COMMAND_TIMEOUT, Retry::Once)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn subscriptions(
+        &self,
+        streamers: &[String],
+    ) -> Result<Vec<Option<i64>>, CoordinationError> {
+        let mut found = Vec::with_capacity(streamers.len());
+        for chunk in streamers.chunks(1000) {
+            let mut cmd = redis::cmd("MGET");
+            for streamer in chunk {
+                cmd.arg(super::subscription_key(streamer));
+            }
+            let values: Vec<Option<i64>> = self
+                .inner
+                .main
+                .query(&cmd, COMMAND_TIMEOUT, Retry::Once)
+                .await?;
+            found.extend(values);
+        }
+        Ok(found)
     }
 
     pub async fn ping(&self) -> Result<Duration, CoordinationError> {

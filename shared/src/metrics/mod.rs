@@ -14,8 +14,10 @@
 
 pub mod emf;
 mod poll;
+mod realtime;
 
 pub use poll::{PollCounts, PollFigures, PollStats};
+pub use realtime::{RealtimeFigures, RealtimeStats};
 
 use std::fmt;
 use std::sync::atomic::Ordering;

@@ -23,6 +23,8 @@ pub struct PollStats {
     pub streamer_count: AtomicUsize,
     /// Streamers live on Twitch at the last check.
     pub live: AtomicUsize,
+    /// Streamers with a live realtime subscription (polled only to reconcile).
+    pub subscribed: AtomicUsize,
     pub concurrency: AtomicUsize,
     /// The current idle interval in ms.
     pub interval_ms: AtomicU64,

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::config::PollingConfig;
-use crate::coordination::{Budget, EventBus, Locks, Presence};
+use crate::coordination::{Budget, EventBus, Locks, Presence, Reports, Subscriptions};
 use crate::domain::{TwitchUserId, now_ms};
 use crate::jobs::ScheduledJob;
 use crate::metrics::PollStats;
@@ -40,6 +40,10 @@ use schedule::{PollOutcome, Schedule, SchedulePolicy};
 
 /// How often the list of linked streamers is read again from the store.
 const TARGETS_REFRESH: Duration = Duration::from_secs(10);
+/// How often the poller reads which streamers have a live realtime subscription: a streamer
+/// (re)subscribed is reconciled within this much, one whose subscription lapsed is back on
+/// routine polling within this much.
+const SUBSCRIPTIONS_REFRESH: Duration = Duration::from_secs(2);
 /// How often who is live on Twitch is asked again (Helix `GET /streams`).
 const LIVE_REFRESH: Duration = Duration::from_secs(60);
 /// The loop looks at the schedule at least this often.
@@ -110,6 +114,8 @@ pub struct PollParts {
     pub bus: EventBus,
     /// Where this process's figures are reported.
     pub presence: Presence,
+    /// Which streamers the realtime bridge holds a live subscription for.
+    pub subscriptions: Subscriptions,
     pub tokens: TokenKeeper,
     pub client: Arc<DonationAlertsClient>,
     /// Asks Helix who is live (`None` without Twitch credentials: nobody counts as live).
@@ -147,11 +153,14 @@ impl Poller {
     /// The poller over `parts`; it counts into `parts.stats`.
     pub fn new(parts: PollParts) -> Self {
         let polling = &parts.polling;
-        let policy = SchedulePolicy::for_budget(
-            polling.rate_limit_per_minute,
-            BUDGET_HEADROOM,
-            polling.interval,
-        );
+        let policy = SchedulePolicy {
+            reconcile_interval: polling.reconcile_interval,
+            ..SchedulePolicy::for_budget(
+                polling.rate_limit_per_minute,
+                BUDGET_HEADROOM,
+                polling.interval,
+            )
+        };
         Self {
             schedule: Mutex::new(Schedule::new(policy)),
             parts: Arc::new(parts),
@@ -213,6 +222,7 @@ impl Poller {
         let mut polling_now: HashSet<TwitchUserId> = HashSet::new();
         let mut targets_loaded: Option<Instant> = None;
         let mut live_checked: Option<Instant> = None;
+        let mut subscriptions_read: Option<Instant> = None;
         let mut relay_due = Instant::now();
         let mut report_due = Instant::now();
         loop {
@@ -223,6 +233,11 @@ impl Poller {
             if targets_loaded.is_none_or(|at| round.duration_since(at) >= TARGETS_REFRESH) {
                 self.load_targets(round).await;
                 targets_loaded = Some(round);
+            }
+            if subscriptions_read.is_none_or(|at| round.duration_since(at) >= SUBSCRIPTIONS_REFRESH)
+            {
+                self.read_subscriptions(round).await;
+                subscriptions_read = Some(round);
             }
             if round < last_start
                 && live_checked.is_none_or(|at| round.duration_since(at) >= LIVE_REFRESH)
@@ -294,6 +309,7 @@ impl Poller {
             cache: self.cache.clone(),
             min_gap,
             stop,
+            subscribed_since: None,
         }
     }
 
@@ -306,7 +322,7 @@ impl Poller {
         if let Err(e) = self
             .parts
             .presence
-            .report_poll_figures(&self.parts.instance_id, &json)
+            .report_figures(Reports::Poll, &self.parts.instance_id, &json)
             .await
         {
             tracing::debug!(error = %error_chain(&e), "poller figures not reported");
@@ -342,6 +358,35 @@ impl Poller {
             Err(e) => {
                 self.stats().count_error();
                 tracing::warn!(error = %error_chain(&e), "the streamers to poll could not be read");
+            }
+        }
+    }
+
+    /// Reads which scheduled streamers have a live realtime subscription: they are polled
+    /// only to reconcile. Unread (Redis down), the last answer stands until the claims would
+    /// have lapsed anyway.
+    async fn read_subscriptions(&self, now: Instant) {
+        let ids: Vec<TwitchUserId> = self.schedule().streamers().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        match self.parts.subscriptions.live_since(&keys).await {
+            Ok(since) => {
+                let subscribed = ids
+                    .into_iter()
+                    .zip(since)
+                    .filter_map(|(id, since)| Some((id, since?)))
+                    .collect();
+                let mut schedule = self.schedule();
+                schedule.set_subscribed(subscribed, now);
+                schedule.refresh_intervals(now);
+                self.stats()
+                    .subscribed
+                    .store(schedule.subscribed_count(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "live subscriptions unread; the last answer stands");
             }
         }
     }
@@ -418,7 +463,8 @@ impl Poller {
             .collect();
         for streamer in starting {
             polling_now.insert(streamer.clone());
-            let cx = self.poll_context(min_gap, stop.clone());
+            let mut cx = self.poll_context(min_gap, stop.clone());
+            cx.subscribed_since = self.schedule().subscribed_since(&streamer);
             in_flight.spawn(
                 async move {
                     let started = Instant::now();

@@ -68,6 +68,9 @@ pub struct SchedulePolicy {
     pub max_interval: Duration,
     /// A donation this recent makes a streamer [`Activity::RecentDonations`].
     pub recent_window: Duration,
+    /// How often a streamer with a live realtime subscription is polled to reconcile
+    /// (`DA_RECONCILE_INTERVAL_MS`).
+    pub reconcile_interval: Duration,
 }
 
 impl SchedulePolicy {
@@ -79,6 +82,7 @@ impl SchedulePolicy {
             min_interval,
             max_interval: Duration::from_secs(10 * 60),
             recent_window: Duration::from_secs(10 * 60),
+            reconcile_interval: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -183,6 +187,10 @@ pub struct Schedule<K> {
     /// Streamers with a backoff set (it may have run out already).
     backing_off: HashSet<K>,
     live: HashSet<K>,
+    /// Streamers with a live realtime subscription, and since when (Unix ms): they are
+    /// polled only to reconcile, right after each (re)subscribe and then every
+    /// [`SchedulePolicy::reconcile_interval`], and take no share of the routine budget.
+    subscribed: HashMap<K, i64>,
     /// Recomputed by [`Schedule::refresh_intervals`] (once a tick), not on every poll: it
     /// looks at every streamer.
     intervals: Intervals,
@@ -197,6 +205,7 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
             by_due: BTreeSet::new(),
             backing_off: HashSet::new(),
             live: HashSet::new(),
+            subscribed: HashMap::new(),
         }
     }
 
@@ -258,6 +267,48 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
         self.live = live;
     }
 
+    /// Which streamers have a live realtime subscription, and since when (Unix ms). A
+    /// streamer newly (re)subscribed is due at once, for the poll that finds what the socket
+    /// missed while it was down; one whose subscription lapsed is due at once too, back on
+    /// routine polling.
+    pub fn set_subscribed(&mut self, subscribed: HashMap<K, i64>, now: Instant) {
+        let subscribed: HashMap<K, i64> = subscribed
+            .into_iter()
+            .filter(|(k, _)| self.entries.contains_key(k))
+            .collect();
+        let changed: Vec<K> = subscribed
+            .iter()
+            .filter(|(k, since)| self.subscribed.get(*k) != Some(*since))
+            .map(|(k, _)| k.clone())
+            .chain(
+                self.subscribed
+                    .keys()
+                    .filter(|k| !subscribed.contains_key(*k))
+                    .cloned(),
+            )
+            .collect();
+        self.subscribed = subscribed;
+        for key in changed {
+            let not_backing_off = self.entries[&key]
+                .backing_off_until
+                .is_none_or(|until| until <= now);
+            if not_backing_off {
+                let earlier = self.entries[&key].due.min(now);
+                self.set_due(&key, earlier);
+            }
+        }
+    }
+
+    /// Since when (Unix ms) `key` has a live realtime subscription, if it has one.
+    pub fn subscribed_since(&self, key: &K) -> Option<i64> {
+        self.subscribed.get(key).copied()
+    }
+
+    /// Streamers with a live realtime subscription.
+    pub fn subscribed_count(&self) -> usize {
+        self.subscribed.len()
+    }
+
     /// Remembers a donation seen at `at` (e.g. loaded from the store at start).
     pub(crate) fn note_donation(&mut self, key: &K, at: Instant) {
         if let Some(entry) = self.entries.get_mut(key) {
@@ -291,6 +342,9 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     fn count_intervals(&self, now: Instant) -> Intervals {
         let (mut live, mut recent, mut idle) = (0, 0, 0);
         for key in self.entries.keys() {
+            if self.subscribed.contains_key(key) {
+                continue;
+            }
             match self.activity(key, now) {
                 Activity::Live => live += 1,
                 Activity::RecentDonations => recent += 1,
@@ -375,6 +429,7 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
             // Someone else is polling it now; look again after one base interval.
             PollOutcome::Locked => now + self.policy.min_interval,
             PollOutcome::Failed { .. } => self.entries[key].backing_off_until.unwrap_or(now),
+            _ if self.subscribed.contains_key(key) => now + self.policy.reconcile_interval,
             _ => now + self.intervals.of(self.activity(key, now)),
         };
         self.set_due(key, next);
@@ -394,6 +449,7 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
             self.by_due.remove(&(entry.due, key.clone()));
         }
         self.live.remove(key);
+        self.subscribed.remove(key);
         self.backing_off.remove(key);
     }
 }
@@ -408,6 +464,7 @@ mod tests {
             min_interval: Duration::from_secs(5),
             max_interval: Duration::from_secs(600),
             recent_window: Duration::from_secs(900),
+            reconcile_interval: Duration::from_secs(600),
         }
     }
 
@@ -540,6 +597,45 @@ mod tests {
         schedule.record(&1, PollOutcome::NeedsReauth, now);
         assert_eq!(schedule.len(), 1);
         assert_eq!(schedule.due(now, 10), [2]);
+    }
+
+    #[test]
+    fn a_subscribed_streamer_is_reconciled_after_each_subscribe_and_then_every_interval() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        schedule.sync(["a", "b"], start);
+        let later = start + Duration::from_secs(1);
+        schedule.record(&"a", PollOutcome::Polled { new_donations: 0 }, later);
+        let routine_due = schedule.due_at(&"a").unwrap();
+        assert!(routine_due > later);
+        // Subscribed: due at once, for the reconciliation.
+        schedule.set_subscribed([("a", 1_000)].into(), later);
+        assert_eq!(schedule.due_at(&"a"), Some(later));
+        schedule.record(&"a", PollOutcome::Polled { new_donations: 0 }, later);
+        assert_eq!(
+            schedule.due_at(&"a"),
+            Some(later + Duration::from_secs(600))
+        );
+        // The same subscription advertised again changes nothing.
+        schedule.set_subscribed([("a", 1_000)].into(), later);
+        assert_eq!(
+            schedule.due_at(&"a"),
+            Some(later + Duration::from_secs(600))
+        );
+        // Subscribed: it takes no share of the routine budget.
+        assert_eq!(
+            schedule.refresh_intervals(later).idle,
+            Duration::from_secs(5),
+            "only b shares the routine budget"
+        );
+        // Resubscribed after a drop: due at once again.
+        schedule.set_subscribed([("a", 2_000)].into(), later);
+        assert_eq!(schedule.due_at(&"a"), Some(later));
+        schedule.record(&"a", PollOutcome::Polled { new_donations: 0 }, later);
+        // The subscription lapses: back on routine polling, due at once.
+        schedule.set_subscribed(HashMap::new(), later);
+        assert_eq!(schedule.due_at(&"a"), Some(later));
+        assert_eq!(schedule.subscribed_since(&"a"), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use super::cache::StreamerCache;
 use super::schedule::PollOutcome;
 use super::{PollParts, StopSignal};
-use crate::coordination::{CoordinationError, Lock, RateLimit};
+use crate::coordination::{CoordinationError, Lock, Priority, RateLimit};
 use crate::domain::event::ReceivedDonation;
 use crate::domain::{Donation, Provider, TwitchUserId, now_ms};
 use crate::providers::ProviderError;
@@ -109,6 +109,19 @@ pub struct PollContext {
     /// A streamer polled by anyone less than this long ago is left alone.
     pub min_gap: Duration,
     pub stop: StopSignal,
+    /// Since when (Unix ms) the streamer has a live realtime subscription, if they have one:
+    /// this poll reconciles behind it (its budget grants come before routine polls', and a
+    /// poll made before the subscription began does not count as recent).
+    pub subscribed_since: Option<i64>,
+}
+
+impl PollContext {
+    fn priority(&self) -> Priority {
+        match self.subscribed_since {
+            Some(_) => Priority::Reconcile,
+            None => Priority::Poll,
+        }
+    }
 }
 
 /// Polls `streamer` once; never fails, but says how it went.
@@ -208,10 +221,10 @@ async fn poll_holding_lock(
     let Some(state) = parts.store.poll_state(streamer).await? else {
         return Ok(PollOutcome::NeedsReauth);
     };
-    if state
-        .last_polled_at
-        .is_some_and(|at| now_ms() - at < cx.min_gap.as_millis() as i64)
-    {
+    if state.last_polled_at.is_some_and(|at| {
+        now_ms() - at < cx.min_gap.as_millis() as i64
+            && cx.subscribed_since.is_none_or(|since| at >= since)
+    }) {
         return Ok(PollOutcome::PolledElsewhere);
     }
     let mut tokens = match cx.cache.get(streamer) {
@@ -394,7 +407,10 @@ async fn take_budget(cx: &PollContext, lock: &Lock) -> Result<(), PollError> {
     let (parts, stats) = (&*cx.parts, &cx.parts.stats);
     let limit = RateLimit::per_minute(parts.polling.rate_limit_per_minute);
     loop {
-        let decision = parts.budget.rate_limit(DA_RATE_LIMIT_KEY, &limit).await?;
+        let decision = parts
+            .budget
+            .rate_limit_prioritized(DA_RATE_LIMIT_KEY, &limit, cx.priority())
+            .await?;
         stats.note_budget(decision.remaining);
         if decision.allowed {
             return Ok(());

@@ -19,6 +19,12 @@
 //! becomes the highest id seen since the walk began; anything newer is above it and found by
 //! the next poll from page 1. Nothing between the old cursor and the pages read is skipped.
 //!
+//! A pushed donation (the realtime bridge) goes through the same write
+//! ([`Store::record_donations`] with [`Found::Pushed`]): recorded once with its event
+//! whichever of push and poll sees it first, fenced by the bridge's shard lease instead of
+//! the poll lock, and it never moves the cursor, so a donation missed while a socket was down
+//! is still found by the next poll walking down to the cursor.
+//!
 //! A donation arrives bounded and with its event already made ([`ReceivedDonation`]): the
 //! store records the one and queues the other, without knowing the event's form.
 //! The outbox is what makes publishing exactly-once: an event is published from its row
@@ -31,7 +37,40 @@ use crate::domain::clock::rfc3339_ms;
 use crate::domain::event::ReceivedDonation;
 use crate::domain::{DaUserId, TwitchUserId, now_ms};
 
-/// Everything one poll of one streamer found.
+/// Donations of one streamer, found by a poll or pushed over the realtime socket, ready for
+/// [`Store::record_donations`].
+#[derive(Debug, Clone)]
+pub struct DonationsFound {
+    pub streamer: TwitchUserId,
+    pub da_user_id: DaUserId,
+    /// The fencing token of the lock the finder holds: the streamer's poll lock, or the
+    /// bridge's shard lease (see [`Found`]).
+    pub fence: u64,
+    /// Newest first or in any order; repeats and already recorded ones are ignored.
+    pub donations: Vec<ReceivedDonation>,
+    /// RFC 3339 UTC, when they were read.
+    pub received_at: String,
+    pub found: Found,
+}
+
+/// How donations were found, which decides what else their write may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// By a poll that walked down to the cursor (or to the end of the list): the cursor
+    /// moves to the highest id seen since the walk began.
+    PollToCursor { seen_high_water: Option<i64> },
+    /// By a poll that stopped before the cursor: the cursor stays, and the next poll goes on
+    /// from `resume`, the link of the first page not read (`None`: page 1).
+    PollPartly {
+        seen_high_water: Option<i64>,
+        resume: Option<String>,
+    },
+    /// Pushed to the bridge holding `shard`: recorded, and the cursor never moves, because
+    /// only a walk down to it proves nothing below was missed.
+    Pushed { shard: u32 },
+}
+
+/// Everything one poll of one streamer found (a poll's [`DonationsFound`]).
 #[derive(Debug, Clone)]
 pub struct PollResult {
     pub streamer: TwitchUserId,
@@ -46,20 +85,36 @@ pub struct PollResult {
     pub received_at: String,
 }
 
-/// How far a poll walked down the donation list.
-enum Walked {
-    /// Down to the cursor, or to the end of the list.
-    ToCursor,
-    /// It stopped before; the next poll goes on from `resume` (page 1 when `None`).
-    Partly { resume: Option<String> },
+impl PollResult {
+    /// `resume`: `None` for a poll that walked down to the cursor, else where the next one
+    /// goes on.
+    fn found(self, resume: Option<Option<String>>) -> DonationsFound {
+        let seen_high_water = self.seen_high_water;
+        let found = match resume {
+            None => Found::PollToCursor { seen_high_water },
+            Some(resume) => Found::PollPartly {
+                seen_high_water,
+                resume,
+            },
+        };
+        DonationsFound {
+            streamer: self.streamer,
+            da_user_id: self.da_user_id,
+            fence: self.fence,
+            donations: self.donations,
+            received_at: self.received_at,
+            found,
+        }
+    }
 }
 
-/// What [`Store::record_poll`] did.
+/// What [`Store::record_donations`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PollRecorded {
     /// Recorded; the ids of the donations that were new, oldest first.
     Recorded { new_donation_ids: Vec<i64> },
-    /// A newer lock holder already moved the cursor (its token is `newer`): nothing written.
+    /// A newer holder of the same lock (the poll lock, or the shard lease for a push) already
+    /// wrote (its token is `newer`): nothing written.
     StaleFence { newer: u64 },
     /// The streamer has no DonationAlerts link (disconnected meanwhile): nothing written.
     NotLinked,
@@ -250,14 +305,13 @@ impl Store {
         .await
     }
 
-    /// Records one poll's donations, their outbox events and the new cursor in one write,
-    /// refused whole when `fence` is older than the last accepted one (see the module docs).
-    /// For a poll that walked down to the cursor (or to the end of the list).
+    /// Records one poll's donations, their outbox events and the new cursor in one write
+    /// ([`Self::record_donations`] for a poll that walked down to the cursor).
     pub async fn record_poll(&self, poll: PollResult) -> Result<PollRecorded, StoreError> {
-        self.record_walk(poll, Walked::ToCursor).await
+        self.record_donations(poll.found(None)).await
     }
 
-    /// Like [`Self::record_poll`], for a poll that stopped before reaching the cursor: its
+    /// [`Self::record_donations`] for a poll that stopped before reaching the cursor: its
     /// donations and events are recorded, the cursor stays, and the next poll goes on from
     /// `resume`, the link of the first page not read (`None`: from page 1 again).
     pub async fn record_partial_poll(
@@ -265,14 +319,18 @@ impl Store {
         poll: PollResult,
         resume: Option<String>,
     ) -> Result<PollRecorded, StoreError> {
-        self.record_walk(poll, Walked::Partly { resume }).await
+        self.record_donations(poll.found(Some(resume))).await
     }
 
-    async fn record_walk(
+    /// The one write of donations, polled or pushed: each donation new to this streamer is
+    /// recorded with its outbox event, once, whoever found it first; a poll also moves its
+    /// cursor (see the module docs). Refused whole when `fence` is older than the last one
+    /// accepted for the same lock: the streamer's poll lock, or for a push the shard lease.
+    pub async fn record_donations(
         &self,
-        poll: PollResult,
-        walked: Walked,
+        found: DonationsFound,
     ) -> Result<PollRecorded, StoreError> {
+        let poll = found;
         self.write(move |conn| {
             let link: Option<(i64, Option<i64>, Option<i64>)> = conn
                 .query_row(
@@ -282,21 +340,26 @@ impl Store {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let Some((stored_fence, cursor, resume_high_water)) = link else {
+            let Some((cursor_fence, cursor, resume_high_water)) = link else {
                 return Ok(PollRecorded::NotLinked);
             };
-            if (stored_fence as u64) > poll.fence {
+            let stored_fence = match poll.found {
+                Found::Pushed { shard } => shard_fence(conn, shard)?,
+                _ => cursor_fence as u64,
+            };
+            if stored_fence > poll.fence {
                 return Ok(PollRecorded::StaleFence {
-                    newer: stored_fence as u64,
+                    newer: stored_fence,
                 });
             }
             let mut donations = poll.donations;
             // At or below the cursor is handled already. A link without a cursor has no
-            // baseline yet: what exists now is history, not news; only the high-water mark
-            // is taken, so the next poll reports what follows.
-            match cursor {
-                Some(cursor) => donations.retain(|d| d.donation.id > cursor),
-                None => donations.clear(),
+            // baseline yet: what a poll finds then is history, not news; only the high-water
+            // mark is taken, so the next poll reports what follows. A push is news always.
+            match (cursor, &poll.found) {
+                (Some(cursor), _) => donations.retain(|d| d.donation.id > cursor),
+                (None, Found::Pushed { .. }) => {}
+                (None, _) => donations.clear(),
             }
             donations.sort_by_key(|d| d.donation.id);
             donations.dedup_by_key(|d| d.donation.id);
@@ -325,22 +388,37 @@ impl Store {
                 super::outbox::record_event(conn, event, now)?;
                 new_donation_ids.push(donation.id);
             }
+            let seen_high_water = match &poll.found {
+                Found::Pushed { shard } => {
+                    conn.execute(
+                        "INSERT INTO realtime_shard_fences (shard, fence) VALUES (?1, ?2)
+                         ON CONFLICT (shard) DO UPDATE SET fence = excluded.fence",
+                        params![shard, poll.fence as i64],
+                    )?;
+                    return Ok(PollRecorded::Recorded { new_donation_ids });
+                }
+                Found::PollToCursor { seen_high_water }
+                | Found::PollPartly {
+                    seen_high_water, ..
+                } => *seen_high_water,
+            };
             // The highest id seen since the walk began, this poll included.
-            let walk_high_water = poll
-                .seen_high_water
+            let walk_high_water = seen_high_water
                 .into_iter()
                 .chain(donations.last().map(|d| d.donation.id))
                 .chain(resume_high_water)
                 .max();
-            let (new_cursor, resume_link, resume_high_water) = match walked {
-                Walked::ToCursor => (
+            let (new_cursor, resume_link, resume_high_water) = match poll.found {
+                Found::PollToCursor { .. } | Found::Pushed { .. } => (
                     walk_high_water.into_iter().chain(cursor).max().or(Some(0)),
                     None,
                     None,
                 ),
                 // From page 1 again: that walk sees every id up to the top by itself.
-                Walked::Partly { resume: None } => (cursor, None, None),
-                Walked::Partly { resume: Some(link) } => (cursor, Some(link), walk_high_water),
+                Found::PollPartly { resume: None, .. } => (cursor, None, None),
+                Found::PollPartly {
+                    resume: Some(link), ..
+                } => (cursor, Some(link), walk_high_water),
             };
             conn.execute(
                 "UPDATE donationalerts_links
@@ -388,6 +466,18 @@ impl Store {
         })
         .await
     }
+}
+
+/// The fencing token of the last accepted write by `shard`'s holder (0 before any).
+fn shard_fence(conn: &rusqlite::Connection, shard: u32) -> rusqlite::Result<u64> {
+    let fence: Option<i64> = conn
+        .query_row(
+            "SELECT fence FROM realtime_shard_fences WHERE shard = ?1",
+            [shard],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(fence.unwrap_or(0) as u64)
 }
 
 /// Deletes a streamer's DonationAlerts tokens and link, inside the caller's write; `true`

@@ -106,6 +106,14 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE donationalerts_links ADD COLUMN resume_link TEXT;
     ALTER TABLE donationalerts_links ADD COLUMN resume_high_water INTEGER;
     ",
+    // 6: the realtime bridge's shard leases: the fencing token of the last write each shard's
+    // holder made, so a bridge paused past its lease cannot record after the next holder did.
+    r"
+    CREATE TABLE realtime_shard_fences (
+        shard   INTEGER PRIMARY KEY,
+        fence   INTEGER NOT NULL
+    );
+    ",
 ];
 
 #[cfg(test)]
@@ -125,6 +133,6 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 7);
+        assert_eq!(tables, 8);
     }
 }

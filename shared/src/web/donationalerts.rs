@@ -28,7 +28,7 @@ use super::oauth_state::OAuthFlow;
 use super::session::{self, CurrentSession};
 use super::{ApiError, WebError, redirect, texts};
 use crate::app::App;
-use crate::coordination::RateLimit;
+use crate::coordination::{Priority, RateLimit};
 use crate::crypto::sha256;
 use crate::domain::{Provider, TokenStatus, now_ms};
 use crate::poll::streamer::DA_RATE_LIMIT_KEY;
@@ -147,7 +147,7 @@ async fn budget_granted(app: &App, wait: Duration) -> Result<bool, WebError> {
     let decision = app
         .coordinator
         .budget()
-        .rate_limit_within(DA_RATE_LIMIT_KEY, &limit, wait)
+        .rate_limit_within(DA_RATE_LIMIT_KEY, &limit, Priority::Interactive, wait)
         .await?;
     Ok(decision.allowed)
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::app::App;
-use crate::coordination::{CoordinationError, Coordinator, Mode};
+use crate::coordination::{CoordinationError, Coordinator, Mode, Reports};
 use crate::metrics::PollFigures;
 use crate::store::Store;
 use crate::telemetry::error_chain;
@@ -459,7 +459,7 @@ async fn measure(sources: &HealthSources) -> Probe {
 /// Every poller's latest figures, summed; figures of pollers gone quiet are dropped.
 async fn polling_report(sources: &HealthSources) -> PollingReport {
     let per_minute = sources.rate_limit_per_minute;
-    let stored = match sources.coordinator.presence().poll_figures().await {
+    let stored = match sources.coordinator.presence().figures(Reports::Poll).await {
         Ok(stored) => stored,
         Err(e) => {
             tracing::warn!(error = %what_failed(&e), "health: reading the pollers' figures failed");
@@ -470,7 +470,7 @@ async fn polling_report(sources: &HealthSources) -> PollingReport {
     if let Err(e) = sources
         .coordinator
         .presence()
-        .forget_poll_figures(&stale)
+        .forget_figures(Reports::Poll, &stale)
         .await
     {
         tracing::debug!(error = %what_failed(&e), "health: stale poller figures stay");
