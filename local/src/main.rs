@@ -1,9 +1,10 @@
 //! `avatar-local`: every route of the contract on one port, with no AWS and no Docker.
-//! It serves the same router the Lambda functions run, and runs on timers the jobs of the
+//! It serves the same router the Lambda functions run, runs on timers the jobs of the
 //! scheduled functions: the DonationAlerts poller (`da-poll`) and the Twitch token validation
-//! (`token-validate`). `--demo` adds a fake Twitch and a fake DonationAlerts on
-//! loopback and points the configuration at them, so the whole login, the DonationAlerts
-//! connection and donations arriving work offline.
+//! (`token-validate`), and runs the realtime bridge in-process. `--demo` adds a fake Twitch
+//! and a fake DonationAlerts on loopback and points the configuration at them, so the whole
+//! login, the DonationAlerts connection and donations arriving (pushed and polled) work
+//! offline.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -113,6 +114,17 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
             None
         }
     };
+    // The realtime bridge, holding every shard no other bridge on this Redis holds.
+    let bridge = app.realtime_bridge().map(|bridge| {
+        let mut stopped = background_stopped.clone();
+        tokio::spawn(async move {
+            bridge
+                .run(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+        })
+    });
     let validator = app.token_validator().map(|validator| {
         let mut stopped = background_stopped.clone();
         tokio::spawn(async move {
@@ -128,6 +140,10 @@ async fn run(cli: Cli) -> Result<(), StartupError> {
     let _ = heartbeat.await;
     if let Some(validator) = validator {
         let _ = validator.await;
+    }
+    if let Some(bridge) = bridge {
+        // Closes its sockets and releases its shards.
+        let _ = bridge.await;
     }
     if let Some(poller) = poller {
         // Finishes its polls in flight (releasing their locks) and relays the outbox.

@@ -13,6 +13,8 @@ use crate::metrics::{Metrics, PollStats, RealtimeStats, WriterBatches};
 use crate::poll::{PollParts, Poller, PollerNotConfigured};
 use crate::providers::donationalerts::DonationAlertsClient;
 use crate::providers::twitch::TwitchClient;
+use crate::providers::centrifugo::CentrifugoClient;
+use crate::realtime::grants::GrantQueue;
 use crate::realtime::{Bridge, BridgeParts};
 use crate::secret::random_hex;
 use crate::secrets::SecretPurpose;
@@ -196,12 +198,33 @@ impl App {
         })
     }
 
-    /// The realtime bridge (`None` without DA_CLIENT_ID and DA_CLIENT_SECRET).
+    /// The realtime bridge (`None` without DA_CLIENT_ID and DA_CLIENT_SECRET). Its grant
+    /// queue starts here, so this runs inside the Tokio runtime.
     pub fn realtime_bridge(&self) -> Option<Bridge> {
-        self.donationalerts.as_ref()?;
-        Some(Bridge::new(BridgeParts {
-            config: self.config.realtime.clone(),
-        }))
+        let client = self.donationalerts.clone()?;
+        let grants = GrantQueue::start(
+            self.coordinator.budget(),
+            self.config.polling.rate_limit_per_minute,
+        );
+        let centrifugo = CentrifugoClient::new(
+            self.config.donationalerts.centrifugo_url.clone(),
+            self.config.provider_timeout,
+        );
+        Some(Bridge::new(BridgeParts::new(
+            self.store.clone(),
+            self.coordinator.locks(),
+            self.coordinator.bus(),
+            self.coordinator.presence(),
+            self.coordinator.subscriptions(),
+            self.tokens.clone(),
+            client,
+            centrifugo,
+            self.twitch.clone(),
+            grants,
+            self.config.realtime.clone(),
+            self.instance_id.clone(),
+            self.realtime_stats.clone(),
+        )))
     }
 
     /// The validation of every stored Twitch token (`None` without Twitch credentials).

@@ -33,6 +33,7 @@
 use rusqlite::{OptionalExtension as _, params};
 
 use super::{Store, StoreError};
+use crate::config::DONATION_SUBSCRIBE_SCOPE;
 use crate::domain::clock::rfc3339_ms;
 use crate::domain::event::ReceivedDonation;
 use crate::domain::{DaUserId, TwitchUserId, now_ms};
@@ -301,6 +302,52 @@ impl Store {
                 })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    /// Every streamer with a link and active DonationAlerts tokens whose grant includes
+    /// `oauth-donation-subscribe`: those the realtime bridge subscribes.
+    pub async fn realtime_targets(&self) -> Result<Vec<PollTarget>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT l.streamer_twitch_id, l.da_user_id,
+                        (SELECT max(d.received_at) FROM donations d
+                          WHERE d.streamer_twitch_id = l.streamer_twitch_id)
+                 FROM donationalerts_links l
+                 JOIN provider_tokens t ON t.twitch_user_id = l.streamer_twitch_id
+                      AND t.provider = 'donationalerts' AND t.status = 'active'
+                 WHERE (' ' || t.scopes || ' ') LIKE ?1
+                 ORDER BY l.streamer_twitch_id",
+            )?;
+            let pattern = format!("% {DONATION_SUBSCRIBE_SCOPE} %");
+            let rows = statement.query_map([pattern], |r| {
+                let received: Option<String> = r.get(2)?;
+                Ok(PollTarget {
+                    streamer_twitch_id: r.get(0)?,
+                    da_user_id: r.get(1)?,
+                    last_donation_at: received.as_deref().and_then(rfc3339_ms),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Raises `shard`'s stored fence to `fence` (a bridge that just took the shard's lease),
+    /// so that from now on a push recorded by an earlier holder is refused. `false` when a
+    /// newer holder's fence is stored already.
+    pub async fn claim_shard(&self, shard: u32, fence: u64) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            if shard_fence(conn, shard)? > fence {
+                return Ok(false);
+            }
+            conn.execute(
+                "INSERT INTO realtime_shard_fences (shard, fence) VALUES (?1, ?2)
+                 ON CONFLICT (shard) DO UPDATE SET fence = excluded.fence",
+                params![shard, fence as i64],
+            )?;
+            Ok(true)
         })
         .await
     }

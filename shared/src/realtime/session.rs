@@ -1,0 +1,382 @@
+//! One streamer's realtime socket, for as long as the bridge holds their shard: connect with
+//! the streamer's socket token, ask DonationAlerts for the channel token, subscribe, record
+//! every pushed donation, keep the access token fresh; after a drop, reconnect with jittered
+//! backoff (the poller reconciles after every subscribe, so what the gap missed is found).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::BridgeParts;
+use super::grants::{Ask, Urgency};
+use crate::coordination::Priority;
+use crate::domain::event::ReceivedDonation;
+use crate::domain::{DaUserId, Provider, TwitchUserId, now_ms, rfc3339_utc};
+use crate::providers::ProviderError;
+use crate::providers::centrifugo::{CentrifugoError, CentrifugoSocket, Publication};
+use crate::providers::donationalerts::{donation_channel, parse_pushed_donation};
+use crate::store::StoreError;
+use crate::store::donationalerts::{DonationsFound, Found, PollRecorded};
+use crate::telemetry::error_chain;
+use crate::tokens::{self, TokenError, UsableTokens};
+
+/// First wait after a drop; it doubles with each further failure.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Longest wait the doubling reaches.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A subscription that lasted this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// New socket tokens asked for in a row after connects refused with "token expired".
+const SOCKET_TOKEN_ATTEMPTS: usize = 2;
+
+/// Who a session is for.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionTarget {
+    pub streamer: TwitchUserId,
+    pub da_user_id: DaUserId,
+    pub shard: u32,
+    /// The shard lease's fencing token: every push is recorded under it.
+    pub fence: u64,
+    pub urgency: Urgency,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("the streamer's tokens are unusable")]
+    Tokens(#[from] TokenError),
+    #[error("DonationAlerts failed")]
+    Provider(#[from] ProviderError),
+    #[error("the realtime socket failed")]
+    Socket(#[from] CentrifugoError),
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    #[error("DonationAlerts gave no socket token")]
+    NoSocketToken,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The bridge let go of the streamer (shutdown, shard lost, disconnected).
+    Stopped,
+    /// The connection must be made again (after the backoff).
+    Dropped(SessionError),
+    /// The streamer must connect DonationAlerts again: nothing to reconnect with.
+    NeedsReauth,
+    /// A newer holder of the shard recorded already: this process lost it.
+    ShardLost,
+}
+
+/// Runs the session until `stop` says stop (or the streamer's connection ends).
+pub(crate) async fn run(parts: Arc<BridgeParts>, target: SessionTarget, stop: watch::Receiver<bool>) {
+    let mut failures = 0u32;
+    let mut priority = Priority::Subscribe;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let ended = connect_and_listen(&parts, &target, priority, stop.clone()).await;
+        parts.unmark_subscribed(&target.streamer);
+        let wait = match ended {
+            Ended::Stopped => break,
+            Ended::NeedsReauth => {
+                tracing::warn!(streamer = %target.streamer, "realtime alerts stop until the streamer reconnects DonationAlerts");
+                break;
+            }
+            Ended::ShardLost => {
+                tracing::warn!(streamer = %target.streamer, shard = target.shard, "a newer holder of the shard recorded already; this socket closes");
+                break;
+            }
+            Ended::Dropped(e) => {
+                if started.elapsed() >= STABLE_AFTER {
+                    failures = 0;
+                }
+                failures = failures.saturating_add(1);
+                let wait = jittered_backoff(failures);
+                tracing::info!(streamer = %target.streamer, error = %error_chain(&e), wait_ms = wait.as_millis() as u64, "realtime socket dropped; reconnecting");
+                wait
+            }
+        };
+        priority = Priority::Resubscribe;
+        let mut stop_wait = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop_wait.wait_for(|s| *s) => break,
+        }
+        parts.stats.reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Full jitter over an exponential backoff: a mass drop does not come back as one wave.
+fn jittered_backoff(failures: u32) -> Duration {
+    let doubled = BACKOFF_START.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let ceiling = doubled.min(BACKOFF_MAX);
+    let bytes = crate::secret::random_bytes(4);
+    let fraction = f64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        / f64::from(u32::MAX);
+    // At least half the ceiling, so a flapping socket still slows down.
+    ceiling.mul_f64(0.5 + fraction / 2.0)
+}
+
+async fn connect_and_listen(
+    parts: &Arc<BridgeParts>,
+    target: &SessionTarget,
+    priority: Priority,
+    mut stop: watch::Receiver<bool>,
+) -> Ended {
+    let ask = Ask {
+        priority,
+        urgency: target.urgency,
+    };
+    let connected = tokio::select! {
+        connected = connect(parts, target, ask) => connected,
+        _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+    };
+    let (mut socket, mut tokens) = match connected {
+        Ok(Some(connected)) => connected,
+        Ok(None) => return Ended::NeedsReauth,
+        Err(e) => return Ended::Dropped(e),
+    };
+    let since = now_ms();
+    parts.mark_subscribed(&target.streamer, since).await;
+    tracing::info!(streamer = %target.streamer, shard = target.shard, "subscribed to realtime donations");
+    let channel = donation_channel(target.da_user_id);
+    let margin = parts.tokens.config.refresh_margin;
+    let ended = loop {
+        let refresh_at = refresh_due(&tokens, margin);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break Ended::Stopped,
+            pushed = socket.next_push() => match pushed {
+                Ok(publication) if publication.channel == channel => {
+                    if let Some(ended) = record_push(parts, target, publication).await {
+                        break ended;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => break Ended::Dropped(e.into()),
+            },
+            _ = tokio::time::sleep_until(refresh_at) => {
+                let resubscribe = Ask { priority: Priority::Resubscribe, urgency: target.urgency };
+                if !parts.grants.grant(resubscribe).await {
+                    break Ended::Stopped;
+                }
+                match tokens::refresh(&parts.tokens, &target.streamer, Provider::DonationAlerts, &tokens).await {
+                    Ok(fresh) => tokens = fresh,
+                    Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => break Ended::NeedsReauth,
+                    // The socket stays up; the next attempt comes after the margin again.
+                    Err(e) => {
+                        tracing::warn!(streamer = %target.streamer, error = %error_chain(&e), "access token not refreshed; trying again later");
+                        tokio::select! {
+                            _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                            _ = stop.wait_for(|s| *s) => break Ended::Stopped,
+                        }
+                    }
+                }
+            }
+        }
+    };
+    socket.close().await;
+    parts
+        .stats
+        .connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ended
+}
+
+/// When the access token is due for a refresh (far off when it has no expiry).
+fn refresh_due(tokens: &UsableTokens, margin: Duration) -> Instant {
+    let Some(expires_at) = tokens.expires_at else {
+        return Instant::now() + Duration::from_secs(24 * 3600);
+    };
+    let left = Duration::from_millis((expires_at - now_ms()).max(0) as u64);
+    Instant::now() + left.saturating_sub(margin)
+}
+
+/// Opens and subscribes the streamer's socket; `Ok(None)` when their connection has ended
+/// (`need_reauth`).
+async fn connect(
+    parts: &Arc<BridgeParts>,
+    target: &SessionTarget,
+    ask: Ask,
+) -> Result<Option<(CentrifugoSocket, UsableTokens)>, SessionError> {
+    let streamer = &target.streamer;
+    let mut tokens = match tokens::load(&parts.tokens, streamer, Provider::DonationAlerts).await {
+        Ok(tokens) => tokens,
+        Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let margin = parts.tokens.config.refresh_margin;
+    if !tokens.valid_for(margin) {
+        match refresh(parts, target, ask, &tokens).await? {
+            Some(fresh) => tokens = fresh,
+            None => return Ok(None),
+        }
+    }
+    let mut refreshed = false;
+    let mut attempts = 0;
+    let mut socket = loop {
+        if !parts.grants.grant(ask).await {
+            return Err(SessionError::Socket(CentrifugoError::Closed {
+                code: None,
+                reason: Some("the bridge is stopping".into()),
+                reconnect: false,
+            }));
+        }
+        let user = match parts.client.user(tokens.access_token.expose()).await {
+            Err(e) if e.is_unauthorized() && !refreshed => {
+                refreshed = true;
+                match refresh(parts, target, ask, &tokens).await? {
+                    Some(fresh) => tokens = fresh,
+                    None => return Ok(None),
+                }
+                continue;
+            }
+            Err(e) if e.is_unauthorized() => {
+                tokens::connection_lost(&parts.tokens, streamer, Provider::DonationAlerts, &tokens)
+                    .await?;
+                return Ok(None);
+            }
+            other => other?,
+        };
+        let socket_token = user
+            .socket_connection_token
+            .ok_or(SessionError::NoSocketToken)?;
+        match parts.centrifugo.connect(socket_token.expose()).await {
+            Err(CentrifugoError::TokenExpired) if attempts + 1 < SOCKET_TOKEN_ATTEMPTS => {
+                attempts += 1;
+            }
+            other => break other?,
+        }
+    };
+    parts
+        .stats
+        .connected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let subscribed = subscribe(parts, target, ask, &tokens, &mut socket).await;
+    if let Err(e) = subscribed {
+        parts
+            .stats
+            .connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        socket.close().await;
+        return Err(e);
+    }
+    Ok(Some((socket, tokens)))
+}
+
+async fn subscribe(
+    parts: &Arc<BridgeParts>,
+    target: &SessionTarget,
+    ask: Ask,
+    tokens: &UsableTokens,
+    socket: &mut CentrifugoSocket,
+) -> Result<(), SessionError> {
+    if !parts.grants.grant(ask).await {
+        return Err(SessionError::Socket(CentrifugoError::Closed {
+            code: None,
+            reason: Some("the bridge is stopping".into()),
+            reconnect: false,
+        }));
+    }
+    let channel = donation_channel(target.da_user_id);
+    let channel_token = parts
+        .client
+        .subscribe_channel(tokens.access_token.expose(), socket.client_id(), &channel)
+        .await?;
+    socket.subscribe(&channel, channel_token.expose()).await?;
+    Ok(())
+}
+
+/// A grant, then the refresh; `Ok(None)` when the provider refused it (`need_reauth`).
+async fn refresh(
+    parts: &Arc<BridgeParts>,
+    target: &SessionTarget,
+    ask: Ask,
+    tokens: &UsableTokens,
+) -> Result<Option<UsableTokens>, SessionError> {
+    if !parts.grants.grant(ask).await {
+        return Err(SessionError::Socket(CentrifugoError::Closed {
+            code: None,
+            reason: Some("the bridge is stopping".into()),
+            reconnect: false,
+        }));
+    }
+    match tokens::refresh(&parts.tokens, &target.streamer, Provider::DonationAlerts, tokens).await {
+        Ok(fresh) => Ok(Some(fresh)),
+        Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records one pushed donation; `Some` when the session must end.
+async fn record_push(
+    parts: &Arc<BridgeParts>,
+    target: &SessionTarget,
+    publication: Publication,
+) -> Option<Ended> {
+    let received = Instant::now();
+    parts.stats.count_push();
+    let donation = match parse_pushed_donation(&publication.data) {
+        Ok(donation) => donation,
+        Err(e) => {
+            // The reconciliation poll reads it from the list instead.
+            tracing::warn!(streamer = %target.streamer, error = %error_chain(&e), "a pushed donation could not be read; the next poll finds it");
+            return None;
+        }
+    };
+    let received_at = rfc3339_utc(now_ms());
+    let found = DonationsFound {
+        streamer: target.streamer.clone(),
+        da_user_id: target.da_user_id,
+        fence: target.fence,
+        donations: vec![ReceivedDonation::new(
+            &target.streamer,
+            target.da_user_id,
+            donation,
+            &received_at,
+        )],
+        received_at,
+        found: Found::Pushed {
+            shard: target.shard,
+        },
+    };
+    match parts.store.record_donations(found).await {
+        Ok(PollRecorded::Recorded { new_donation_ids }) => {
+            if !new_donation_ids.is_empty() {
+                parts.relay_soon(received);
+            }
+            None
+        }
+        Ok(PollRecorded::StaleFence { .. }) => {
+            parts
+                .stats
+                .stale_fences
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(Ended::ShardLost)
+        }
+        Ok(PollRecorded::NotLinked) => Some(Ended::NeedsReauth),
+        Err(e) => {
+            tracing::warn!(streamer = %target.streamer, error = %error_chain(&e), "a pushed donation was not recorded; the next poll finds it");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_to_a_minute_with_jitter_of_at_most_half() {
+        for failures in 1..30 {
+            let wait = jittered_backoff(failures);
+            let ceiling = BACKOFF_START
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(BACKOFF_MAX);
+            assert!(wait <= ceiling, "{failures}: {wait:?}");
+            assert!(wait >= ceiling / 2, "{failures}: {wait:?}");
+        }
+    }
+}
