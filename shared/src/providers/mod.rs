@@ -1,6 +1,7 @@
-//! Provider clients (Twitch, DonationAlerts) and what they share:
+//! Provider clients (Twitch, DonationAlerts and its Centrifugo push server) and what they share:
 //! the HTTP client, token sets, and one error type for everything a provider can do wrong.
 
+pub mod centrifugo;
 pub mod donationalerts;
 pub mod twitch;
 
