@@ -1,6 +1,8 @@
 //! The DonationAlerts client: authorize URL, code exchange and refresh (client secret in the
 //! form body; a refresh resends the granted scopes, which DonationAlerts requires),
-//! `GET /api/v1/user/oauth`, and the paged `GET /api/v1/alerts/donations`.
+//! `GET /api/v1/user/oauth`, the paged `GET /api/v1/alerts/donations`, and for realtime
+//! pushes `POST /api/v1/centrifuge/subscribe` (a channel token) and the pushed donation's
+//! parsing.
 //!
 //! DonationAlerts has no token introspection and no revocation endpoint: the scopes are
 //! stored with the tokens, and disconnecting forgets the tokens on our side only.
@@ -8,6 +10,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use url::Url;
 
 use super::{ProviderError, TokenSet, read_json};
@@ -36,6 +39,57 @@ pub struct DaUser {
     /// The display name.
     #[serde(default)]
     pub name: Option<String>,
+    /// The token a Centrifugo connect presents for this account (realtime pushes).
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub socket_connection_token: Option<Secret<String>>,
+}
+
+fn optional_secret<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Secret<String>>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.map(Secret::new))
+}
+
+/// The Centrifugo channel DonationAlerts pushes an account's donations on.
+pub fn donation_channel(id: DaUserId) -> String {
+    format!("$alerts:donation_{id}")
+}
+
+/// The longest channel token accepted (DonationAlerts' are JWTs of a few hundred bytes).
+const MAX_CHANNEL_TOKEN_BYTES: usize = 4096;
+
+/// The answer of `POST /api/v1/centrifuge/subscribe`.
+#[derive(Deserialize)]
+struct ChannelTokens {
+    channels: Vec<ChannelToken>,
+}
+
+#[derive(Deserialize)]
+struct ChannelToken {
+    channel: String,
+    token: String,
+}
+
+/// A pushed donation: the publication's `data`, `{"seq":…,"data":{…donation…}}` as
+/// DonationAlerts sends it, or the donation itself.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PushedDonation {
+    Wrapped { data: WireDonation },
+    Bare(WireDonation),
+}
+
+/// The donation a Centrifugo publication carries, parsed and bounded as the REST list's
+/// donations are.
+pub fn parse_pushed_donation(data: &RawValue) -> Result<Donation, ProviderError> {
+    let pushed: PushedDonation =
+        serde_json::from_str(data.get()).map_err(|e| ProviderError::Malformed {
+            what: "a pushed donation",
+            source: Some(Box::new(e)),
+        })?;
+    let read_at = rfc3339_utc(now_ms());
+    let (PushedDonation::Wrapped { data: wire } | PushedDonation::Bare(wire)) = pushed;
+    Ok(wire.into_donation(&read_at))
 }
 
 #[derive(Deserialize)]
@@ -249,6 +303,43 @@ impl DonationAlertsClient {
         Ok(user.data)
     }
 
+    /// `POST /api/v1/centrifuge/subscribe`: the token that lets Centrifugo client
+    /// `client_id` subscribe to `channel` (one of the token's account's channels; scope
+    /// `oauth-donation-subscribe`).
+    pub async fn subscribe_channel(
+        &self,
+        access_token: &str,
+        client_id: &str,
+        channel: &str,
+    ) -> Result<Secret<String>, ProviderError> {
+        let response = self
+            .http
+            .client()
+            .post(self.endpoint("/api/v1/centrifuge/subscribe"))
+            .bearer_auth(access_token)
+            .json(&serde_json::json!({ "client": client_id, "channels": [channel] }))
+            .send()
+            .await
+            .map_err(ProviderError::from_transport)?;
+        let answer: ChannelTokens = read_json(rate_limited(response)?).await?;
+        let token = answer
+            .channels
+            .into_iter()
+            .find(|c| c.channel == channel)
+            .ok_or(ProviderError::Malformed {
+                what: "no token for the channel asked for",
+                source: None,
+            })?
+            .token;
+        if token.is_empty() || token.len() > MAX_CHANNEL_TOKEN_BYTES {
+            return Err(ProviderError::Malformed {
+                what: "a channel token empty or longer than 4 KiB",
+                source: None,
+            });
+        }
+        Ok(Secret::new(token))
+    }
+
     /// The first page of the donation list (newest first).
     pub async fn donations(&self, access_token: &str) -> Result<DonationPage, ProviderError> {
         self.donation_page(self.endpoint("/api/v1/alerts/donations"), access_token)
@@ -360,5 +451,51 @@ mod tests {
             Some("2019-09-29T09:00:00Z")
         );
         assert_eq!(da_time_to_rfc3339("yesterday"), None);
+    }
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_pushed_donation_parses_wrapped_as_sent_or_bare() {
+        let donation = r#"{"id":30530031,"name":"donation","username":"viewer","message_type":"text",
+            "message":"hi","amount":100.5,"currency":"rub","is_shown":0,
+            "created_at":"2019-09-29 09:00:00","shown_at":null,"recipient":{"user_id":7},
+            "reason":"Donation"}"#;
+        let wrapped = format!(r#"{{"seq":15,"data":{donation}}}"#);
+
+        for data in [wrapped.as_str(), donation] {
+            let parsed = parse_pushed_donation(&raw(data)).unwrap();
+            assert_eq!(parsed.id, 30530031);
+            assert_eq!(parsed.donor_name.as_deref(), Some("viewer"));
+            assert_eq!(parsed.amount.to_string(), "100.5");
+            assert_eq!(
+                parsed.currency, "RUB",
+                "bounded as the list's donations are"
+            );
+            assert_eq!(parsed.created_at, "2019-09-29T09:00:00Z");
+        }
+    }
+
+    #[test]
+    fn a_pushed_donation_without_an_id_is_malformed() {
+        let parsed = parse_pushed_donation(&raw(r#"{"seq":1,"data":{"amount":1}}"#));
+        assert!(
+            matches!(parsed, Err(ProviderError::Malformed { .. })),
+            "{parsed:?}"
+        );
+    }
+
+    #[test]
+    fn the_socket_token_is_read_from_the_user_and_never_printed() {
+        let user: Wrapped<DaUser> = serde_json::from_str(
+            r#"{"data":{"id":7,"code":"c","name":"n","socket_connection_token":"eyJsecret"}}"#,
+        )
+        .unwrap();
+        let token = user.data.socket_connection_token.as_ref().unwrap();
+        assert_eq!(token.expose(), "eyJsecret");
+        assert!(!format!("{:?}", user.data).contains("eyJsecret"));
+        assert_eq!(donation_channel(user.data.id), "$alerts:donation_7");
     }
 }
