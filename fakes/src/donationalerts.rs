@@ -14,7 +14,10 @@
 //!   a page, with `links` (absolute URLs, `next` null on the last page) and `meta`.
 //! - `POST /_control/donations` makes a donation happen: a JSON body `{username, message,
 //!   amount, currency}` (optional `da_user_id`, else the demo account; optional
-//!   `created_at`), answered with the donation as the API will list it.
+//!   `created_at`), answered with the donation as the API will list it. It is also pushed
+//!   to the account's subscribed Centrifugo sockets, with the same id.
+//! - Centrifugo at `/connection/websocket` and `POST /api/v1/centrifuge/subscribe`: see
+//!   [`centrifugo`].
 //!
 //! Choices where DonationAlerts' documentation is silent:
 //!
@@ -51,6 +54,8 @@ use crate::request::{
     Credential, credential, field, form_fields, pairs_to_map, request_host, split_scopes,
 };
 use crate::{html, random};
+
+pub mod centrifugo;
 
 /// Donations per page of `/api/v1/alerts/donations`, as DonationAlerts sends them.
 pub const PER_PAGE: usize = 30;
@@ -181,6 +186,8 @@ pub enum RequestKind {
     Token,
     User,
     Donations,
+    /// `POST /api/v1/centrifuge/subscribe`.
+    Subscribe,
 }
 
 /// One request the fake received.
@@ -258,6 +265,7 @@ struct Ledger {
     paging: HashMap<i64, Paging>,
     latency: Duration,
     requests: Vec<LoggedRequest>,
+    centrifugo: centrifugo::Hub,
 }
 
 #[derive(Clone)]
@@ -269,6 +277,7 @@ struct Grant {
 
 struct AccessGrant {
     da_user_id: i64,
+    scopes: Vec<String>,
     expires_at: Instant,
 }
 
@@ -298,6 +307,11 @@ impl FakeDonationAlerts {
             .route("/oauth/token", post(token))
             .route("/api/v1/user/oauth", get(user_oauth))
             .route("/api/v1/alerts/donations", get(donations))
+            .route(
+                "/api/v1/centrifuge/subscribe",
+                post(centrifugo::subscribe_channels),
+            )
+            .route("/connection/websocket", get(centrifugo::websocket))
             .route("/_control/donations", post(control_donation))
             .fallback(not_found)
             .with_state(self.clone())
@@ -333,6 +347,11 @@ impl FakeDonationAlerts {
         format!("http://{addr}")
     }
 
+    /// `DA_CENTRIFUGO_URL` for this fake served on `addr`.
+    pub fn centrifugo_url(addr: SocketAddr) -> String {
+        format!("ws://{addr}/connection/websocket")
+    }
+
     /// The configuration variables that point the app at this fake served on `addr`.
     pub fn app_variables(&self, addr: SocketAddr) -> Vec<(String, String)> {
         let config = &self.inner.config;
@@ -340,6 +359,7 @@ impl FakeDonationAlerts {
             ("DA_CLIENT_ID", config.client_id.clone()),
             ("DA_CLIENT_SECRET", config.client_secret.clone()),
             ("DA_BASE_URL", Self::base_url(addr)),
+            ("DA_CENTRIFUGO_URL", Self::centrifugo_url(addr)),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
@@ -375,10 +395,14 @@ impl FakeDonationAlerts {
     }
 
     /// Creates a donation for `da_user_id` (the configured account when `None`), as a
-    /// viewer paying would; returns it as the API will list it.
+    /// viewer paying would: lists it for polling and pushes it to the account's subscribed
+    /// sockets; returns it as the API will list it.
     pub fn donate(&self, donation: NewDonation) -> FakeDonation {
         let recipient = donation.da_user_id.unwrap_or(self.config().user.id);
-        self.ledger().record_donation(recipient, donation)
+        let mut ledger = self.ledger();
+        let created = ledger.record_donation(recipient, donation);
+        ledger.centrifugo.publish(recipient, &created);
+        created
     }
 
     /// Every donation of an account, newest first.
@@ -521,6 +545,7 @@ impl Ledger {
             access.clone(),
             AccessGrant {
                 da_user_id: grant.da_user_id,
+                scopes: grant.scopes.clone(),
                 expires_at: Instant::now() + ttl,
             },
         );
@@ -887,13 +912,15 @@ fn user_oauth_response(
     headers: &HeaderMap,
     token: Option<&str>,
 ) -> Response {
-    let ledger = fake.ledger();
+    let mut ledger = fake.ledger();
     let Some(user) = token
         .and_then(|t| ledger.live_account(t))
         .and_then(|id| ledger.accounts.get(&id))
+        .cloned()
     else {
         return unauthenticated();
     };
+    let socket_token = ledger.centrifugo.issue_socket_token(user.id);
     Json(serde_json::json!({
         "data": {
             "id": user.id,
@@ -901,7 +928,7 @@ fn user_oauth_response(
             "name": user.name,
             "avatar": format!("http://{}/avatar/{}.png", request_host(headers), user.id),
             "email": format!("{}@example.invalid", user.code),
-            "socket_connection_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.fake.fake",
+            "socket_connection_token": socket_token,
         }
     }))
     .into_response()

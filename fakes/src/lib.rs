@@ -6,7 +6,9 @@
 //!   `/revoke`) and Helix Get Users, with the documented error bodies.
 //! - [`donationalerts`]: DonationAlerts' OAuth server, `/api/v1/user/oauth` and the paged
 //!   donation list, with `POST /_control/donations` to make a donation happen, injectable
-//!   failures and latency, and a log of every request for budget checks.
+//!   failures and latency, and a log of every request for budget checks; and its
+//!   Centrifugo push server ([`donationalerts::centrifugo`]), with knobs for drops,
+//!   duplicates, reordering, delays and expired tokens.
 //!
 //! Each fake is an axum router over in-memory state, served on loopback. Tests steer a
 //! fake through methods on it (inject failures, invalidate tokens) and read what it saw
