@@ -314,8 +314,13 @@ async fn serve_socket(fake: FakeDonationAlerts, mut socket: WebSocket) {
     let (outbox, mut queued) = mpsc::unbounded_channel();
     // This socket's key in the hub, once CONNECT was accepted.
     let mut key: Option<u64> = None;
+    // A close taken from the queue while batching pushes, sent after them.
+    let mut close_next: Option<Answer> = None;
     loop {
-        let answer = tokio::select! {
+        let answer = if let Some(answer) = close_next.take() {
+            answer
+        } else {
+            tokio::select! {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     answer_commands(&mut fake.ledger(), &mut key, &outbox, text.as_str())
@@ -326,10 +331,25 @@ async fn serve_socket(fake: FakeDonationAlerts, mut socket: WebSocket) {
             Some(outgoing) = queued.recv() => match outgoing {
                 Outgoing::Text { text, not_before } => {
                     tokio::time::sleep_until(not_before).await;
-                    Answer::Frame(vec![text])
+                    // As Centrifugo's writer does, pushes queued by now share one frame.
+                    let mut lines = vec![text];
+                    while let Ok(more) = queued.try_recv() {
+                        match more {
+                            Outgoing::Text { text, not_before } => {
+                                tokio::time::sleep_until(not_before).await;
+                                lines.push(text);
+                            }
+                            Outgoing::Close { code, reason } => {
+                                close_next = Some(Answer::Close { code, reason });
+                                break;
+                            }
+                        }
+                    }
+                    Answer::Frame(lines)
                 }
                 Outgoing::Close { code, reason } => Answer::Close { code, reason },
             },
+            }
         };
         match answer {
             Answer::Frame(lines) if lines.is_empty() => {}
