@@ -187,6 +187,7 @@ async fn disconnecting_twitch_also_ends_the_donationalerts_link_and_its_polling(
         cache: cache.clone(),
         min_gap: Duration::ZERO,
         stop: StopSignal::default(),
+        subscribed_since: None,
     };
     let streamer = TwitchUserId::parse(&FakeUser::demo().id).unwrap();
     let poll = || poll_streamer(&poller, &streamer);

@@ -10,7 +10,7 @@ use shared::domain::{DaUserId, Donation, TwitchUserId};
 use shared::outbox::{RelayError, relay_pending};
 use shared::store::Store;
 use shared::store::donationalerts::{
-    Connected, DonationAlertsConnection, PollRecorded, PollResult,
+    Connected, DonationAlertsConnection, DonationsFound, Found, PollRecorded, PollResult,
 };
 
 use crate::bus::stream_entries;
@@ -102,6 +102,104 @@ fn poll(fence: u64, donations: Vec<Donation>) -> PollResult {
         fence,
         received_at: received_at.into(),
     }
+}
+
+/// One donation pushed to the bridge holding `shard` under the lease token `fence`.
+fn pushed(shard: u32, fence: u64, id: i64) -> DonationsFound {
+    let streamer = TwitchUserId::parse(STREAMER).unwrap();
+    let received_at = "2026-01-01T00:00:03Z";
+    DonationsFound {
+        donations: vec![ReceivedDonation::new(
+            &streamer,
+            DaUserId(DA_USER),
+            donation(id),
+            received_at,
+        )],
+        streamer,
+        da_user_id: DaUserId(DA_USER),
+        fence,
+        received_at: received_at.into(),
+        found: Found::Pushed { shard },
+    }
+}
+
+#[tokio::test]
+async fn a_pushed_donation_is_recorded_once_and_never_moves_the_cursor() {
+    // Arrange: the cursor at 10; donation 11 happened while the socket was down.
+    let dir = tempfile::tempdir().unwrap();
+    let store = linked_store(dir.path(), &in_process()).await;
+    store.record_poll(poll(1, vec![donation(10)])).await.unwrap();
+    assert_eq!(cursor(dir.path()).0, Some(10));
+
+    // Act: 12 is pushed (twice, as DonationAlerts sometimes does), then a poll walks down.
+    let first = store.record_donations(pushed(3, 1, 12)).await.unwrap();
+    let again = store.record_donations(pushed(3, 1, 12)).await.unwrap();
+    let cursor_after_push = cursor(dir.path()).0;
+    let walk = store
+        .record_poll(poll(2, vec![donation(12), donation(11), donation(10)]))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        first,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![12]
+        }
+    );
+    assert_eq!(
+        again,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![]
+        }
+    );
+    assert_eq!(cursor_after_push, Some(10), "a push never moves the cursor");
+    assert_eq!(
+        walk,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![11]
+        },
+        "the poll finds what the socket missed, and not the pushed one again"
+    );
+    assert_eq!(cursor(dir.path()).0, Some(12));
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM donations"), 3);
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM event_outbox"), 3);
+}
+
+#[tokio::test]
+async fn a_push_from_a_shards_earlier_holder_is_refused_once_the_next_one_claimed_it() {
+    // Arrange: the bridge holding shard 5 with lease token 7 records; another takes the
+    // shard over with token 8.
+    let dir = tempfile::tempdir().unwrap();
+    let store = linked_store(dir.path(), &in_process()).await;
+    store.record_donations(pushed(5, 7, 20)).await.unwrap();
+    assert!(store.claim_shard(5, 8).await.unwrap());
+
+    // Act: the earlier holder, resumed, records a push; so does the new one.
+    let stale = store.record_donations(pushed(5, 7, 21)).await.unwrap();
+    let current = store.record_donations(pushed(5, 8, 21)).await.unwrap();
+    let other_shard = store.record_donations(pushed(6, 1, 22)).await.unwrap();
+
+    // Assert
+    assert_eq!(stale, PollRecorded::StaleFence { newer: 8 });
+    assert_eq!(
+        current,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![21]
+        }
+    );
+    assert_eq!(
+        other_shard,
+        PollRecorded::Recorded {
+            new_donation_ids: vec![22]
+        },
+        "each shard has its own fence"
+    );
+    assert!(
+        !store.claim_shard(5, 7).await.unwrap(),
+        "an older token cannot claim the shard back"
+    );
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM donations"), 3);
 }
 
 fn count(store_dir: &std::path::Path, sql: &str) -> i64 {

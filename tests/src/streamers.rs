@@ -7,12 +7,29 @@ use shared::store::accounts::{TokenKind, seal_token};
 use shared::store::donationalerts::DonationAlertsConnection;
 
 /// The scopes a connection is granted (the application's default `DA_SCOPES`).
-pub const DA_SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
+pub const DA_SCOPES: &[&str] = &[
+    "oauth-user-show",
+    "oauth-donation-index",
+    "oauth-donation-subscribe",
+];
 
 /// Stores Twitch user `twitch_id` linked to DonationAlerts account `da_id` (added to the
 /// fake, which issues its tokens), with the baseline taken (every donation from now on is
 /// new).
 pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str, da_id: i64) {
+    link_streamer_with(app, fake, twitch_id, da_id, DA_SCOPES, false).await;
+}
+
+/// [`link_streamer`] granted `scopes`; with `stored_expiry`, the access token's expiry the
+/// fake gives is stored too (else none is, and the tokens are never refreshed before use).
+pub async fn link_streamer_with(
+    app: &App,
+    fake: &FakeDonationAlerts,
+    twitch_id: &str,
+    da_id: i64,
+    scopes: &[&str],
+    stored_expiry: bool,
+) {
     let user = twitch_id.to_owned();
     app.store
         .write(move |conn| {
@@ -26,7 +43,9 @@ pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str
         .await
         .expect("user stored");
     fake.add_account(FakeDaUser::numbered(da_id));
-    let issued = fake.issue_tokens(da_id, DA_SCOPES);
+    let issued = fake.issue_tokens(da_id, scopes);
+    let expires_at =
+        stored_expiry.then(|| shared::domain::now_ms() + issued.expires_in as i64 * 1000);
     let streamer = shared::domain::TwitchUserId::parse(twitch_id).expect("a Twitch user id");
     let seal =
         |kind, token: &str| seal_token(&app.cipher, &streamer, "donationalerts", kind, token);
@@ -37,8 +56,8 @@ pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str
             da_name: None,
             access_token_sealed: seal(TokenKind::Access, &issued.access_token),
             refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),
-            scopes: DA_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-            expires_at: None,
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            expires_at,
             initial_cursor: Some(0),
         })
         .await
@@ -57,12 +76,20 @@ pub struct DonationAlertsTestbed {
 
 impl DonationAlertsTestbed {
     pub async fn start(redis_url: &str) -> Self {
+        Self::start_with(redis_url, |_| {}).await
+    }
+
+    /// [`Self::start`] with the fake's configuration changed by `configure` first.
+    pub async fn start_with(
+        redis_url: &str,
+        configure: impl FnOnce(&mut fake_providers::donationalerts::FakeDonationAlertsConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let fake = FakeDonationAlerts::new(
-            fake_providers::donationalerts::FakeDonationAlertsConfig::demo(
-                "http://localhost:3000/auth/donationalerts/callback",
-            ),
+        let mut config = fake_providers::donationalerts::FakeDonationAlertsConfig::demo(
+            "http://localhost:3000/auth/donationalerts/callback",
         );
+        configure(&mut config);
+        let fake = FakeDonationAlerts::new(config);
         let (address, server) = fake.spawn(0).await.expect("fake DonationAlerts");
         let mut vars = crate::base_vars(dir.path());
         vars.insert("REDIS_URL".into(), redis_url.to_owned());

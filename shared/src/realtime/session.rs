@@ -146,35 +146,24 @@ async fn connect_and_listen(
     let margin = parts.tokens.config.refresh_margin;
     let ended = loop {
         let refresh_at = refresh_due(&tokens, margin);
-        tokio::select! {
+        let event = tokio::select! {
             _ = stop.wait_for(|s| *s) => break Ended::Stopped,
-            pushed = socket.next_push() => match pushed {
-                Ok(publication) if publication.channel == channel => {
-                    if let Some(ended) = record_push(parts, target, publication).await {
-                        break ended;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => break Ended::Dropped(e.into()),
-            },
-            _ = tokio::time::sleep_until(refresh_at) => {
-                let resubscribe = Ask { priority: Priority::Resubscribe, urgency: target.urgency };
-                if !parts.grants.grant(resubscribe).await {
-                    break Ended::Stopped;
-                }
-                match tokens::refresh(&parts.tokens, &target.streamer, Provider::DonationAlerts, &tokens).await {
-                    Ok(fresh) => tokens = fresh,
-                    Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => break Ended::NeedsReauth,
-                    // The socket stays up; the next attempt comes after the margin again.
-                    Err(e) => {
-                        tracing::warn!(streamer = %target.streamer, error = %error_chain(&e), "access token not refreshed; trying again later");
-                        tokio::select! {
-                            _ = tokio::time::sleep(BACKOFF_MAX) => {}
-                            _ = stop.wait_for(|s| *s) => break Ended::Stopped,
-                        }
-                    }
+            pushed = socket.next_push() => Some(pushed),
+            _ = tokio::time::sleep_until(refresh_at) => None,
+        };
+        match event {
+            Some(Ok(publication)) if publication.channel == channel => {
+                if let Some(ended) = record_push(parts, target, publication).await {
+                    break ended;
                 }
             }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Ended::Dropped(e.into()),
+            None => match refresh_while_subscribed(parts, target, &tokens, &mut stop).await {
+                Ok(Some(fresh)) => tokens = fresh,
+                Ok(None) => {}
+                Err(ended) => break ended,
+            },
         }
     };
     socket.close().await;
@@ -183,6 +172,35 @@ async fn connect_and_listen(
         .connected
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     ended
+}
+
+/// Refreshes the access token of a subscribed socket: `Ok(None)` when the refresh failed for
+/// now (the socket stays up and it is tried again after a while), `Err` when the session
+/// ends.
+async fn refresh_while_subscribed(
+    parts: &Arc<BridgeParts>,
+    target: &SessionTarget,
+    tokens: &UsableTokens,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<UsableTokens>, Ended> {
+    let ask = Ask {
+        priority: Priority::Resubscribe,
+        urgency: target.urgency,
+    };
+    if !parts.grants.grant(ask).await {
+        return Err(Ended::Stopped);
+    }
+    match tokens::refresh(&parts.tokens, &target.streamer, Provider::DonationAlerts, tokens).await {
+        Ok(fresh) => Ok(Some(fresh)),
+        Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => Err(Ended::NeedsReauth),
+        Err(e) => {
+            tracing::warn!(streamer = %target.streamer, error = %error_chain(&e), "access token not refreshed; trying again later");
+            tokio::select! {
+                _ = tokio::time::sleep(BACKOFF_MAX) => Ok(None),
+                _ = stop.wait_for(|s| *s) => Err(Ended::Stopped),
+            }
+        }
+    }
 }
 
 /// When the access token is due for a refresh (far off when it has no expiry).
