@@ -13,6 +13,18 @@ pub const DA_SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
 /// fake, which issues its tokens), with the baseline taken (every donation from now on is
 /// new).
 pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str, da_id: i64) {
+    link_streamer_with_scopes(app, fake, twitch_id, da_id, DA_SCOPES).await;
+}
+
+/// [`link_streamer`] with a grant of `scopes` (e.g. with `oauth-donation-subscribe`, which
+/// the realtime bridge needs to subscribe to the streamer's donations).
+pub async fn link_streamer_with_scopes(
+    app: &App,
+    fake: &FakeDonationAlerts,
+    twitch_id: &str,
+    da_id: i64,
+    scopes: &[&str],
+) {
     let user = twitch_id.to_owned();
     app.store
         .write(move |conn| {
@@ -26,7 +38,7 @@ pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str
         .await
         .expect("user stored");
     fake.add_account(FakeDaUser::numbered(da_id));
-    let issued = fake.issue_tokens(da_id, DA_SCOPES);
+    let issued = fake.issue_tokens(da_id, scopes);
     let streamer = shared::domain::TwitchUserId::parse(twitch_id).expect("a Twitch user id");
     let seal =
         |kind, token: &str| seal_token(&app.cipher, &streamer, "donationalerts", kind, token);
@@ -37,7 +49,7 @@ pub async fn link_streamer(app: &App, fake: &FakeDonationAlerts, twitch_id: &str
             da_name: None,
             access_token_sealed: seal(TokenKind::Access, &issued.access_token),
             refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),
-            scopes: DA_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             expires_at: None,
             initial_cursor: Some(0),
         })
