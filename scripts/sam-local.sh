@@ -27,8 +27,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-# The recipe's version is in the repository name: SAM tags its emulator image after it.
-BASE_IMAGE=avatar-twitch-oauth/lambda-base-debian12-v1:provided.al2023
 STATE_DIR=.aws-sam/sam-local
 
 case $(uname -m) in
@@ -48,52 +46,6 @@ bridge_address() {
     return 1
   fi
   echo "$address"
-}
-
-ensure_docker() {
-  apt_install_missing docker.io debootstrap iproute2
-  if ! docker info >/dev/null 2>&1; then
-    # No systemd on these machines: start the daemon the package installed, in the background.
-    echo "starting dockerd (log: /var/log/dockerd.log)"
-    as_root sh -c 'setsid dockerd >>/var/log/dockerd.log 2>&1 < /dev/null &'
-    local waited=0
-    until docker info >/dev/null 2>&1; do
-      if [ $waited -ge 600 ]; then
-        echo "sam-local: dockerd did not answer within 60 s; see /var/log/dockerd.log" >&2
-        exit 1
-      fi
-      sleep 0.1
-      waited=$((waited + 1))
-    done
-  fi
-}
-
-ensure_base_image() {
-  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    return
-  fi
-  echo "building $BASE_IMAGE from Debian packages (debootstrap, about a minute)"
-  local rootfs
-  rootfs=$(mktemp -d /tmp/lambda-base-rootfs.XXXXXX)
-  # The root file system is root-owned; it is only needed until the import.
-  trap 'as_root rm -rf "$rootfs" "$rootfs.log"' EXIT
-  as_root debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" \
-    http://deb.debian.org/debian >"$rootfs.log" 2>&1 || {
-    tail -20 "$rootfs.log" >&2
-    exit 1
-  }
-  # What a Lambda base image has and SAM expects: the task and runtime directories.
-  as_root sh -c "rm -rf '$rootfs'/var/cache/apt/archives/*.deb '$rootfs'/var/lib/apt/lists/* \
-    '$rootfs'/usr/share/doc/* '$rootfs'/usr/share/man/* '$rootfs'/usr/share/locale/* &&
-    mkdir -p '$rootfs'/var/task '$rootfs'/var/runtime '$rootfs'/opt"
-  as_root tar -C "$rootfs" -c . | docker import \
-    --change 'ENV LAMBDA_TASK_ROOT=/var/task' \
-    --change 'ENV LAMBDA_RUNTIME_DIR=/var/runtime' \
-    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin:/opt/bin' \
-    --change 'WORKDIR /var/task' \
-    - "$BASE_IMAGE" >/dev/null
-  as_root rm -rf "$rootfs" "$rootfs.log"
-  trap - EXIT
 }
 
 prepare() {

@@ -5,7 +5,8 @@
 # test, the SAM CLI, cfn-lint and cargo-lambda; Docker for the last step). The tests start
 # their own private redis-server processes on free loopback ports (never 6379) and stop them
 # when they finish, also when a test fails. The last step builds the functions with
-# `sam build` and drives them through `sam local start-api` in Docker.
+# `sam build` and drives them through `sam local start-api` in Docker, and runs the realtime
+# bridge's image (scripts/realtime-image.sh) in Docker against Redis and the fakes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -52,16 +53,18 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# sam local start-api: Docker (installed and started when missing), the base image (cached)
-# and the x86_64 `sam build` (cargo's incremental build), then the test that drives it.
+# The Docker step. sam local start-api: Docker (installed and started when missing), the base
+# image (cached) and the x86_64 `sam build` (cargo's incremental build); the realtime bridge's
+# image on the same base (scripts/realtime-image.sh); then the tests that run them.
 started=$SECONDS
 scripts/sam-local.sh prepare
+scripts/realtime-image.sh
 set +e
 # --workspace: the features of the run above, so nothing is built again.
 cargo test --workspace --test sam_local --locked -- --ignored 2>&1 | tee -a "$log"
 sam_status=${PIPESTATUS[0]}
 set -e
-echo "sam local step: $((SECONDS - started)) s"
+echo "Docker step: $((SECONDS - started)) s"
 [ "$status" -ne 0 ] || status=$sam_status
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$log"

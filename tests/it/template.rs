@@ -6,8 +6,12 @@
 //! TLS, every HTTP function is invoked only through its integration, the access log names
 //! the IAM caller, scheduled functions fire on their schedule, the alarms watch every
 //! function, the app's metric alarms match what the functions are given, and the outputs
-//! name the redirect URIs the callbacks serve. The routes themselves are checked against the
-//! route table in `routes.rs`.
+//! name the redirect URIs the callbacks serve. The realtime bridge (ECS Fargate) exists only
+//! with its image, runs in the functions' subnets on their instruction set, mounts their
+//! access point, is given the secrets it uses by ECS from their JSON keys and may read no
+//! other, leaves and is admitted as the functions are, logs to its own group, and an alarm
+//! fires when none of its tasks runs. The routes themselves are checked against the route
+//! table in `routes.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -544,21 +548,19 @@ fn every_function_mounts_only_the_access_point_and_is_given_only_the_secrets_it_
     );
 }
 
-/// The security group rules that let the functions out: the group's own and the standalone
-/// egress resources attached to it.
-fn function_egress(template: &Template) -> Vec<Value> {
-    let group = &template.resources()["FunctionSecurityGroup"]["Properties"];
-    let mut rules: Vec<Value> = group["SecurityGroupEgress"]
+/// The security group rules that let `group`'s members out: the group's own and the
+/// standalone egress resources attached to it, each with its resource's condition.
+fn egress_of(template: &Template, group: &str) -> Vec<Value> {
+    let properties = &template.resources()[group]["Properties"];
+    let mut rules: Vec<Value> = properties["SecurityGroupEgress"]
         .as_array()
-        .expect("FunctionSecurityGroup lists its egress, which drops the allow-all default")
+        .unwrap_or_else(|| panic!("{group} lists its egress, which drops the allow-all default"))
         .clone();
-    for (id, resource) in template.of_type("AWS::EC2::SecurityGroupEgress") {
+    for (_, resource) in template.of_type("AWS::EC2::SecurityGroupEgress") {
         let properties = &resource["Properties"];
-        assert_eq!(
-            properties["GroupId"],
-            json!({ "Fn::GetAtt": ["FunctionSecurityGroup", "GroupId"] }),
-            "{id}"
-        );
+        if properties["GroupId"] != json!({ "Fn::GetAtt": [group, "GroupId"] }) {
+            continue;
+        }
         let mut rule = properties.clone();
         rule["Condition"] = resource.get("Condition").cloned().unwrap_or(Value::Null);
         rules.push(rule);
@@ -566,11 +568,9 @@ fn function_egress(template: &Template) -> Vec<Value> {
     rules
 }
 
-#[test]
-fn the_functions_may_connect_out_on_https_and_to_the_database_and_redis_only() {
-    let template = Template::load();
-    let rules = function_egress(&template);
-    let summary: BTreeSet<String> = rules
+/// Each rule as `tcp FROM-TO to DESTINATION (CONDITION)`; `always` for a rule without one.
+fn summarize_egress(rules: &[Value]) -> BTreeSet<String> {
+    rules
         .iter()
         .map(|rule| {
             assert_eq!(rule["IpProtocol"], "tcp", "{rule}");
@@ -587,7 +587,13 @@ fn the_functions_may_connect_out_on_https_and_to_the_database_and_redis_only() {
                 rule["Condition"].as_str().unwrap_or("always")
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_functions_may_connect_out_on_https_and_to_the_database_and_redis_only() {
+    let template = Template::load();
+    let summary = summarize_egress(&egress_of(&template, "FunctionSecurityGroup"));
     let expected: BTreeSet<String> = [
         "tcp 443-443 to 0.0.0.0/0 (always)",
         "tcp 2049-2049 to EfsSecurityGroup (always)",
@@ -895,4 +901,565 @@ fn each_created_secret_holds_only_its_purposes_variables_and_no_value() {
     let keys = &template.resources()["TokenKeysSecret"];
     assert_eq!(keys["DeletionPolicy"], "Retain");
     assert_eq!(keys["UpdateReplacePolicy"], "Retain");
+}
+
+// ---- The realtime bridge (ECS Fargate) ---------------------------------------------------
+
+/// The container of the bridge's task definition.
+fn realtime_container(template: &Template) -> &Value {
+    let containers =
+        template.resources()["RealtimeTaskDefinition"]["Properties"]["ContainerDefinitions"]
+            .as_array()
+            .expect("container definitions");
+    assert_eq!(containers.len(), 1, "one container: {containers:?}");
+    &containers[0]
+}
+
+/// A `{Name, Value}` or `{Name, ValueFrom}` list as (branch condition, name, entry): entries
+/// under `!If [C, A, B]` come as (`C`, A) and (`!C`, B), `AWS::NoValue` dropped.
+fn named_entries(list: &Value) -> Vec<(String, String, Value)> {
+    let mut entries = Vec::new();
+    for item in list.as_array().expect("a list") {
+        let branches: Vec<(String, &Value)> = match item.get("Fn::If") {
+            Some(branches) => {
+                let condition = branches[0].as_str().expect("a condition").to_owned();
+                vec![
+                    (condition.clone(), &branches[1]),
+                    (format!("!{condition}"), &branches[2]),
+                ]
+            }
+            None => vec![("always".to_owned(), item)],
+        };
+        for (condition, entry) in branches {
+            if entry == &json!({ "Ref": "AWS::NoValue" }) {
+                continue;
+            }
+            let name = entry["Name"].as_str().expect("a Name").to_owned();
+            entries.push((condition, name, entry.clone()));
+        }
+    }
+    entries
+}
+
+/// The secrets the bridge reads: what da-poll reads (the same work: open and refresh the
+/// DonationAlerts tokens, ask Helix who is live, Redis), and the session key, which a
+/// process outside Lambda must be given with the token key or it makes a key file of its own.
+fn realtime_secrets() -> BTreeSet<SecretPurpose> {
+    let mut purposes: BTreeSet<SecretPurpose> =
+        needed_by(Function::DaPoll).iter().copied().collect();
+    purposes.insert(SecretPurpose::SessionKey);
+    purposes
+}
+
+#[test]
+fn the_realtime_bridge_exists_only_with_an_image_and_every_part_of_it_says_so() {
+    let template = Template::load();
+    let parameters = &template.0["Parameters"];
+    assert_eq!(parameters["RealtimeImageUri"]["Default"], "");
+    assert_eq!(parameters["RealtimeDesiredCount"]["Default"], 1);
+    assert_eq!(parameters["RealtimeDesiredCount"]["MinValue"], 0);
+    let conditions = &template.0["Conditions"];
+    assert_eq!(
+        conditions["CreateRealtime"],
+        json!({ "Fn::Not": [{ "Fn::Equals": [{ "Ref": "RealtimeImageUri" }, ""] }] })
+    );
+    // The composite conditions all include CreateRealtime.
+    for (name, other) in [
+        ("CreateRealtimeWithRedis", "CreateRedis"),
+        ("CreateRealtimeWithExistingRedis", "UseExistingRedis"),
+    ] {
+        assert_eq!(
+            conditions[name],
+            json!({ "Fn::And": [{ "Condition": "CreateRealtime" }, { "Condition": other }] }),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        conditions["RunsRealtime"]["Fn::And"][0],
+        json!({ "Condition": "CreateRealtime" })
+    );
+    let bridge_conditions = [
+        "CreateRealtime",
+        "CreateRealtimeWithRedis",
+        "CreateRealtimeWithExistingRedis",
+        "RunsRealtime",
+    ];
+
+    // Whatever refers to a part of the bridge is a part of it: without an image the stack
+    // is the one it was, and CloudFormation finds no reference to a resource not created.
+    let resources = template.resources();
+    let mut parts: BTreeSet<String> = resources
+        .keys()
+        .filter(|id| id.starts_with("Realtime"))
+        .cloned()
+        .collect();
+    assert!(parts.len() >= 8, "{parts:?}");
+    loop {
+        let before = parts.len();
+        for (id, resource) in resources {
+            let mut refers = BTreeSet::new();
+            references(resource, resources, &mut refers);
+            if refers.iter().any(|r| parts.contains(r)) {
+                parts.insert(id.clone());
+            }
+        }
+        if parts.len() == before {
+            break;
+        }
+    }
+    for id in &parts {
+        let condition = resources[id]["Condition"].as_str().unwrap_or("none");
+        assert!(
+            bridge_conditions.contains(&condition),
+            "{id} is created without the bridge (condition {condition})"
+        );
+    }
+    assert!(parts.contains("EfsIngressFromRealtime") && parts.contains("RedisIngressFromRealtime"));
+    for (name, output) in template.0["Outputs"].as_object().unwrap() {
+        let mut refers = BTreeSet::new();
+        references(output, resources, &mut refers);
+        if refers.iter().any(|r| parts.contains(r)) {
+            assert_eq!(output["Condition"], "CreateRealtime", "output {name}");
+        }
+    }
+}
+
+#[test]
+fn the_realtime_service_runs_the_desired_count_of_fargate_tasks_in_the_functions_subnets() {
+    let template = Template::load();
+    let resources = template.resources();
+    assert_eq!(resources["RealtimeCluster"]["Type"], "AWS::ECS::Cluster");
+    let service = &resources["RealtimeService"];
+    assert_eq!(service["Type"], "AWS::ECS::Service");
+    let service = &service["Properties"];
+    assert_eq!(service["Cluster"], json!({ "Ref": "RealtimeCluster" }));
+    assert_eq!(
+        service["TaskDefinition"],
+        json!({ "Ref": "RealtimeTaskDefinition" })
+    );
+    assert_eq!(
+        service["DesiredCount"],
+        json!({ "Ref": "RealtimeDesiredCount" })
+    );
+    assert_eq!(service["LaunchType"], "FARGATE");
+    // A new task before the old one stops; a failing deployment rolled back, not retried.
+    let deployment = &service["DeploymentConfiguration"];
+    assert_eq!(deployment["MinimumHealthyPercent"], 100);
+    assert_eq!(deployment["DeploymentCircuitBreaker"]["Enable"], true);
+    assert_eq!(deployment["DeploymentCircuitBreaker"]["Rollback"], true);
+    // The functions' private subnets, no public address, the bridge's own group.
+    let network = &service["NetworkConfiguration"]["AwsvpcConfiguration"];
+    assert_eq!(network["AssignPublicIp"], "DISABLED");
+    assert_eq!(
+        network["Subnets"],
+        template.globals()["VpcConfig"]["SubnetIds"]
+    );
+    assert_eq!(
+        network["SecurityGroups"],
+        json!([{ "Ref": "RealtimeSecurityGroup" }])
+    );
+
+    // The smallest Fargate task, on the functions' instruction set, running the given image.
+    let task = &resources["RealtimeTaskDefinition"];
+    assert_eq!(task["Type"], "AWS::ECS::TaskDefinition");
+    let task = &task["Properties"];
+    assert_eq!(task["RequiresCompatibilities"], json!(["FARGATE"]));
+    assert_eq!(task["NetworkMode"], "awsvpc");
+    assert_eq!(task["Cpu"], "256");
+    assert_eq!(task["Memory"], "512");
+    assert_eq!(
+        task["RuntimePlatform"]["CpuArchitecture"],
+        json!({ "Fn::If": ["RunsOnArm", "ARM64", "X86_64"] })
+    );
+    assert_eq!(task["RuntimePlatform"]["OperatingSystemFamily"], "LINUX");
+    assert_eq!(
+        template.0["Conditions"]["RunsOnArm"],
+        json!({ "Fn::Equals": [{ "Ref": "Architecture" }, "arm64"] })
+    );
+    let allowed = &template.0["Parameters"]["Architecture"]["AllowedValues"];
+    assert_eq!(
+        allowed,
+        &json!(["arm64", "x86_64"]),
+        "RunsOnArm's two cases"
+    );
+    let container = realtime_container(&template);
+    assert_eq!(container["Image"], json!({ "Ref": "RealtimeImageUri" }));
+    assert_eq!(container["Essential"], true);
+    assert!(container.get("PortMappings").is_none(), "it serves nothing");
+}
+
+#[test]
+fn the_realtime_task_mounts_the_functions_access_point_over_tls_with_its_role() {
+    let template = Template::load();
+    let task = &template.resources()["RealtimeTaskDefinition"]["Properties"];
+    let volumes = task["Volumes"].as_array().expect("volumes");
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
+    assert_eq!(
+        volumes[0]["EFSVolumeConfiguration"],
+        json!({
+            "FilesystemId": { "Ref": "EfsFileSystem" },
+            "TransitEncryption": "ENABLED",
+            "AuthorizationConfig": {
+                "AccessPointId": { "Ref": "EfsAccessPoint" },
+                "IAM": "ENABLED",
+            },
+        })
+    );
+    // At the path the functions mount it, so SQLITE_PATH is the same file.
+    let container = realtime_container(&template);
+    let function_mount = &template.resources()[&template.function_id(Function::DaPoll)]["Properties"]
+        ["FileSystemConfigs"][0]["LocalMountPath"];
+    assert_eq!(
+        container["MountPoints"],
+        json!([{ "SourceVolume": volumes[0]["Name"], "ContainerPath": function_mount, "ReadOnly": false }])
+    );
+    // The task's role may mount and write it exactly as the functions may, and ECS's
+    // service principal assumes it only for this account.
+    assert_eq!(
+        task["TaskRoleArn"],
+        json!({ "Fn::GetAtt": ["RealtimeTaskRole", "Arn"] })
+    );
+    let role = &template.resources()["RealtimeTaskRole"]["Properties"];
+    assert_eq!(
+        role["ManagedPolicyArns"],
+        json!([{ "Ref": "FunctionDataAccessPolicy" }])
+    );
+    assert!(role.get("Policies").is_none(), "{role}");
+    for role in ["RealtimeTaskRole", "RealtimeExecutionRole"] {
+        let trust =
+            &template.resources()[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"];
+        assert_eq!(
+            trust,
+            &json!([{
+                "Effect": "Allow",
+                "Principal": { "Service": "ecs-tasks.amazonaws.com" },
+                "Action": "sts:AssumeRole",
+                "Condition": { "StringEquals": { "aws:SourceAccount": { "Ref": "AWS::AccountId" } } },
+            }]),
+            "{role}"
+        );
+    }
+}
+
+#[test]
+fn the_realtime_task_is_configured_like_da_poll_and_logs_to_its_own_group() {
+    let template = Template::load();
+    let container = realtime_container(&template);
+    let environment = named_entries(&container["Environment"]);
+    let value = |wanted: &str| -> Vec<(String, Value)> {
+        environment
+            .iter()
+            .filter(|(_, name, _)| name == wanted)
+            .map(|(condition, _, entry)| (condition.clone(), entry["Value"].clone()))
+            .collect()
+    };
+    let globals = &template.globals()["Environment"]["Variables"];
+    // What every function is given with a value, the bridge is given alike; what only the
+    // HTTP functions need, or sam local (declared empty), it is not.
+    let functions_only = ["AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"];
+    for (name, global) in globals.as_object().unwrap() {
+        if functions_only.contains(&name.as_str()) || global == "" {
+            assert!(value(name).is_empty(), "{name} is not for the bridge");
+            continue;
+        }
+        if name == "REDIS_URL" {
+            // The stack's ElastiCache's address; an existing Redis's URL is a secret below.
+            let branches = &global["Fn::If"];
+            assert_eq!(branches[0], "CreateRedis");
+            assert_eq!(branches[2], "");
+            assert_eq!(
+                value(name),
+                vec![("CreateRedis".to_owned(), branches[1].clone())]
+            );
+            continue;
+        }
+        assert_eq!(
+            value(name),
+            vec![("always".to_owned(), global.clone())],
+            "{name}"
+        );
+    }
+    for (name, expected) in [
+        ("REDIS_REQUIRED", "true"),
+        ("SQLITE_JOURNAL_MODE", "delete"),
+        ("SQLITE_PATH", "/mnt/data/data.sqlite"),
+    ] {
+        assert_eq!(value(name), vec![("always".to_owned(), json!(expected))]);
+    }
+    assert!(
+        value("REALTIME_SHARDS")[0]
+            .1
+            .as_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            >= 1,
+        "{environment:?}"
+    );
+    assert!(value("SECRETS_ARN").is_empty(), "ECS injects the secrets");
+
+    // Logs: the awslogs driver into the bridge's group, kept as long as the functions'.
+    let logs = &container["LogConfiguration"];
+    assert_eq!(logs["LogDriver"], "awslogs");
+    assert_eq!(
+        logs["Options"]["awslogs-group"],
+        json!({ "Ref": "RealtimeLogGroup" })
+    );
+    assert_eq!(
+        logs["Options"]["awslogs-region"],
+        json!({ "Ref": "AWS::Region" })
+    );
+    let group = &template.resources()["RealtimeLogGroup"];
+    assert_eq!(group["Type"], "AWS::Logs::LogGroup");
+    assert_eq!(
+        group["Properties"]["RetentionInDays"],
+        template.resources()["FunctionLogGroup"]["Properties"]["RetentionInDays"]
+    );
+}
+
+#[test]
+fn the_realtime_task_is_given_only_the_secrets_it_uses_each_from_its_purposes_secret() {
+    let template = Template::load();
+    let resources = template.resources();
+    let container = realtime_container(&template);
+    let secrets = named_entries(&container["Secrets"]);
+    let environment: BTreeSet<(String, String)> = named_entries(&container["Environment"])
+        .into_iter()
+        .map(|(condition, name, _)| (condition, name))
+        .collect();
+
+    let mut given = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for (condition, name, entry) in &secrets {
+        // ValueFrom: the secret's ARN (its Ref) and a JSON key: `arn…:secret:NAME:KEY::`.
+        let value_from = entry["ValueFrom"]["Fn::Sub"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: ValueFrom is no !Sub: {entry}"));
+        let (secret, key) = value_from
+            .strip_prefix("${")
+            .and_then(|rest| rest.split_once("}:"))
+            .and_then(|(secret, rest)| Some((secret, rest.strip_suffix("::")?)))
+            .unwrap_or_else(|| panic!("{name}: ValueFrom {value_from:?}"));
+        assert_eq!(key, name, "{name} comes from its own key");
+        let purpose = *SecretPurpose::ALL
+            .iter()
+            .find(|p| secret_resource(**p) == secret)
+            .unwrap_or_else(|| panic!("{name} comes from {secret}, no secret of a purpose"));
+        assert!(
+            purpose.variables().contains(&key),
+            "{secret} holds no {key}"
+        );
+        given.insert(purpose);
+        names.insert(name.clone());
+        // The key is in the JSON the stack creates the secret with (ECS refuses to start a
+        // task whose secret lacks a key it names).
+        let created = &resources[secret]["Properties"];
+        let keys: Vec<String> = match created["SecretString"].as_str() {
+            Some(text) => shared::secrets::parse(text)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect(),
+            None => {
+                let generated = &created["GenerateSecretString"]["Fn::If"];
+                let stored = &created["SecretString"]["Fn::If"];
+                match condition.as_str() {
+                    "CreateRedis" => {
+                        vec![
+                            generated[1]["GenerateStringKey"]
+                                .as_str()
+                                .unwrap()
+                                .to_owned(),
+                        ]
+                    }
+                    "!CreateRedis" => shared::secrets::parse(
+                        &stored[2]["Fn::Sub"]
+                            .as_str()
+                            .unwrap()
+                            .replace("${RedisUrl}", "rediss://redis.example:6380"),
+                    )
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect(),
+                    other => panic!("{secret} under {other}"),
+                }
+            }
+        };
+        assert!(
+            keys.iter().any(|k| k == key),
+            "{secret} is created without {key}"
+        );
+        // Never both a plain variable and a secret under the same condition.
+        assert!(
+            !environment.contains(&(condition.clone(), name.clone()))
+                && !environment.contains(&("always".to_owned(), name.clone())),
+            "{name} is in the environment too"
+        );
+    }
+    assert_eq!(given, realtime_secrets());
+    for needed in [
+        "SESSION_SECRET",
+        "TOKEN_ENCRYPTION_KEY",
+        "TOKEN_ENCRYPTION_OLD_KEYS",
+        "TWITCH_CLIENT_SECRET",
+        "DA_CLIENT_SECRET",
+        "REDIS_AUTH_TOKEN",
+        "REDIS_URL",
+    ] {
+        assert!(names.contains(needed), "{needed} is not given: {names:?}");
+    }
+    // The Redis secret's key follows the Redis: the stack's token, or the existing URL.
+    let redis: Vec<(&str, &str)> = secrets
+        .iter()
+        .filter(|(_, name, _)| name.starts_with("REDIS_"))
+        .map(|(condition, name, _)| (condition.as_str(), name.as_str()))
+        .collect();
+    assert_eq!(
+        redis,
+        vec![
+            ("CreateRedis", "REDIS_AUTH_TOKEN"),
+            ("!CreateRedis", "REDIS_URL")
+        ]
+    );
+
+    // The execution role (ECS, at the task's start) may read exactly those secrets; the
+    // task's own role none.
+    let statements = resources["RealtimeExecutionRole"]["Properties"]["Policies"][0]
+        ["PolicyDocument"]["Statement"]
+        .as_array()
+        .expect("statements");
+    let readable: Vec<&Value> = statements
+        .iter()
+        .filter(|s| s["Action"] == "secretsmanager:GetSecretValue")
+        .collect();
+    assert_eq!(readable.len(), 1, "{statements:?}");
+    let expected: Vec<Value> = SecretPurpose::ALL
+        .iter()
+        .filter(|p| given.contains(p))
+        .map(|p| json!({ "Ref": secret_resource(*p) }))
+        .collect();
+    assert_eq!(readable[0]["Resource"], Value::Array(expected));
+    for statement in statements {
+        let actions = statement["Action"].to_string();
+        assert!(
+            !actions.contains("secretsmanager") || statement == readable[0],
+            "{statement}"
+        );
+        assert!(!actions.contains('*'), "{statement}");
+    }
+    let logs = statements
+        .iter()
+        .find(|s| s["Action"].to_string().contains("logs:PutLogEvents"))
+        .expect("a statement for the log stream");
+    assert_eq!(
+        logs["Resource"],
+        json!({ "Fn::GetAtt": ["RealtimeLogGroup", "Arn"] })
+    );
+    assert_eq!(
+        resources["RealtimeTaskDefinition"]["Properties"]["ExecutionRoleArn"],
+        json!({ "Fn::GetAtt": ["RealtimeExecutionRole", "Arn"] })
+    );
+}
+
+#[test]
+fn the_realtime_bridge_may_connect_out_as_the_functions_do_and_is_admitted_where_they_are() {
+    let template = Template::load();
+    // Every standalone egress rule belongs to one of the two outbound-only groups.
+    for (id, resource) in template.of_type("AWS::EC2::SecurityGroupEgress") {
+        let group = &resource["Properties"]["GroupId"]["Fn::GetAtt"][0];
+        assert!(
+            group == "FunctionSecurityGroup" || group == "RealtimeSecurityGroup",
+            "{id} opens {group}"
+        );
+    }
+    let as_the_bridge = |summary: String| {
+        summary
+            .replace("(always)", "(CreateRealtime)")
+            .replace("(CreateRedis)", "(CreateRealtimeWithRedis)")
+            .replace("(UseExistingRedis)", "(CreateRealtimeWithExistingRedis)")
+    };
+    let functions: BTreeSet<String> =
+        summarize_egress(&egress_of(&template, "FunctionSecurityGroup"))
+            .into_iter()
+            .map(as_the_bridge)
+            .collect();
+    let mut rules = egress_of(&template, "RealtimeSecurityGroup");
+    for rule in &mut rules {
+        // Rules inside the group exist whenever the group does.
+        if rule["Condition"].is_null() {
+            rule["Condition"] = json!("CreateRealtime");
+        }
+    }
+    let bridge = summarize_egress(&rules);
+    assert_eq!(bridge, functions);
+    assert!(
+        template.resources()["RealtimeSecurityGroup"]["Properties"]
+            .get("SecurityGroupIngress")
+            .is_none(),
+        "the bridge accepts no connection"
+    );
+
+    // The database's and Redis's groups admit the bridge on the ports they admit the
+    // functions on.
+    let mut admitted = BTreeSet::new();
+    for (id, resource) in template.of_type("AWS::EC2::SecurityGroupIngress") {
+        let rule = &resource["Properties"];
+        assert_eq!(
+            rule["SourceSecurityGroupId"],
+            json!({ "Fn::GetAtt": ["RealtimeSecurityGroup", "GroupId"] }),
+            "{id}"
+        );
+        let group = rule["GroupId"]["Fn::GetAtt"][0].as_str().unwrap();
+        let functions_rule = &template.resources()[group]["Properties"]["SecurityGroupIngress"][0];
+        assert_eq!(rule["IpProtocol"], "tcp", "{id}");
+        assert_eq!(rule["FromPort"], functions_rule["FromPort"], "{id}");
+        assert_eq!(rule["ToPort"], functions_rule["ToPort"], "{id}");
+        admitted.insert(format!(
+            "{group} ({})",
+            resource["Condition"].as_str().unwrap_or("always")
+        ));
+    }
+    assert_eq!(
+        admitted,
+        BTreeSet::from([
+            "EfsSecurityGroup (CreateRealtime)".to_owned(),
+            "RedisSecurityGroup (CreateRealtimeWithRedis)".to_owned(),
+        ])
+    );
+}
+
+#[test]
+fn an_alarm_fires_when_no_realtime_task_runs_while_some_should() {
+    let template = Template::load();
+    let alarm = &template.resources()["RealtimeTasksAlarm"];
+    // Only while tasks are wanted: with RealtimeDesiredCount 0 none runs, by design.
+    assert_eq!(alarm["Condition"], "RunsRealtime");
+    assert_eq!(
+        template.0["Conditions"]["RunsRealtime"]["Fn::And"][1],
+        json!({ "Fn::Not": [{ "Fn::Equals": [{ "Ref": "RealtimeDesiredCount" }, "0"] }] })
+    );
+    let properties = &alarm["Properties"];
+    // ECS reports the service's CPU every minute while a task of it runs, never otherwise.
+    assert_eq!(properties["Namespace"], "AWS/ECS");
+    assert_eq!(properties["MetricName"], "CPUUtilization");
+    assert_eq!(
+        properties["Dimensions"],
+        json!([
+            { "Name": "ClusterName", "Value": { "Ref": "RealtimeCluster" } },
+            { "Name": "ServiceName", "Value": { "Fn::GetAtt": ["RealtimeService", "Name"] } },
+        ])
+    );
+    assert_eq!(properties["Statistic"], "SampleCount");
+    assert_eq!(properties["Period"], 60);
+    assert_eq!(properties["ComparisonOperator"], "LessThanThreshold");
+    assert_eq!(properties["Threshold"], 1);
+    assert_eq!(
+        properties["TreatMissingData"], "breaching",
+        "no data is no task"
+    );
+    let minutes = properties["EvaluationPeriods"].as_u64().unwrap();
+    assert_eq!(properties["DatapointsToAlarm"], minutes);
+    assert!((3..=10).contains(&minutes), "{minutes} minutes");
+    assert_eq!(properties["OKActions"], json!([{ "Ref": "AlarmTopic" }]));
 }

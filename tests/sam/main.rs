@@ -1,7 +1,10 @@
 //! The functions as `sam local start-api` serves them: the bootstraps `sam build` made, each
 //! in its Docker container behind SAM's local API Gateway, against a private Redis and the
 //! fake Twitch listening on the Docker bridge. Ignored by plain `cargo test` (it needs
-//! Docker and `scripts/sam-local.sh prepare`); scripts/test.sh runs it as its own step.
+//! Docker and `scripts/sam-local.sh prepare`); scripts/test.sh runs it as its own step. The
+//! realtime bridge's image (`realtime_image`) is the other test of that Docker step.
+
+mod realtime_image;
 
 use avatar_tests::{
     AuthorizePage, Browser, RedisServer, SamLocal, docker_bridge_address, free_port, location,
