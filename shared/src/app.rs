@@ -144,7 +144,12 @@ impl App {
             tracing::warn!("TWITCH_CLIENT_ID/TWITCH_CLIENT_SECRET unset: Twitch login is off");
         }
         let poll_stats = Arc::<PollStats>::default();
-        let metrics = Arc::new(Metrics::new(poll_stats.clone(), &writer_batches));
+        let realtime_stats = Arc::<RealtimeStats>::default();
+        let metrics = Arc::new(Metrics::new(
+            poll_stats.clone(),
+            realtime_stats.clone(),
+            &writer_batches,
+        ));
         let cipher = Arc::new(TokenCipher::new(&keys));
         let tokens = TokenKeeper::new(KeeperParts {
             store: store.clone(),
@@ -164,7 +169,7 @@ impl App {
             twitch,
             donationalerts,
             poll_stats,
-            realtime_stats: Arc::default(),
+            realtime_stats,
             metrics,
             config: Arc::new(config),
             coordinator,

@@ -67,7 +67,7 @@ async fn a_logged_in_streamer_connects_donationalerts_and_history_is_not_news() 
     assert_eq!(
         status,
         serde_json::json!({"connected": true, "status": "active", "da_user_id": 7_130_000,
-                           "needs_reauth": false})
+                           "needs_reauth": false, "realtime": true})
     );
     let conn = rusqlite::Connection::open(app.app.store.path()).unwrap();
     let (cursor, name): (i64, String) = conn
@@ -102,6 +102,142 @@ async fn a_logged_in_streamer_connects_donationalerts_and_history_is_not_news() 
         "{dashboard}"
     );
     assert!(dashboard.contains("id=\"donationalerts-disconnect\""));
+    assert!(
+        !dashboard.contains("id=\"realtime-reconnect\""),
+        "a grant with realtime alerts needs no reconnect: {dashboard}"
+    );
+}
+
+/// The dashboard as `browser` sees it in `lang` (`Accept-Language`).
+async fn dashboard_in(browser: &avatar_tests::Browser, lang: &str) -> String {
+    browser
+        .client
+        .get(format!("{}/success", browser.base))
+        .header("Accept-Language", lang)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn donationalerts_status(browser: &avatar_tests::Browser) -> serde_json::Value {
+    browser
+        .get("/api/donationalerts/status")
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Stores the demo streamer's DonationAlerts connection as one made before realtime alerts:
+/// tokens the fake issued for the two scopes DA_SCOPES used to ask for, stored with them.
+async fn connect_with_old_scopes(app: &TestApp) {
+    use shared::store::accounts::{TokenKind, seal_token};
+    const OLD_SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
+    let streamer = TwitchUserId::parse(&FakeUser::demo().id).unwrap();
+    let issued = app.donationalerts.issue_tokens(7_130_000, OLD_SCOPES);
+    let seal =
+        |kind, token: &str| seal_token(&app.app.cipher, &streamer, "donationalerts", kind, token);
+    app.app
+        .store
+        .connect_donationalerts(shared::store::donationalerts::DonationAlertsConnection {
+            streamer_twitch_id: streamer.clone(),
+            da_user_id: shared::domain::DaUserId(7_130_000),
+            da_name: Some("Demo Streamer".into()),
+            access_token_sealed: seal(TokenKind::Access, &issued.access_token),
+            refresh_token_sealed: Some(seal(TokenKind::Refresh, &issued.refresh_token)),
+            scopes: OLD_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            expires_at: None,
+            initial_cursor: Some(0),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_streamer_connected_before_realtime_alerts_is_asked_to_reconnect_and_then_is_not() {
+    // Arrange: the streamer's grant predates oauth-donation-subscribe (the two scopes
+    // DA_SCOPES used to ask for), while DA_SCOPES now asks for it.
+    let app = TestApp::spawn(&[]).await;
+    assert!(
+        app.app
+            .config
+            .donationalerts
+            .scopes
+            .iter()
+            .any(|s| s == shared::config::DONATION_SUBSCRIBE_SCOPE),
+        "the default DA_SCOPES ask for realtime alerts"
+    );
+    let browser = app.browser();
+    browser.log_in().await;
+    connect_with_old_scopes(&app).await;
+
+    // Act
+    let status = donationalerts_status(&browser).await;
+    let russian = dashboard_in(&browser, "ru").await;
+    let english = dashboard_in(&browser, "en").await;
+
+    // Assert: connected (polled), not realtime; the page offers the connect button.
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["realtime"], false, "{status}");
+    assert!(russian.contains("id=\"realtime-reconnect\""), "{russian}");
+    assert!(
+        russian.contains("Переподключите DonationAlerts, чтобы донаты приходили мгновенно"),
+        "{russian}"
+    );
+    assert!(
+        russian.contains(
+            "<a class=\"button\" id=\"donationalerts-realtime-connect\" href=\"/auth/donationalerts\">"
+        ),
+        "{russian}"
+    );
+    assert!(
+        english.contains("Reconnect DonationAlerts for realtime alerts"),
+        "{english}"
+    );
+    assert!(english.contains("data-state=\"connected\""), "{english}");
+
+    // Act: the streamer follows the button and grants what DA_SCOPES asks for now.
+    let callback = browser.connect_donationalerts().await;
+
+    // Assert: realtime, and no more notice.
+    assert_eq!(location(&callback), "/success");
+    let status = donationalerts_status(&browser).await;
+    assert_eq!(status["realtime"], true, "{status}");
+    let dashboard = dashboard_in(&browser, "ru").await;
+    assert!(
+        dashboard.contains("data-state=\"connected\""),
+        "{dashboard}"
+    );
+    assert!(
+        !dashboard.contains("id=\"realtime-reconnect\""),
+        "{dashboard}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_subscribe_scope_in_da_scopes_no_reconnect_is_offered() {
+    // An operator who keeps the old DA_SCOPES: a reconnect would grant nothing more.
+    let app = TestApp::spawn(&[("DA_SCOPES", "oauth-user-show oauth-donation-index")]).await;
+    let browser = app.browser();
+    browser.log_in().await;
+    browser.connect_donationalerts().await;
+
+    let status = donationalerts_status(&browser).await;
+    let dashboard = dashboard_in(&browser, "ru").await;
+
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["realtime"], false, "{status}");
+    assert!(
+        dashboard.contains("data-state=\"connected\""),
+        "{dashboard}"
+    );
+    assert!(
+        !dashboard.contains("id=\"realtime-reconnect\""),
+        "{dashboard}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

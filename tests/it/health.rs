@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use avatar_tests::{RedisServer, TestApp, wait_until};
+use avatar_tests::{RedisServer, TestApp, redis_coordinator, wait_until};
+use shared::domain::{now_ms, rfc3339_utc};
+use shared::metrics::RealtimeFigures;
 
 /// Calls of `command` the Redis server has answered so far (`INFO commandstats`).
 async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
@@ -259,4 +261,94 @@ async fn two_hundred_concurrent_requests_share_one_redis_ping_and_one_sqlite_rea
         assert_eq!(body["status"], "ok", "{body}");
         assert_eq!(body["checkedAt"], first_checked, "{body}");
     }
+}
+
+/// A bridge's figures as the bridge reports them, `age_ms` old.
+fn bridge_figures(age_ms: i64, pushes: u64, p95: Option<f64>) -> RealtimeFigures {
+    let reported_at = now_ms() - age_ms;
+    RealtimeFigures {
+        reported_at,
+        shards_held: 8,
+        connected: 3,
+        subscribed: 2,
+        reconnects: 1,
+        pushes,
+        last_push_at: (pushes > 0).then(|| rfc3339_utc(reported_at - 500)),
+        push_to_event_ms_p95: p95,
+    }
+}
+
+#[tokio::test]
+async fn without_a_bridge_there_is_no_realtime_report() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url())]).await;
+
+    let (status, body) = app.health().await;
+
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("realtime").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn the_realtime_figures_of_every_bridge_on_this_redis_are_summed() {
+    // Arrange: two bridges reporting through the coordination API, as the bridge does.
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url()), ("HEALTH_MAX_AGE_MS", "0")]).await;
+    let presence = redis_coordinator(&[redis.url()]).presence();
+    let first = bridge_figures(1_000, 7, Some(35.5));
+    let second = bridge_figures(0, 4, Some(120.25));
+    presence.report_realtime("bridge-a", &first).await.unwrap();
+    presence.report_realtime("bridge-b", &second).await.unwrap();
+
+    // Act
+    let (status, body) = app.health().await;
+
+    // Assert
+    assert_eq!(status, 200, "{body}");
+    let realtime = &body["realtime"];
+    assert_eq!(realtime["bridges"], 2, "{body}");
+    assert_eq!(realtime["shardsHeld"], 16);
+    assert_eq!(realtime["connected"], 6);
+    assert_eq!(realtime["subscribed"], 4);
+    assert_eq!(realtime["reconnects"], 2);
+    assert_eq!(realtime["pushes"], 11);
+    assert_eq!(
+        realtime["lastPushAt"].as_str(),
+        second.last_push_at.as_deref(),
+        "the latest push of any bridge"
+    );
+    assert_eq!(realtime["pushToEventMsP95"], 120.25, "the worst bridge's");
+}
+
+#[tokio::test]
+async fn a_bridge_gone_quiet_drops_out_of_the_report_and_its_figures_are_forgotten() {
+    // Arrange: one bridge reporting, then it stops (its last report ages past the window).
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&[("REDIS_URL", &redis.url()), ("HEALTH_MAX_AGE_MS", "0")]).await;
+    let presence = redis_coordinator(&[redis.url()]).presence();
+    presence
+        .report_realtime("bridge-a", &bridge_figures(0, 3, None))
+        .await
+        .unwrap();
+    let (_, body) = app.health().await;
+    assert_eq!(body["realtime"]["pushes"], 3, "{body}");
+    assert!(body["realtime"]["pushToEventMsP95"].is_null(), "{body}");
+    presence
+        .report_realtime("bridge-a", &bridge_figures(60_000, 3, None))
+        .await
+        .unwrap();
+
+    // Act
+    let (status, body) = app.health().await;
+
+    // Assert
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("realtime").is_none(), "{body}");
+    let mut conn = redis.connection().await;
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg("avatar:realtime:reports")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }

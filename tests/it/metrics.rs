@@ -331,3 +331,40 @@ async fn no_token_reaches_the_debug_log_or_the_metrics_of_logins_refreshes_and_a
 fn demo_twitch_id() -> String {
     fake_providers::twitch::FakeUser::demo().id
 }
+
+#[tokio::test]
+async fn the_realtime_bridges_figures_of_this_process_are_scraped_and_its_emf_line_is_valid() {
+    use std::sync::atomic::Ordering;
+    let app = TestApp::spawn(&[]).await;
+    let before = scrape(&app.address).await;
+    assert_eq!(before.get("avatar_realtime_sockets_subscribed"), 0.0);
+    assert_eq!(before.get("avatar_realtime_pushes_total"), 0.0);
+
+    // The figures the bridge counts in its App (the same stats the scrape reads).
+    let stats = &app.app.realtime_stats;
+    stats.shards_held.store(16, Ordering::Relaxed);
+    stats.connected.store(5, Ordering::Relaxed);
+    stats.subscribed.store(4, Ordering::Relaxed);
+    stats.reconnects.fetch_add(2, Ordering::Relaxed);
+    stats.pushes.fetch_add(7, Ordering::Relaxed);
+    stats.stale_fences.fetch_add(1, Ordering::Relaxed);
+    let after = scrape(&app.address).await;
+    let line = shared::metrics::emf::realtime_record(
+        &shared::metrics::emf::EmfContext {
+            stack: "avatar-test",
+            function: "realtime",
+            timestamp_ms: now_ms(),
+        },
+        stats,
+    );
+
+    assert_eq!(after.get("avatar_realtime_shards_held"), 16.0);
+    assert_eq!(after.get("avatar_realtime_sockets_connected"), 5.0);
+    assert_eq!(after.get("avatar_realtime_sockets_subscribed"), 4.0);
+    assert_eq!(after.get("avatar_realtime_reconnects_total"), 2.0);
+    assert_eq!(after.get("avatar_realtime_pushes_total"), 7.0);
+    assert_eq!(after.get("avatar_realtime_stale_fences_total"), 1.0);
+    let record = avatar_tests::emf::parse_record(&line).expect("a record CloudWatch reads");
+    assert_eq!(record["RealtimePushes"], 7, "{line}");
+    assert_eq!(record["RealtimeSocketsSubscribed"], 4, "{line}");
+}

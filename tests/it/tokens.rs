@@ -134,6 +134,52 @@ async fn four_instances_racing_over_an_expired_token_refresh_it_once_and_share_t
 }
 
 #[tokio::test]
+async fn a_streamer_connected_with_the_old_scopes_is_refreshed_with_those_scopes_every_time() {
+    // Arrange: the grant holds the two scopes of before, while DA_SCOPES now asks for
+    // oauth-donation-subscribe too. DonationAlerts (and the fake) refuse a refresh whose
+    // scopes are not the granted ones.
+    let setup = setup(1, true).await;
+    let app = &setup.apps[0];
+    assert!(
+        app.config
+            .donationalerts
+            .scopes
+            .iter()
+            .any(|s| s == shared::config::DONATION_SUBSCRIBE_SCOPE),
+        "the configured scopes are wider than the grant"
+    );
+    let margin = std::time::Duration::from_secs(300);
+
+    // Act: two refreshes in a row (the second resends what the first stored).
+    let first = tokens::fresh(&app.tokens, &streamer(), Provider::DonationAlerts, margin).await;
+    setup.fake.expire_access_tokens_of(7_130_000);
+    app.store
+        .write(|conn| {
+            conn.execute(
+                "UPDATE provider_tokens SET expires_at = 1 WHERE provider = 'donationalerts'",
+                [],
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let second = tokens::fresh(&app.tokens, &streamer(), Provider::DonationAlerts, margin).await;
+
+    // Assert: both accepted, and the stored grant still names the two scopes.
+    assert!(first.is_ok(), "{first:?}");
+    assert!(second.is_ok(), "{second:?}");
+    assert_eq!(setup.fake.request_count(RequestKind::Token), 2);
+    let stored = app
+        .store
+        .provider_tokens(&streamer(), Provider::DonationAlerts)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, "active");
+    assert_eq!(stored.scopes, SCOPES);
+}
+
+#[tokio::test]
 async fn a_refresh_the_provider_refuses_marks_the_connection_need_reauth() {
     // Arrange
     let setup = setup(1, true).await;

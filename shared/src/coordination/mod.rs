@@ -390,6 +390,19 @@ impl Presence {
         }
     }
 
+    /// Stores a realtime bridge's latest figures (`Reports::Realtime`) for `/health` on any
+    /// instance: what the bridge reports every few seconds.
+    pub async fn report_realtime(
+        &self,
+        instance_id: &str,
+        figures: &crate::metrics::RealtimeFigures,
+    ) -> Result<(), CoordinationError> {
+        // Plain numbers and strings: serializing cannot fail.
+        let json = serde_json::to_string(figures).unwrap_or_default();
+        self.report_figures(Reports::Realtime, instance_id, &json)
+            .await
+    }
+
     /// Drops the figures of instances that stopped reporting.
     pub(crate) async fn forget_figures(
         &self,

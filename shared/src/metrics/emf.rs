@@ -10,10 +10,15 @@
 //! Counters are sent as the difference since the previous record of the process: CloudWatch
 //! sums them (`Sum` over a period is what happened in it). The writer's batch sizes and
 //! commit times go out as arrays of samples, at most [`MAX_VALUES`] per metric and record.
+//!
+//! The realtime bridge (a long-lived process, not a function) prints one
+//! [`realtime_record`] a minute: its counters as differences, its gauges (shards, sockets)
+//! as values, so with one record per bridge and minute `Sum` over a minute is the total of
+//! every bridge and `Maximum` of `PushToEventMsP95` the worst bridge's.
 
 use serde_json::{Map, Value, json};
 
-use super::Counts;
+use super::{Counts, RealtimeStats};
 
 pub(crate) const NAMESPACE: &str = "AvatarTwitchOAuth";
 
@@ -66,6 +71,41 @@ pub fn records(context: &EmfContext<'_>, delta: &Counts, samples: &[(u64, f64)])
         lines.push(more.line());
     }
     lines
+}
+
+/// One EMF record of a realtime bridge's figures: `RealtimeReconnects`, `RealtimePushes`
+/// and `RealtimeStaleFences` since the previous record from the same `stats` (the first:
+/// since the start), `RealtimeShardsHeld`, `RealtimeSocketsConnected` and
+/// `RealtimeSocketsSubscribed` as they are now, and `PushToEventMsP95` once a push has
+/// been measured. Meant to be printed on stdout once a minute, `context.function` naming
+/// the process (`realtime`).
+pub fn realtime_record(context: &EmfContext<'_>, stats: &RealtimeStats) -> String {
+    use std::sync::atomic::Ordering;
+    let delta = stats.counts_since_last_record();
+    let mut record = Record::new(context);
+    let gauge = |value: usize| json!(value);
+    record.metric(
+        "RealtimeShardsHeld",
+        "Count",
+        gauge(stats.shards_held.load(Ordering::Relaxed)),
+    );
+    record.metric(
+        "RealtimeSocketsConnected",
+        "Count",
+        gauge(stats.connected.load(Ordering::Relaxed)),
+    );
+    record.metric(
+        "RealtimeSocketsSubscribed",
+        "Count",
+        gauge(stats.subscribed.load(Ordering::Relaxed)),
+    );
+    record.metric("RealtimeReconnects", "Count", json!(delta.reconnects));
+    record.metric("RealtimePushes", "Count", json!(delta.pushes));
+    record.metric("RealtimeStaleFences", "Count", json!(delta.stale_fences));
+    if let Some(p95) = stats.push_to_event_p95_ms() {
+        record.metric("PushToEventMsP95", "Milliseconds", json!(p95));
+    }
+    record.line()
 }
 
 struct Record {
@@ -158,6 +198,59 @@ mod tests {
             .map(|m| m["Name"].as_str().unwrap())
             .collect();
         assert_eq!(declared.len(), 12, "{declared:?}");
+    }
+
+    #[test]
+    fn a_realtime_record_carries_counter_differences_and_gauge_values() {
+        use std::sync::atomic::Ordering;
+        let stats = RealtimeStats::default();
+        let context = EmfContext {
+            function: "realtime",
+            ..CONTEXT
+        };
+        stats.shards_held.store(16, Ordering::Relaxed);
+        stats.connected.store(40, Ordering::Relaxed);
+        stats.subscribed.store(38, Ordering::Relaxed);
+        stats.reconnects.store(5, Ordering::Relaxed);
+        stats.pushes.store(9, Ordering::Relaxed);
+
+        let first: Value = serde_json::from_str(&realtime_record(&context, &stats)).unwrap();
+        stats.pushes.fetch_add(3, Ordering::Relaxed);
+        stats.stale_fences.fetch_add(1, Ordering::Relaxed);
+        stats.note_push_to_event(std::time::Duration::from_millis(80));
+        let second: Value = serde_json::from_str(&realtime_record(&context, &stats)).unwrap();
+
+        let directive = &first["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "AvatarTwitchOAuth");
+        assert_eq!(directive["Dimensions"], json!([["Stack"]]));
+        assert_eq!(first["Stack"], "avatar-prod");
+        assert_eq!(first["Function"], "realtime");
+        assert_eq!(first["RealtimeShardsHeld"], 16);
+        assert_eq!(first["RealtimeSocketsConnected"], 40);
+        assert_eq!(first["RealtimeSocketsSubscribed"], 38);
+        assert_eq!(first["RealtimeReconnects"], 5);
+        assert_eq!(first["RealtimePushes"], 9);
+        assert_eq!(first["RealtimeStaleFences"], 0);
+        assert!(
+            first.get("PushToEventMsP95").is_none(),
+            "nothing measured yet"
+        );
+        assert_eq!(directive["Metrics"].as_array().unwrap().len(), 6);
+        assert_eq!(second["RealtimePushes"], 3, "the difference");
+        assert_eq!(second["RealtimeReconnects"], 0);
+        assert_eq!(second["RealtimeStaleFences"], 1);
+        assert_eq!(
+            second["RealtimeSocketsSubscribed"], 38,
+            "a gauge, not a difference"
+        );
+        assert_eq!(second["PushToEventMsP95"], 80.0);
+        let declared = second["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Name"] == "PushToEventMsP95")
+            .cloned();
+        assert_eq!(declared.unwrap()["Unit"], "Milliseconds");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!
 //! - Polls: [`PollStats`], the poller's own counters (also behind `/health`), read at
 //!   encoding time rather than counted a second time.
+//! - The realtime bridge: [`RealtimeStats`] of this process (shards, sockets, pushes, the
+//!   push → stream entry p95), read likewise; a bridge's EMF line is [`emf::realtime_record`].
 //! - Tokens: refreshes (per provider), validation outcomes and connections ended
 //!   (`need_reauth`), counted here by `tokens`.
 //! - The writer: each group commit's size and commit time ([`WriterBatches`], fed by the
@@ -62,8 +64,9 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Registers the poller's counters, the token counters and the writer's histograms.
-    pub fn new(poll: Arc<PollStats>, writer: &WriterBatches) -> Self {
+    /// Registers the poller's and the realtime bridge's figures, the token counters and the
+    /// writer's histograms.
+    pub fn new(poll: Arc<PollStats>, realtime: Arc<RealtimeStats>, writer: &WriterBatches) -> Self {
         let tokens = TokenMetrics::default();
         // Every label value from the start: a scrape shows zeros rather than nothing.
         for provider in PROVIDERS {
@@ -76,6 +79,7 @@ impl Metrics {
         let writer = writer.clone();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(PollCollector(poll.clone())));
+        registry.register_collector(Box::new(RealtimeCollector(realtime)));
         registry.register(
             "avatar_token_refreshes",
             "Provider tokens replaced by a refresh, by provider",
@@ -437,14 +441,150 @@ impl Collector for PollCollector {
     }
 }
 
+/// The realtime bridge's figures of this process, read from [`RealtimeStats`] on each
+/// scrape (zeros in a process that runs no bridge).
+#[derive(Debug)]
+struct RealtimeCollector(Arc<RealtimeStats>);
+
+impl Collector for RealtimeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats = &self.0;
+        let counters: [(&str, &str, u64); 3] = [
+            (
+                "avatar_realtime_reconnects",
+                "Realtime sockets opened again after a drop",
+                stats.reconnects.load(Ordering::Relaxed),
+            ),
+            (
+                "avatar_realtime_pushes",
+                "Donations pushed to this process's realtime sockets",
+                stats.pushes.load(Ordering::Relaxed),
+            ),
+            (
+                "avatar_realtime_stale_fences",
+                "Pushed donations whose write the shard fence refused (the shard had moved on)",
+                stats.stale_fences.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges: [(&str, &str, usize); 3] = [
+            (
+                "avatar_realtime_shards_held",
+                "Realtime shards whose lease this process holds",
+                stats.shards_held.load(Ordering::Relaxed),
+            ),
+            (
+                "avatar_realtime_sockets_connected",
+                "Realtime sockets open",
+                stats.connected.load(Ordering::Relaxed),
+            ),
+            (
+                "avatar_realtime_sockets_subscribed",
+                "Realtime sockets subscribed to their streamer's donation channel",
+                stats.subscribed.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let last_push_ms = stats.last_push_at.load(Ordering::Relaxed);
+        let last_push = ConstGauge::new(last_push_ms as f64 / 1000.0);
+        last_push.encode(encoder.encode_descriptor(
+            "avatar_realtime_last_push_timestamp_seconds",
+            "Unix time of the latest pushed donation (0 before the first)",
+            None,
+            last_push.metric_type(),
+        )?)?;
+        // No sample before the first push: a latency of zero would be a figure never measured.
+        if let Some(ms) = stats.push_to_event_p95_ms() {
+            let p95 = ConstGauge::new(ms / 1000.0);
+            p95.encode(encoder.encode_descriptor(
+                "avatar_realtime_push_to_event_p95_seconds",
+                "p95 of the latest push to stream entry latencies",
+                None,
+                p95.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn metrics() -> (Metrics, Arc<PollStats>, WriterBatches) {
+        let (metrics, poll, _realtime, writer) = metrics_with_realtime();
+        (metrics, poll, writer)
+    }
+
+    fn metrics_with_realtime() -> (Metrics, Arc<PollStats>, Arc<RealtimeStats>, WriterBatches) {
         let poll = Arc::new(PollStats::default());
+        let realtime = Arc::new(RealtimeStats::default());
         let writer = WriterBatches::default();
-        (Metrics::new(poll.clone(), &writer), poll, writer)
+        (
+            Metrics::new(poll.clone(), realtime.clone(), &writer),
+            poll,
+            realtime,
+            writer,
+        )
+    }
+
+    #[test]
+    fn the_realtime_figures_of_this_process_are_in_the_text() {
+        let (metrics, _poll, realtime, _writer) = metrics_with_realtime();
+        let before = metrics.prometheus_text();
+        assert!(
+            before
+                .lines()
+                .any(|l| l == "avatar_realtime_sockets_connected 0"),
+            "zeros before the bridge runs:\n{before}"
+        );
+        assert!(
+            !before.contains("avatar_realtime_push_to_event_p95_seconds"),
+            "no latency before one was measured:\n{before}"
+        );
+        realtime.shards_held.store(4, Ordering::Relaxed);
+        realtime.connected.store(12, Ordering::Relaxed);
+        realtime.subscribed.store(10, Ordering::Relaxed);
+        realtime.reconnects.fetch_add(2, Ordering::Relaxed);
+        realtime.stale_fences.fetch_add(1, Ordering::Relaxed);
+        realtime.count_push();
+        realtime.count_push();
+        realtime.note_push_to_event(Duration::from_millis(250));
+
+        let text = metrics.prometheus_text();
+
+        for line in [
+            "# TYPE avatar_realtime_shards_held gauge",
+            "avatar_realtime_shards_held 4",
+            "avatar_realtime_sockets_connected 12",
+            "avatar_realtime_sockets_subscribed 10",
+            "# TYPE avatar_realtime_reconnects_total counter",
+            "avatar_realtime_reconnects_total 2",
+            "avatar_realtime_pushes_total 2",
+            "avatar_realtime_stale_fences_total 1",
+            "# TYPE avatar_realtime_push_to_event_p95_seconds gauge",
+            "avatar_realtime_push_to_event_p95_seconds 0.25",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        let last_push = text
+            .lines()
+            .find_map(|l| l.strip_prefix("avatar_realtime_last_push_timestamp_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("the last push's time");
+        let now = crate::domain::now_ms() as f64 / 1000.0;
+        assert!((now - last_push).abs() < 60.0, "{last_push} against {now}");
     }
 
     #[test]

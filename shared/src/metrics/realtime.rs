@@ -30,6 +30,16 @@ pub struct RealtimeStats {
     pub stale_fences: AtomicU64,
     /// The latest push → stream entry latencies, in µs.
     latencies_us: Mutex<VecDeque<u64>>,
+    /// The counters the previous EMF record was made from: records carry differences.
+    emf_emitted: Mutex<RealtimeCounts>,
+}
+
+/// The realtime counters an EMF record carries as differences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RealtimeCounts {
+    pub reconnects: u64,
+    pub pushes: u64,
+    pub stale_fences: u64,
 }
 
 /// What one bridge reports for `/health` (stored in Redis, summed across bridges).
@@ -75,6 +85,23 @@ impl RealtimeStats {
         sorted.sort_unstable();
         let rank = ((sorted.len() as f64) * 0.95).ceil() as usize;
         Some(sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0)
+    }
+
+    /// What the counters grew by since the previous call (the first: since the start).
+    pub(crate) fn counts_since_last_record(&self) -> RealtimeCounts {
+        let mut emitted = self.emf_emitted.lock().unwrap_or_else(|p| p.into_inner());
+        let now = RealtimeCounts {
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            pushes: self.pushes.load(Ordering::Relaxed),
+            stale_fences: self.stale_fences.load(Ordering::Relaxed),
+        };
+        let delta = RealtimeCounts {
+            reconnects: now.reconnects.saturating_sub(emitted.reconnects),
+            pushes: now.pushes.saturating_sub(emitted.pushes),
+            stale_fences: now.stale_fences.saturating_sub(emitted.stale_fences),
+        };
+        *emitted = now;
+        delta
     }
 
     /// This bridge's figures now.

@@ -237,11 +237,15 @@ impl DonationAlertsClient {
     }
 
     pub(crate) async fn exchange_code(&self, code: &str) -> Result<TokenSet, ProviderError> {
-        self.token(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", self.redirect_uri.as_str()),
-        ])
+        // DonationAlerts grants what was asked for and does not say it again.
+        self.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", self.redirect_uri.as_str()),
+            ],
+            &self.scopes,
+        )
         .await
     }
 
@@ -253,15 +257,25 @@ impl DonationAlertsClient {
         scopes: &[String],
     ) -> Result<TokenSet, ProviderError> {
         let scope = scopes.join(" ");
-        self.token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-            ("scope", &scope),
-        ])
+        // The refreshed grant holds the scopes resent, not the ones DA_SCOPES asks for now: a
+        // streamer who connected before a scope was added still lacks it.
+        self.token(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("scope", &scope),
+            ],
+            scopes,
+        )
         .await
     }
 
-    async fn token(&self, grant: &[(&str, &str)]) -> Result<TokenSet, ProviderError> {
+    /// Calls the token endpoint with `grant`; the tokens hold `granted`.
+    async fn token(
+        &self,
+        grant: &[(&str, &str)],
+        granted: &[String],
+    ) -> Result<TokenSet, ProviderError> {
         let client_secret = self
             .client_secret
             .as_ref()
@@ -284,8 +298,7 @@ impl DonationAlertsClient {
             access_token: Secret::new(tokens.access_token),
             refresh_token: tokens.refresh_token.map(Secret::new),
             expires_in: tokens.expires_in.map(Duration::from_secs),
-            // DonationAlerts grants what was asked for and does not say it again.
-            scopes: self.scopes.clone(),
+            scopes: granted.to_vec(),
         })
     }
 

@@ -82,6 +82,8 @@ pub struct SessionUser {
     /// `active`, `need_reauth`, `revoked`, or `None` when the tokens were deleted.
     pub twitch_status: Option<String>,
     pub donationalerts_status: Option<String>,
+    /// The scopes the DonationAlerts grant holds (empty without a connection).
+    pub donationalerts_scopes: Vec<String>,
 }
 
 /// A stored token pair, still sealed, with the row it was read from.
@@ -195,7 +197,7 @@ impl Store {
         self.read(move |conn| {
             conn.query_row(
                 "SELECT u.twitch_user_id, u.login, u.display_name, u.profile_image_url,
-                        t.scopes, t.status, d.status
+                        t.scopes, t.status, d.status, d.scopes
                  FROM sessions s
                  JOIN users u ON u.twitch_user_id = s.twitch_user_id
                  LEFT JOIN provider_tokens t
@@ -213,6 +215,7 @@ impl Store {
                         scopes: scopes_from_column(row.get(4)?),
                         twitch_status: row.get(5)?,
                         donationalerts_status: row.get(6)?,
+                        donationalerts_scopes: scopes_from_column(row.get(7)?),
                     })
                 },
             )

@@ -28,6 +28,7 @@ use super::oauth_state::OAuthFlow;
 use super::session::{self, CurrentSession};
 use super::{ApiError, WebError, redirect, texts};
 use crate::app::App;
+use crate::config::DONATION_SUBSCRIBE_SCOPE;
 use crate::coordination::{Priority, RateLimit};
 use crate::crypto::sha256;
 use crate::domain::{Provider, TokenStatus, now_ms};
@@ -265,6 +266,9 @@ pub(crate) struct ConnectionStatus {
     pub status: Option<&'static str>,
     pub da_user_id: Option<i64>,
     pub needs_reauth: bool,
+    /// Connected with a grant that holds `oauth-donation-subscribe`: donations can be
+    /// pushed in real time (without it, the streamer stays on polling).
+    pub realtime: bool,
 }
 
 impl ConnectionStatus {
@@ -281,13 +285,20 @@ impl ConnectionStatus {
             (Some(TokenStatus::NeedReauth), _) => Some(TokenStatus::NeedReauth),
             _ => None,
         };
+        let connected = status == Some(TokenStatus::Active);
         Ok(Self {
-            connected: status == Some(TokenStatus::Active),
+            connected,
             status: status.map(TokenStatus::as_str),
             da_user_id: link.filter(|_| status.is_some()).map(|l| l.da_user_id.0),
             needs_reauth: status == Some(TokenStatus::NeedReauth),
+            realtime: connected && grants_realtime(&current.user.donationalerts_scopes),
         })
     }
+}
+
+/// Whether a DonationAlerts grant of `scopes` lets the bridge subscribe to its donations.
+pub(crate) fn grants_realtime(scopes: &[String]) -> bool {
+    scopes.iter().any(|s| s == DONATION_SUBSCRIBE_SCOPE)
 }
 
 #[tracing::instrument(name = "api.donationalerts.status", skip_all)]
@@ -334,6 +345,7 @@ pub async fn disconnect(State(app): State<App>, headers: HeaderMap, body: Bytes)
                 status: None,
                 da_user_id: None,
                 needs_reauth: false,
+                realtime: false,
             }),
         )
             .into_response(),

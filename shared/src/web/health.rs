@@ -20,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::app::App;
 use crate::coordination::{CoordinationError, Coordinator, Mode, Reports};
-use crate::metrics::PollFigures;
+use crate::metrics::{PollFigures, RealtimeFigures};
 use crate::store::Store;
 use crate::telemetry::error_chain;
 
@@ -47,6 +47,9 @@ pub(crate) struct HealthReport {
     pub sqlite: SqliteReport,
     pub polling: PollingReport,
     pub scalability: ScalabilityReport,
+    /// The realtime bridges; absent while none runs on this Redis (none reported lately).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realtime: Option<RealtimeReport>,
 }
 
 /// The DonationAlerts pollers of every instance, summed (counters since each poller
@@ -158,6 +161,74 @@ impl PollingReport {
     }
 }
 
+/// The realtime bridges of every process, summed (counters since each bridge started;
+/// bridges that stopped reporting a while ago are left out).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RealtimeReport {
+    /// Bridges that reported within the last [`BRIDGE_REPORT_WINDOW`].
+    pub bridges: usize,
+    pub shards_held: usize,
+    pub connected: usize,
+    pub subscribed: usize,
+    pub reconnects: u64,
+    pub pushes: u64,
+    /// RFC 3339 UTC of the latest push any bridge received.
+    pub last_push_at: Option<String>,
+    /// The worst bridge's p95 of push → stream entry, in ms.
+    #[serde(rename = "pushToEventMsP95")]
+    pub push_to_event_ms_p95: Option<f64>,
+}
+
+/// A bridge whose last report is older than this no longer counts (bridges report every
+/// few seconds, as pollers do every second: the same window).
+pub(crate) const BRIDGE_REPORT_WINDOW: Duration = POLLER_REPORT_WINDOW;
+
+impl RealtimeReport {
+    /// Sums the latest figures of every bridge, given as stored JSON: `None` when no bridge
+    /// reported within the window. Also returns the instances whose figures are too old or
+    /// unreadable (to be forgotten).
+    pub(crate) fn from_figures(
+        stored: &[(String, String)],
+        now_ms: i64,
+    ) -> (Option<Self>, Vec<String>) {
+        let mut report = Self::default();
+        let mut stale = Vec::new();
+        let mut latest_push: Option<(i64, String)> = None;
+        for (instance, json) in stored {
+            let Ok(figures) = serde_json::from_str::<RealtimeFigures>(json) else {
+                stale.push(instance.clone());
+                continue;
+            };
+            if now_ms - figures.reported_at > BRIDGE_REPORT_WINDOW.as_millis() as i64 {
+                stale.push(instance.clone());
+                continue;
+            }
+            report.bridges += 1;
+            report.shards_held += figures.shards_held;
+            report.connected += figures.connected;
+            report.subscribed += figures.subscribed;
+            report.reconnects += figures.reconnects;
+            report.pushes += figures.pushes;
+            if let Some(at) = figures.last_push_at
+                && let Some(ms) = crate::domain::clock::rfc3339_ms(&at)
+                && latest_push.as_ref().is_none_or(|(latest, _)| ms > *latest)
+            {
+                latest_push = Some((ms, at));
+            }
+            if let Some(p95) = figures.push_to_event_ms_p95 {
+                report.push_to_event_ms_p95 = Some(
+                    report
+                        .push_to_event_ms_p95
+                        .map_or(p95, |worst| worst.max(p95)),
+                );
+            }
+        }
+        report.last_push_at = latest_push.map(|(_, at)| at);
+        ((report.bridges > 0).then_some(report), stale)
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct RedisReport {
@@ -224,6 +295,7 @@ struct Probe {
     journal_mode: Option<String>,
     sqlite_error: Option<String>,
     polling: PollingReport,
+    realtime: Option<RealtimeReport>,
 }
 
 #[derive(Debug, Clone)]
@@ -410,6 +482,7 @@ impl Probe {
             journal_mode: None,
             sqlite_error: error,
             polling: PollingReport::default(),
+            realtime: None,
         }
     }
 }
@@ -440,10 +513,10 @@ async fn measure(sources: &HealthSources) -> Probe {
     let ((redis, instances), (journal_mode, sqlite_error)) =
         tokio::join!(redis_and_instances, check_sqlite(sources));
     let redis_up = redis.as_ref().is_none_or(|c| c.error.is_none());
-    let polling = if redis_up {
-        polling_report(sources).await
+    let (polling, realtime) = if redis_up {
+        tokio::join!(polling_report(sources), realtime_report(sources))
     } else {
-        PollingReport::default()
+        (PollingReport::default(), None)
     };
     Probe {
         taken,
@@ -453,6 +526,7 @@ async fn measure(sources: &HealthSources) -> Probe {
         journal_mode,
         sqlite_error,
         polling,
+        realtime,
     }
 }
 
@@ -474,6 +548,24 @@ async fn polling_report(sources: &HealthSources) -> PollingReport {
         .await
     {
         tracing::debug!(error = %what_failed(&e), "health: stale poller figures stay");
+    }
+    report
+}
+
+/// Every bridge's latest figures, summed (`None` when no bridge reported lately); figures of
+/// bridges gone quiet are dropped.
+async fn realtime_report(sources: &HealthSources) -> Option<RealtimeReport> {
+    let presence = sources.coordinator.presence();
+    let stored = match presence.figures(Reports::Realtime).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(error = %what_failed(&e), "health: reading the bridges' figures failed");
+            return None;
+        }
+    };
+    let (report, stale) = RealtimeReport::from_figures(&stored, crate::domain::now_ms());
+    if let Err(e) = presence.forget_figures(Reports::Realtime, &stale).await {
+        tracing::debug!(error = %what_failed(&e), "health: stale bridge figures stay");
     }
     report
 }
@@ -630,6 +722,7 @@ fn report(sources: &HealthSources, probe: &Probe, figures: WriterFigures) -> Hea
         sqlite,
         polling: probe.polling.clone(),
         scalability,
+        realtime: probe.realtime.clone(),
     }
 }
 
@@ -674,6 +767,63 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn bridges_figures_are_summed_and_quiet_bridges_left_out() {
+        let figures = |reported_at: i64, pushes: u64, last_push_at: Option<&str>, p95| {
+            serde_json::to_string(&RealtimeFigures {
+                reported_at,
+                shards_held: 8,
+                connected: 100,
+                subscribed: 90,
+                reconnects: 3,
+                pushes,
+                last_push_at: last_push_at.map(str::to_owned),
+                push_to_event_ms_p95: p95,
+            })
+            .unwrap()
+        };
+        let now = 1_000_000;
+        let stored = vec![
+            (
+                "a".to_owned(),
+                figures(now - 1_000, 10, Some("2026-11-26T12:00:09Z"), Some(12.5)),
+            ),
+            (
+                "b".to_owned(),
+                figures(now - 2_000, 5, Some("2026-11-26T12:00:10Z"), Some(40.0)),
+            ),
+            ("c".to_owned(), figures(now, 0, None, None)),
+            (
+                "gone".to_owned(),
+                figures(now - 31_000, 99, Some("2026-11-26T13:00:00Z"), Some(900.0)),
+            ),
+            ("garbled".to_owned(), "{".to_owned()),
+        ];
+
+        let (report, mut stale) = RealtimeReport::from_figures(&stored, now);
+
+        let report = report.expect("three bridges reported");
+        assert_eq!(report.bridges, 3);
+        assert_eq!(report.shards_held, 24);
+        assert_eq!(report.connected, 300);
+        assert_eq!(report.subscribed, 270);
+        assert_eq!(report.reconnects, 9);
+        assert_eq!(report.pushes, 15);
+        assert_eq!(report.last_push_at.as_deref(), Some("2026-11-26T12:00:10Z"));
+        assert_eq!(
+            report.push_to_event_ms_p95,
+            Some(40.0),
+            "the worst bridge's"
+        );
+        stale.sort();
+        assert_eq!(stale, ["garbled", "gone"]);
+
+        let only_quiet = &stored[3..];
+        let (report, stale) = RealtimeReport::from_figures(only_quiet, now);
+        assert_eq!(report, None, "no bridge runs");
+        assert_eq!(stale.len(), 2);
+    }
 
     #[test]
     fn a_redis_failure_is_described_without_its_address() {

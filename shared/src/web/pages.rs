@@ -9,7 +9,7 @@ use axum::http::header::{self, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::donationalerts::ConnectionStatus;
+use super::donationalerts::{ConnectionStatus, grants_realtime};
 use super::session::{self, CurrentSession};
 use super::{ApiError, Texts, WebError, html, redirect, texts};
 use crate::app::App;
@@ -41,6 +41,9 @@ struct Dashboard<'a> {
     /// Scopes of TWITCH_SCOPES the stored token was not granted (asked for after it was
     /// issued): the page offers a login that shows Twitch's consent screen again.
     missing_scopes: Vec<&'a str>,
+    /// Connected with a grant that predates `oauth-donation-subscribe` (which DA_SCOPES
+    /// asks for): the page offers a reconnect so donations are pushed, not polled.
+    realtime_reconnect: bool,
     csrf: String,
 }
 
@@ -135,6 +138,9 @@ pub async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
                 .map(String::as_str)
                 .filter(|wanted| !current.user.scopes.iter().any(|had| had == wanted))
                 .collect(),
+            realtime_reconnect: donationalerts_state == "connected"
+                && !grants_realtime(&current.user.donationalerts_scopes)
+                && grants_realtime(&app.config.donationalerts.scopes),
             csrf: current.csrf_token(&app),
         },
     )
