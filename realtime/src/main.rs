@@ -8,7 +8,7 @@ use shared::app::App;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let app = match App::from_env().await {
+    let app = match App::realtime_from_env().await {
         Ok(app) => app,
         Err(e) => {
             eprintln!("realtime: {}", shared::telemetry::error_chain(&e));

@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, Deployment};
 use crate::coordination::memory::InProcessCoordinator;
 use crate::coordination::redis::RedisCoordinator;
 use crate::coordination::{CoordinationError, Coordinator};
 use crate::crypto::{Signer, TokenCipher};
 use crate::metrics::{Metrics, PollStats, RealtimeStats, WriterBatches};
 use crate::poll::{PollParts, Poller, PollerNotConfigured};
+use crate::providers::centrifugo::CentrifugoClient;
 use crate::providers::donationalerts::DonationAlertsClient;
 use crate::providers::twitch::TwitchClient;
-use crate::providers::centrifugo::CentrifugoClient;
 use crate::realtime::grants::GrantQueue;
 use crate::realtime::{Bridge, BridgeParts};
 use crate::secret::random_hex;
@@ -80,6 +80,12 @@ impl App {
     /// what every `main` does first.
     pub async fn from_env() -> Result<Self, StartupError> {
         Self::from_env_given(SecretPurpose::ALL).await
+    }
+
+    /// [`App::from_env`] for the realtime bridge, given only its secrets
+    /// ([`crate::secrets::NEEDED_BY_REALTIME_BRIDGE`]).
+    pub async fn realtime_from_env() -> Result<Self, StartupError> {
+        Self::from_env_given(crate::secrets::NEEDED_BY_REALTIME_BRIDGE).await
     }
 
     /// [`App::from_env`] for a process given only the secrets of `given` (a Lambda function:
@@ -229,6 +235,7 @@ impl App {
             self.config.realtime.clone(),
             self.instance_id.clone(),
             self.realtime_stats.clone(),
+            (self.config.deployment == Deployment::Aws).then(|| self.config.stack_name.clone()),
         )))
     }
 

@@ -128,7 +128,10 @@ async fn a_pushed_donation_is_recorded_once_and_never_moves_the_cursor() {
     // Arrange: the cursor at 10; donation 11 happened while the socket was down.
     let dir = tempfile::tempdir().unwrap();
     let store = linked_store(dir.path(), &in_process()).await;
-    store.record_poll(poll(1, vec![donation(10)])).await.unwrap();
+    store
+        .record_poll(poll(1, vec![donation(10)]))
+        .await
+        .unwrap();
     assert_eq!(cursor(dir.path()).0, Some(10));
 
     // Act: 12 is pushed (twice, as DonationAlerts sometimes does), then a poll walks down.

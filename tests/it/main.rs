@@ -20,6 +20,7 @@ mod login_state;
 mod metrics;
 mod poller;
 mod pollers;
+mod realtime;
 mod realtime_protocol;
 mod routes;
 mod secrets;

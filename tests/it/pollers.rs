@@ -16,11 +16,11 @@ use shared::config::Config;
 
 use crate::bus::stream_entries;
 
-fn twitch_id(i: usize) -> String {
+pub(crate) fn twitch_id(i: usize) -> String {
     (3000 + i).to_string()
 }
 
-fn da_id(i: usize) -> i64 {
+pub(crate) fn da_id(i: usize) -> i64 {
     8000 + i as i64
 }
 
@@ -28,20 +28,36 @@ fn da_id(i: usize) -> i64 {
 type LinkState = (i64, Option<i64>, Option<String>, Option<i64>);
 
 /// A shared database, Redis and fake DonationAlerts with `streamers` linked streamers, and
-/// the poller processes running over them.
-struct Fleet {
-    vars: HashMap<String, String>,
-    fake: FakeDonationAlerts,
-    redis: RedisServer,
-    app: App,
-    pollers: Vec<ChildProcess>,
+/// the poller processes (and realtime bridges, see `realtime.rs`) running over them.
+pub(crate) struct Fleet {
+    pub(crate) vars: HashMap<String, String>,
+    pub(crate) fake: FakeDonationAlerts,
+    pub(crate) redis: RedisServer,
+    pub(crate) app: App,
+    pub(crate) pollers: Vec<ChildProcess>,
+    /// `realtime` processes; stopped with SIGTERM before the final checks.
+    pub(crate) bridges: Vec<ChildProcess>,
     streamers: usize,
     _testbed: DonationAlertsTestbed,
 }
 
 impl Fleet {
-    async fn start(redis: RedisServer, streamers: usize, extra: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(
+        redis: RedisServer,
+        streamers: usize,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let testbed = DonationAlertsTestbed::start(&redis.url()).await;
+        Self::start_on(testbed, redis, streamers, extra).await
+    }
+
+    /// [`Self::start`] over a testbed made by the caller (a fake configured otherwise).
+    pub(crate) async fn start_on(
+        testbed: DonationAlertsTestbed,
+        redis: RedisServer,
+        streamers: usize,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut vars = testbed.vars.clone();
         for (k, v) in [
             ("PROVIDER_TIMEOUT_MS", "1000"),
@@ -49,6 +65,9 @@ impl Fleet {
             ("DA_POLL_LOCK_TTL_MS", "1000"),
             ("DA_RATE_LIMIT_PER_MIN", "6000"),
             ("SQLITE_JOURNAL_MODE", "delete"),
+            // For the bridges: a lease lost is a lease taken over within 3 s.
+            ("REALTIME_SHARDS", "4"),
+            ("REALTIME_SHARD_TTL_MS", "3000"),
         ] {
             vars.insert(k.into(), v.into());
         }
@@ -74,13 +93,19 @@ impl Fleet {
             redis,
             app,
             pollers: Vec::new(),
+            bridges: Vec::new(),
             streamers,
             _testbed: testbed,
         }
     }
 
+    /// Counts `n` more streamers, linked by the caller, in what [`Self::expected`] looks at.
+    pub(crate) fn add_streamers(&mut self, n: usize) {
+        self.streamers += n;
+    }
+
     /// Starts a poller process (with `args`) and waits until it runs.
-    fn spawn_poller(&mut self, args: &[&str]) -> usize {
+    pub(crate) fn spawn_poller(&mut self, args: &[&str]) -> usize {
         let mut command = Command::new(env!("CARGO_BIN_EXE_poller-child"));
         command
             .env_clear()
@@ -100,7 +125,7 @@ impl Fleet {
         self.pollers.len() - 1
     }
 
-    fn donate(&self, i: usize, n: usize) {
+    pub(crate) fn donate(&self, i: usize, n: usize) {
         for k in 0..n {
             self.fake.donate(NewDonation {
                 da_user_id: Some(da_id(i)),
@@ -114,7 +139,7 @@ impl Fleet {
     }
 
     /// Every donation the fake holds, as event ids.
-    fn expected(&self) -> HashSet<String> {
+    pub(crate) fn expected(&self) -> HashSet<String> {
         (0..self.streamers)
             .flat_map(|i| {
                 self.fake
@@ -125,7 +150,7 @@ impl Fleet {
             .collect()
     }
 
-    async fn stream_ids(&self) -> Vec<String> {
+    pub(crate) async fn stream_ids(&self) -> Vec<String> {
         stream_entries(&self.redis)
             .await
             .into_iter()
@@ -190,7 +215,7 @@ impl Fleet {
 
     /// Waits until every donation is in the stream, stops every poller, then checks that
     /// each donation is in SQLite once and in the stream once.
-    async fn assert_every_donation_once(mut self) {
+    pub(crate) async fn assert_every_donation_once(mut self) {
         let expected = self.expected();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -223,6 +248,14 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        for bridge in &mut self.bridges {
+            signal(bridge.child.id(), libc::SIGTERM);
+            assert_eq!(
+                bridge.wait(Duration::from_secs(30)),
+                Some(0),
+                "a bridge did not stop cleanly"
+            );
+        }
         for poller in &mut self.pollers {
             drop(poller.child.stdin.take());
         }
@@ -251,7 +284,7 @@ impl Fleet {
 }
 
 /// A small deterministic generator (no randomness crate needed).
-fn next(seed: &mut u64) -> u64 {
+pub(crate) fn next(seed: &mut u64) -> u64 {
     *seed = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);

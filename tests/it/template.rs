@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 use shared::bundle::{Function, FunctionKind};
-use shared::secrets::{SecretPurpose, needed_by};
+use shared::secrets::{NEEDED_BY_REALTIME_BRIDGE, SecretPurpose, needed_by};
 use shared::web::routes::all_routes;
 
 /// template.yaml as CloudFormation JSON: short-form intrinsics (`!Ref X`, `!GetAtt A.B`,
@@ -941,14 +941,10 @@ fn named_entries(list: &Value) -> Vec<(String, String, Value)> {
     entries
 }
 
-/// The secrets the bridge reads: what da-poll reads (the same work: open and refresh the
-/// DonationAlerts tokens, ask Helix who is live, Redis), and the session key, which a
-/// process outside Lambda must be given with the token key or it makes a key file of its own.
+/// The secrets the bridge reads ([`NEEDED_BY_REALTIME_BRIDGE`]: open and refresh the
+/// DonationAlerts tokens, ask Helix who is live, Redis).
 fn realtime_secrets() -> BTreeSet<SecretPurpose> {
-    let mut purposes: BTreeSet<SecretPurpose> =
-        needed_by(Function::DaPoll).iter().copied().collect();
-    purposes.insert(SecretPurpose::SessionKey);
-    purposes
+    NEEDED_BY_REALTIME_BRIDGE.iter().copied().collect()
 }
 
 #[test]
@@ -1299,7 +1295,6 @@ fn the_realtime_task_is_given_only_the_secrets_it_uses_each_from_its_purposes_se
     }
     assert_eq!(given, realtime_secrets());
     for needed in [
-        "SESSION_SECRET",
         "TOKEN_ENCRYPTION_KEY",
         "TOKEN_ENCRYPTION_OLD_KEYS",
         "TWITCH_CLIENT_SECRET",

@@ -122,7 +122,7 @@ impl Reader<'_> {
                 generated_key_file: None,
             }));
         }
-        if deployment == Deployment::Lambda {
+        if deployment == Deployment::Aws {
             // A function requires the keys it is given, and goes without the others.
             let mut missing = false;
             for (name, value, purpose) in [

@@ -38,8 +38,10 @@ pub use crate::vars::{ConfigError, value};
 pub enum Deployment {
     /// `avatar-local`, tests, a developer's machine.
     Local,
-    /// Inside AWS Lambda (detected by `AWS_LAMBDA_FUNCTION_NAME`).
-    Lambda,
+    /// In AWS: a Lambda function (detected by `AWS_LAMBDA_FUNCTION_NAME`) or the realtime
+    /// bridge's ECS task (`ECS_CONTAINER_METADATA_URI_V4`). The keys it is given are
+    /// required (never generated into a file), logs are JSON, the database is on EFS.
+    Aws,
 }
 
 impl Deployment {
@@ -47,7 +49,7 @@ impl Deployment {
     pub fn log_format(self) -> LogFormat {
         match self {
             Self::Local => LogFormat::Text,
-            Self::Lambda => LogFormat::Json,
+            Self::Aws => LogFormat::Json,
         }
     }
 }
@@ -292,8 +294,10 @@ impl Reader<'_> {
     }
 
     fn read(&mut self) -> Option<Config> {
-        let deployment = if self.get("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-            Deployment::Lambda
+        let deployment = if self.get("AWS_LAMBDA_FUNCTION_NAME").is_some()
+            || self.get("ECS_CONTAINER_METADATA_URI_V4").is_some()
+        {
+            Deployment::Aws
         } else {
             Deployment::Local
         };

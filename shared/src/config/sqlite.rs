@@ -47,7 +47,7 @@ impl Reader<'_> {
     pub(super) fn sqlite(&mut self, deployment: Deployment) -> SqliteConfig {
         let default_path = match deployment {
             Deployment::Local => "data.sqlite",
-            Deployment::Lambda => "/mnt/data/data.sqlite",
+            Deployment::Aws => "/mnt/data/data.sqlite",
         };
         let path = PathBuf::from(self.get("SQLITE_PATH").unwrap_or(default_path));
         let journal_mode = match self.get("SQLITE_JOURNAL_MODE").map(JournalMode::parse) {

@@ -33,6 +33,7 @@ use crate::config::RealtimeConfig;
 use crate::coordination::{EventBus, Lock, Locks, Presence, Reports, Subscriptions};
 use crate::domain::{TwitchUserId, now_ms};
 use crate::metrics::RealtimeStats;
+use crate::metrics::emf::{self, EmfContext};
 use crate::outbox;
 use crate::providers::centrifugo::CentrifugoClient;
 use crate::providers::donationalerts::DonationAlertsClient;
@@ -48,8 +49,8 @@ use shards::{fair_share, shard_lease, shard_of};
 const RECENT_DONOR_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How often who is live on Twitch is asked again.
 const LIVE_REFRESH: Duration = Duration::from_secs(60);
-/// A bridge whose report is older than this no longer counts as live.
-const REPORT_FRESH_FOR: Duration = Duration::from_secs(30);
+/// How often the bridge prints its CloudWatch metrics (in AWS).
+const EMF_EVERY: Duration = Duration::from_secs(60);
 
 /// What a bridge works with (built by [`crate::app::App::realtime_bridge`]).
 pub struct BridgeParts {
@@ -68,6 +69,9 @@ pub struct BridgeParts {
     /// Names this process's figures and leases in Redis.
     pub instance_id: Arc<str>,
     pub stats: Arc<RealtimeStats>,
+    /// The stack whose CloudWatch metrics this process prints as EMF lines once a minute
+    /// (`None`: none are printed, as outside AWS).
+    pub emf_stack: Option<String>,
     /// The live subscriptions of this process: streamer → since when (Unix ms).
     subscribed: Mutex<HashMap<TwitchUserId, i64>>,
     /// Pushes recorded and not yet relayed: when each was received.
@@ -92,6 +96,7 @@ impl BridgeParts {
         config: RealtimeConfig,
         instance_id: Arc<str>,
         stats: Arc<RealtimeStats>,
+        emf_stack: Option<String>,
     ) -> Self {
         Self {
             store,
@@ -107,6 +112,7 @@ impl BridgeParts {
             config,
             instance_id,
             stats,
+            emf_stack,
             subscribed: Mutex::default(),
             to_relay: Mutex::default(),
             relay_wanted: Notify::new(),
@@ -183,6 +189,7 @@ impl Bridge {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut live: std::collections::HashSet<String> = Default::default();
         let mut live_checked: Option<Instant> = None;
+        let mut emf_due = Instant::now() + EMF_EVERY;
         let renew_every = parts.config.shard_ttl / 3;
         tokio::pin!(shutdown);
         loop {
@@ -194,6 +201,10 @@ impl Bridge {
             self.tend_shards(&mut held, &mut tasks, &live).await;
             self.advertise().await;
             self.report().await;
+            if round >= emf_due {
+                self.print_emf();
+                emf_due = round + EMF_EVERY;
+            }
             // Reap finished sessions.
             while tasks.try_join_next().is_some() {}
             tokio::select! {
@@ -414,13 +425,28 @@ impl Bridge {
         }
     }
 
+    /// Prints this bridge's CloudWatch metrics as one EMF line (in AWS only).
+    fn print_emf(&self) {
+        let Some(stack) = &self.0.emf_stack else {
+            return;
+        };
+        let context = EmfContext {
+            stack,
+            function: "realtime",
+            timestamp_ms: now_ms(),
+        };
+        println!("{}", emf::realtime_record(&context, &self.0.stats));
+    }
+
     /// Bridges that reported lately, this one included.
     async fn live_bridges(&self) -> usize {
         let parts = &self.0;
         let Ok(reports) = parts.presence.figures(Reports::Realtime).await else {
             return 1;
         };
-        let fresh_since = now_ms() - REPORT_FRESH_FOR.as_millis() as i64;
+        // A bridge reports every third of the lease TTL: one silent for a whole TTL has lost
+        // its leases by now, and its share goes to the others.
+        let fresh_since = now_ms() - parts.config.shard_ttl.as_millis() as i64;
         let others = reports
             .iter()
             .filter(|(id, _)| id.as_str() != &*parts.instance_id)

@@ -69,7 +69,11 @@ enum Ended {
 }
 
 /// Runs the session until `stop` says stop (or the streamer's connection ends).
-pub(crate) async fn run(parts: Arc<BridgeParts>, target: SessionTarget, stop: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    parts: Arc<BridgeParts>,
+    target: SessionTarget,
+    stop: watch::Receiver<bool>,
+) {
     let mut failures = 0u32;
     let mut priority = Priority::Subscribe;
     loop {
@@ -105,7 +109,10 @@ pub(crate) async fn run(parts: Arc<BridgeParts>, target: SessionTarget, stop: wa
             _ = tokio::time::sleep(wait) => {}
             _ = stop_wait.wait_for(|s| *s) => break,
         }
-        parts.stats.reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        parts
+            .stats
+            .reconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -190,7 +197,14 @@ async fn refresh_while_subscribed(
     if !parts.grants.grant(ask).await {
         return Err(Ended::Stopped);
     }
-    match tokens::refresh(&parts.tokens, &target.streamer, Provider::DonationAlerts, tokens).await {
+    match tokens::refresh(
+        &parts.tokens,
+        &target.streamer,
+        Provider::DonationAlerts,
+        tokens,
+    )
+    .await
+    {
         Ok(fresh) => Ok(Some(fresh)),
         Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => Err(Ended::NeedsReauth),
         Err(e) => {
@@ -321,7 +335,14 @@ async fn refresh(
             reconnect: false,
         }));
     }
-    match tokens::refresh(&parts.tokens, &target.streamer, Provider::DonationAlerts, tokens).await {
+    match tokens::refresh(
+        &parts.tokens,
+        &target.streamer,
+        Provider::DonationAlerts,
+        tokens,
+    )
+    .await
+    {
         Ok(fresh) => Ok(Some(fresh)),
         Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),

@@ -16,7 +16,7 @@ pub mod sigv4;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use self::purpose::{SecretPurpose, needed_by};
+pub use self::purpose::{NEEDED_BY_REALTIME_BRIDGE, SecretPurpose, needed_by};
 use crate::secret::Secret;
 use crate::vars::ConfigError;
 

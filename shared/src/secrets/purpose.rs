@@ -43,6 +43,15 @@ impl SecretPurpose {
     }
 }
 
+/// The secrets the realtime bridge uses: what `da-poll` uses (it opens and refreshes the
+/// DonationAlerts tokens, and asks Helix who is live), for the same reasons.
+pub const NEEDED_BY_REALTIME_BRIDGE: &[SecretPurpose] = &[
+    SecretPurpose::TokenKeys,
+    SecretPurpose::TwitchClient,
+    SecretPurpose::DonationAlertsClient,
+    SecretPurpose::Redis,
+];
+
 /// The secrets `function`'s handlers use. Every function reaches Redis (locks, one-time
 /// states, the rate limiter, heartbeats). The client IDs are no secret: the functions get
 /// them in their environment, which is all an authorize URL or a revocation needs.
