@@ -664,7 +664,8 @@ async fn the_demo_mode_logs_in_connects_donationalerts_and_shows_a_donation_with
             "--demo-ports",
             &format!("{twitch_port},{da_port}"),
         ],
-        &[],
+        // Polled once an hour at most: only the realtime push can bring the donation.
+        &[("DA_POLL_INTERVAL_MS".to_owned(), "3600000".to_owned())],
         "info",
     )
     .await;
@@ -688,6 +689,15 @@ async fn the_demo_mode_logs_in_connects_donationalerts_and_shows_a_donation_with
     // Connect the fake DonationAlerts and make a donation happen: it reaches the dashboard.
     let connected = browser.connect_donationalerts().await;
     assert_eq!(location(&connected), "/success");
+    wait_until(
+        "the in-process bridge subscribed the demo streamer",
+        Duration::from_secs(30),
+        || async {
+            let health: serde_json::Value = browser.get("/health").await.json().await.unwrap();
+            health["realtime"]["subscribed"] == 1
+        },
+    )
+    .await;
     let donated = avatar_tests::donate_at_fake(
         &da_port,
         serde_json::json!({"username": "Viewer", "message": "Hello from the demo!",

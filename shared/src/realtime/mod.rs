@@ -49,6 +49,9 @@ use shards::{fair_share, shard_lease, shard_of};
 const RECENT_DONOR_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How often who is live on Twitch is asked again.
 const LIVE_REFRESH: Duration = Duration::from_secs(60);
+/// The longest between two looks at the streamers to subscribe: a streamer who just
+/// connected DonationAlerts (or disconnected) is picked up within this much.
+const TARGETS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the bridge prints its CloudWatch metrics (in AWS).
 const EMF_EVERY: Duration = Duration::from_secs(60);
 
@@ -190,7 +193,8 @@ impl Bridge {
         let mut live: std::collections::HashSet<String> = Default::default();
         let mut live_checked: Option<Instant> = None;
         let mut emf_due = Instant::now() + EMF_EVERY;
-        let renew_every = parts.config.shard_ttl / 3;
+        // Leases are renewed at least every third of their TTL.
+        let round_every = (parts.config.shard_ttl / 3).min(TARGETS_REFRESH);
         tokio::pin!(shutdown);
         loop {
             let round = Instant::now();
@@ -209,7 +213,7 @@ impl Bridge {
             while tasks.try_join_next().is_some() {}
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tokio::time::sleep_until(round + renew_every) => {}
+                _ = tokio::time::sleep_until(round + round_every) => {}
             }
         }
         for shard in held.values() {
