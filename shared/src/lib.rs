@@ -36,14 +36,16 @@
 //!   [`coordination::OneTimeStates`], [`coordination::Budget`] (the shared GCRA limiters),
 //!   [`coordination::EventBus`] and [`coordination::Presence`] (heartbeats, poller figures).
 //!   [`providers`]: the Twitch and DonationAlerts APIs, at configurable base URLs, every
-//!   answer bounded.
+//!   answer bounded, and DonationAlerts' realtime socket ([`providers::centrifugo`]).
 //! - **3, figures.** [`metrics`]: polls, tokens and the writer's commits, counted once where
 //!   they happen (the store reports commits through [`store::CommitObserver`]), read as
 //!   Prometheus text and as CloudWatch EMF lines.
 //! - **4, the work.** [`tokens`]: stored tokens kept alive through a
 //!   [`tokens::TokenKeeper`] (open, refresh under a per-user lock, end a dead connection,
 //!   the chat bots' token, the hourly validation). [`poll`]: the DonationAlerts poller over
-//!   [`poll::PollParts`] (schedule, one poll of one streamer, bounded). [`outbox`]: the relay
+//!   [`poll::PollParts`] (schedule, one poll of one streamer, bounded). [`realtime`]: the
+//!   bridge holding one DonationAlerts socket per streamer of the shards it leases, recording
+//!   pushed donations; the poller reconciles behind it. [`outbox`]: the relay
 //!   that publishes recorded events, exactly once per eventId. [`jobs`]: what a scheduled
 //!   function runs.
 //! - **5, [`app`].** Builds every handle once per process (per Lambda cold start) and hands
@@ -54,10 +56,11 @@
 //!
 //! # One donation, from the provider to the bus
 //!
-//! 1. [`poll`] takes the streamer's lock and a grant of the shared budget and asks
-//!    [`providers::donationalerts`] for a page; the client parses each donation into a
+//! 1. [`realtime`] receives the donation pushed over the streamer's socket, or [`poll`]
+//!    takes the streamer's lock and a grant of the shared budget and asks
+//!    [`providers::donationalerts`] for a page; either way it is parsed into a
 //!    [`domain::Donation`], its fields bounded.
-//! 2. The poll makes each donation's event ([`domain::event::ReceivedDonation`]: the
+//! 2. The finder makes each donation's event ([`domain::event::ReceivedDonation`]: the
 //!    `donation` payload with eventId `da:{daUserId}:{donationId}`).
 //! 3. [`store`] records the donations and queues their events in one fenced write
 //!    ([`store::Store::record_donations`]), without knowing the event's form; the
