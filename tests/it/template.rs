@@ -1425,7 +1425,7 @@ fn the_realtime_bridge_may_connect_out_as_the_functions_do_and_is_admitted_where
 }
 
 #[test]
-fn an_alarm_fires_when_no_realtime_task_runs_while_some_should() {
+fn an_alarm_fires_when_fewer_realtime_tasks_run_than_desired() {
     let template = Template::load();
     let alarm = &template.resources()["RealtimeTasksAlarm"];
     // Only while tasks are wanted: with RealtimeDesiredCount 0 none runs, by design.
@@ -1435,23 +1435,44 @@ fn an_alarm_fires_when_no_realtime_task_runs_while_some_should() {
         json!({ "Fn::Not": [{ "Fn::Equals": [{ "Ref": "RealtimeDesiredCount" }, "0"] }] })
     );
     let properties = &alarm["Properties"];
-    // ECS reports the service's CPU every minute while a task of it runs, never otherwise.
-    assert_eq!(properties["Namespace"], "AWS/ECS");
-    assert_eq!(properties["MetricName"], "CPUUtilization");
+    // Each running bridge prints one EMF record a minute, in the namespace and under the
+    // Stack dimension its EMF lines use: the records of a minute count the running bridges.
+    assert_eq!(properties["Namespace"], "AvatarTwitchOAuth");
+    assert_eq!(properties["MetricName"], "RealtimeShardsHeld");
     assert_eq!(
         properties["Dimensions"],
-        json!([
-            { "Name": "ClusterName", "Value": { "Ref": "RealtimeCluster" } },
-            { "Name": "ServiceName", "Value": { "Fn::GetAtt": ["RealtimeService", "Name"] } },
-        ])
+        json!([{ "Name": "Stack", "Value": { "Ref": "AWS::StackName" } }])
+    );
+    let line = shared::metrics::emf::realtime_record(
+        &shared::metrics::emf::EmfContext {
+            stack: "stack",
+            function: "realtime",
+            timestamp_ms: 0,
+        },
+        &shared::metrics::RealtimeStats::default(),
+    );
+    let record: Value = serde_json::from_str(&line).unwrap();
+    let directive = &record["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "AvatarTwitchOAuth");
+    assert_eq!(directive["Dimensions"], json!([["Stack"]]));
+    assert!(
+        directive["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["Name"] == "RealtimeShardsHeld"),
+        "{line}"
     );
     assert_eq!(properties["Statistic"], "SampleCount");
     assert_eq!(properties["Period"], 60);
     assert_eq!(properties["ComparisonOperator"], "LessThanThreshold");
-    assert_eq!(properties["Threshold"], 1);
+    assert_eq!(
+        properties["Threshold"],
+        json!({ "Ref": "RealtimeDesiredCount" })
+    );
     assert_eq!(
         properties["TreatMissingData"], "breaching",
-        "no data is no task"
+        "no record is no task"
     );
     let minutes = properties["EvaluationPeriods"].as_u64().unwrap();
     assert_eq!(properties["DatapointsToAlarm"], minutes);
