@@ -193,8 +193,11 @@ impl Bridge {
         let mut live: std::collections::HashSet<String> = Default::default();
         let mut live_checked: Option<Instant> = None;
         let mut emf_due = Instant::now() + EMF_EVERY;
-        // Leases are renewed at least every third of their TTL.
-        let round_every = (parts.config.shard_ttl / 3).min(TARGETS_REFRESH);
+        // Leases are renewed (and subscriptions advertised again, and figures reported)
+        // every third of the lease TTL; the streamers are looked at every second.
+        let renew_every = parts.config.shard_ttl / 3;
+        let round_every = renew_every.min(TARGETS_REFRESH);
+        let mut renew_due = Instant::now();
         tokio::pin!(shutdown);
         loop {
             let round = Instant::now();
@@ -202,9 +205,15 @@ impl Bridge {
                 live = self.live_streamers().await.unwrap_or(live);
                 live_checked = Some(round);
             }
-            self.tend_shards(&mut held, &mut tasks, &live).await;
-            self.advertise().await;
-            self.report().await;
+            if round >= renew_due {
+                self.tend_leases(&mut held).await;
+            }
+            self.tend_sessions(&mut held, &mut tasks, &live).await;
+            if round >= renew_due {
+                self.advertise().await;
+                self.report().await;
+                renew_due = round + renew_every;
+            }
             if round >= emf_due {
                 self.print_emf();
                 emf_due = round + EMF_EVERY;
@@ -253,13 +262,8 @@ impl Bridge {
     }
 
     /// Renews the leases held, lets go of those lost or beyond this process's fair share,
-    /// takes free shards up to it, and starts and stops sessions to match the streamers.
-    async fn tend_shards(
-        &self,
-        held: &mut HashMap<u32, HeldShard>,
-        tasks: &mut JoinSet<()>,
-        live: &std::collections::HashSet<String>,
-    ) {
+    /// and takes free shards up to it.
+    async fn tend_leases(&self, held: &mut HashMap<u32, HeldShard>) {
         let parts = &self.0;
         let shard_count = parts.config.shards;
         let ttl = parts.config.shard_ttl;
@@ -336,9 +340,20 @@ impl Bridge {
             }
         }
         parts.stats.shards_held.store(held.len(), Ordering::Relaxed);
+    }
+
+    /// Starts and stops the sessions of the shards held to match the streamers to subscribe.
+    async fn tend_sessions(
+        &self,
+        held: &mut HashMap<u32, HeldShard>,
+        tasks: &mut JoinSet<()>,
+        live: &std::collections::HashSet<String>,
+    ) {
+        let parts = &self.0;
         if held.is_empty() {
             return;
         }
+        let shard_count = parts.config.shards;
         let targets = match parts.store.realtime_targets().await {
             Ok(targets) => targets,
             Err(e) => {
@@ -346,26 +361,47 @@ impl Bridge {
                 return;
             }
         };
-        let now = now_ms();
+        // Who goes first among the new ones: live on Twitch, then recent donors.
+        let new: Vec<TwitchUserId> = targets
+            .iter()
+            .filter(|(streamer, _)| {
+                held.get(&shard_of(streamer.as_str(), shard_count))
+                    .is_some_and(|h| !h.sessions.contains_key(streamer))
+            })
+            .map(|(streamer, _)| streamer.clone())
+            .collect();
+        let recent_since = now_ms() - RECENT_DONOR_WINDOW.as_millis() as i64;
+        let recent_donors: std::collections::HashSet<TwitchUserId> = if new.is_empty() {
+            Default::default()
+        } else {
+            match parts.store.last_donations_at(new).await {
+                Ok(found) => found
+                    .into_iter()
+                    .filter(|(_, at)| *at >= recent_since)
+                    .map(|(streamer, _)| streamer)
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(error = %error_chain(&e), "recent donors unknown; no order among them");
+                    Default::default()
+                }
+            }
+        };
         let mut wanted: HashMap<u32, Vec<SessionTarget>> = HashMap::new();
-        for target in targets {
-            let shard = shard_of(target.streamer_twitch_id.as_str(), shard_count);
+        for (streamer, da_user_id) in targets {
+            let shard = shard_of(streamer.as_str(), shard_count);
             let Some(held_shard) = held.get(&shard) else {
                 continue;
             };
-            let urgency = if live.contains(target.streamer_twitch_id.as_str()) {
+            let urgency = if live.contains(streamer.as_str()) {
                 Urgency::Live
-            } else if target
-                .last_donation_at
-                .is_some_and(|at| now - at < RECENT_DONOR_WINDOW.as_millis() as i64)
-            {
+            } else if recent_donors.contains(&streamer) {
                 Urgency::RecentDonor
             } else {
                 Urgency::Other
             };
             wanted.entry(shard).or_default().push(SessionTarget {
-                streamer: target.streamer_twitch_id,
-                da_user_id: target.da_user_id,
+                streamer,
+                da_user_id,
                 shard,
                 fence: held_shard.lease.fence,
                 urgency,
@@ -468,7 +504,7 @@ impl Bridge {
         let targets = self.0.store.realtime_targets().await.ok()?;
         let ids: Vec<String> = targets
             .into_iter()
-            .map(|t| t.streamer_twitch_id.as_str().to_owned())
+            .map(|(streamer, _)| streamer.as_str().to_owned())
             .collect();
         if ids.is_empty() {
             return Some(Default::default());

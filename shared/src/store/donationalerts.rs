@@ -286,8 +286,9 @@ impl Store {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT l.streamer_twitch_id, l.da_user_id,
-                        (SELECT max(d.received_at) FROM donations d
-                          WHERE d.streamer_twitch_id = l.streamer_twitch_id)
+                        (SELECT d.received_at FROM donations d
+                          WHERE d.streamer_twitch_id = l.streamer_twitch_id
+                          ORDER BY d.da_donation_id DESC LIMIT 1)
                  FROM donationalerts_links l
                  JOIN provider_tokens t ON t.twitch_user_id = l.streamer_twitch_id
                       AND t.provider = 'donationalerts' AND t.status = 'active'
@@ -307,13 +308,12 @@ impl Store {
     }
 
     /// Every streamer with a link and active DonationAlerts tokens whose grant includes
-    /// `oauth-donation-subscribe`: those the realtime bridge subscribes.
-    pub async fn realtime_targets(&self) -> Result<Vec<PollTarget>, StoreError> {
+    /// `oauth-donation-subscribe`: those the realtime bridge subscribes. Read every second,
+    /// so it reads the link and token rows only (see [`Self::last_donations_at`]).
+    pub async fn realtime_targets(&self) -> Result<Vec<(TwitchUserId, DaUserId)>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT l.streamer_twitch_id, l.da_user_id,
-                        (SELECT max(d.received_at) FROM donations d
-                          WHERE d.streamer_twitch_id = l.streamer_twitch_id)
+                "SELECT l.streamer_twitch_id, l.da_user_id
                  FROM donationalerts_links l
                  JOIN provider_tokens t ON t.twitch_user_id = l.streamer_twitch_id
                       AND t.provider = 'donationalerts' AND t.status = 'active'
@@ -321,15 +321,32 @@ impl Store {
                  ORDER BY l.streamer_twitch_id",
             )?;
             let pattern = format!("% {DONATION_SUBSCRIBE_SCOPE} %");
-            let rows = statement.query_map([pattern], |r| {
-                let received: Option<String> = r.get(2)?;
-                Ok(PollTarget {
-                    streamer_twitch_id: r.get(0)?,
-                    da_user_id: r.get(1)?,
-                    last_donation_at: received.as_deref().and_then(rfc3339_ms),
-                })
-            })?;
+            let rows = statement.query_map([pattern], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
+        })
+        .await
+    }
+
+    /// When each of `streamers` last received a donation (Unix ms; absent for none): the
+    /// received time of their newest donation, found through the primary key.
+    pub async fn last_donations_at(
+        &self,
+        streamers: Vec<TwitchUserId>,
+    ) -> Result<Vec<(TwitchUserId, i64)>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT received_at FROM donations WHERE streamer_twitch_id = ?1
+                 ORDER BY da_donation_id DESC LIMIT 1",
+            )?;
+            let mut found = Vec::new();
+            for streamer in streamers {
+                let received: Option<String> =
+                    statement.query_row([&streamer], |r| r.get(0)).optional()?;
+                if let Some(at) = received.as_deref().and_then(rfc3339_ms) {
+                    found.push((streamer, at));
+                }
+            }
+            Ok(found)
         })
         .await
     }
