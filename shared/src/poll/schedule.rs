@@ -13,6 +13,9 @@
 //! - no interval is shorter than the base interval (`DA_POLL_INTERVAL_MS`) nor longer than
 //!   [`SchedulePolicy::max_interval`]; beyond what the budget allows, the limiter makes
 //!   everyone wait and the earliest due goes first, so nobody starves;
+//! - a streamer with a live realtime subscription is polled only to reconcile: right after
+//!   each (re)subscribe, then every `DA_RECONCILE_INTERVAL_MS`, or less often when that would
+//!   take more than [`RECONCILE_SHARE`] of the budget; the others share the rest;
 //! - a streamer whose polls fail backs off (1 s doubling to 60 s, or longer when the
 //!   provider says Retry-After), without slowing anyone else.
 //!
@@ -87,27 +90,47 @@ impl SchedulePolicy {
     }
 }
 
+/// The most of the budget periodic reconciliation of subscribed streamers takes: beyond
+/// `DA_RECONCILE_INTERVAL_MS × this share of the budget` subscribed streamers, each is
+/// reconciled less often, so that the streamers on routine polling keep the rest.
+pub const RECONCILE_SHARE: f64 = 0.25;
+
 /// Poll intervals per activity for the streamers scheduled now.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Intervals {
     pub live: Duration,
     pub recent: Duration,
     pub idle: Duration,
+    /// Between two reconciliation polls of a subscribed streamer.
+    pub reconcile: Duration,
 }
 
 impl Intervals {
-    /// Shares the budget out by weight (see the module docs).
+    /// Shares the budget out by weight among the streamers on routine polling (see the
+    /// module docs), after what reconciling `subscribed` streamers takes.
     pub(crate) fn for_counts(
         policy: &SchedulePolicy,
         live: usize,
         recent: usize,
         idle: usize,
+        subscribed: usize,
     ) -> Self {
+        let budget = policy.polls_per_second.max(f64::MIN_POSITIVE);
+        let wanted_reconcile_rate =
+            subscribed as f64 / policy.reconcile_interval.as_secs_f64().max(1.0);
+        let reconcile_rate = wanted_reconcile_rate.min(budget * RECONCILE_SHARE);
+        let reconcile = if subscribed == 0 {
+            policy.reconcile_interval
+        } else {
+            Duration::try_from_secs_f64(subscribed as f64 / reconcile_rate)
+                .unwrap_or(Duration::MAX)
+                .max(policy.reconcile_interval)
+        };
+        let routine_budget = (budget - reconcile_rate).max(f64::MIN_POSITIVE);
         let total_weight =
             live as f64 * LIVE_WEIGHT + recent as f64 * RECENT_WEIGHT + idle as f64 * IDLE_WEIGHT;
-        let budget = policy.polls_per_second.max(f64::MIN_POSITIVE);
         let interval = |weight: f64| {
-            let seconds = total_weight / (budget * weight);
+            let seconds = total_weight / (routine_budget * weight);
             let wanted = Duration::try_from_secs_f64(seconds).unwrap_or(policy.max_interval);
             wanted.clamp(
                 policy.min_interval,
@@ -118,6 +141,7 @@ impl Intervals {
             live: interval(LIVE_WEIGHT),
             recent: interval(RECENT_WEIGHT),
             idle: interval(IDLE_WEIGHT),
+            reconcile,
         }
     }
 
@@ -160,6 +184,9 @@ pub enum PollOutcome {
     Polled { new_donations: usize },
     /// Another instance (or the Node app) holds the streamer's lock: try again soon.
     Locked,
+    /// The shared budget had no grant in time: still due, so the streamer keeps its place in
+    /// line (an oversubscribed budget must not send the most overdue to the back).
+    NoBudget,
     /// Another instance polled the streamer a moment ago: due again one interval from now.
     PolledElsewhere,
     /// 429, 5xx, a malformed answer or a timeout; back off.
@@ -199,7 +226,7 @@ pub struct Schedule<K> {
 impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
     pub fn new(policy: SchedulePolicy) -> Self {
         Self {
-            intervals: Intervals::for_counts(&policy, 0, 0, 0),
+            intervals: Intervals::for_counts(&policy, 0, 0, 0, 0),
             policy,
             entries: HashMap::new(),
             by_due: BTreeSet::new(),
@@ -351,7 +378,7 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
                 Activity::Idle => idle += 1,
             }
         }
-        Intervals::for_counts(&self.policy, live, recent, idle)
+        Intervals::for_counts(&self.policy, live, recent, idle, self.subscribed.len())
     }
 
     /// Up to `max` streamers due at `now`, most overdue first (ties by key, so every
@@ -418,7 +445,10 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
                 let wait = entry.backoff.fail(retry_after);
                 entry.backing_off_until = Some(now + wait);
             }
-            PollOutcome::Locked | PollOutcome::PolledElsewhere | PollOutcome::NeedsReauth => {}
+            PollOutcome::Locked
+            | PollOutcome::NoBudget
+            | PollOutcome::PolledElsewhere
+            | PollOutcome::NeedsReauth => {}
         }
         if entry.backing_off_until.is_some() {
             self.backing_off.insert(key.clone());
@@ -428,8 +458,9 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
         let next = match outcome {
             // Someone else is polling it now; look again after one base interval.
             PollOutcome::Locked => now + self.policy.min_interval,
+            PollOutcome::NoBudget => self.entries[key].due,
             PollOutcome::Failed { .. } => self.entries[key].backing_off_until.unwrap_or(now),
-            _ if self.subscribed.contains_key(key) => now + self.policy.reconcile_interval,
+            _ if self.subscribed.contains_key(key) => now + self.intervals.reconcile,
             _ => now + self.intervals.of(self.activity(key, now)),
         };
         self.set_due(key, next);
@@ -471,7 +502,7 @@ mod tests {
     #[test]
     fn the_budget_is_shared_by_weight_and_spent_exactly() {
         // 5 live and 45 idle at one poll a second: W = 5 * 10 + 45 = 95.
-        let intervals = Intervals::for_counts(&policy(), 5, 0, 45);
+        let intervals = Intervals::for_counts(&policy(), 5, 0, 45, 0);
         assert_eq!(intervals.live, Duration::from_secs_f64(9.5));
         assert_eq!(intervals.idle, Duration::from_secs(95));
         let spent = 5.0 / intervals.live.as_secs_f64() + 45.0 / intervals.idle.as_secs_f64();
@@ -480,13 +511,13 @@ mod tests {
 
     #[test]
     fn intervals_stay_between_the_base_interval_and_the_maximum() {
-        let few = Intervals::for_counts(&policy(), 1, 0, 1);
+        let few = Intervals::for_counts(&policy(), 1, 0, 1, 0);
         assert_eq!(
             few.live,
             Duration::from_secs(5),
             "never faster than the base"
         );
-        let many = Intervals::for_counts(&policy(), 0, 0, 100_000);
+        let many = Intervals::for_counts(&policy(), 0, 0, 100_000, 0);
         assert_eq!(
             many.idle,
             Duration::from_secs(600),
@@ -600,6 +631,21 @@ mod tests {
     }
 
     #[test]
+    fn reconciliation_takes_at_most_its_share_of_the_budget_and_routine_polling_keeps_the_rest() {
+        // One poll a second, reconcile every 600 s: 150 subscribed streamers take a quarter.
+        let few = Intervals::for_counts(&policy(), 0, 0, 75, 60);
+        assert_eq!(few.reconcile, Duration::from_secs(600));
+        assert_eq!(few.idle, Duration::from_secs_f64(75.0 / 0.9));
+        let many = Intervals::for_counts(&policy(), 0, 0, 75, 5_000);
+        assert_eq!(
+            many.reconcile,
+            Duration::from_secs(20_000),
+            "5,000 / 0.25 a second"
+        );
+        assert_eq!(many.idle, Duration::from_secs(100), "75 / 0.75 a second");
+    }
+
+    #[test]
     fn a_subscribed_streamer_is_reconciled_after_each_subscribe_and_then_every_interval() {
         let start = Instant::now();
         let mut schedule = Schedule::new(policy());
@@ -661,18 +707,24 @@ mod tests {
         };
         for step in 0..2_000u64 {
             let now = start + Duration::from_millis(step * 250);
-            match next() % 6 {
+            match next() % 7 {
                 0 => schedule.sync((0..(next() % 40)).collect::<Vec<u64>>(), now),
                 1 => schedule.set_live((0..(next() % 5)).collect::<Vec<u64>>(), now),
                 2 => {
                     schedule.refresh_intervals(now);
                 }
+                3 => {
+                    let since = (next() % 3) as i64;
+                    let subscribed = (0..(next() % 10)).map(|k| (k * 3, since)).collect();
+                    schedule.set_subscribed(subscribed, now);
+                }
                 _ => {
                     let key = next() % 40;
-                    let outcome = match next() % 5 {
+                    let outcome = match next() % 6 {
                         0 => PollOutcome::Failed { retry_after: None },
                         1 => PollOutcome::Locked,
                         2 => PollOutcome::NeedsReauth,
+                        3 => PollOutcome::NoBudget,
                         _ => PollOutcome::Polled {
                             new_donations: (next() % 2) as usize,
                         },

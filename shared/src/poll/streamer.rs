@@ -44,6 +44,17 @@ use crate::tokens::{self, TokenError, UsableTokens};
 
 /// The app-wide DonationAlerts request budget, shared by every instance.
 pub(crate) const DA_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts";
+/// The limiter that caps what realtime work takes of the budget: the bridges' calls and the
+/// reconciliation polls behind their subscriptions. Routine polling keeps the rest whatever
+/// happens to the sockets.
+pub(crate) const REALTIME_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts:realtime";
+/// The most of the budget realtime work takes (see [`REALTIME_RATE_LIMIT_KEY`]).
+pub const REALTIME_BUDGET_SHARE: f64 = 0.8;
+
+/// The realtime share of a budget of `per_minute` requests a minute.
+pub(crate) fn realtime_share(per_minute: u32) -> RateLimit {
+    RateLimit::per_minute(((f64::from(per_minute) * REALTIME_BUDGET_SHARE).floor() as u32).max(1))
+}
 
 /// The most pages one poll reads: 600 donations at DonationAlerts' 30 a page, far more than
 /// arrive between two polls. A longer backlog (after an outage) takes a few polls.
@@ -95,7 +106,8 @@ impl PollError {
             Self::Provider(ProviderError::RateLimited { retry_after }) => PollOutcome::Failed {
                 retry_after: *retry_after,
             },
-            Self::LockLost | Self::NoBudget | Self::Stopped => PollOutcome::Locked,
+            Self::NoBudget => PollOutcome::NoBudget,
+            Self::LockLost | Self::Stopped => PollOutcome::Locked,
             _ => PollOutcome::Failed { retry_after: None },
         }
     }
@@ -156,7 +168,7 @@ pub async fn poll_streamer(cx: &PollContext, streamer: &TwitchUserId) -> PollOut
             let outcome = e.outcome();
             if outcome == PollOutcome::NeedsReauth {
                 tracing::warn!(error = %error_chain(&e), "polling stops until the streamer reconnects DonationAlerts");
-            } else if outcome != PollOutcome::Locked {
+            } else if !matches!(outcome, PollOutcome::Locked | PollOutcome::NoBudget) {
                 stats.count_error();
                 if e.is_provider_failure() {
                     stats.count_provider_error();
@@ -401,15 +413,28 @@ async fn fetch(
     }
 }
 
-/// Waits for a grant of the app-wide budget, as long as the lock stays valid and the poller
-/// is not stopping.
+/// Waits for a grant of the app-wide budget (for a reconciliation poll, first one of the
+/// realtime share), as long as the lock stays valid and the poller is not stopping.
 async fn take_budget(cx: &PollContext, lock: &Lock) -> Result<(), PollError> {
+    if cx.priority() == Priority::Reconcile {
+        let share = realtime_share(cx.parts.polling.rate_limit_per_minute);
+        take_grant(cx, lock, REALTIME_RATE_LIMIT_KEY, &share).await?;
+    }
+    let limit = RateLimit::per_minute(cx.parts.polling.rate_limit_per_minute);
+    take_grant(cx, lock, DA_RATE_LIMIT_KEY, &limit).await
+}
+
+async fn take_grant(
+    cx: &PollContext,
+    lock: &Lock,
+    key: &str,
+    limit: &RateLimit,
+) -> Result<(), PollError> {
     let (parts, stats) = (&*cx.parts, &cx.parts.stats);
-    let limit = RateLimit::per_minute(parts.polling.rate_limit_per_minute);
     loop {
         let decision = parts
             .budget
-            .rate_limit_prioritized(DA_RATE_LIMIT_KEY, &limit, cx.priority())
+            .rate_limit_prioritized(key, limit, cx.priority())
             .await?;
         stats.note_budget(decision.remaining);
         if decision.allowed {

@@ -6,9 +6,10 @@
 //! after a drop, then first subscriptions of streamers live on Twitch, then of recent donors,
 //! then of the rest. Across processes the limiter's priorities do the same ([`Priority`]):
 //! a resubscribe comes before a reconciliation poll, which comes before a first subscription,
-//! which comes before a routine poll. And so that polling never starves however many sockets
-//! drop at once, the bridges together take at most [`REALTIME_BUDGET_SHARE`] of the budget
-//! (the limiter `ratelimit:donationalerts:realtime`).
+//! which comes before a routine poll. And so that routine polling never starves however many
+//! sockets drop at once, the bridges and the reconciliation polls together take at most
+//! [`crate::poll::streamer::REALTIME_BUDGET_SHARE`] of the budget (the limiter
+//! `ratelimit:donationalerts:realtime`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -17,13 +18,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::coordination::{Budget, Priority, RateLimit};
-use crate::poll::streamer::DA_RATE_LIMIT_KEY;
+use crate::poll::streamer::{DA_RATE_LIMIT_KEY, REALTIME_RATE_LIMIT_KEY, realtime_share};
 use crate::telemetry::error_chain;
 
-/// The bridges' own limiter, capping their share of the budget.
-pub(crate) const REALTIME_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts:realtime";
-/// The most of the budget the bridges take together; polling keeps the rest.
-pub const REALTIME_BUDGET_SHARE: f64 = 0.8;
 /// How long the queue waits before asking again when the limiter cannot be reached.
 const LIMITER_RETRY: Duration = Duration::from_secs(1);
 
@@ -37,11 +34,15 @@ pub enum Urgency {
     Other = 2,
 }
 
-/// What a session asks for.
+/// What a session asks for. Among equals, the session started first goes first, with each
+/// of its grants: its channel token right after its socket token, not behind every other
+/// session's socket token (a socket left connected unsubscribed meanwhile could time out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ask {
     pub priority: Priority,
     pub urgency: Urgency,
+    /// The session's place: the order in which the bridge started its sessions.
+    pub place: u64,
 }
 
 struct Request {
@@ -98,8 +99,7 @@ async fn dispatch(
     mut receiver: mpsc::UnboundedReceiver<(Ask, oneshot::Sender<()>)>,
 ) {
     let budget_limit = RateLimit::per_minute(per_minute);
-    let share = ((f64::from(per_minute) * REALTIME_BUDGET_SHARE).floor() as u32).max(1);
-    let share_limit = RateLimit::per_minute(share);
+    let share_limit = realtime_share(per_minute);
     let mut waiting: BinaryHeap<Reverse<Request>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut share_granted = false;
@@ -182,24 +182,22 @@ mod tests {
 
     #[test]
     fn resubscribes_go_before_first_subscriptions_and_live_streamers_first() {
-        let resubscribe = Ask {
-            priority: Priority::Resubscribe,
-            urgency: Urgency::Other,
+        let ask = |priority, urgency, place| Ask {
+            priority,
+            urgency,
+            place,
         };
-        let live = Ask {
-            priority: Priority::Subscribe,
-            urgency: Urgency::Live,
-        };
-        let donor = Ask {
-            priority: Priority::Subscribe,
-            urgency: Urgency::RecentDonor,
-        };
-        let other = Ask {
-            priority: Priority::Subscribe,
-            urgency: Urgency::Other,
-        };
-        let mut asks = vec![other, donor, live, resubscribe];
+        let resubscribe = ask(Priority::Resubscribe, Urgency::Other, 9);
+        let live = ask(Priority::Subscribe, Urgency::Live, 8);
+        let donor = ask(Priority::Subscribe, Urgency::RecentDonor, 7);
+        let first_other = ask(Priority::Subscribe, Urgency::Other, 1);
+        let later_other = ask(Priority::Subscribe, Urgency::Other, 2);
+        let mut asks = vec![later_other, first_other, donor, live, resubscribe];
         asks.sort();
-        assert_eq!(asks, vec![resubscribe, live, donor, other]);
+        assert_eq!(
+            asks,
+            vec![resubscribe, live, donor, first_other, later_other],
+            "the session started first keeps its place for each of its grants"
+        );
     }
 }

@@ -77,6 +77,8 @@ pub struct BridgeParts {
     pub emf_stack: Option<String>,
     /// The live subscriptions of this process: streamer → since when (Unix ms).
     subscribed: Mutex<HashMap<TwitchUserId, i64>>,
+    /// Sessions started so far: the next one's place in the grant queue.
+    sessions_started: std::sync::atomic::AtomicU64,
     /// Pushes recorded and not yet relayed: when each was received.
     to_relay: Mutex<Vec<Instant>>,
     relay_wanted: Notify,
@@ -117,6 +119,7 @@ impl BridgeParts {
             stats,
             emf_stack,
             subscribed: Mutex::default(),
+            sessions_started: Default::default(),
             to_relay: Mutex::default(),
             relay_wanted: Notify::new(),
         }
@@ -405,6 +408,7 @@ impl Bridge {
                 shard,
                 fence: held_shard.lease.fence,
                 urgency,
+                place: 0,
             });
         }
         for (shard, held_shard) in held.iter_mut() {
@@ -418,10 +422,11 @@ impl Bridge {
                 }
                 still
             });
-            for target in wanted {
+            for mut target in wanted {
                 if held_shard.sessions.contains_key(&target.streamer) {
                     continue;
                 }
+                target.place = parts.sessions_started.fetch_add(1, Ordering::Relaxed);
                 let (stop, stopped) = watch::channel(false);
                 held_shard
                     .sessions

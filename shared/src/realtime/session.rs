@@ -40,6 +40,8 @@ pub(crate) struct SessionTarget {
     /// The shard lease's fencing token: every push is recorded under it.
     pub fence: u64,
     pub urgency: Urgency,
+    /// Its place among the sessions asking for grants (see [`Ask::place`]).
+    pub place: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,7 @@ async fn connect_and_listen(
     let ask = Ask {
         priority,
         urgency: target.urgency,
+        place: target.place,
     };
     let connected = tokio::select! {
         connected = connect(parts, target, ask) => connected,
@@ -193,6 +196,7 @@ async fn refresh_while_subscribed(
     let ask = Ask {
         priority: Priority::Resubscribe,
         urgency: target.urgency,
+        place: target.place,
     };
     if !parts.grants.grant(ask).await {
         return Err(Ended::Stopped);
