@@ -13,6 +13,9 @@
 //!    virtual clock against round robin (`poll_schedule`); its CPU per poll and peak RSS at
 //!    100 to 10,000 streamers, and donations per second through the writer and outbox to the
 //!    stream (`poll_cost`).
+//!    The realtime bridge's warm-up from cold and a mass reconnect (`warmup`), on the same
+//!    virtual clock: time until every live streamer and every streamer is subscribed,
+//!    detection p95 meanwhile beside polling only, and the budget's split.
 //! 6. The token lifecycle (`tokens`): a validation run's achieved rate against the
 //!    configured one and its memory, and the server time of the chat-token API.
 //! 7. `sam local start-api` (`sam_local`): first and warm request latency through SAM's
@@ -24,6 +27,7 @@
 mod coldstart;
 mod poll_cost;
 mod poll_schedule;
+mod realtime_warmup;
 mod sam_local;
 mod tokens;
 
@@ -50,7 +54,7 @@ struct Row {
 #[tokio::main]
 async fn main() {
     // `avatar-bench [writer] [locks] [login] [http] [poll] [outbox] [pollcost] [validate]
-    // [chattoken] [samlocal] [coldstart] [size]`: the named groups; all without arguments.
+    // [chattoken] [samlocal] [coldstart] [size] [warmup]`: the named groups; all without arguments.
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let mut rows = Vec::new();
@@ -68,6 +72,9 @@ async fn main() {
     }
     if wanted("poll") {
         rows.extend(poll_schedule::rows());
+    }
+    if wanted("warmup") {
+        rows.extend(realtime_warmup::rows());
     }
     if wanted("outbox") {
         rows.extend(poll_cost::throughput_rows().await);

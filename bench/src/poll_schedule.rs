@@ -19,10 +19,10 @@ const LIVE_MEAN_GAP: f64 = 120.0;
 const IDLE_MEAN_GAP: f64 = 1800.0;
 
 /// A small deterministic generator, so both policies see the same donations every run.
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -31,13 +31,18 @@ impl Lcg {
     }
 
     /// An exponential gap with the given mean (Poisson arrivals).
-    fn gap(&mut self, mean: f64) -> f64 {
+    pub(crate) fn gap(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit()).ln()
     }
 }
 
 /// Donation times (seconds) per streamer; streamers `0..live` are live.
 fn donations(streamers: usize, live: usize) -> Vec<Vec<f64>> {
+    donations_until(streamers, live, SIMULATED.as_secs_f64())
+}
+
+/// [`donations`] over `horizon` seconds.
+pub(crate) fn donations_until(streamers: usize, live: usize, horizon: f64) -> Vec<Vec<f64>> {
     let mut rng = Lcg(0x5eed);
     (0..streamers)
         .map(|i| {
@@ -48,7 +53,7 @@ fn donations(streamers: usize, live: usize) -> Vec<Vec<f64>> {
             };
             let mut times = Vec::new();
             let mut t = rng.gap(mean);
-            while t < SIMULATED.as_secs_f64() {
+            while t < horizon {
                 times.push(t);
                 t += rng.gap(mean);
             }
@@ -58,12 +63,12 @@ fn donations(streamers: usize, live: usize) -> Vec<Vec<f64>> {
 }
 
 /// Latencies (seconds) of live and other streamers' donations when polled in this order.
-struct Latencies {
-    live: Vec<f64>,
-    all: Vec<f64>,
+pub(crate) struct Latencies {
+    pub(crate) live: Vec<f64>,
+    pub(crate) all: Vec<f64>,
 }
 
-fn p95(values: &mut [f64]) -> f64 {
+pub(crate) fn p95(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -119,7 +124,7 @@ fn simulate(
     latencies
 }
 
-fn weighted(streamers: usize, live: usize) -> Latencies {
+pub(crate) fn weighted(streamers: usize, live: usize) -> Latencies {
     let policy = SchedulePolicy::for_budget(60, 0.1, Duration::from_secs(5));
     let schedule = std::cell::RefCell::new(Schedule::new(policy));
     let start = Instant::now();
