@@ -385,10 +385,10 @@ pub async fn rows() -> Vec<Row> {
         },
         Row {
             name: format!("realtime bridge peak RSS, {STREAMERS} sockets"),
-            figure: format!("{peak_rss:.0} MiB"),
+            figure: format!("{peak_rss:.0} MiB ({:.0} MB)", peak_rss * 1.048_576),
             detail: format!(
                 "VmHWM over warm-up, idle and load; SIGTERM: exit {} in {stop_took:.1?}; \
-                 {log_lines} lines logged at warn (on stderr) (target: at most 128 MB)",
+                 log lines at warn: {log_lines}, on stderr (target: at most 128 MB)",
                 exit.map_or("none (killed)".into(), |c| c.to_string())
             ),
         },
