@@ -20,5 +20,5 @@ fi
 functions=()
 for dir in functions/*/; do functions+=(-p "$(basename "$dir")"); done
 cargo build --release --locked "${functions[@]}" -p lambda-floor
-cargo build --release --locked -p avatar-local -p avatar-bench
+cargo build --release --locked -p avatar-local -p avatar-realtime -p avatar-bench
 target/release/avatar-bench "$@"

@@ -23,10 +23,15 @@
 //! 8. The functions as Lambda starts and ships them (`coldstart`, `size`): init time, answer
 //!    time and peak RSS of each release binary under the Runtime API emulator beside the
 //!    smallest `lambda_http` function, also with `SECRETS_ARN`; each zipped `bootstrap`.
+//! 9. The realtime bridge (`realtime`): one release `realtime` process holding 5,000
+//!    streamers' sockets to the fake Centrifugo: warm-up time, idle CPU with pings, push →
+//!    stream entry latency at 100 donations/s, peak RSS; beside the polling schedule's
+//!    detection p95 for 500 and 5,000 streamers.
 
 mod coldstart;
 mod poll_cost;
 mod poll_schedule;
+mod realtime;
 mod realtime_warmup;
 mod sam_local;
 mod tokens;
@@ -54,7 +59,8 @@ struct Row {
 #[tokio::main]
 async fn main() {
     // `avatar-bench [writer] [locks] [login] [http] [poll] [outbox] [pollcost] [validate]
-    // [chattoken] [samlocal] [coldstart] [size] [warmup]`: the named groups; all without arguments.
+    // [chattoken] [samlocal] [coldstart] [size] [realtime] [warmup]`: the named groups; all
+    // without arguments.
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
     let mut rows = Vec::new();
@@ -96,6 +102,9 @@ async fn main() {
     }
     if wanted("size") {
         rows.extend(coldstart::size_rows());
+    }
+    if wanted("realtime") {
+        rows.extend(realtime::rows().await);
     }
 
     println!("| benchmark | result | detail |");

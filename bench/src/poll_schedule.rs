@@ -169,6 +169,21 @@ fn round_robin(streamers: usize, live: usize) -> Latencies {
     )
 }
 
+/// The weighted schedule's detection p95 (seconds) for live and for all streamers, with
+/// `live` of `streamers` live (the figures [`rows`] prints, for other groups' baselines), then
+/// how many donations the simulation found and how many were made (those not found by its
+/// end count in no latency).
+pub(crate) fn weighted_p95(streamers: usize, live: usize) -> (f64, f64, usize, usize) {
+    let mut schedule = weighted(streamers, live);
+    let made = donations(streamers, live).iter().map(Vec::len).sum();
+    (
+        p95(&mut schedule.live),
+        p95(&mut schedule.all),
+        schedule.all.len(),
+        made,
+    )
+}
+
 pub fn rows() -> Vec<Row> {
     let mut rows = Vec::new();
     for (streamers, live) in [(50, 5), (500, 50)] {
