@@ -56,6 +56,27 @@ pub(crate) enum SessionError {
     Store(#[from] StoreError),
     #[error("DonationAlerts gave no socket token")]
     NoSocketToken,
+    #[error("the bridge is stopping")]
+    Stopping,
+}
+
+/// A session's turn at the grant queue, possibly taken already: the first grant of a
+/// connection is waited for before the connection's (much larger) future exists, so that
+/// the thousands of sessions waiting during a warm-up stay small.
+struct Turn {
+    ask: Ask,
+    banked: bool,
+}
+
+impl Turn {
+    /// Waits for a grant (uses the banked one first); `Stopping` when the bridge stops.
+    async fn take(&mut self, parts: &BridgeParts) -> Result<(), SessionError> {
+        if std::mem::take(&mut self.banked) || parts.grants.grant(self.ask).await {
+            Ok(())
+        } else {
+            Err(SessionError::Stopping)
+        }
+    }
 }
 
 /// How one connection ended.
@@ -82,8 +103,19 @@ pub(crate) async fn run(
         if *stop.borrow() {
             break;
         }
+        let ask = Ask {
+            priority,
+            urgency: target.urgency,
+            place: target.place,
+        };
+        let mut waiting = stop.clone();
+        tokio::select! {
+            granted = parts.grants.grant(ask) => if !granted { break },
+            _ = waiting.wait_for(|s| *s) => break,
+        }
         let started = Instant::now();
-        let ended = connect_and_listen(&parts, &target, priority, stop.clone()).await;
+        let turn = Turn { ask, banked: true };
+        let ended = Box::pin(connect_and_listen(&parts, &target, turn, stop.clone())).await;
         parts.unmark_subscribed(&target.streamer);
         let wait = match ended {
             Ended::Stopped => break,
@@ -132,21 +164,18 @@ fn jittered_backoff(failures: u32) -> Duration {
 async fn connect_and_listen(
     parts: &Arc<BridgeParts>,
     target: &SessionTarget,
-    priority: Priority,
+    turn: Turn,
     mut stop: watch::Receiver<bool>,
 ) -> Ended {
-    let ask = Ask {
-        priority,
-        urgency: target.urgency,
-        place: target.place,
-    };
+    // Boxed: only while connecting is its (large) state needed, not while listening.
     let connected = tokio::select! {
-        connected = connect(parts, target, ask) => connected,
+        connected = Box::pin(connect(parts, target, turn)) => connected,
         _ = stop.wait_for(|s| *s) => return Ended::Stopped,
     };
     let (mut socket, mut tokens) = match connected {
         Ok(Some(connected)) => connected,
         Ok(None) => return Ended::NeedsReauth,
+        Err(SessionError::Stopping) => return Ended::Stopped,
         Err(e) => return Ended::Dropped(e),
     };
     let since = now_ms();
@@ -163,17 +192,19 @@ async fn connect_and_listen(
         };
         match event {
             Some(Ok(publication)) if publication.channel == channel => {
-                if let Some(ended) = record_push(parts, target, publication).await {
+                if let Some(ended) = Box::pin(record_push(parts, target, publication)).await {
                     break ended;
                 }
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => break Ended::Dropped(e.into()),
-            None => match refresh_while_subscribed(parts, target, &tokens, &mut stop).await {
-                Ok(Some(fresh)) => tokens = fresh,
-                Ok(None) => {}
-                Err(ended) => break ended,
-            },
+            None => {
+                match Box::pin(refresh_while_subscribed(parts, target, &tokens, &mut stop)).await {
+                    Ok(Some(fresh)) => tokens = fresh,
+                    Ok(None) => {}
+                    Err(ended) => break ended,
+                }
+            }
         }
     };
     socket.close().await;
@@ -235,7 +266,7 @@ fn refresh_due(tokens: &UsableTokens, margin: Duration) -> Instant {
 async fn connect(
     parts: &Arc<BridgeParts>,
     target: &SessionTarget,
-    ask: Ask,
+    mut turn: Turn,
 ) -> Result<Option<(CentrifugoSocket, UsableTokens)>, SessionError> {
     let streamer = &target.streamer;
     let mut tokens = match tokens::load(&parts.tokens, streamer, Provider::DonationAlerts).await {
@@ -245,7 +276,7 @@ async fn connect(
     };
     let margin = parts.tokens.config.refresh_margin;
     if !tokens.valid_for(margin) {
-        match refresh(parts, target, ask, &tokens).await? {
+        match refresh(parts, target, &mut turn, &tokens).await? {
             Some(fresh) => tokens = fresh,
             None => return Ok(None),
         }
@@ -253,17 +284,11 @@ async fn connect(
     let mut refreshed = false;
     let mut attempts = 0;
     let mut socket = loop {
-        if !parts.grants.grant(ask).await {
-            return Err(SessionError::Socket(CentrifugoError::Closed {
-                code: None,
-                reason: Some("the bridge is stopping".into()),
-                reconnect: false,
-            }));
-        }
+        turn.take(parts).await?;
         let user = match parts.client.user(tokens.access_token.expose()).await {
             Err(e) if e.is_unauthorized() && !refreshed => {
                 refreshed = true;
-                match refresh(parts, target, ask, &tokens).await? {
+                match refresh(parts, target, &mut turn, &tokens).await? {
                     Some(fresh) => tokens = fresh,
                     None => return Ok(None),
                 }
@@ -290,7 +315,7 @@ async fn connect(
         .stats
         .connected
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let subscribed = subscribe(parts, target, ask, &tokens, &mut socket).await;
+    let subscribed = subscribe(parts, target, &mut turn, &tokens, &mut socket).await;
     if let Err(e) = subscribed {
         parts
             .stats
@@ -305,17 +330,11 @@ async fn connect(
 async fn subscribe(
     parts: &Arc<BridgeParts>,
     target: &SessionTarget,
-    ask: Ask,
+    turn: &mut Turn,
     tokens: &UsableTokens,
     socket: &mut CentrifugoSocket,
 ) -> Result<(), SessionError> {
-    if !parts.grants.grant(ask).await {
-        return Err(SessionError::Socket(CentrifugoError::Closed {
-            code: None,
-            reason: Some("the bridge is stopping".into()),
-            reconnect: false,
-        }));
-    }
+    turn.take(parts).await?;
     let channel = donation_channel(target.da_user_id);
     let channel_token = parts
         .client
@@ -329,16 +348,10 @@ async fn subscribe(
 async fn refresh(
     parts: &Arc<BridgeParts>,
     target: &SessionTarget,
-    ask: Ask,
+    turn: &mut Turn,
     tokens: &UsableTokens,
 ) -> Result<Option<UsableTokens>, SessionError> {
-    if !parts.grants.grant(ask).await {
-        return Err(SessionError::Socket(CentrifugoError::Closed {
-            code: None,
-            reason: Some("the bridge is stopping".into()),
-            reconnect: false,
-        }));
-    }
+    turn.take(parts).await?;
     match tokens::refresh(
         &parts.tokens,
         &target.streamer,
