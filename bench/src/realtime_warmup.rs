@@ -2,26 +2,30 @@
 //! requests a minute for the whole application), on a virtual clock.
 //!
 //! The pure pieces are the real ones: [`gcra::decide_prioritized`] with the waiting marks of
-//! the in-process limiter for the one shared 60/min limiter and for the bridges' own cap
-//! ([`REALTIME_BUDGET_SHARE`] of it), the real [`Schedule`] for the poller (with
-//! `set_subscribed`), and the real [`Ask`] ordering for the bridge's grant queue. Around them
-//! a model of the processes:
+//! the in-process limiter for the one shared 60/min limiter and for the realtime share
+//! ([`REALTIME_BUDGET_SHARE`] of it, taken by the bridges and the reconciliation polls), the
+//! real [`Schedule`] for the poller (with `set_subscribed`, so reconciliation's interval
+//! stretches to keep within its quarter of the budget), and the real [`Ask`] ordering for the
+//! bridge's grant queue. Around them a model of the processes:
 //!
 //! - the bridge's dispatcher (as `realtime::grants`): the most urgent waiting request asks the
 //!   cap, then the shared limiter, with its priority; refused, it sleeps `retry_after` but
 //!   wakes for any new request; every session spawned at once asks for its first grant; a
 //!   (re)subscription takes 2 grants (`GET /user/oauth`, then after the socket connects
-//!   `POST /centrifuge/subscribe`), each call [`CALL`] long; the second request joins the queue
-//!   like any new one (a new sequence number, so behind its class);
+//!   `POST /centrifuge/subscribe`), each call [`CALL`] long; each request carries its
+//!   session's place (the order the sessions started, here a random one), so the second goes
+//!   right after the session's first, ahead of the rest of its class;
 //! - the subscription is advertised at once and renewed every third of the shard TTL; the
 //!   poller reads the claims every 2 s into `set_subscribed`, so each (re)subscribed streamer
 //!   is due at once for its reconciliation poll (priority `Reconcile`), then every
-//!   `DA_RECONCILE_INTERVAL_MS`; a dropped socket's claim lapses one TTL after its last
-//!   renewal, and the streamer is back on routine polling (priority `Poll`);
+//!   `Intervals::reconcile` (`DA_RECONCILE_INTERVAL_MS`, or longer beyond a quarter of the
+//!   budget); a dropped socket's claim lapses one TTL after its last renewal, and the
+//!   streamer is back on routine polling (priority `Poll`);
 //! - the poller (as `poll::Poller`): the most overdue streamers start, up to its concurrency
 //!   (Little's law on the mean poll time, doubled, 4 to 50); each takes its lock for 4.5 s and
-//!   asks the limiter until granted, or gives up (`Locked`, due again in 5 s) when the next
-//!   grant would come too close to the lock's end; a poll is one page.
+//!   asks (`take_budget`; a reconciliation poll first the realtime share, then the shared
+//!   limiter) until granted, or gives up (`NoBudget`, still due: it keeps its place in line)
+//!   when the next grant would come too close to the lock's end; a poll is one page.
 //!
 //! A donation is detected at once when its streamer's socket is subscribed when it happens,
 //! else by the next poll of that streamer granted after it (routine, or the reconciliation
@@ -34,7 +38,8 @@ use std::time::Duration;
 
 use shared::coordination::gcra::{self, Priority, RateLimit};
 use shared::poll::schedule::{PollOutcome, Schedule, SchedulePolicy};
-use shared::realtime::grants::{Ask, REALTIME_BUDGET_SHARE, Urgency};
+use shared::poll::streamer::REALTIME_BUDGET_SHARE;
+use shared::realtime::grants::{Ask, Urgency};
 use tokio::time::Instant;
 
 use crate::Row;
@@ -85,10 +90,9 @@ enum Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Real,
-    /// A session's second request keeps its first one's place in the grant queue.
-    KeepPlace,
     /// Reconciliation only right after each subscribe (`DA_RECONCILE_INTERVAL_MS` of 24 h).
-    NoPeriodicReconcile,
+    /// The poller starts reconciliation polls in at most half its slots.
+    HalfSlotsReconcile,
 }
 
 /// The in-process limiter's prioritized step (`InProcessCoordinator::rate_limit_prioritized`):
@@ -145,6 +149,8 @@ enum Stage {
 struct Poll {
     streamer: usize,
     priority: Priority,
+    /// Granted by the realtime share (a routine poll never asks it).
+    share_granted: bool,
     started: f64,
     lock_until: f64,
     next_ask: f64,
@@ -160,6 +166,8 @@ struct Outcome {
     live_after: Option<f64>,
     all_after: Option<f64>,
     subscribed_at_end: usize,
+    /// Between two periodic reconciliations of a subscribed streamer, at the end.
+    reconcile_at_end: Duration,
     /// Detection latencies of the window's donations (undetected ones count until the end).
     live: Vec<f64>,
     all: Vec<f64>,
@@ -174,13 +182,15 @@ struct Outcome {
 
 struct Sim {
     live: usize,
-    /// What-if: a session's second request keeps its first one's place in the queue.
-    keep_place: bool,
-    first_seq: Vec<u64>,
+    /// What-if: reconciliation polls in at most half the poller's slots.
+    half_slots_reconcile: bool,
+    /// Each session's place in the grant queue (`Ask::place`).
+    place: Vec<u64>,
     urgency: Vec<Urgency>,
     base: Instant,
     schedule: Schedule<usize>,
     main: Limiter,
+    /// The realtime share, for the bridge's calls and the reconciliation polls.
     cap: Limiter,
     /// Every grant of the shared limiter: when (its clock, µs) and to whom.
     grants: Vec<(u64, Priority)>,
@@ -206,7 +216,7 @@ struct Sim {
     detected: Vec<(f64, f64, usize)>,
     /// Subscriptions completed in this scenario (live streamers', everyone's).
     completed: (usize, usize),
-    /// Polls that gave up waiting for a grant (`NoBudget`, rescheduled like `Locked`).
+    /// Polls that gave up waiting for a grant (`NoBudget`).
     gave_up: usize,
 }
 
@@ -226,17 +236,22 @@ impl Sim {
             })
             .collect();
         let policy = SchedulePolicy {
-            reconcile_interval: match variant {
-                Variant::NoPeriodicReconcile => Duration::from_secs(24 * 3600),
-                _ => RECONCILE_INTERVAL,
-            },
+            reconcile_interval: RECONCILE_INTERVAL,
             ..SchedulePolicy::for_budget(BUDGET_PER_MINUTE, HEADROOM, POLL_INTERVAL)
         };
+        // `realtime_share` (crate-private in `shared`).
         let share = ((f64::from(BUDGET_PER_MINUTE) * REALTIME_BUDGET_SHARE).floor() as u32).max(1);
+        // The bridge starts its sessions in no particular order.
+        let mut place: Vec<u64> = (0..streamers as u64).collect();
+        let mut rng = Lcg(0x91ace);
+        for i in (1..streamers).rev() {
+            let j = ((rng.unit() * (i + 1) as f64) as usize).min(i);
+            place.swap(i, j);
+        }
         Self {
             live,
-            keep_place: variant == Variant::KeepPlace,
-            first_seq: vec![0; streamers],
+            half_slots_reconcile: variant == Variant::HalfSlotsReconcile,
+            place,
             urgency,
             base: Instant::now(),
             schedule: Schedule::new(policy),
@@ -281,17 +296,12 @@ impl Sim {
         match stage {
             Stage::AskFirst | Stage::AskSecond => {
                 self.seq += 1;
-                let seq = if stage == Stage::AskSecond && self.keep_place {
-                    self.first_seq[streamer]
-                } else {
-                    self.seq
-                };
-                self.first_seq[streamer] = seq;
                 let ask = Ask {
                     priority: self.priority[streamer],
                     urgency: self.urgency[streamer],
+                    place: self.place[streamer],
                 };
-                self.queue.push(Reverse((ask, seq, streamer)));
+                self.queue.push(Reverse((ask, self.seq, streamer)));
                 // A new request wakes the dispatcher: it may be more urgent than the head.
                 self.bridge_at = self.bridge_at.min(t);
             }
@@ -373,12 +383,32 @@ impl Sim {
         if free == 0 {
             return;
         }
-        let due = self.schedule.due(self.at(t), free + self.polls.len());
-        let starting: Vec<usize> = due
-            .into_iter()
-            .filter(|s| !self.polling_now[*s])
-            .take(free)
-            .collect();
+        let (look, most_reconciling) = if self.half_slots_reconcile {
+            (usize::MAX, concurrency / 2)
+        } else {
+            (free + self.polls.len(), usize::MAX)
+        };
+        let mut reconciling = self
+            .polls
+            .iter()
+            .filter(|p| p.priority == Priority::Reconcile)
+            .count();
+        let mut starting = Vec::new();
+        for streamer in self.schedule.due(self.at(t), look) {
+            if starting.len() == free {
+                break;
+            }
+            if self.polling_now[streamer] {
+                continue;
+            }
+            if self.schedule.subscribed_since(&streamer).is_some() {
+                if reconciling >= most_reconciling {
+                    continue;
+                }
+                reconciling += 1;
+            }
+            starting.push(streamer);
+        }
         for streamer in starting {
             self.polling_now[streamer] = true;
             let priority = match self.schedule.subscribed_since(&streamer) {
@@ -388,6 +418,7 @@ impl Sim {
             self.polls.push(Poll {
                 streamer,
                 priority,
+                share_granted: priority != Priority::Reconcile,
                 started: t,
                 lock_until: t + LOCK_TTL,
                 next_ask: t,
@@ -409,7 +440,16 @@ impl Sim {
                 }),
                 Some(_) => None,
                 None if poll.next_ask > t => None,
-                None => match self.main.ask(poll.priority, t) {
+                None => match if poll.share_granted {
+                    self.main.ask(poll.priority, t)
+                } else {
+                    // A reconciliation poll: the realtime share first, then at once the
+                    // shared limiter, each until granted.
+                    self.cap.ask(poll.priority, t).and_then(|()| {
+                        poll.share_granted = true;
+                        self.main.ask(poll.priority, t)
+                    })
+                } {
                     Ok(()) => {
                         self.grants.push((micros(t), poll.priority));
                         let pending = &mut self.pending[poll.streamer];
@@ -423,7 +463,7 @@ impl Sim {
                     Err(wait) => {
                         let margin = PROVIDER_TIMEOUT.min((poll.lock_until - t) / 2.0);
                         if t + wait + margin >= poll.lock_until {
-                            Some(PollOutcome::Locked)
+                            Some(PollOutcome::NoBudget)
                         } else {
                             poll.next_ask = t + wait;
                             None
@@ -433,7 +473,7 @@ impl Sim {
             };
             match finished {
                 Some(outcome) => {
-                    if outcome == PollOutcome::Locked {
+                    if outcome == PollOutcome::NoBudget {
                         self.gave_up += 1;
                     }
                     let poll = self.polls.remove(i);
@@ -561,10 +601,14 @@ fn simulate(streamers: usize, scenario: Scenario, variant: Variant) -> Outcome {
         }
         if std::env::var_os("WARMUP_TRACE").is_some() && step.is_multiple_of(36_000) {
             eprintln!(
-                "{streamers} {scenario:?} t={:.0} min subscribed={} polls in flight={} mean poll={:.2}s gave up={} grants={}",
+                "{streamers} {scenario:?} t={:.0} min subscribed={} polls in flight={} (reconcile {}) mean poll={:.2}s gave up={} grants={}",
                 t / 60.0,
                 sim.subscribed(),
                 sim.polls.len(),
+                sim.polls
+                    .iter()
+                    .filter(|p| p.priority == Priority::Reconcile)
+                    .count(),
                 sim.mean_poll,
                 sim.gave_up,
                 sim.grants.len()
@@ -641,6 +685,7 @@ impl Sim {
             live_after,
             all_after,
             subscribed_at_end,
+            reconcile_at_end: self.schedule.intervals().reconcile,
             live,
             all,
             undetected,
@@ -684,7 +729,7 @@ pub fn rows() -> Vec<Row> {
             let window = outcome.window.1 - outcome.window.0;
             let mut polling = simulate(streamers, Scenario::PollingOnly { window }, Variant::Real);
             let setting = format!(
-                "{streamers} streamers ({live} live, {} recent donors), 60 requests/min, reconcile every 10 min",
+                "{streamers} streamers ({live} live, {} recent donors), 60 requests/min, DA_RECONCILE_INTERVAL_MS 10 min",
                 (streamers as f64 * RECENT_SHARE).round()
             );
             rows.push(Row {
@@ -695,8 +740,9 @@ pub fn rows() -> Vec<Row> {
                     minutes(outcome.all_after)
                 ),
                 detail: format!(
-                    "{setting}; {} of {streamers} subscribed at the end",
-                    outcome.subscribed_at_end
+                    "{setting}; {} of {streamers} subscribed at the end, each then reconciled every {:.1} min (the schedule's, within a quarter of the budget)",
+                    outcome.subscribed_at_end,
+                    outcome.reconcile_at_end.as_secs_f64() / 60.0
                 ),
             });
             rows.push(Row {
@@ -731,41 +777,31 @@ pub fn rows() -> Vec<Row> {
                     polling.per_minute[Priority::Poll.index()]
                 ),
             });
-            if scenario != Scenario::Warmup {
-                continue;
-            }
-            // What-ifs beside the real design, to tell which part of it costs what.
-            for (variant, what, how) in [
-                (
-                    Variant::KeepPlace,
-                    "2nd grant keeps its place",
-                    "a session's POST /centrifuge/subscribe request keeps the place of its GET /user/oauth one (really it queues behind its whole class)",
+            // A what-if beside the real design: whether routine polling's share of the
+            // budget reaches it when reconciliation polls wait on the realtime share.
+            let mut what_if = simulate(streamers, scenario, Variant::HalfSlotsReconcile);
+            let per = what_if.per_minute;
+            let p95s = p95_pair(&mut what_if);
+            rows.push(Row {
+                name: format!(
+                    "realtime {label}, {streamers} streamers, what-if: reconcile in half the poller's slots"
                 ),
-                (
-                    Variant::NoPeriodicReconcile,
-                    "no periodic reconcile",
-                    "reconciliation only right after each subscribe (DA_RECONCILE_INTERVAL_MS 24 h instead of 10 min)",
+                figure: format!(
+                    "routine polls {:.1}/min (fewest in a minute: {}); live {}, all {}; p95 {}",
+                    per[Priority::Poll.index()],
+                    what_if.routine_min,
+                    minutes(what_if.live_after),
+                    minutes(what_if.all_after),
+                    p95s
                 ),
-            ] {
-                let mut what_if = simulate(streamers, scenario, variant);
-                let per = what_if.per_minute;
-                rows.push(Row {
-                    name: format!("realtime {label}, {streamers} streamers, what-if: {what}"),
-                    figure: format!(
-                        "live {}, all {}; p95 {}",
-                        minutes(what_if.live_after),
-                        minutes(what_if.all_after),
-                        p95_pair(&mut what_if)
-                    ),
-                    detail: format!(
-                        "not the real design: {how}; {} of {streamers} subscribed at the end; a minute: subscribe {:.1}, reconcile {:.1}, routine polls {:.1}",
-                        what_if.subscribed_at_end,
-                        per[Priority::Subscribe.index()],
-                        per[Priority::Reconcile.index()],
-                        per[Priority::Poll.index()],
-                    ),
-                });
-            }
+                detail: format!(
+                    "not the real design: the poller starts reconciliation polls in at most half its slots (really in any: refused the realtime share, each keeps its place in line, so while (re)subscribes take the share they can fill every slot); {} of {streamers} subscribed at the end; {} donations never detected; a minute: (re)subscribe {:.1}, reconcile {:.1}",
+                    what_if.subscribed_at_end,
+                    what_if.undetected,
+                    per[Priority::Subscribe.index()] + per[Priority::Resubscribe.index()],
+                    per[Priority::Reconcile.index()],
+                ),
+            });
         }
     }
     rows
@@ -797,5 +833,17 @@ mod tests {
         assert!(all >= 100.0, "{all}");
         assert!(outcome.max_in_60s <= 60);
         assert_eq!(outcome.subscribed_at_end, 40);
+    }
+
+    #[test]
+    fn routine_polling_keeps_its_fifth_in_a_mass_reconnect_only_with_slots_of_its_own() {
+        // Resubscribes take the whole realtime share, so reconciliation polls wait on it and,
+        // keeping their place in line, can hold every slot of the poller.
+        let real = simulate(100, Scenario::Reconnect, Variant::Real);
+        let what_if = simulate(100, Scenario::Reconnect, Variant::HalfSlotsReconcile);
+        let routine = |o: &Outcome| o.per_minute[Priority::Poll.index()];
+        assert!(routine(&real) < 6.0, "{}", routine(&real));
+        assert!(routine(&what_if) >= 11.0, "{}", routine(&what_if));
+        assert_eq!(what_if.subscribed_at_end, 100);
     }
 }
