@@ -444,21 +444,47 @@ impl Poller {
             .concurrency
             .store(concurrency, Ordering::Relaxed);
         let free = concurrency.saturating_sub(in_flight.len());
-        let due = {
+        // Reconciliation polls may hold half the slots at most: while the realtime share is
+        // taken by resubscribes they wait long for a grant, and routine polls must go on.
+        let max_reconciling = (concurrency / 2).max(1);
+        let (due, mut reconciling) = {
             let schedule = self.schedule();
             self.stats()
                 .backing_off
                 .store(schedule.backing_off(now), Ordering::Relaxed);
-            schedule.due(now, free + polling_now.len())
+            let reconciling = polling_now
+                .iter()
+                .filter(|id| schedule.subscribed_since(id).is_some())
+                .count();
+            let due: Vec<(TwitchUserId, bool)> = schedule
+                .due(now, (free + polling_now.len()) * 4 + 16)
+                .into_iter()
+                .map(|id| {
+                    let subscribed = schedule.subscribed_since(&id).is_some();
+                    (id, subscribed)
+                })
+                .collect();
+            (due, reconciling)
         };
-        let waiting = due.iter().filter(|id| !polling_now.contains(*id)).count();
+        let waiting = due
+            .iter()
+            .filter(|(id, _)| !polling_now.contains(id))
+            .count();
         self.stats()
             .queue_size
             .store(waiting.saturating_sub(free), Ordering::Relaxed);
         let min_gap = self.parts.polling.interval / 2;
         let starting: Vec<TwitchUserId> = due
             .into_iter()
-            .filter(|id| !polling_now.contains(id))
+            .filter(|(id, _)| !polling_now.contains(id))
+            .filter(|(_, subscribed)| {
+                if !*subscribed {
+                    return true;
+                }
+                reconciling += 1;
+                reconciling <= max_reconciling
+            })
+            .map(|(id, _)| id)
             .take(free)
             .collect();
         for streamer in starting {

@@ -51,9 +51,20 @@ pub(crate) const REALTIME_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts:realt
 /// The most of the budget realtime work takes (see [`REALTIME_RATE_LIMIT_KEY`]).
 pub const REALTIME_BUDGET_SHARE: f64 = 0.8;
 
+/// The limiter that caps the bridges' own calls to two thirds of the realtime share, so that
+/// the reconciliation polls behind their (re)subscriptions keep a third (one poll for every
+/// two calls of a subscription).
+pub(crate) const BRIDGE_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts:bridge";
+
 /// The realtime share of a budget of `per_minute` requests a minute.
 pub(crate) fn realtime_share(per_minute: u32) -> RateLimit {
     RateLimit::per_minute(((f64::from(per_minute) * REALTIME_BUDGET_SHARE).floor() as u32).max(1))
+}
+
+/// The bridges' part of the realtime share (see [`BRIDGE_RATE_LIMIT_KEY`]).
+pub(crate) fn bridge_share(per_minute: u32) -> RateLimit {
+    let share = f64::from(per_minute) * REALTIME_BUDGET_SHARE * 2.0 / 3.0;
+    RateLimit::per_minute((share.floor() as u32).max(1))
 }
 
 /// The most pages one poll reads: 600 donations at DonationAlerts' 30 a page, far more than

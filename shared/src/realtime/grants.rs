@@ -9,7 +9,10 @@
 //! which comes before a routine poll. And so that routine polling never starves however many
 //! sockets drop at once, the bridges and the reconciliation polls together take at most
 //! [`crate::poll::streamer::REALTIME_BUDGET_SHARE`] of the budget (the limiter
-//! `ratelimit:donationalerts:realtime`).
+//! `ratelimit:donationalerts:realtime`); and so that a streamer resubscribed in a mass
+//! reconnect is reconciled soon after, not once the whole storm is over, the bridges' own
+//! calls take at most two thirds of that share (`ratelimit:donationalerts:bridge`): two
+//! grants a (re)subscription, one for its reconciliation poll.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -18,7 +21,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::coordination::{Budget, Priority, RateLimit};
-use crate::poll::streamer::{DA_RATE_LIMIT_KEY, REALTIME_RATE_LIMIT_KEY, realtime_share};
+use crate::poll::streamer::{
+    BRIDGE_RATE_LIMIT_KEY, DA_RATE_LIMIT_KEY, REALTIME_RATE_LIMIT_KEY, bridge_share, realtime_share,
+};
 use crate::telemetry::error_chain;
 
 /// How long the queue waits before asking again when the limiter cannot be reached.
@@ -98,11 +103,15 @@ async fn dispatch(
     per_minute: u32,
     mut receiver: mpsc::UnboundedReceiver<(Ask, oneshot::Sender<()>)>,
 ) {
-    let budget_limit = RateLimit::per_minute(per_minute);
-    let share_limit = realtime_share(per_minute);
+    // Each grant passes these limiters in turn; one granted is kept until the last grants too.
+    let limiters = [
+        (BRIDGE_RATE_LIMIT_KEY, bridge_share(per_minute)),
+        (REALTIME_RATE_LIMIT_KEY, realtime_share(per_minute)),
+        (DA_RATE_LIMIT_KEY, RateLimit::per_minute(per_minute)),
+    ];
     let mut waiting: BinaryHeap<Reverse<Request>> = BinaryHeap::new();
     let mut seq = 0u64;
-    let mut share_granted = false;
+    let mut passed = 0;
     loop {
         if waiting.is_empty() {
             let Some((ask, granted)) = receiver.recv().await else {
@@ -123,20 +132,18 @@ async fn dispatch(
             continue;
         };
         let priority = head.ask.priority;
-        let wait = if share_granted {
-            ask_limiter(&budget, DA_RATE_LIMIT_KEY, &budget_limit, priority).await
-        } else {
-            match ask_limiter(&budget, REALTIME_RATE_LIMIT_KEY, &share_limit, priority).await {
-                None => {
-                    share_granted = true;
-                    ask_limiter(&budget, DA_RATE_LIMIT_KEY, &budget_limit, priority).await
-                }
-                wait => wait,
+        let mut wait = None;
+        while passed < limiters.len() {
+            let (key, limit) = &limiters[passed];
+            wait = ask_limiter(&budget, key, limit, priority).await;
+            if wait.is_some() {
+                break;
             }
-        };
+            passed += 1;
+        }
         match wait {
             None => {
-                share_granted = false;
+                passed = 0;
                 if let Some(Reverse(head)) = waiting.pop() {
                     // A session gone meanwhile wastes this grant; nothing to do about it.
                     let _ = head.granted.send(());
