@@ -447,7 +447,7 @@ impl Poller {
         // Reconciliation polls may hold half the slots at most: while the realtime share is
         // taken by resubscribes they wait long for a grant, and routine polls must go on.
         let max_reconciling = (concurrency / 2).max(1);
-        let (due, mut reconciling) = {
+        let starting = {
             let schedule = self.schedule();
             self.stats()
                 .backing_off
@@ -456,37 +456,22 @@ impl Poller {
                 .iter()
                 .filter(|id| schedule.subscribed_since(id).is_some())
                 .count();
-            let due: Vec<(TwitchUserId, bool)> = schedule
-                .due(now, (free + polling_now.len()) * 4 + 16)
-                .into_iter()
-                .map(|id| {
-                    let subscribed = schedule.subscribed_since(&id).is_some();
-                    (id, subscribed)
-                })
-                .collect();
-            (due, reconciling)
+            let waiting = schedule
+                .due(now, free + polling_now.len())
+                .iter()
+                .filter(|id| !polling_now.contains(*id))
+                .count();
+            self.stats()
+                .queue_size
+                .store(waiting.saturating_sub(free), Ordering::Relaxed);
+            schedule.pick_due(
+                now,
+                free,
+                max_reconciling.saturating_sub(reconciling),
+                polling_now,
+            )
         };
-        let waiting = due
-            .iter()
-            .filter(|(id, _)| !polling_now.contains(id))
-            .count();
-        self.stats()
-            .queue_size
-            .store(waiting.saturating_sub(free), Ordering::Relaxed);
         let min_gap = self.parts.polling.interval / 2;
-        let starting: Vec<TwitchUserId> = due
-            .into_iter()
-            .filter(|(id, _)| !polling_now.contains(id))
-            .filter(|(_, subscribed)| {
-                if !*subscribed {
-                    return true;
-                }
-                reconciling += 1;
-                reconciling <= max_reconciling
-            })
-            .map(|(id, _)| id)
-            .take(free)
-            .collect();
         for streamer in starting {
             polling_now.insert(streamer.clone());
             let mut cx = self.poll_context(min_gap, stop.clone());

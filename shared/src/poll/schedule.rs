@@ -392,6 +392,35 @@ impl<K: Clone + Eq + std::hash::Hash + Ord> Schedule<K> {
             .collect()
     }
 
+    /// Up to `free` streamers due at `now` and not `busy`, most overdue first, of which at
+    /// most `reconcile_slots` subscribed ones (reconciliation polls): those beyond it are
+    /// passed over, however many, so routine polls still start behind a backlog of them.
+    pub fn pick_due(
+        &self,
+        now: Instant,
+        free: usize,
+        mut reconcile_slots: usize,
+        busy: &HashSet<K>,
+    ) -> Vec<K> {
+        let mut picked = Vec::with_capacity(free);
+        for (_, key) in self.by_due.iter().take_while(|(due, _)| *due <= now) {
+            if picked.len() == free {
+                break;
+            }
+            if busy.contains(key) {
+                continue;
+            }
+            if self.subscribed.contains_key(key) {
+                if reconcile_slots == 0 {
+                    continue;
+                }
+                reconcile_slots -= 1;
+            }
+            picked.push(key.clone());
+        }
+        picked
+    }
+
     /// When the next streamer falls due (`None` with nobody scheduled).
     pub(crate) fn next_due(&self) -> Option<Instant> {
         self.by_due.first().map(|(due, _)| *due)
@@ -682,6 +711,24 @@ mod tests {
         schedule.set_subscribed(HashMap::new(), later);
         assert_eq!(schedule.due_at(&"a"), Some(later));
         assert_eq!(schedule.subscribed_since(&"a"), None);
+    }
+
+    #[test]
+    fn routine_polls_start_behind_any_backlog_of_reconciliation_polls() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(policy());
+        let keys: Vec<u64> = (0..100).collect();
+        schedule.sync(keys.clone(), start);
+        // 99 subscribed streamers are due first, one routine streamer last.
+        schedule.set_subscribed(keys[..99].iter().map(|k| (*k, 1)).collect(), start);
+        let now = start + Duration::from_secs(1);
+        let busy = HashSet::from([0u64]);
+        let picked = schedule.pick_due(now, 4, 2, &busy);
+        assert_eq!(
+            picked,
+            vec![1, 2, 99],
+            "two reconciliations, then the routine poll"
+        );
     }
 
     #[test]

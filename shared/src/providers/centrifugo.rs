@@ -28,6 +28,22 @@ pub const TOKEN_EXPIRED_CODE: u32 = 109;
 /// tungstenite's default (128 KiB) would cost about 625 MiB for 5,000 of them.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
+/// The grain of ping times: a socket's ping (and the check for its answer) happens on the
+/// next tick of this grain, shared by every socket of the process, so that thousands of
+/// sockets' pings wake the process a few times a second rather than at every millisecond
+/// one falls due (with 5,000 sockets, the wake-ups cost more CPU than the pings).
+const PING_TICK: Duration = Duration::from_millis(250);
+
+/// `at`, rounded up to the next [`PING_TICK`] since the process's first call.
+fn on_ping_tick(at: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let tick = PING_TICK.as_nanos();
+    let ticks = since.div_ceil(tick);
+    epoch + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
+}
+
 /// How often a client pings, and how long it waits for the answer (centrifuge-js' values).
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -223,10 +239,10 @@ impl CentrifugoSocket {
             if let Some(publication) = self.pending.pop_front() {
                 return Ok(publication);
             }
-            let wake = match self.ping_awaited {
+            let wake = on_ping_tick(match self.ping_awaited {
                 Some((_, due)) => due.min(self.next_ping_at),
                 None => self.next_ping_at,
-            };
+            });
             tokio::select! {
                 biased;
                 message = self.ws.next() => {
@@ -478,6 +494,23 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     use super::*;
+
+    #[test]
+    fn ping_times_fall_on_shared_ticks_never_early_and_at_most_one_tick_late() {
+        let start = Instant::now();
+        for ms in [0u64, 1, 100, 249, 250, 251, 10_001] {
+            let at = start + Duration::from_millis(ms);
+            let tick = on_ping_tick(at);
+            assert!(tick >= at && tick < at + PING_TICK, "{ms} ms");
+        }
+        let a = on_ping_tick(start + Duration::from_millis(1_000) + Duration::from_micros(10));
+        let b = on_ping_tick(start + Duration::from_millis(1_000) + Duration::from_micros(200));
+        let c = on_ping_tick(start + Duration::from_millis(1_000) + Duration::from_micros(900));
+        assert!(
+            a == b || b == c,
+            "sockets due within one tick mostly wake together"
+        );
+    }
 
     #[test]
     fn several_replies_in_one_frame_are_each_read_in_order() {

@@ -50,8 +50,11 @@ const RECENT_DONOR_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How often who is live on Twitch is asked again.
 const LIVE_REFRESH: Duration = Duration::from_secs(60);
 /// The longest between two looks at the streamers to subscribe: a streamer who just
-/// connected DonationAlerts (or disconnected) is picked up within this much.
-const TARGETS_REFRESH: Duration = Duration::from_secs(1);
+/// connected DonationAlerts (or disconnected) is picked up within this much. Each look reads
+/// every link: once a second, with 5,000 streamers, that was most of an idle bridge's CPU
+/// beside the sockets' pings, so it comes with the lease renewals (every third of the lease
+/// TTL), at most this far apart.
+const TARGETS_REFRESH: Duration = Duration::from_secs(5);
 /// How often the bridge prints its CloudWatch metrics (in AWS).
 const EMF_EVERY: Duration = Duration::from_secs(60);
 
