@@ -48,7 +48,7 @@ pub(crate) const DA_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts";
 /// reconciliation polls behind their subscriptions. Routine polling keeps the rest whatever
 /// happens to the sockets.
 pub(crate) const REALTIME_RATE_LIMIT_KEY: &str = "ratelimit:donationalerts:realtime";
-/// The most of the budget realtime work takes (see [`REALTIME_RATE_LIMIT_KEY`]).
+/// The most of the budget realtime work takes (the limiter `ratelimit:donationalerts:realtime`).
 pub const REALTIME_BUDGET_SHARE: f64 = 0.8;
 
 /// The limiter that caps the bridges' own calls to two thirds of the realtime share, so that
