@@ -128,11 +128,16 @@ impl PollerSetup {
             .is_some()
     }
 
+    /// Requests for streamer `i`'s donation list (not the realtime bridge's socket and channel
+    /// token requests, which `avatar-local` makes too).
     pub(crate) fn requests_for(&self, i: usize) -> usize {
         self.fake
             .requests()
             .iter()
-            .filter(|r| r.da_user_id == Some(da_id(i)))
+            .filter(|r| {
+                r.da_user_id == Some(da_id(i))
+                    && r.kind == fake_providers::donationalerts::RequestKind::Donations
+            })
             .count()
     }
 }
