@@ -390,12 +390,13 @@ impl Presence {
         }
     }
 
-    /// Stores a realtime bridge's latest figures (`Reports::Realtime`) for `/health` on any
-    /// instance: what the bridge reports every few seconds.
+    /// Stores a realtime bridge's latest figures (`Reports::Realtime`, the bridge's
+    /// `RealtimeFigures`) for `/health` on any instance: what the bridge reports every few
+    /// seconds.
     pub async fn report_realtime(
         &self,
         instance_id: &str,
-        figures: &crate::metrics::RealtimeFigures,
+        figures: &impl serde::Serialize,
     ) -> Result<(), CoordinationError> {
         // Plain numbers and strings: serializing cannot fail.
         let json = serde_json::to_string(figures).unwrap_or_default();

@@ -461,12 +461,9 @@ impl Bridge {
     /// Stores this bridge's figures where `/health` on any instance finds them.
     async fn report(&self) {
         let parts = &self.0;
-        let Ok(json) = serde_json::to_string(&parts.stats.figures()) else {
-            return;
-        };
         if let Err(e) = parts
             .presence
-            .report_figures(Reports::Realtime, &parts.instance_id, &json)
+            .report_realtime(&parts.instance_id, &parts.stats.figures())
             .await
         {
             tracing::debug!(error = %error_chain(&e), "bridge figures not reported");
