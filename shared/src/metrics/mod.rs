@@ -382,15 +382,7 @@ impl Collector for PollCollector {
                 stats.stale_fences.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         let gauges: [(&str, &str, usize); 8] = [
             (
                 "avatar_poll_streamers",
@@ -434,8 +426,12 @@ impl Collector for PollCollector {
             ),
         ];
         for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+            encode_gauge(
+                &mut encoder,
+                name,
+                help,
+                i64::try_from(value).unwrap_or(i64::MAX),
+            )?;
         }
         Ok(())
     }
@@ -466,15 +462,7 @@ impl Collector for RealtimeCollector {
                 stats.stale_fences.load(Ordering::Relaxed),
             ),
         ];
-        for (name, help, value) in counters {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         let gauges: [(&str, &str, usize); 3] = [
             (
                 "avatar_realtime_shards_held",
@@ -493,29 +481,57 @@ impl Collector for RealtimeCollector {
             ),
         ];
         for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+            encode_gauge(
+                &mut encoder,
+                name,
+                help,
+                i64::try_from(value).unwrap_or(i64::MAX),
+            )?;
         }
         let last_push_ms = stats.last_push_at.load(Ordering::Relaxed);
-        let last_push = ConstGauge::new(last_push_ms as f64 / 1000.0);
-        last_push.encode(encoder.encode_descriptor(
+        encode_gauge(
+            &mut encoder,
             "avatar_realtime_last_push_timestamp_seconds",
             "Unix time of the latest pushed donation (0 before the first)",
-            None,
-            last_push.metric_type(),
-        )?)?;
+            last_push_ms as f64 / 1000.0,
+        )?;
         // No sample before the first push: a latency of zero would be a figure never measured.
         if let Some(ms) = stats.push_to_event_p95_ms() {
-            let p95 = ConstGauge::new(ms / 1000.0);
-            p95.encode(encoder.encode_descriptor(
+            encode_gauge(
+                &mut encoder,
                 "avatar_realtime_push_to_event_p95_seconds",
                 "p95 of the latest push to stream entry latencies",
-                None,
-                p95.metric_type(),
-            )?)?;
+                ms / 1000.0,
+            )?;
         }
         Ok(())
     }
+}
+
+/// Counters read at scrape time: name, help, value.
+fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    counters: &[(&str, &str, u64)],
+) -> Result<(), fmt::Error> {
+    for &(name, help, value) in counters {
+        let counter = ConstCounter::new(value);
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    Ok(())
+}
+
+/// One gauge read at scrape time.
+fn encode_gauge<N>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
 }
 
 #[cfg(test)]
