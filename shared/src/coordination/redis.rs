@@ -68,41 +68,23 @@ end
 return current
 ";
 
-/// GCRA on the server's clock (see `gcra.rs`, which this mirrors step by step).
-/// ARGV: interval µs, tolerance µs. Returns {allowed, retry_after_or_remaining, now_µs}.
+/// GCRA on the server's clock (see `gcra.rs`, which this mirrors step by step), for a caller
+/// of a priority (see `gcra::Priority`) when the waiting marks are given: refused while a
+/// more urgent class has a live waiting mark; a refused caller leaves (or lengthens) its
+/// class's mark until its retry plus the grace. Without marks, a plain limiter.
+/// KEYS: limiter, then optionally the waiting marks of every class, most urgent first.
+/// ARGV: interval µs, tolerance µs, and with the marks the caller's class index and the
+/// grace ms. Returns {allowed, retry_after_or_remaining, now_µs}.
 const RATE_LIMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then
-  return {0, string.format('%.0f', allow_at - now), string.format('%.0f', now)}
-end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-local remaining = 0
-if now + tolerance >= new_tat then
-  remaining = math.floor((now + tolerance - new_tat) / interval) + 1
-end
-return {1, remaining, string.format('%.0f', now)}
-";
-
-/// [`RATE_LIMIT`] for a caller of a priority (see `gcra::Priority`): refused while a more
-/// urgent class has a live waiting mark; a refused caller leaves (or lengthens) its class's
-/// mark until its retry plus the grace.
-/// KEYS: limiter, then the waiting marks of every class, most urgent first.
-/// ARGV: interval µs, tolerance µs, the caller's class index, grace ms.
-const RATE_LIMIT_PRIORITIZED: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local class = tonumber(ARGV[3])
-local grace = tonumber(ARGV[4])
+local prioritized = #KEYS > 1
+local class = tonumber(ARGV[3] or '0')
+local grace = tonumber(ARGV[4] or '0')
 local function mark(retry_us)
+  if not prioritized then return end
   local ttl = math.ceil(retry_us / 1000) + grace
   local key = KEYS[2 + class]
   if redis.call('PTTL', key) < ttl then
@@ -116,10 +98,12 @@ if now < allow_at then
   mark(allow_at - now)
   return {0, string.format('%.0f', allow_at - now), string.format('%.0f', now)}
 end
-for c = 0, class - 1 do
-  if redis.call('EXISTS', KEYS[2 + c]) == 1 then
-    mark(interval)
-    return {0, string.format('%.0f', interval), string.format('%.0f', now)}
+if prioritized then
+  for c = 0, class - 1 do
+    if redis.call('EXISTS', KEYS[2 + c]) == 1 then
+      mark(interval)
+      return {0, string.format('%.0f', interval), string.format('%.0f', now)}
+    end
   end
 end
 local new_tat = tat + interval
@@ -200,8 +184,6 @@ static RELEASE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(REL
 static EXTEND_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(EXTEND));
 static RAISE_FENCE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RAISE_FENCE));
 static RATE_LIMIT_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RATE_LIMIT));
-static RATE_LIMIT_PRIORITIZED_SCRIPT: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new(RATE_LIMIT_PRIORITIZED));
 static ADVERTISE_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(ADVERTISE));
 static PUBLISH_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(PUBLISH));
 static HEARTBEAT_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(HEARTBEAT));
@@ -617,7 +599,7 @@ impl RedisCoordinator {
             .inner
             .main
             .eval(
-                &RATE_LIMIT_PRIORITIZED_SCRIPT,
+                &RATE_LIMIT_SCRIPT,
                 &keys,
                 &args,
                 COMMAND_TIMEOUT,
