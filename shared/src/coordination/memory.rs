@@ -31,7 +31,7 @@ struct State {
     once: HashMap<String, (String, Instant)>,
     limiters: HashMap<String, u64>,
     /// Per prioritized limiter, when each class's waiting mark expires.
-    waiting: HashMap<String, [Option<Instant>; 5]>,
+    waiting: HashMap<String, [Option<Instant>; gcra::Priority::ALL.len()]>,
     /// Limiter decisions since limiters that caught up with the clock were last swept.
     limits_since_sweep: usize,
     figures: HashMap<Reports, HashMap<String, String>>,

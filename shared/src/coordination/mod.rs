@@ -49,13 +49,13 @@ pub(crate) fn fence_key(resource: &str) -> String {
     format!("fence:{resource}")
 }
 
-/// Key of the dedupe marker for an eventId.
 /// The mark a refused caller of `priority` leaves on the limiter `key` (see
 /// [`gcra::Priority`]).
 pub(crate) fn waiting_mark_key(key: &str, priority: Priority) -> String {
     format!("{key}:waiting:{}", priority.index())
 }
 
+/// Key of the dedupe marker for an eventId.
 pub(crate) fn event_dedupe_key(event_id: &str) -> String {
     format!("avatar:events:dedupe:{event_id}")
 }
@@ -158,11 +158,12 @@ impl Coordinator {
         EventBus(self.clone())
     }
 
-    /// Heartbeats and the pollers' figures, for `/health`.
+    /// Which streamers have a live realtime subscription.
     pub fn subscriptions(&self) -> Subscriptions {
         Subscriptions(self.clone())
     }
 
+    /// Heartbeats and the pollers' and bridges' figures, for `/health`.
     pub fn presence(&self) -> Presence {
         Presence(self.clone())
     }
