@@ -24,8 +24,7 @@ pub struct HttpServerConfig {
 
 impl Reader<'_> {
     pub(super) fn http_server(&mut self) -> HttpServerConfig {
-        let mut millis =
-            |name, default| Duration::from_millis(self.number(name, default, 100, 3_600_000));
+        let mut millis = |name, default| self.millis(name, default, 100, 3_600_000);
         HttpServerConfig {
             header_timeout: millis("HTTP_HEADER_TIMEOUT_MS", 10_000),
             idle_timeout: millis("HTTP_IDLE_TIMEOUT_MS", 60_000),

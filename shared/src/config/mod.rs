@@ -261,26 +261,33 @@ impl Reader<'_> {
         }
     }
 
+    /// A duration in whole milliseconds, in `min..=max`.
+    fn millis(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> Duration {
+        Duration::from_millis(self.number(name, default, min, max))
+    }
+
     /// An absolute http(s) URL without a trailing slash in its path.
     fn http_url(&mut self, name: &'static str, default: &str) -> Url {
+        self.url(name, default, parse_http_url)
+    }
+
+    fn websocket_url(&mut self, name: &'static str, default: &str) -> Url {
+        self.url(name, default, parse_websocket_url)
+    }
+
+    fn url(
+        &mut self,
+        name: &'static str,
+        default: &str,
+        parse: fn(&str) -> Result<Url, String>,
+    ) -> Url {
         let raw = self.get(name).unwrap_or(default).to_owned();
-        match parse_http_url(&raw) {
+        match parse(&raw) {
             Ok(url) => url,
             Err(problem) => {
                 self.fail(name, problem);
                 // A placeholder keeps reading going so every error is reported at once.
                 Url::parse("http://invalid.invalid").expect("static URL")
-            }
-        }
-    }
-
-    fn websocket_url(&mut self, name: &'static str, default: &str) -> Url {
-        let raw = self.get(name).unwrap_or(default).to_owned();
-        match parse_websocket_url(&raw) {
-            Ok(url) => url,
-            Err(problem) => {
-                self.fail(name, problem);
-                Url::parse("ws://invalid.invalid").expect("static URL")
             }
         }
     }
@@ -319,14 +326,11 @@ impl Reader<'_> {
         let polling = self.polling();
         let realtime = self.realtime();
         let tokens = self.token_lifecycle();
-        let provider_timeout =
-            Duration::from_millis(self.number("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000));
-        let health_max_age =
-            Duration::from_millis(self.number("HEALTH_MAX_AGE_MS", 1000, 0, 3_600_000));
+        let provider_timeout = self.millis("PROVIDER_TIMEOUT_MS", 10_000, 100, 60_000);
+        let health_max_age = self.millis("HEALTH_MAX_AGE_MS", 1000, 0, 3_600_000);
         let http = self.http_server();
         let keys = self.keys(deployment, &sqlite.path);
-        let oauth_state_ttl =
-            Duration::from_millis(self.number("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000));
+        let oauth_state_ttl = self.millis("OAUTH_STATE_TTL_MS", 300_000, 1_000, 300_000);
         let internal_api_token = self.internal_api_token();
         let log_filter = self.string("RUST_LOG").unwrap_or_else(|| "info".into());
         if let Err(problem) = check_log_filter(&log_filter) {

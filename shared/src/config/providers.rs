@@ -117,53 +117,33 @@ impl Reader<'_> {
 
     pub(super) fn token_lifecycle(&mut self) -> TokenLifecycleConfig {
         TokenLifecycleConfig {
-            refresh_margin: Duration::from_millis(self.number(
-                "TOKEN_REFRESH_MARGIN_MS",
-                300_000,
-                0,
-                86_400_000,
-            )),
+            refresh_margin: self.millis("TOKEN_REFRESH_MARGIN_MS", 300_000, 0, 86_400_000),
             validate_rate_per_sec: self.number("TWITCH_VALIDATE_RATE_PER_SEC", 50, 1, 10_000)
                 as u32,
             validate_concurrency: self.number("TWITCH_VALIDATE_CONCURRENCY", 8, 1, 256) as usize,
-            validate_due_after: Duration::from_millis(self.number(
+            validate_due_after: self.millis(
                 "TWITCH_VALIDATE_DUE_AFTER_MS",
                 3_000_000,
                 1_000,
                 3_600_000,
-            )),
+            ),
         }
     }
 
     pub(super) fn polling(&mut self) -> PollingConfig {
         PollingConfig {
-            interval: Duration::from_millis(self.number(
-                "DA_POLL_INTERVAL_MS",
-                5000,
-                100,
-                3_600_000,
-            )),
+            interval: self.millis("DA_POLL_INTERVAL_MS", 5000, 100, 3_600_000),
             concurrency: self.number("DA_POLL_CONCURRENCY", 4, 1, 256) as usize,
-            lock_ttl: Duration::from_millis(self.number("DA_POLL_LOCK_TTL_MS", 4500, 100, 600_000)),
+            lock_ttl: self.millis("DA_POLL_LOCK_TTL_MS", 4500, 100, 600_000),
             rate_limit_per_minute: self.number("DA_RATE_LIMIT_PER_MIN", 60, 1, 100_000) as u32,
-            reconcile_interval: Duration::from_millis(self.number(
-                "DA_RECONCILE_INTERVAL_MS",
-                600_000,
-                1_000,
-                86_400_000,
-            )),
+            reconcile_interval: self.millis("DA_RECONCILE_INTERVAL_MS", 600_000, 1_000, 86_400_000),
         }
     }
 
     pub(super) fn realtime(&mut self) -> RealtimeConfig {
         RealtimeConfig {
             shards: self.number("REALTIME_SHARDS", 16, 1, 4096) as u32,
-            shard_ttl: Duration::from_millis(self.number(
-                "REALTIME_SHARD_TTL_MS",
-                15_000,
-                1_000,
-                600_000,
-            )),
+            shard_ttl: self.millis("REALTIME_SHARD_TTL_MS", 15_000, 1_000, 600_000),
         }
     }
 }
