@@ -4,6 +4,7 @@
 //! backoff (the poller reconciles after every subscribe, so what the gap missed is found).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use super::grants::{Ask, Urgency};
 use crate::coordination::Priority;
 use crate::domain::event::ReceivedDonation;
 use crate::domain::{DaUserId, Provider, TwitchUserId, now_ms, rfc3339_utc};
+use crate::poll::schedule::Backoff;
 use crate::providers::ProviderError;
 use crate::providers::centrifugo::{CentrifugoError, CentrifugoSocket, Publication};
 use crate::providers::donationalerts::{donation_channel, parse_pushed_donation};
@@ -22,10 +24,8 @@ use crate::store::donationalerts::{DonationsFound, Found, PollRecorded};
 use crate::telemetry::error_chain;
 use crate::tokens::{self, TokenError, UsableTokens};
 
-/// First wait after a drop; it doubles with each further failure.
-const BACKOFF_START: Duration = Duration::from_secs(1);
-/// Longest wait the doubling reaches.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long a refresh that failed for now waits before the next try.
+const REFRESH_RETRY: Duration = Duration::from_secs(60);
 /// A subscription that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// New socket tokens asked for in a row after connects refused with "token expired".
@@ -97,7 +97,8 @@ pub(crate) async fn run(
     target: SessionTarget,
     stop: watch::Receiver<bool>,
 ) {
-    let mut failures = 0u32;
+    // The same backoff as a failing poll's (1 s doubling to a minute), jittered.
+    let mut backoff = Backoff::default();
     let mut priority = Priority::Subscribe;
     loop {
         if *stop.borrow() {
@@ -129,10 +130,9 @@ pub(crate) async fn run(
             }
             Ended::Dropped(e) => {
                 if started.elapsed() >= STABLE_AFTER {
-                    failures = 0;
+                    backoff.succeed();
                 }
-                failures = failures.saturating_add(1);
-                let wait = jittered_backoff(failures);
+                let wait = jittered(backoff.fail(None));
                 tracing::info!(streamer = %target.streamer, error = %error_chain(&e), wait_ms = wait.as_millis() as u64, "realtime socket dropped; reconnecting");
                 wait
             }
@@ -143,17 +143,12 @@ pub(crate) async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = stop_wait.wait_for(|s| *s) => break,
         }
-        parts
-            .stats
-            .reconnects
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        parts.stats.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Full jitter over an exponential backoff: a mass drop does not come back as one wave.
-fn jittered_backoff(failures: u32) -> Duration {
-    let doubled = BACKOFF_START.saturating_mul(1 << failures.saturating_sub(1).min(16));
-    let ceiling = doubled.min(BACKOFF_MAX);
+/// Jitter over a backoff's `ceiling`: a mass drop does not come back as one wave.
+fn jittered(ceiling: Duration) -> Duration {
     let bytes = crate::secret::random_bytes(4);
     let fraction = f64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
         / f64::from(u32::MAX);
@@ -208,10 +203,7 @@ async fn connect_and_listen(
         }
     };
     socket.close().await;
-    parts
-        .stats
-        .connected
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    parts.stats.connected.fetch_sub(1, Ordering::Relaxed);
     ended
 }
 
@@ -232,20 +224,13 @@ async fn refresh_while_subscribed(
     if !parts.grants.grant(ask).await {
         return Err(Ended::Stopped);
     }
-    match tokens::refresh(
-        &parts.tokens,
-        &target.streamer,
-        Provider::DonationAlerts,
-        tokens,
-    )
-    .await
-    {
-        Ok(fresh) => Ok(Some(fresh)),
-        Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => Err(Ended::NeedsReauth),
+    match refreshed(parts, target, tokens).await {
+        Ok(Some(fresh)) => Ok(Some(fresh)),
+        Ok(None) => Err(Ended::NeedsReauth),
         Err(e) => {
             tracing::warn!(streamer = %target.streamer, error = %error_chain(&e), "access token not refreshed; trying again later");
             tokio::select! {
-                _ = tokio::time::sleep(BACKOFF_MAX) => Ok(None),
+                _ = tokio::time::sleep(REFRESH_RETRY) => Ok(None),
                 _ = stop.wait_for(|s| *s) => Err(Ended::Stopped),
             }
         }
@@ -269,10 +254,9 @@ async fn connect(
     mut turn: Turn,
 ) -> Result<Option<(CentrifugoSocket, UsableTokens)>, SessionError> {
     let streamer = &target.streamer;
-    let mut tokens = match tokens::load(&parts.tokens, streamer, Provider::DonationAlerts).await {
-        Ok(tokens) => tokens,
-        Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let loaded = tokens::load(&parts.tokens, streamer, Provider::DonationAlerts).await;
+    let Some(mut tokens) = unless_ended(loaded)? else {
+        return Ok(None);
     };
     let margin = parts.tokens.config.refresh_margin;
     if !tokens.valid_for(margin) {
@@ -311,16 +295,10 @@ async fn connect(
             other => break other?,
         }
     };
-    parts
-        .stats
-        .connected
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    parts.stats.connected.fetch_add(1, Ordering::Relaxed);
     let subscribed = subscribe(parts, target, &mut turn, &tokens, &mut socket).await;
     if let Err(e) = subscribed {
-        parts
-            .stats
-            .connected
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        parts.stats.connected.fetch_sub(1, Ordering::Relaxed);
         socket.close().await;
         return Err(e);
     }
@@ -352,17 +330,32 @@ async fn refresh(
     tokens: &UsableTokens,
 ) -> Result<Option<UsableTokens>, SessionError> {
     turn.take(parts).await?;
-    match tokens::refresh(
+    Ok(refreshed(parts, target, tokens).await?)
+}
+
+/// The streamer's DonationAlerts tokens refreshed; `Ok(None)` when their connection has ended.
+async fn refreshed(
+    parts: &BridgeParts,
+    target: &SessionTarget,
+    tokens: &UsableTokens,
+) -> Result<Option<UsableTokens>, TokenError> {
+    let refreshed = tokens::refresh(
         &parts.tokens,
         &target.streamer,
         Provider::DonationAlerts,
         tokens,
     )
-    .await
-    {
-        Ok(fresh) => Ok(Some(fresh)),
+    .await;
+    unless_ended(refreshed)
+}
+
+/// `None` for the errors that say the streamer's connection has ended (nothing stored, or
+/// `need_reauth`): there is nothing to connect with until they connect again.
+fn unless_ended<T>(result: Result<T, TokenError>) -> Result<Option<T>, TokenError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
         Err(TokenError::NeedsReauth(_) | TokenError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -406,10 +399,7 @@ async fn record_push(
             None
         }
         Ok(PollRecorded::StaleFence { .. }) => {
-            parts
-                .stats
-                .stale_fences
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            parts.stats.stale_fences.fetch_add(1, Ordering::Relaxed);
             Some(Ended::ShardLost)
         }
         Ok(PollRecorded::NotLinked) => Some(Ended::NeedsReauth),
@@ -426,11 +416,12 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_to_a_minute_with_jitter_of_at_most_half() {
-        for failures in 1..30 {
-            let wait = jittered_backoff(failures);
-            let ceiling = BACKOFF_START
+        let mut backoff = Backoff::default();
+        for failures in 1..30u32 {
+            let wait = jittered(backoff.fail(None));
+            let ceiling = Duration::from_secs(1)
                 .saturating_mul(1 << (failures - 1).min(16))
-                .min(BACKOFF_MAX);
+                .min(Duration::from_secs(60));
             assert!(wait <= ceiling, "{failures}: {wait:?}");
             assert!(wait >= ceiling / 2, "{failures}: {wait:?}");
         }
