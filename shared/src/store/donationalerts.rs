@@ -359,11 +359,7 @@ impl Store {
             if shard_fence(conn, shard)? > fence {
                 return Ok(false);
             }
-            conn.execute(
-                "INSERT INTO realtime_shard_fences (shard, fence) VALUES (?1, ?2)
-                 ON CONFLICT (shard) DO UPDATE SET fence = excluded.fence",
-                params![shard, fence as i64],
-            )?;
+            store_shard_fence(conn, shard, fence)?;
             Ok(true)
         })
         .await
@@ -452,19 +448,18 @@ impl Store {
                 super::outbox::record_event(conn, event, now)?;
                 new_donation_ids.push(donation.id);
             }
-            let seen_high_water = match &poll.found {
+            // A push leaves the cursor alone; a poll's `stopped_at`: `None` when it walked down
+            // to the cursor, else the link it stopped at (`Some(None)`: page 1).
+            let (seen_high_water, stopped_at) = match poll.found {
                 Found::Pushed { shard } => {
-                    conn.execute(
-                        "INSERT INTO realtime_shard_fences (shard, fence) VALUES (?1, ?2)
-                         ON CONFLICT (shard) DO UPDATE SET fence = excluded.fence",
-                        params![shard, poll.fence as i64],
-                    )?;
+                    store_shard_fence(conn, shard, poll.fence)?;
                     return Ok(PollRecorded::Recorded { new_donation_ids });
                 }
-                Found::PollToCursor { seen_high_water }
-                | Found::PollPartly {
-                    seen_high_water, ..
-                } => *seen_high_water,
+                Found::PollToCursor { seen_high_water } => (seen_high_water, None),
+                Found::PollPartly {
+                    seen_high_water,
+                    resume,
+                } => (seen_high_water, Some(resume)),
             };
             // The highest id seen since the walk began, this poll included.
             let walk_high_water = seen_high_water
@@ -472,17 +467,15 @@ impl Store {
                 .chain(donations.last().map(|d| d.donation.id))
                 .chain(resume_high_water)
                 .max();
-            let (new_cursor, resume_link, resume_high_water) = match poll.found {
-                Found::PollToCursor { .. } | Found::Pushed { .. } => (
+            let (new_cursor, resume_link, resume_high_water) = match stopped_at {
+                None => (
                     walk_high_water.into_iter().chain(cursor).max().or(Some(0)),
                     None,
                     None,
                 ),
                 // From page 1 again: that walk sees every id up to the top by itself.
-                Found::PollPartly { resume: None, .. } => (cursor, None, None),
-                Found::PollPartly {
-                    resume: Some(link), ..
-                } => (cursor, Some(link), walk_high_water),
+                Some(None) => (cursor, None, None),
+                Some(Some(link)) => (cursor, Some(link), walk_high_water),
             };
             conn.execute(
                 "UPDATE donationalerts_links
@@ -542,6 +535,16 @@ fn shard_fence(conn: &rusqlite::Connection, shard: u32) -> rusqlite::Result<u64>
         )
         .optional()?;
     Ok(fence.unwrap_or(0) as u64)
+}
+
+/// Stores `fence` as `shard`'s (the caller checked it is not older than the stored one).
+fn store_shard_fence(conn: &rusqlite::Connection, shard: u32, fence: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO realtime_shard_fences (shard, fence) VALUES (?1, ?2)
+         ON CONFLICT (shard) DO UPDATE SET fence = excluded.fence",
+        params![shard, fence as i64],
+    )?;
+    Ok(())
 }
 
 /// Deletes a streamer's DonationAlerts tokens and link, inside the caller's write; `true`
