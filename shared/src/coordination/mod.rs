@@ -424,6 +424,27 @@ impl Presence {
     }
 }
 
+/// The figures (stored JSON, per instance) reported within `window` before `now_ms`, read;
+/// and the instances whose figures are older or unreadable (to be forgotten).
+pub(crate) fn fresh_figures<F: serde::de::DeserializeOwned>(
+    stored: &[(String, String)],
+    now_ms: i64,
+    window: Duration,
+    reported_at: impl Fn(&F) -> i64,
+) -> (Vec<F>, Vec<String>) {
+    let mut fresh = Vec::new();
+    let mut stale = Vec::new();
+    for (instance, json) in stored {
+        match serde_json::from_str::<F>(json) {
+            Ok(figures) if now_ms - reported_at(&figures) <= window.as_millis() as i64 => {
+                fresh.push(figures);
+            }
+            _ => stale.push(instance.clone()),
+        }
+    }
+    (fresh, stale)
+}
+
 /// Which figures an instance reports for `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Reports {

@@ -20,7 +20,7 @@ pub mod grants;
 pub mod session;
 pub mod shards;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,10 +30,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::RealtimeConfig;
-use crate::coordination::{EventBus, Lock, Locks, Presence, Reports, Subscriptions};
+use crate::coordination::{EventBus, Lock, Locks, Presence, Reports, Subscriptions, fresh_figures};
 use crate::domain::{TwitchUserId, now_ms};
-use crate::metrics::RealtimeStats;
 use crate::metrics::emf::{self, EmfContext};
+use crate::metrics::{RealtimeFigures, RealtimeStats};
 use crate::outbox;
 use crate::providers::centrifugo::CentrifugoClient;
 use crate::providers::donationalerts::DonationAlertsClient;
@@ -196,11 +196,12 @@ impl Bridge {
         let relay = tokio::spawn(relay_loop(self.0.clone(), relay_stopped));
         let mut held: HashMap<u32, HeldShard> = HashMap::new();
         let mut tasks: JoinSet<()> = JoinSet::new();
-        let mut live: std::collections::HashSet<String> = Default::default();
+        let mut live: HashSet<String> = Default::default();
         let mut live_checked: Option<Instant> = None;
         let mut emf_due = Instant::now() + EMF_EVERY;
         // Leases are renewed (and subscriptions advertised again, and figures reported)
-        // every third of the lease TTL; the streamers are looked at every second.
+        // every third of the lease TTL; the streamers are looked at as often, at most
+        // TARGETS_REFRESH apart.
         let renew_every = parts.config.shard_ttl / 3;
         let round_every = renew_every.min(TARGETS_REFRESH);
         let mut renew_due = Instant::now();
@@ -232,9 +233,7 @@ impl Bridge {
             }
         }
         for shard in held.values() {
-            for session in shard.sessions.values() {
-                let _ = session.stop.send(true);
-            }
+            stop_sessions(shard);
         }
         while tasks.join_next().await.is_some() {}
         let streamers: Vec<String> = parts
@@ -353,7 +352,7 @@ impl Bridge {
         &self,
         held: &mut HashMap<u32, HeldShard>,
         tasks: &mut JoinSet<()>,
-        live: &std::collections::HashSet<String>,
+        live: &HashSet<String>,
     ) {
         let parts = &self.0;
         if held.is_empty() {
@@ -377,7 +376,7 @@ impl Bridge {
             .map(|(streamer, _)| streamer.clone())
             .collect();
         let recent_since = now_ms() - RECENT_DONOR_WINDOW.as_millis() as i64;
-        let recent_donors: std::collections::HashSet<TwitchUserId> = if new.is_empty() {
+        let recent_donors: HashSet<TwitchUserId> = if new.is_empty() {
             Default::default()
         } else {
             match parts.store.last_donations_at(new).await {
@@ -416,8 +415,7 @@ impl Bridge {
         }
         for (shard, held_shard) in held.iter_mut() {
             let wanted = wanted.remove(shard).unwrap_or_default();
-            let keep: std::collections::HashSet<&TwitchUserId> =
-                wanted.iter().map(|t| &t.streamer).collect();
+            let keep: HashSet<&TwitchUserId> = wanted.iter().map(|t| &t.streamer).collect();
             held_shard.sessions.retain(|streamer, session| {
                 let still = keep.contains(streamer);
                 if !still {
@@ -486,25 +484,23 @@ impl Bridge {
     /// Bridges that reported lately, this one included.
     async fn live_bridges(&self) -> usize {
         let parts = &self.0;
-        let Ok(reports) = parts.presence.figures(Reports::Realtime).await else {
+        let Ok(mut reports) = parts.presence.figures(Reports::Realtime).await else {
             return 1;
         };
+        reports.retain(|(id, _)| id.as_str() != &*parts.instance_id);
         // A bridge reports every third of the lease TTL: one silent for a whole TTL has lost
         // its leases by now, and its share goes to the others.
-        let fresh_since = now_ms() - parts.config.shard_ttl.as_millis() as i64;
-        let others = reports
-            .iter()
-            .filter(|(id, _)| id.as_str() != &*parts.instance_id)
-            .filter_map(|(_, json)| {
-                serde_json::from_str::<crate::metrics::RealtimeFigures>(json).ok()
-            })
-            .filter(|f| f.reported_at >= fresh_since)
-            .count();
-        others + 1
+        let (others, _) = fresh_figures(
+            &reports,
+            now_ms(),
+            parts.config.shard_ttl,
+            |f: &RealtimeFigures| f.reported_at,
+        );
+        others.len() + 1
     }
 
     /// Who of the streamers to subscribe is live on Twitch (`None` when unknown).
-    async fn live_streamers(&self) -> Option<std::collections::HashSet<String>> {
+    async fn live_streamers(&self) -> Option<HashSet<String>> {
         let twitch = self.0.twitch.as_ref()?;
         let targets = self.0.store.realtime_targets().await.ok()?;
         let ids: Vec<String> = targets

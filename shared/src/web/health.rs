@@ -19,7 +19,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::app::App;
-use crate::coordination::{CoordinationError, Coordinator, Mode, Reports};
+use crate::coordination::{CoordinationError, Coordinator, Mode, Reports, fresh_figures};
 use crate::metrics::{PollFigures, RealtimeFigures};
 use crate::store::Store;
 use crate::telemetry::error_chain;
@@ -110,18 +110,13 @@ impl PollingReport {
             },
             ..Self::default()
         };
-        let mut stale = Vec::new();
+        let (fresh, stale) =
+            fresh_figures(stored, now_ms, POLLER_REPORT_WINDOW, |f: &PollFigures| {
+                f.reported_at
+            });
         let mut latest_run: Option<(i64, u64)> = None;
         let mut latest_report = i64::MIN;
-        for (instance, json) in stored {
-            let Ok(figures) = serde_json::from_str::<PollFigures>(json) else {
-                stale.push(instance.clone());
-                continue;
-            };
-            if now_ms - figures.reported_at > POLLER_REPORT_WINDOW.as_millis() as i64 {
-                stale.push(instance.clone());
-                continue;
-            }
+        for figures in fresh {
             report.pollers += 1;
             // Every poller schedules every streamer: the count is the same, not a sum.
             report.streamer_count = report.streamer_count.max(figures.streamer_count);
@@ -193,17 +188,14 @@ impl RealtimeReport {
         now_ms: i64,
     ) -> (Option<Self>, Vec<String>) {
         let mut report = Self::default();
-        let mut stale = Vec::new();
+        let (fresh, stale) = fresh_figures(
+            stored,
+            now_ms,
+            BRIDGE_REPORT_WINDOW,
+            |f: &RealtimeFigures| f.reported_at,
+        );
         let mut latest_push: Option<(i64, String)> = None;
-        for (instance, json) in stored {
-            let Ok(figures) = serde_json::from_str::<RealtimeFigures>(json) else {
-                stale.push(instance.clone());
-                continue;
-            };
-            if now_ms - figures.reported_at > BRIDGE_REPORT_WINDOW.as_millis() as i64 {
-                stale.push(instance.clone());
-                continue;
-            }
+        for figures in fresh {
             report.bridges += 1;
             report.shards_held += figures.shards_held;
             report.connected += figures.connected;
