@@ -19,6 +19,15 @@ fn user_id(text: &str) -> shared::domain::TwitchUserId {
 const STREAMER: &str = "141981764";
 const SCOPES: &[&str] = &["oauth-user-show", "oauth-donation-index"];
 
+/// The demo streamer's DonationAlerts tokens as stored.
+async fn stored_tokens(app: &App) -> shared::store::accounts::StoredTokens {
+    app.store
+        .provider_tokens(&streamer(), Provider::DonationAlerts)
+        .await
+        .unwrap()
+        .expect("tokens stored")
+}
+
 struct Setup {
     apps: Vec<App>,
     fake: FakeDonationAlerts,
@@ -119,12 +128,7 @@ async fn four_instances_racing_over_an_expired_token_refresh_it_once_and_share_t
     assert!(results.iter().all(|t| *t == results[0]), "{results:?}");
     let issued = setup.fake.issued_tokens();
     assert_eq!(results[0], issued[issued.len() - 2], "the new access token");
-    let stored = setup.apps[0]
-        .store
-        .provider_tokens(&streamer(), Provider::DonationAlerts)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_tokens(&setup.apps[0]).await;
     let refresh = stored.open_refresh(&setup.apps[0].cipher).unwrap().unwrap();
     assert_eq!(
         refresh.expose(),
@@ -169,12 +173,7 @@ async fn a_streamer_connected_with_the_old_scopes_is_refreshed_with_those_scopes
     assert!(first.is_ok(), "{first:?}");
     assert!(second.is_ok(), "{second:?}");
     assert_eq!(setup.fake.request_count(RequestKind::Token), 2);
-    let stored = app
-        .store
-        .provider_tokens(&streamer(), Provider::DonationAlerts)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_tokens(app).await;
     assert_eq!(stored.status, "active");
     assert_eq!(stored.scopes, SCOPES);
 }
@@ -197,12 +196,7 @@ async fn a_refresh_the_provider_refuses_marks_the_connection_need_reauth() {
         "{refused:?}"
     );
     assert!(matches!(afterwards, Err(TokenError::NeedsReauth(_))));
-    let stored = app
-        .store
-        .provider_tokens(&streamer(), Provider::DonationAlerts)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_tokens(app).await;
     assert_eq!(stored.status, "need_reauth");
     assert_eq!(setup.fake.request_count(RequestKind::Token), 1);
 }
