@@ -304,15 +304,8 @@ impl DonationAlertsClient {
 
     /// `GET /api/v1/user/oauth`: the account behind the token.
     pub async fn user(&self, access_token: &str) -> Result<DaUser, ProviderError> {
-        let response = self
-            .http
-            .client()
-            .get(self.endpoint("/api/v1/user/oauth"))
-            .bearer_auth(access_token)
-            .send()
-            .await
-            .map_err(ProviderError::from_transport)?;
-        let user: Wrapped<DaUser> = read_json(rate_limited(response)?).await?;
+        let request = self.http.client().get(self.endpoint("/api/v1/user/oauth"));
+        let user: Wrapped<DaUser> = read_json(send_as(request, access_token).await?).await?;
         Ok(user.data)
     }
 
@@ -325,16 +318,12 @@ impl DonationAlertsClient {
         client_id: &str,
         channel: &str,
     ) -> Result<Secret<String>, ProviderError> {
-        let response = self
+        let request = self
             .http
             .client()
             .post(self.endpoint("/api/v1/centrifuge/subscribe"))
-            .bearer_auth(access_token)
-            .json(&serde_json::json!({ "client": client_id, "channels": [channel] }))
-            .send()
-            .await
-            .map_err(ProviderError::from_transport)?;
-        let answer: ChannelTokens = read_json(rate_limited(response)?).await?;
+            .json(&serde_json::json!({ "client": client_id, "channels": [channel] }));
+        let answer: ChannelTokens = read_json(send_as(request, access_token).await?).await?;
         let token = answer
             .channels
             .into_iter()
@@ -397,14 +386,7 @@ impl DonationAlertsClient {
         url: Url,
         access_token: &str,
     ) -> Result<DonationPage, ProviderError> {
-        let response = self
-            .http
-            .client()
-            .get(url)
-            .bearer_auth(access_token)
-            .send()
-            .await
-            .map_err(ProviderError::from_transport)?;
+        let response = send_as(self.http.client().get(url), access_token).await?;
         // "In some cases, a 204 No Content response … may be returned": no donations.
         if response.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(DonationPage {
@@ -412,9 +394,23 @@ impl DonationAlertsClient {
                 links: PageLinks::default(),
             });
         }
-        let page: WirePage = read_json(rate_limited(response)?).await?;
+        let page: WirePage = read_json(response).await?;
         Ok(page.into_page())
     }
+}
+
+/// Sends `request` with the streamer's `access_token`; a 429 comes back as
+/// [`ProviderError::RateLimited`].
+async fn send_as(
+    request: reqwest::RequestBuilder,
+    access_token: &str,
+) -> Result<reqwest::Response, ProviderError> {
+    let response = request
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .map_err(ProviderError::from_transport)?;
+    rate_limited(response)
 }
 
 /// A 429 becomes [`ProviderError::RateLimited`] with the provider's `Retry-After` (seconds).
