@@ -24,6 +24,11 @@ pub(crate) fn da_id(i: usize) -> i64 {
     8000 + i as i64
 }
 
+/// The event id of streamer `i`'s donation `donation_id`.
+pub(crate) fn event_id(i: usize, donation_id: i64) -> String {
+    format!("da:{}:{}", da_id(i), donation_id)
+}
+
 /// A link's poll state: da_user_id, cursor, resume_link, last_polled_at.
 type LinkState = (i64, Option<i64>, Option<String>, Option<i64>);
 
@@ -104,19 +109,29 @@ impl Fleet {
         self.streamers += n;
     }
 
-    /// Starts a poller process (with `args`) and waits until it runs.
-    pub(crate) fn spawn_poller(&mut self, args: &[&str]) -> usize {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_poller-child"));
+    /// Starts `program` with `args` and the fleet's variables (and no others). Its log is
+    /// kept to show when a test fails, or with TEST_LOG shown as it happens.
+    pub(crate) fn spawn_child(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+    ) -> ChildProcess {
+        let mut command = Command::new(program);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.vars.iter())
             .args(args);
-        let child = if std::env::var_os("TEST_LOG").is_some() {
+        if std::env::var_os("TEST_LOG").is_some() {
             ChildProcess::spawn(&mut command)
         } else {
             ChildProcess::spawn_with_log(&mut command)
-        };
+        }
+    }
+
+    /// Starts a poller process (with `args`) and waits until it runs.
+    pub(crate) fn spawn_poller(&mut self, args: &[&str]) -> usize {
+        let child = self.spawn_child(env!("CARGO_BIN_EXE_poller-child"), args);
         assert_eq!(
             child.next_line(Duration::from_secs(30)).as_deref(),
             Some("ready")
@@ -145,7 +160,7 @@ impl Fleet {
                 self.fake
                     .donations_of(da_id(i))
                     .into_iter()
-                    .map(move |d| format!("da:{}:{}", da_id(i), d.id))
+                    .map(move |d| event_id(i, d.id))
             })
             .collect()
     }

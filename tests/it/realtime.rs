@@ -5,33 +5,23 @@
 //! a Redis restart, or a streamer's connection ending.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
 use avatar_tests::streamers::{DonationAlertsTestbed, link_streamer_with};
-use avatar_tests::{ChildProcess, RedisServer, signal, wait_until, workspace_binary};
+use avatar_tests::{RedisServer, signal, wait_until, workspace_binary};
 use fake_providers::donationalerts::{NewDonation, RequestKind};
 use shared::app::App;
 use shared::config::Config;
 use shared::domain::TwitchUserId;
 
-use crate::pollers::{Fleet, da_id, next, twitch_id};
+use crate::pollers::{Fleet, da_id, event_id, next, twitch_id};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 impl Fleet {
     /// Starts a `realtime` process over the fleet's database and Redis.
     pub(crate) fn spawn_bridge(&mut self) -> usize {
-        let mut command = Command::new(workspace_binary("realtime"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.vars.iter());
-        let child = if std::env::var_os("TEST_LOG").is_some() {
-            ChildProcess::spawn(&mut command)
-        } else {
-            ChildProcess::spawn_with_log(&mut command)
-        };
+        let child = self.spawn_child(workspace_binary("realtime"), &[]);
         self.bridges.push(child);
         self.bridges.len() - 1
     }
@@ -76,10 +66,6 @@ fn donation(i: usize, message: &str) -> NewDonation {
         currency: "RUB".into(),
         created_at: None,
     }
-}
-
-fn event_id(i: usize, donation_id: i64) -> String {
-    format!("da:{}:{}", da_id(i), donation_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
