@@ -83,22 +83,14 @@ pub fn realtime_record(context: &EmfContext<'_>, stats: &RealtimeStats) -> Strin
     use std::sync::atomic::Ordering;
     let delta = stats.counts_since_last_record();
     let mut record = Record::new(context);
-    let gauge = |value: usize| json!(value);
-    record.metric(
-        "RealtimeShardsHeld",
-        "Count",
-        gauge(stats.shards_held.load(Ordering::Relaxed)),
-    );
-    record.metric(
-        "RealtimeSocketsConnected",
-        "Count",
-        gauge(stats.connected.load(Ordering::Relaxed)),
-    );
-    record.metric(
-        "RealtimeSocketsSubscribed",
-        "Count",
-        gauge(stats.subscribed.load(Ordering::Relaxed)),
-    );
+    let gauges = [
+        ("RealtimeShardsHeld", &stats.shards_held),
+        ("RealtimeSocketsConnected", &stats.connected),
+        ("RealtimeSocketsSubscribed", &stats.subscribed),
+    ];
+    for (name, gauge) in gauges {
+        record.metric(name, "Count", json!(gauge.load(Ordering::Relaxed)));
+    }
     record.metric("RealtimeReconnects", "Count", json!(delta.reconnects));
     record.metric("RealtimePushes", "Count", json!(delta.pushes));
     record.metric("RealtimeStaleFences", "Count", json!(delta.stale_fences));
